@@ -1,0 +1,375 @@
+// Command nettool is the traffic generator and sink that the end-to-end tests
+// run inside their network namespaces. Every mode is bounded in time and
+// bytes, prints "ready" on stdout once its socket is set up (server modes)
+// and prints one JSON object with its result on stdout before it exits.
+//
+// Modes:
+//
+//	tcpsink  -listen ADDR [-timeout D]           accept one connection, hash everything read
+//	tcpsend  -to ADDR -bytes N [-seed S]         send N deterministic bytes, hash them
+//	udpecho  -listen ADDR [-timeout D]           echo every datagram to its sender
+//	udpping  -to ADDR -n N -tag T [-pps R]       send tagged datagrams, check the echoes byte for byte
+//	udpcount -listen ADDR [-timeout D]           count datagrams per tag until SIGTERM or timeout
+//	get      -url URL                            print the body of an HTTP GET
+//
+// It is a test helper: it lives under e2e/internal and is built by the e2e
+// TestMain.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "nettool: usage: nettool MODE [flags]")
+		os.Exit(2)
+	}
+	mode, args := os.Args[1], os.Args[2:]
+	var err error
+	switch mode {
+	case "tcpsink":
+		err = tcpSink(args)
+	case "tcpsend":
+		err = tcpSend(args)
+	case "udpecho":
+		err = udpEcho(args)
+	case "udpping":
+		err = udpPing(args)
+	case "udpcount":
+		err = udpCount(args)
+	case "get":
+		err = get(args)
+	default:
+		err = fmt.Errorf("unknown mode %q", mode)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nettool: %s: %v\n", mode, err)
+		os.Exit(1)
+	}
+}
+
+func printJSON(v any) {
+	b, _ := json.Marshal(v)
+	fmt.Println(string(b))
+}
+
+func ready() { fmt.Println("ready") }
+
+// signalContext returns a context that ends on SIGINT/SIGTERM or after d.
+func signalContext(d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(ctx, d)
+	return ctx, func() { cancel(); stop() }
+}
+
+// TCPResult is what tcpsink and tcpsend print.
+type TCPResult struct {
+	Bytes   int64   `json:"bytes"`
+	SHA256  string  `json:"sha256"`
+	Seconds float64 `json:"seconds"`
+	Peer    string  `json:"peer,omitempty"`
+}
+
+func tcpSink(args []string) error {
+	fs := flag.NewFlagSet("tcpsink", flag.ExitOnError)
+	listen := fs.String("listen", ":9100", "listen address")
+	timeout := fs.Duration("timeout", 150*time.Second, "give up after this long")
+	fs.Parse(args)
+
+	ctx, cancel := signalContext(*timeout)
+	defer cancel()
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, func() { ln.Close() })
+	ready()
+	c, err := ln.Accept()
+	ln.Close()
+	if err != nil {
+		return fmt.Errorf("accept: %w", err)
+	}
+	defer c.Close()
+	context.AfterFunc(ctx, func() { c.Close() })
+	start := time.Now()
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, c, make([]byte, 256<<10))
+	if err != nil {
+		return fmt.Errorf("read after %d bytes: %w", n, err)
+	}
+	printJSON(TCPResult{Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), Seconds: time.Since(start).Seconds(), Peer: c.RemoteAddr().String()})
+	return nil
+}
+
+func tcpSend(args []string) error {
+	fs := flag.NewFlagSet("tcpsend", flag.ExitOnError)
+	to := fs.String("to", "", "destination address")
+	total := fs.Int64("bytes", 1<<20, "bytes to send")
+	seed := fs.Uint64("seed", 1, "PRNG seed of the payload")
+	timeout := fs.Duration("timeout", 120*time.Second, "give up after this long")
+	fs.Parse(args)
+
+	ctx, cancel := signalContext(*timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", *to)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	context.AfterFunc(ctx, func() { c.Close() })
+	start := time.Now()
+	rng := rand.New(rand.NewChaCha8([32]byte{byte(*seed), byte(*seed >> 8), byte(*seed >> 16), byte(*seed >> 24)}))
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	var sent int64
+	for sent < *total {
+		b := buf[:min(int64(len(buf)), *total-sent)]
+		for i := 0; i+8 <= len(b); i += 8 {
+			binary.LittleEndian.PutUint64(b[i:], rng.Uint64())
+		}
+		h.Write(b)
+		n, err := c.Write(b)
+		sent += int64(n)
+		if err != nil {
+			return fmt.Errorf("write after %d bytes: %w", sent, err)
+		}
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if err := tc.CloseWrite(); err != nil {
+			return err
+		}
+		// Wait for the sink to close, so that "seconds" covers delivery.
+		io.Copy(io.Discard, c)
+	}
+	printJSON(TCPResult{Bytes: sent, SHA256: hex.EncodeToString(h.Sum(nil)), Seconds: time.Since(start).Seconds()})
+	return nil
+}
+
+func udpEcho(args []string) error {
+	fs := flag.NewFlagSet("udpecho", flag.ExitOnError)
+	listen := fs.String("listen", ":9000", "listen address")
+	timeout := fs.Duration("timeout", 5*time.Minute, "exit after this long")
+	fs.Parse(args)
+
+	ctx, cancel := signalContext(*timeout)
+	defer cancel()
+	pc, err := net.ListenPacket("udp", *listen)
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, func() { pc.Close() })
+	ready()
+	buf := make([]byte, 65535)
+	var n int64
+	for {
+		m, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				printJSON(map[string]int64{"echoed": n})
+				return nil
+			}
+			return err
+		}
+		if _, err := pc.WriteTo(buf[:m], addr); err == nil {
+			n++
+		}
+	}
+}
+
+// payload returns the deterministic datagram body for (tag, seq): the tag,
+// a '|', the big-endian sequence number and filler whose length varies with
+// seq, so that many sizes are exercised.
+func payload(tag string, seq uint32, maxSize int) []byte {
+	size := 16 + int(seq*37)%max(1, maxSize-16-len(tag))
+	b := make([]byte, 0, len(tag)+5+size)
+	b = append(b, tag...)
+	b = append(b, '|')
+	b = binary.BigEndian.AppendUint32(b, seq)
+	x := seq*2654435761 + 1
+	for range size {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b = append(b, byte(x))
+	}
+	return b
+}
+
+// UDPPingResult is what udpping prints.
+type UDPPingResult struct {
+	Sent       int     `json:"sent"`
+	Received   int     `json:"received"`   // distinct sequence numbers echoed byte-exact
+	Duplicates int     `json:"duplicates"` // repeated echoes of a sequence number
+	Corrupt    int     `json:"corrupt"`    // own tag, but bytes differ from what was sent
+	Foreign    int     `json:"foreign"`    // datagrams with another tag or unparsable
+	Seconds    float64 `json:"seconds"`
+}
+
+func udpPing(args []string) error {
+	fs := flag.NewFlagSet("udpping", flag.ExitOnError)
+	to := fs.String("to", "", "echo server address")
+	n := fs.Int("n", 1000, "datagrams to send")
+	tag := fs.String("tag", "t", "tag that starts every payload")
+	pps := fs.Int("pps", 2000, "datagrams per second")
+	maxSize := fs.Int("max-size", 1200, "largest payload")
+	wait := fs.Duration("wait", 3*time.Second, "how long to wait for echoes after the last send")
+	fs.Parse(args)
+	if *tag == "" || bytes.ContainsRune([]byte(*tag), '|') {
+		return errors.New("bad tag")
+	}
+
+	c, err := net.Dial("udp", *to)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	got := make([]bool, *n)
+	var res UDPPingResult
+	var mu sync.Mutex
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65535)
+		for {
+			m, err := c.Read(buf)
+			if err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					return
+				}
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				// ICMP errors (connection refused) surface here; keep reading.
+				continue
+			}
+			b := buf[:m]
+			i := bytes.IndexByte(b, '|')
+			mu.Lock()
+			switch {
+			case i < 0 || string(b[:i]) != *tag || m < i+5:
+				res.Foreign++
+			default:
+				seq := binary.BigEndian.Uint32(b[i+1:])
+				switch {
+				case int(seq) >= *n || !bytes.Equal(b, payload(*tag, seq, *maxSize)):
+					res.Corrupt++
+				case got[seq]:
+					res.Duplicates++
+				default:
+					got[seq] = true
+					res.Received++
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	start := time.Now()
+	interval := time.Second / time.Duration(max(1, *pps))
+	for seq := range *n {
+		// Pace against the start time so that sleep granularity does not
+		// lower the rate.
+		if d := time.Until(start.Add(time.Duration(seq) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		if _, err := c.Write(payload(*tag, uint32(seq), *maxSize)); err == nil {
+			res.Sent++
+		}
+	}
+	// Wait for the stragglers: until every echo arrived or -wait passed.
+	deadline := time.Now().Add(*wait)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		all := res.Received == *n
+		mu.Unlock()
+		if all {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.SetReadDeadline(time.Now())
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	res.Seconds = time.Since(start).Seconds()
+	printJSON(res)
+	return nil
+}
+
+func udpCount(args []string) error {
+	fs := flag.NewFlagSet("udpcount", flag.ExitOnError)
+	listen := fs.String("listen", ":9200", "listen address")
+	timeout := fs.Duration("timeout", 2*time.Minute, "exit after this long")
+	fs.Parse(args)
+
+	ctx, cancel := signalContext(*timeout)
+	defer cancel()
+	pc, err := net.ListenPacket("udp", *listen)
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, func() { pc.Close() })
+	ready()
+	counts := map[string]int{}
+	sources := map[string]map[string]int{}
+	buf := make([]byte, 65535)
+	for {
+		m, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return err
+		}
+		b := buf[:m]
+		tag := "?"
+		if i := bytes.IndexByte(b, '|'); i >= 0 {
+			tag = string(b[:i])
+		}
+		counts[tag]++
+		host, _, _ := net.SplitHostPort(addr.String())
+		if sources[tag] == nil {
+			sources[tag] = map[string]int{}
+		}
+		sources[tag][host]++
+	}
+	printJSON(map[string]any{"counts": counts, "sources": sources})
+	return nil
+}
+
+func get(args []string) error {
+	fs := flag.NewFlagSet("get", flag.ExitOnError)
+	url := fs.String("url", "", "URL")
+	timeout := fs.Duration("timeout", 5*time.Second, "request timeout")
+	fs.Parse(args)
+	c := &http.Client{Timeout: *timeout}
+	resp, err := c.Get(*url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", *url, resp.Status)
+	}
+	_, err = io.Copy(os.Stdout, resp.Body)
+	return err
+}

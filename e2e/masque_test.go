@@ -1,0 +1,337 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// server is a running masqued.
+type server struct {
+	*proc
+	ns string
+}
+
+// startServer starts masqued in the server namespace with the test PKI, the
+// tokens file and metrics on 127.0.0.1:9090, and waits for msg=listening.
+func (tp *topo) startServer(t *testing.T, extra ...string) *server {
+	t.Helper()
+	argv := []string{env.masqued, "run",
+		"--listen", serverAddr,
+		"--cert", filepath.Join(env.certDir, "server.crt"),
+		"--key", filepath.Join(env.certDir, "server.key"),
+		"--tokens", env.tokens,
+		"--egress", egressIf,
+		"--state-dir", t.TempDir(),
+		"--metrics", "127.0.0.1:9090",
+		"--log-level", "debug",
+	}
+	argv = append(argv, extra...)
+	p := startProc(t, tp.server, "masqued", argv...)
+	if _, err := p.waitLine(p.stderr, 15*time.Second, func(l string) bool { return strings.Contains(l, "msg=listening") }); err != nil {
+		t.Fatalf("masqued did not become ready: %v\nstderr:\n%s", err, tail(p.stderr.String(), 4000))
+	}
+	return &server{proc: p, ns: tp.server}
+}
+
+// metrics fetches the server's Prometheus text.
+func (s *server) metrics(t *testing.T) string {
+	t.Helper()
+	r := runIn(t, s.ns, 10*time.Second, env.nettool, "get", "-url", metricsURL)
+	if r.code != 0 {
+		t.Fatalf("GET %s: exit %d: %s", metricsURL, r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+// metricValue returns the value of the first sample of name whose labels
+// contain every one of labels (each like `reason="source_spoof"`).
+func metricValue(text, name string, labels ...string) (float64, bool) {
+	for _, l := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(l, name) || len(l) == len(name) || (l[len(name)] != '{' && l[len(name)] != ' ') {
+			continue
+		}
+		ok := true
+		for _, lb := range labels {
+			ok = ok && strings.Contains(l, lb)
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(l)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			return v, true
+		}
+		// A timestamp may follow the value.
+		if len(f) >= 2 {
+			if v, err := strconv.ParseFloat(f[len(f)-2], 64); err == nil {
+				return v, true
+			}
+		}
+	}
+	return 0, false
+}
+
+func (s *server) sessions(t *testing.T) float64 {
+	t.Helper()
+	m := s.metrics(t)
+	v, ok := metricValue(m, "masque_tunnel_sessions")
+	if !ok {
+		t.Fatalf("no masque_tunnel_sessions in /metrics:\n%s", tail(m, 3000))
+	}
+	return v
+}
+
+// client is a running "masque up".
+type client struct {
+	*proc
+	ns       string
+	stateDir string
+	up       upLine
+}
+
+// upLine is the parsed "up: server=… addresses=… tun=…" line.
+type upLine struct {
+	raw       string
+	server    string
+	addresses []netip.Prefix
+	tun       string
+}
+
+func (u upLine) addr4() netip.Addr {
+	for _, p := range u.addresses {
+		if p.Addr().Is4() {
+			return p.Addr()
+		}
+	}
+	return netip.Addr{}
+}
+
+func (u upLine) addr6() netip.Addr {
+	for _, p := range u.addresses {
+		if p.Addr().Is6() {
+			return p.Addr()
+		}
+	}
+	return netip.Addr{}
+}
+
+func parseUpLine(l string) (upLine, error) {
+	u := upLine{raw: l}
+	rest, ok := strings.CutPrefix(l, "up: ")
+	if !ok {
+		return u, fmt.Errorf("not an up line: %q", l)
+	}
+	for _, f := range strings.Fields(rest) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "server":
+			u.server = v
+		case "tun":
+			u.tun = v
+		case "addresses":
+			for _, s := range strings.Split(v, ",") {
+				p, err := netip.ParsePrefix(s)
+				if err != nil {
+					return u, fmt.Errorf("up line %q: address %q: %v", l, s, err)
+				}
+				u.addresses = append(u.addresses, p)
+			}
+		}
+	}
+	if u.server == "" || u.tun == "" || len(u.addresses) == 0 {
+		return u, fmt.Errorf("up line %q lacks server=, addresses= or tun=", l)
+	}
+	return u, nil
+}
+
+// tokenAuth and certAuth are the credential flags of "masque up".
+func tokenAuth(identity string) []string { return []string{"--token-file", env.tokenFile[identity]} }
+
+func certAuth(identity string) []string {
+	return []string{"--cert", filepath.Join(env.certDir, identity+".crt"), "--key", filepath.Join(env.certDir, identity+".key")}
+}
+
+// clientArgv is "masque up" against the test server with the given
+// credentials and a state directory of its own (/run is shared by all
+// namespaces).
+func clientArgv(stateDir string, auth []string, extra ...string) []string {
+	argv := []string{env.masque, "up",
+		"--server", serverAddr,
+		"--ca", filepath.Join(env.certDir, "ca.crt"),
+		"--state-dir", stateDir,
+	}
+	return append(append(argv, auth...), extra...)
+}
+
+// startClient runs "masque up" in ns and waits for its up line.
+func (tp *topo) startClient(t *testing.T, ns string, auth []string, extra ...string) *client {
+	t.Helper()
+	stateDir := t.TempDir()
+	return tp.startClientArgv(t, ns, stateDir, clientArgv(stateDir, auth, extra...))
+}
+
+func (tp *topo) startClientArgv(t *testing.T, ns, stateDir string, argv []string) *client {
+	t.Helper()
+	p := startProc(t, ns, "masque up in "+ns, argv...)
+	l, err := p.waitLine(p.stdout, 20*time.Second, func(l string) bool { return strings.HasPrefix(l, "up: ") })
+	if err != nil {
+		t.Fatalf("masque up: %v\nstdout:\n%s\nstderr:\n%s", err, p.stdout.String(), tail(p.stderr.String(), 4000))
+	}
+	u, err := parseUpLine(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.server != serverAddr {
+		t.Errorf("up line server = %q, want %q", u.server, serverAddr)
+	}
+	pool4 := netip.MustParsePrefix("100.64.0.0/16")
+	pool6 := netip.MustParsePrefix("fd6d:6173:7175:6500::/64")
+	if a := u.addr4(); !pool4.Contains(a) || a == netip.MustParseAddr("100.64.0.1") {
+		t.Errorf("assigned IPv4 address %v is not a client address of the default pool %v (line %q)", a, pool4, l)
+	}
+	if a := u.addr6(); !pool6.Contains(a) || a == netip.MustParseAddr("fd6d:6173:7175:6500::1") {
+		t.Errorf("assigned IPv6 address %v is not a client address of the default pool %v (line %q)", a, pool6, l)
+	}
+	if tuns := tunLinks(t, ns); !containsStr(tuns, u.tun) {
+		t.Errorf("up line names tun=%s but the TUN links in %s are %v", u.tun, ns, tuns)
+	}
+	return &client{proc: p, ns: ns, stateDir: stateDir, up: u}
+}
+
+func containsStr(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// status is the JSON of "masque status --json".
+type status struct {
+	State         string   `json:"state"`
+	Server        string   `json:"server"`
+	Addresses     []string `json:"addresses"`
+	Routes        []string `json:"routes"`
+	TUN           string   `json:"tun"`
+	TxBytes       uint64   `json:"tx_bytes"`
+	RxBytes       uint64   `json:"rx_bytes"`
+	TxPackets     uint64   `json:"tx_packets"`
+	RxPackets     uint64   `json:"rx_packets"`
+	RTTMillis     float64  `json:"rtt_ms"`
+	UptimeSeconds float64  `json:"uptime_seconds"`
+}
+
+func (c *client) status(t *testing.T) status {
+	t.Helper()
+	r := runIn(t, c.ns, 10*time.Second, env.masque, "status", "--json", "--state-dir", c.stateDir)
+	if r.code != 0 {
+		t.Fatalf("masque status --json: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	var st status
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	if err := dec.Decode(&st); err != nil {
+		t.Fatalf("masque status --json: %v\noutput: %s", err, r.stdout)
+	}
+	return st
+}
+
+// pingResult is the outcome of ping(8).
+type pingResult struct {
+	sent, received int
+	avgMillis      float64
+	out            string
+}
+
+var (
+	pingCountRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (packets )?received`)
+	pingRTTRE   = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)
+)
+
+// ping sends count echo requests from ns to addr, 0.2 s apart, each waiting
+// at most 1 s.
+func ping(t *testing.T, ns, addr string, count int) pingResult {
+	t.Helper()
+	deadline := strconv.Itoa(count/5 + 2)
+	r := runIn(t, ns, 30*time.Second, "ping", "-n", "-c", strconv.Itoa(count), "-i", "0.2", "-W", "1", "-w", deadline, addr)
+	pr := pingResult{out: r.stdout + r.stderr}
+	if m := pingCountRE.FindStringSubmatch(r.stdout); m != nil {
+		pr.sent, _ = strconv.Atoi(m[1])
+		pr.received, _ = strconv.Atoi(m[2])
+	}
+	if m := pingRTTRE.FindStringSubmatch(r.stdout); m != nil {
+		pr.avgMillis, _ = strconv.ParseFloat(m[1], 64)
+	}
+	return pr
+}
+
+// startTool starts a nettool server mode in ns and waits for "ready".
+func startTool(t *testing.T, ns string, args ...string) *proc {
+	t.Helper()
+	p := startProc(t, ns, "nettool "+args[0], append([]string{env.nettool}, args...)...)
+	if _, err := p.waitLine(p.stdout, 10*time.Second, func(l string) bool { return l == "ready" }); err != nil {
+		t.Fatalf("nettool %s: %v\nstderr: %s", args[0], err, p.stderr.String())
+	}
+	return p
+}
+
+// lastJSON decodes the last line of out that starts with '{'.
+func lastJSON(t *testing.T, what, out string, v any) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "{") {
+			if err := json.Unmarshal([]byte(lines[i]), v); err != nil {
+				t.Fatalf("%s: bad JSON %q: %v", what, lines[i], err)
+			}
+			return
+		}
+	}
+	t.Fatalf("%s printed no JSON result; output:\n%s", what, out)
+}
+
+// nonEmptyLines returns the lines of s that are not blank.
+func nonEmptyLines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.TrimSpace(l) != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// checkErrorLine checks the CLI error contract: stderr is one line that
+// starts with prefix and contains one of wantAny (case-insensitive).
+func checkErrorLine(t *testing.T, what, stderr, prefix string, wantAny ...string) {
+	t.Helper()
+	lines := nonEmptyLines(stderr)
+	if len(lines) != 1 {
+		t.Errorf("%s: stderr has %d lines, want exactly one error line:\n%s", what, len(lines), stderr)
+	}
+	if len(lines) == 0 {
+		return
+	}
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, prefix) {
+		t.Errorf("%s: error line %q does not start with %q", what, last, prefix)
+	}
+	if len(wantAny) == 0 {
+		return
+	}
+	low := strings.ToLower(last)
+	for _, w := range wantAny {
+		if strings.Contains(low, strings.ToLower(w)) {
+			return
+		}
+	}
+	t.Errorf("%s: error line %q mentions none of %q", what, last, wantAny)
+}

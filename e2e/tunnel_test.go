@@ -1,0 +1,496 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// checkPingFails checks that the target is unreachable from ns: the target
+// has no route back, so without the tunnel nothing comes back.
+func checkPingFails(t *testing.T, ns string) {
+	t.Helper()
+	for _, dst := range []string{targetIP4, targetIP6} {
+		if r := ping(t, ns, dst, 2); r.received != 0 {
+			t.Errorf("before the tunnel: ping %s from %s: %d of %d answered, want 0 (topology leaks)\n%s", dst, ns, r.received, r.sent, r.out)
+		}
+	}
+}
+
+// checkPing checks that every one of count pings from ns to the target is
+// answered, over IPv4 and IPv6.
+func checkPing(t *testing.T, ns string, count int) {
+	t.Helper()
+	for _, dst := range []string{targetIP4, targetIP6} {
+		r := ping(t, ns, dst, count)
+		if r.received != count {
+			t.Errorf("through the tunnel: ping %s from %s: %d of %d answered (sent %d), want all\n%s", dst, ns, r.received, count, r.sent, r.out)
+		} else {
+			t.Logf("ping %s from %s: %d/%d, avg %.3f ms", dst, ns, r.received, count, r.avgMillis)
+		}
+	}
+}
+
+// TestPing: the target answers pings over IPv4 and IPv6 through the tunnel,
+// and only through it; status and metrics agree.
+func TestPing(t *testing.T) {
+	tp := newTopo(t, false)
+	srv := tp.startServer(t)
+	checkPingFails(t, tp.client)
+	if n := srv.sessions(t); n != 0 {
+		t.Errorf("masque_tunnel_sessions = %v before any client, want 0", n)
+	}
+
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+	t.Logf("%s", c.up.raw)
+	checkPing(t, tp.client, 5)
+
+	st := c.status(t)
+	if st.State != "up" || st.Server != serverAddr || st.TUN != c.up.tun {
+		t.Errorf("status = state %q server %q tun %q, want up %q %q", st.State, st.Server, st.TUN, serverAddr, c.up.tun)
+	}
+	for _, a := range c.up.addresses {
+		if !containsStr(st.Addresses, a.String()) && !containsStr(st.Addresses, a.Addr().String()) {
+			t.Errorf("status addresses %v lack %v from the up line", st.Addresses, a)
+		}
+	}
+	// 10 echo requests went out and 10 replies came back.
+	if st.TxPackets < 10 || st.RxPackets < 10 || st.TxBytes < 10*84 || st.RxBytes < 10*84 {
+		t.Errorf("status counters tx %d pkts/%d B, rx %d pkts/%d B; want ≥ 10 packets and ≥ 840 B each way after 10 pings", st.TxPackets, st.TxBytes, st.RxPackets, st.RxBytes)
+	}
+	if st.UptimeSeconds <= 0 {
+		t.Errorf("status uptime_seconds = %v, want > 0", st.UptimeSeconds)
+	}
+	if n := srv.sessions(t); n != 1 {
+		t.Errorf("masque_tunnel_sessions = %v with one client, want 1", n)
+	}
+
+	// The client's state while up differs from the initial one: this makes
+	// the cleanliness check after the test meaningful.
+	if st, err := snapshot(tp.client); err == nil && st.diff(tp.base[tp.client]) == "" {
+		t.Errorf("client namespace looks untouched while the tunnel is up")
+	}
+
+	took, killed := c.stop(10 * time.Second)
+	if killed || c.exitCode() != 0 {
+		t.Errorf("masque up after SIGTERM: %s after %v (killed: %v), want exit 0", c.exitString(), took, killed)
+	}
+	tp.checkClean(tp.client)
+	checkPingFails(t, tp.client)
+}
+
+// TestTCPTransfer: 200 MB (20 MB with -short) of TCP client→target arrive
+// intact, compared by SHA-256 at both ends.
+func TestTCPTransfer(t *testing.T) {
+	size := int64(200 << 20)
+	if testing.Short() {
+		size = 20 << 20
+	}
+	tp := newTopo(t, false)
+	tp.startServer(t)
+	tp.startClient(t, tp.client, tokenAuth("alice"))
+	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "130s")
+
+	send := runIn(t, tp.client, 130*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100", "-bytes", strconv.FormatInt(size, 10), "-timeout", "120s")
+	if send.code != 0 {
+		t.Fatalf("tcpsend: exit %d after %v\nstdout: %s\nstderr: %s", send.code, send.took, send.stdout, send.stderr)
+	}
+	if !sink.wait(10 * time.Second) {
+		t.Fatalf("tcpsink did not finish after the sender did")
+	}
+	var sent, got struct {
+		Bytes   int64   `json:"bytes"`
+		SHA256  string  `json:"sha256"`
+		Seconds float64 `json:"seconds"`
+		Peer    string  `json:"peer"`
+	}
+	lastJSON(t, "tcpsend", send.stdout, &sent)
+	lastJSON(t, "tcpsink", sink.stdout.String(), &got)
+	if sent.Bytes != size {
+		t.Errorf("sender sent %d bytes, want %d", sent.Bytes, size)
+	}
+	if got.Bytes != sent.Bytes || got.SHA256 != sent.SHA256 {
+		t.Errorf("target received %d bytes sha256 %s, sender sent %d bytes sha256 %s", got.Bytes, got.SHA256, sent.Bytes, sent.SHA256)
+	}
+	if host, _, _ := net.SplitHostPort(got.Peer); host != egressIP4 {
+		t.Errorf("target saw the connection from %s, want the server's egress address %s (NAT)", got.Peer, egressIP4)
+	}
+	t.Logf("%d MB in %.2f s: %.0f Mbit/s through the tunnel", size>>20, sent.Seconds, float64(size)*8/sent.Seconds/1e6)
+}
+
+// udpPingResult is nettool udpping's output.
+type udpPingResult struct {
+	Sent       int     `json:"sent"`
+	Received   int     `json:"received"`
+	Duplicates int     `json:"duplicates"`
+	Corrupt    int     `json:"corrupt"`
+	Foreign    int     `json:"foreign"`
+	Seconds    float64 `json:"seconds"`
+}
+
+// udpExchange runs nettool udpping from ns and returns its result.
+func udpExchange(ns, to, tag string, n, pps int) (udpPingResult, error) {
+	r, err := runInErr(ns, 60*time.Second, env.nettool, "udpping", "-to", to, "-n", strconv.Itoa(n), "-pps", strconv.Itoa(pps), "-tag", tag)
+	var res udpPingResult
+	if err != nil {
+		return res, err
+	}
+	if r.code != 0 {
+		return res, fmt.Errorf("udpping %s from %s: exit %d: %s", to, ns, r.code, r.stderr)
+	}
+	lines := nonEmptyLines(r.stdout)
+	if len(lines) == 0 {
+		return res, fmt.Errorf("udpping %s from %s: no output", to, ns)
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
+		return res, fmt.Errorf("udpping %s from %s: %v", to, ns, err)
+	}
+	return res, nil
+}
+
+// checkUDP applies the loss budget: every datagram handed to the socket,
+// at most 1% missing, none corrupt, duplicated or foreign.
+func checkUDP(t *testing.T, what string, n int, r udpPingResult) {
+	t.Helper()
+	if r.Sent != n || r.Received < n-n/100 || r.Corrupt != 0 || r.Duplicates != 0 || r.Foreign != 0 {
+		t.Errorf("%s: sent %d/%d, echoed byte-exact %d (want ≥ %d), corrupt %d, duplicates %d, foreign %d (want 0 each)",
+			what, r.Sent, n, r.Received, n-n/100, r.Corrupt, r.Duplicates, r.Foreign)
+	} else {
+		t.Logf("%s: %d/%d echoed byte-exact in %.2f s", what, r.Received, n, r.Seconds)
+	}
+}
+
+// TestUDPEcho: thousands of datagrams of varying size go to the target's
+// echo server and come back byte-exact, over IPv4 and IPv6.
+func TestUDPEcho(t *testing.T) {
+	n := 3000
+	if testing.Short() {
+		n = 500
+	}
+	tp := newTopo(t, false)
+	tp.startServer(t)
+	tp.startClient(t, tp.client, tokenAuth("alice"))
+	startTool(t, tp.target, "udpecho", "-listen", ":9000")
+	for _, to := range []string{targetIP4 + ":9000", "[" + targetIP6 + "]:9000"} {
+		r, err := udpExchange(tp.client, to, "e", n, 2000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkUDP(t, "UDP echo via "+to, n, r)
+	}
+}
+
+// TestTwoClients: two clients at once get distinct addresses, and each one
+// receives its own echoes and nobody else's.
+func TestTwoClients(t *testing.T) {
+	n := 2000
+	if testing.Short() {
+		n = 500
+	}
+	tp := newTopo(t, true)
+	srv := tp.startServer(t)
+	a := tp.startClient(t, tp.client, tokenAuth("alice"))
+	b := tp.startClient(t, tp.client2, tokenAuth("bob"))
+	t.Logf("client 1: %s", a.up.raw)
+	t.Logf("client 2: %s", b.up.raw)
+	if a.up.addr4() == b.up.addr4() || a.up.addr6() == b.up.addr6() {
+		t.Errorf("both clients got %v / %v and %v / %v, want distinct addresses", a.up.addr4(), a.up.addr6(), b.up.addr4(), b.up.addr6())
+	}
+	if got := srv.sessions(t); got != 2 {
+		t.Errorf("masque_tunnel_sessions = %v with two clients, want 2", got)
+	}
+	checkPing(t, tp.client, 3)
+	checkPing(t, tp.client2, 3)
+
+	startTool(t, tp.target, "udpecho", "-listen", ":9000")
+	var wg sync.WaitGroup
+	results := make([]udpPingResult, 4)
+	errs := make([]error, 4)
+	runs := []struct{ ns, to, tag string }{
+		{tp.client, targetIP4 + ":9000", "A4"},
+		{tp.client2, targetIP4 + ":9000", "B4"},
+		{tp.client, "[" + targetIP6 + "]:9000", "A6"},
+		{tp.client2, "[" + targetIP6 + "]:9000", "B6"},
+	}
+	// IPv4 of both clients concurrently, then IPv6 of both concurrently.
+	for round := range 2 {
+		for i := round * 2; i < round*2+2; i++ {
+			wg.Go(func() {
+				results[i], errs[i] = udpExchange(runs[i].ns, runs[i].to, runs[i].tag, n, 1500)
+			})
+		}
+		wg.Wait()
+	}
+	for i, r := range runs {
+		if errs[i] != nil {
+			t.Error(errs[i])
+			continue
+		}
+		checkUDP(t, fmt.Sprintf("client %s tag %s via %s", r.ns, r.tag, r.to), n, results[i])
+	}
+}
+
+// TestWrongToken: a client with an unknown token is refused with one clear
+// error line and leaves nothing behind.
+func TestWrongToken(t *testing.T) {
+	tp := newTopo(t, false)
+	srv := tp.startServer(t)
+	stateDir := t.TempDir()
+	r := runIn(t, tp.client, 30*time.Second, clientArgv(stateDir, tokenAuth("wrong"))...)
+	if r.code != 1 {
+		t.Errorf("masque up with a wrong token: exit %d after %v, want 1\nstdout: %s\nstderr: %s", r.code, r.took, r.stdout, r.stderr)
+	}
+	if strings.Contains(r.stdout, "up:") {
+		t.Errorf("masque up with a wrong token printed an up line: %s", r.stdout)
+	}
+	checkErrorLine(t, "wrong token", r.stderr, "masque: ", "refused", "401", "403", "unauthorized", "forbidden")
+	t.Logf("wrong token: exit %d after %v: %s", r.code, r.took.Round(time.Millisecond), strings.TrimSpace(r.stderr))
+	if strings.Contains(r.stderr, env.token["wrong"]) {
+		t.Errorf("the error message reveals the token")
+	}
+	tp.checkClean(tp.client)
+	if n := srv.sessions(t); n != 0 {
+		t.Errorf("masque_tunnel_sessions = %v after a refused client, want 0", n)
+	}
+	if strings.Contains(srv.stderr.String(), env.token["wrong"]) {
+		t.Errorf("masqued logged the presented token")
+	}
+}
+
+// spoofResult is spoofclient's output.
+type spoofResult struct {
+	Assigned []string       `json:"assigned"`
+	Routes   []string       `json:"routes"`
+	Sent     map[string]int `json:"sent"`
+	Dropped  map[string]int `json:"dropped"`
+}
+
+// TestSpoofedSource: the server forwards a session's packets only from the
+// addresses it assigned to it; packets with another inner source address are
+// dropped and counted, even when the client advertised routes covering them.
+func TestSpoofedSource(t *testing.T) {
+	const n = 200
+	tp := newTopo(t, false)
+	srv := tp.startServer(t)
+	counter := startTool(t, tp.target, "udpcount", "-listen", ":9200", "-timeout", "90s")
+
+	r := runIn(t, tp.client, 60*time.Second, env.spoofclient,
+		"-server", serverAddr, "-ca", env.certDir+"/ca.crt", "-token", env.token["carol"],
+		"-target4", targetIP4+":9200", "-target6", "["+targetIP6+"]:9200",
+		"-spoof", "100.64.0.200,198.18.9.9,fd6d:6173:7175:6500::200,2001:db8:9::9",
+		"-n", strconv.Itoa(n), "-interval", "500us")
+	if r.code != 0 {
+		t.Fatalf("spoofclient: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, tail(r.stderr, 3000))
+	}
+	var sr spoofResult
+	lastJSON(t, "spoofclient", r.stdout, &sr)
+	t.Logf("spoofclient: assigned %v, server routes %v, handed to WritePacket %v, dropped client-side %v", sr.Assigned, sr.Routes, sr.Sent, sr.Dropped)
+
+	// Let the last datagrams land, then stop the counter.
+	time.Sleep(500 * time.Millisecond)
+	counter.stop(5 * time.Second)
+	var cnt struct {
+		Counts  map[string]int            `json:"counts"`
+		Sources map[string]map[string]int `json:"sources"`
+	}
+	lastJSON(t, "udpcount", counter.stdout.String(), &cnt)
+	t.Logf("target received per tag: %v from %v", cnt.Counts, cnt.Sources)
+
+	if sr.Sent["good"] != n {
+		t.Errorf("spoofclient sent %d good IPv4 datagrams, want %d", sr.Sent["good"], n)
+	}
+	if got := cnt.Counts["good"]; got < n-1 {
+		t.Errorf("target received %d of %d datagrams from the assigned IPv4 address, want ≥ %d", got, n, n-1)
+	}
+	if sr.Sent["good6"] > 0 {
+		if got := cnt.Counts["good6"]; got < sr.Sent["good6"]-1 {
+			t.Errorf("target received %d of %d datagrams from the assigned IPv6 address, want ≥ %d", got, sr.Sent["good6"], sr.Sent["good6"]-1)
+		}
+	} else {
+		t.Errorf("spoofclient sent no IPv6 datagrams from its assigned address (assigned %v, routes %v)", sr.Assigned, sr.Routes)
+	}
+	spoofSent := 0
+	for i, src := range []string{"100.64.0.200", "198.18.9.9", "fd6d:6173:7175:6500::200", "2001:db8:9::9"} {
+		tag := "spoof-" + strconv.Itoa(i)
+		spoofSent += sr.Sent[tag]
+		if sr.Sent[tag] != n {
+			t.Errorf("spoofclient put %d datagrams from %s on the wire, want %d (else the test proves nothing)", sr.Sent[tag], src, n)
+		}
+		if got := cnt.Counts[tag]; got != 0 {
+			t.Errorf("target received %d datagrams with spoofed inner source %s, want 0 (sources seen: %v)", got, src, cnt.Sources[tag])
+		}
+	}
+	m := srv.metrics(t)
+	v, ok := metricValue(m, "masque_tunnel_dropped_packets_total", `reason="source_spoof"`)
+	switch {
+	case !ok:
+		t.Errorf("/metrics has no masque_tunnel_dropped_packets_total{reason=\"source_spoof\"}:\n%s", tail(m, 3000))
+	case v < n:
+		t.Errorf("masque_tunnel_dropped_packets_total{reason=\"source_spoof\"} = %v, want ≥ %d (%d spoofed datagrams sent)", v, n, spoofSent)
+	default:
+		t.Logf("source_spoof drops counted: %v of %d spoofed datagrams sent", v, spoofSent)
+	}
+}
+
+// TestServerShutdown: SIGTERM makes masqued drain and exit 0 leaving no TUN
+// or nftables table; the client notices, says so and restores its host.
+func TestServerShutdown(t *testing.T) {
+	tp := newTopo(t, false)
+	srv := tp.startServer(t)
+	if tuns := tunLinks(t, tp.server); len(tuns) == 0 {
+		t.Errorf("no TUN link in the server namespace while masqued runs")
+	}
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+	checkPing(t, tp.client, 3)
+
+	took, killed := srv.stop(15 * time.Second)
+	if killed {
+		t.Fatalf("masqued did not exit within 15 s of SIGTERM")
+	}
+	if code := srv.exitCode(); code != 0 || took > 5*time.Second {
+		t.Errorf("masqued after SIGTERM: %s after %v, want exit 0 within 5 s", srv.exitString(), took.Round(time.Millisecond))
+	} else {
+		t.Logf("masqued exited 0 %v after SIGTERM", took.Round(time.Millisecond))
+	}
+	if tuns := tunLinks(t, tp.server); len(tuns) != 0 {
+		t.Errorf("TUN links left in the server namespace: %v", tuns)
+	}
+	if r := runIn(t, tp.server, 5*time.Second, "nft", "list", "table", "inet", "masqued"); r.code == 0 {
+		t.Errorf("nftables table inet masqued left behind:\n%s", r.stdout)
+	}
+	tp.checkClean(tp.server)
+
+	start := time.Now()
+	if !c.wait(30 * time.Second) {
+		t.Fatalf("masque up still running 30 s after the server exited")
+	}
+	t.Logf("client exited %v after the server: %s; stderr: %s", time.Since(start).Round(time.Millisecond), c.exitString(), strings.TrimSpace(tail(c.stderr.String(), 500)))
+	if c.exitCode() == 0 {
+		t.Errorf("masque up exited 0 after losing its server, want non-zero")
+	}
+	checkErrorLine(t, "client after server shutdown", lastLine(c.stderr.String()), "masque: ", "server", "connection", "closed", "lost", "timeout")
+	tp.checkClean(tp.client)
+}
+
+func lastLine(s string) string {
+	lines := nonEmptyLines(s)
+	if len(lines) == 0 {
+		return ""
+	}
+	return lines[len(lines)-1]
+}
+
+// TestCrashRecovery: after "masque up" dies by SIGKILL, "masque down"
+// restores the host, and running it again is harmless.
+func TestCrashRecovery(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t)
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+	c.signal(syscall.SIGKILL)
+	if !c.wait(5 * time.Second) {
+		t.Fatal("masque up survived SIGKILL")
+	}
+	if st, err := snapshot(tp.client); err == nil {
+		t.Logf("left behind by the killed client:\n%s", st.diff(tp.base[tp.client]))
+	}
+	for i := range 2 {
+		r := runIn(t, tp.client, 20*time.Second, env.masque, "down", "--state-dir", c.stateDir)
+		if r.code != 0 {
+			t.Errorf("masque down #%d: exit %d\nstdout: %s\nstderr: %s", i+1, r.code, r.stdout, r.stderr)
+		}
+	}
+	tp.checkClean(tp.client)
+}
+
+// TestClientCertificate: a client authenticated by an mTLS certificate
+// reaches the target.
+func TestClientCertificate(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t, "--client-ca", env.certDir+"/ca.crt")
+	tp.startClient(t, tp.client, certAuth("dave"))
+	checkPing(t, tp.client, 3)
+}
+
+// TestUsageErrors: bad flags exit 2 with one error line, before touching the
+// host.
+func TestUsageErrors(t *testing.T) {
+	tp := newTopo(t, false)
+	r := runIn(t, tp.client, 20*time.Second, clientArgv(t.TempDir(), tokenAuth("alice"), "--route", "10.0.0.0/33")...)
+	if r.code != 2 {
+		t.Errorf("masque up --route 10.0.0.0/33: exit %d, want 2\nstderr: %s", r.code, r.stderr)
+	}
+	checkErrorLine(t, "masque up with a bad CIDR", r.stderr, "masque: ", "10.0.0.0/33")
+	r = runIn(t, tp.server, 20*time.Second, env.masqued, "run", "--listen", serverAddr,
+		"--cert", env.certDir+"/server.crt", "--key", env.certDir+"/server.key", "--tokens", env.tokens,
+		"--state-dir", t.TempDir(), "--pool4", "100.64.0.0/99")
+	if r.code != 2 {
+		t.Errorf("masqued run --pool4 100.64.0.0/99: exit %d, want 2\nstderr: %s", r.code, r.stderr)
+	}
+	checkErrorLine(t, "masqued run with a bad pool", r.stderr, "masqued: ", "100.64.0.0/99")
+	tp.checkClean(tp.client)
+	tp.checkClean(tp.server)
+}
+
+// TestUnreachableServer: a server that never answers makes "masque up" give
+// up with a timeout naming the address, leaving nothing behind.
+func TestUnreachableServer(t *testing.T) {
+	tp := newTopo(t, false)
+	const addr = "198.18.1.99:4433" // on-link, but nobody has it
+	stateDir := t.TempDir()
+	argv := clientArgv(stateDir, tokenAuth("alice"))
+	for i, a := range argv {
+		if a == serverAddr {
+			argv[i] = addr
+		}
+	}
+	r := runIn(t, tp.client, 90*time.Second, argv...)
+	t.Logf("unreachable server: exit %d after %v: %s", r.code, r.took.Round(time.Millisecond), strings.TrimSpace(r.stderr))
+	if r.code != 1 {
+		t.Errorf("masque up --server %s: exit %d after %v, want 1", addr, r.code, r.took)
+	}
+	checkErrorLine(t, "unreachable server", r.stderr, "masque: ", "timeout", "timed out")
+	if !strings.Contains(r.stderr, addr) {
+		t.Errorf("error does not name the address %s: %s", addr, r.stderr)
+	}
+	tp.checkClean(tp.client)
+}
+
+// TestPlainPath checks the harness itself: with a temporary route back to
+// the client subnet on the target, the plain routed path carries ping, UDP
+// and TCP. A tunnel test failure is then the tunnel's, not the topology's.
+func TestPlainPath(t *testing.T) {
+	tp := newTopo(t, false)
+	checkPingFails(t, tp.client)
+	mustRun(t, "ip", "-n", tp.target, "route", "add", "198.18.1.0/24", "via", egressIP4)
+	mustRun(t, "ip", "-n", tp.target, "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:2::1")
+	defer func() {
+		mustRun(t, "ip", "-n", tp.target, "route", "del", "198.18.1.0/24", "via", egressIP4)
+		mustRun(t, "ip", "-n", tp.target, "-6", "route", "del", "2001:db8:1::/64", "via", "2001:db8:2::1")
+	}()
+	checkPing(t, tp.client, 3)
+	startTool(t, tp.target, "udpecho", "-listen", ":9000")
+	for _, to := range []string{targetIP4 + ":9000", "[" + targetIP6 + "]:9000"} {
+		r, err := udpExchange(tp.client, to, "p", 500, 5000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkUDP(t, "plain UDP echo via "+to, 500, r)
+	}
+	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "30s")
+	send := runIn(t, tp.client, 30*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100", "-bytes", "10000000")
+	if send.code != 0 || !sink.wait(5*time.Second) {
+		t.Fatalf("plain TCP: tcpsend exit %d: %s", send.code, send.stderr)
+	}
+	var a, b struct{ SHA256 string }
+	lastJSON(t, "tcpsend", send.stdout, &a)
+	lastJSON(t, "tcpsink", sink.stdout.String(), &b)
+	if a.SHA256 != b.SHA256 || a.SHA256 == "" {
+		t.Errorf("plain TCP: sink sha256 %q, sender %q", b.SHA256, a.SHA256)
+	}
+}
