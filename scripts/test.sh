@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# test.sh: everything CI checks, as root (the e2e tests need network
+# namespaces):
+#
+#   sudo scripts/test.sh
+#
+# Installs missing prerequisites, then: gofmt, go vet, go test -race over the
+# whole module (e2e included) and a short run of every fuzz target.
+# Exits non-zero on any failure. Takes about 10 minutes on 2 cores.
+set -euo pipefail
+
+if [[ $EUID -ne 0 ]]; then
+	echo "test.sh: must run as root (the e2e tests create network namespaces): sudo scripts/test.sh" >&2
+	exit 1
+fi
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/go/bin:$PATH:/usr/sbin:/sbin
+START=$SECONDS
+section() { printf '\n=== %s (%ds)\n' "$*" $((SECONDS - START)); }
+
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v ethtool >/dev/null || need+=(ethtool)
+command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v gcc >/dev/null || need+=(gcc libc6-dev) # go test -race needs cgo
+if ((${#need[@]})); then
+	section "installing ${need[*]}"
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
+command -v go >/dev/null || { echo "test.sh: go not found (expected in /usr/local/go/bin)" >&2; exit 1; }
+go version
+
+section "go mod download"
+go mod download
+
+section "gofmt"
+mapfile -t gofiles < <(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
+unformatted=$(gofmt -l "${gofiles[@]}")
+if [[ -n $unformatted ]]; then
+	echo "test.sh: not gofmt-ed:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+
+section "go vet"
+go vet ./...
+
+section "go test -race"
+go test -race -count=1 -timeout 20m ./...
+
+section "fuzz"
+# Every fuzz target, a few seconds each: PACKAGE_DIR FUNC per line.
+mapfile -t targets < <(grep -r --include='*_test.go' --exclude-dir=.git --exclude-dir=testdata -o '^func Fuzz[A-Za-z0-9_]*' . |
+	while IFS=: read -r file decl; do echo "$(dirname "$file") ${decl#func }"; done | sort -u)
+# Keep the fuzz phase within about 4 minutes whatever the number of targets
+# (each run also compiles its package with coverage instrumentation).
+fuzztime=5
+if ((${#targets[@]} > 24 || SECONDS - START > 540)); then
+	fuzztime=2
+fi
+fail=0
+for tgt in "${targets[@]}"; do
+	read -r dir fn <<<"$tgt"
+	echo "--- $fn in $dir (${fuzztime}s)"
+	if ! go test -run='^$' -fuzz="^${fn}\$" -fuzztime="${fuzztime}s" "$dir/"; then
+		echo "test.sh: FAIL: fuzz target $fn in $dir" >&2
+		fail=1
+	fi
+done
+echo "fuzz targets run: ${#targets[@]}"
+if ((fail)); then
+	exit 1
+fi
+
+section "all passed"
