@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/masque-vpn/masque/tunnel"
+	"github.com/spf13/cobra"
+)
+
+const statusSocket = "masque.sock"
+
+// Status is what masque status reports. Its JSON form is stable: fields are
+// only ever added.
+type Status struct {
+	State         string            `json:"state"`
+	Server        string            `json:"server"`
+	Addresses     []string          `json:"addresses"`
+	Routes        []string          `json:"routes"`
+	DNS           []string          `json:"dns,omitempty"`
+	Tun           string            `json:"tun"`
+	TxBytes       uint64            `json:"tx_bytes"`
+	RxBytes       uint64            `json:"rx_bytes"`
+	TxPackets     uint64            `json:"tx_packets"`
+	RxPackets     uint64            `json:"rx_packets"`
+	Drops         map[string]uint64 `json:"drops,omitempty"`
+	RTTms         float64           `json:"rtt_ms"`
+	UptimeSeconds float64           `json:"uptime_seconds"`
+}
+
+// statusServer answers status requests on a unix socket.
+type statusServer struct {
+	cfg    *upConfig
+	client *tunnel.Client
+	routes []netip.Prefix
+	srv    *http.Server
+	path   string
+}
+
+func newStatusServer(cfg *upConfig, c *tunnel.Client, routes []netip.Prefix) *statusServer {
+	return &statusServer{cfg: cfg, client: c, routes: routes}
+}
+
+func (s *statusServer) status() Status {
+	st := s.client.Stats()
+	out := Status{
+		State:         "up",
+		Server:        s.cfg.server,
+		Tun:           s.cfg.tun,
+		TxBytes:       st.TxBytes,
+		RxBytes:       st.RxBytes,
+		TxPackets:     st.TxPackets,
+		RxPackets:     st.RxPackets,
+		Drops:         st.Drops,
+		RTTms:         float64(st.RTT.Microseconds()) / 1000,
+		UptimeSeconds: st.Uptime.Seconds(),
+		Addresses:     []string{},
+		Routes:        []string{},
+	}
+	for _, a := range s.client.Addresses() {
+		out.Addresses = append(out.Addresses, a.String())
+	}
+	for _, r := range s.routes {
+		out.Routes = append(out.Routes, r.String())
+	}
+	for _, d := range s.client.DNS() {
+		out.DNS = append(out.DNS, d.String())
+	}
+	return out
+}
+
+func (s *statusServer) listen(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	_ = os.Remove(path) // a stale socket of a crashed run
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(s.status())
+	})
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.path = path
+	go s.srv.Serve(ln)
+	return nil
+}
+
+func (s *statusServer) close() {
+	s.srv.Close()
+	os.Remove(s.path)
+}
+
+func newStatusCmd() *cobra.Command {
+	var (
+		stateDir string
+		asJSON   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "Show the running tunnel's state and counters",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := queryStatus(filepath.Join(stateDir, statusSocket))
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			fmt.Fprintf(out, "state:     %s\n", st.State)
+			fmt.Fprintf(out, "server:    %s\n", st.Server)
+			fmt.Fprintf(out, "tun:       %s\n", st.Tun)
+			fmt.Fprintf(out, "addresses: %v\n", st.Addresses)
+			fmt.Fprintf(out, "routes:    %v\n", st.Routes)
+			if len(st.DNS) > 0 {
+				fmt.Fprintf(out, "dns:       %v\n", st.DNS)
+			}
+			fmt.Fprintf(out, "sent:      %d packets, %d bytes\n", st.TxPackets, st.TxBytes)
+			fmt.Fprintf(out, "received:  %d packets, %d bytes\n", st.RxPackets, st.RxBytes)
+			fmt.Fprintf(out, "rtt:       %.2f ms\n", st.RTTms)
+			fmt.Fprintf(out, "uptime:    %s\n", (time.Duration(st.UptimeSeconds) * time.Second).String())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", defaultStateDir, "directory of the status socket")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func queryStatus(sock string) (*Status, error) {
+	hc := &http.Client{
+		Timeout: 3 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+	rsp, err := hc.Get("http://masque/status")
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || isConnRefused(err) {
+			return nil, errors.New("no tunnel is up (no masque up is running)")
+		}
+		return nil, fmt.Errorf("query %s: %v", sock, err)
+	}
+	defer rsp.Body.Close()
+	var st Status
+	if err := json.NewDecoder(rsp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("query %s: %v", sock, err)
+	}
+	return &st, nil
+}
+
+func isConnRefused(err error) bool {
+	var se *os.SyscallError
+	return errors.As(err, &se)
+}

@@ -1,0 +1,376 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/masque-vpn/masque/quicio"
+	"github.com/masque-vpn/masque/tun"
+	"github.com/masque-vpn/masque/tunnel"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/spf13/cobra"
+)
+
+const (
+	defaultTun            = "masque0"
+	defaultMTU            = 1400
+	defaultConnectTimeout = 10 * time.Second
+)
+
+// upOptions are the flags of masque up.
+type upOptions struct {
+	server         string
+	serverName     string
+	ca             string
+	tokenFile      string
+	cert, key      string
+	routes         []string
+	excludes       []string
+	tun            string
+	mtu            int
+	stateDir       string
+	connectTimeout time.Duration
+	logLevel       string
+}
+
+// upConfig is a validated upOptions.
+type upConfig struct {
+	upOptions
+	authority string
+	token     string
+	tls       *tls.Config
+	routes    []netip.Prefix
+	excludes  []netip.Prefix
+}
+
+func newUpCmd() *cobra.Command {
+	var o upOptions
+	cmd := &cobra.Command{
+		Use:   "up --server HOST:PORT [flags]",
+		Short: "Bring the tunnel up in the foreground (full tunnel by default)",
+		Long: `Connects to a masqued server over CONNECT-IP, creates a TUN device with the
+addresses the server assigns, and routes traffic into it: everything the server
+advertises (a full tunnel) unless --route narrows it. The tunnel's own QUIC
+packets carry a firewall mark that bypasses the tunnel's routing table, like
+wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down does.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := o.validate()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runUp(ctx, cmd, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.server, "server", "", "server HOST:PORT (required)")
+	f.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (needed when --server is an IP literal and the certificate names a host)")
+	f.StringVar(&o.ca, "ca", "", "CA certificate to trust for the server (default: system roots)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token")
+	f.StringVar(&o.cert, "cert", "", "client certificate (PEM) for mTLS")
+	f.StringVar(&o.key, "key", "", "client private key (PEM) for mTLS")
+	f.StringArrayVar(&o.routes, "route", nil, "route only this prefix into the tunnel (repeatable; default: what the server advertises)")
+	f.StringArrayVar(&o.excludes, "exclude", nil, "keep this prefix out of the tunnel (repeatable)")
+	f.StringVar(&o.tun, "tun", defaultTun, "TUN device name")
+	f.IntVar(&o.mtu, "mtu", defaultMTU, "TUN MTU")
+	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for crash-recovery state and the status socket")
+	f.DurationVar(&o.connectTimeout, "connect-timeout", defaultConnectTimeout, "how long to wait for the server")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func (o *upOptions) validate() (*upConfig, error) {
+	c := &upConfig{upOptions: *o}
+	var errs []error
+	if o.server == "" {
+		errs = append(errs, errors.New("--server is required"))
+	} else if host, port, err := net.SplitHostPort(o.server); err != nil || host == "" || port == "" {
+		errs = append(errs, fmt.Errorf("--server %q: want HOST:PORT", o.server))
+	} else {
+		c.authority = o.server
+		if o.serverName != "" {
+			c.authority = net.JoinHostPort(o.serverName, port)
+		}
+	}
+	if o.tokenFile == "" && o.cert == "" {
+		errs = append(errs, errors.New("need --token-file or --cert/--key to authenticate"))
+	}
+	if (o.cert == "") != (o.key == "") {
+		errs = append(errs, errors.New("--cert and --key go together"))
+	}
+	if o.tokenFile != "" && o.cert != "" {
+		errs = append(errs, errors.New("--token-file and --cert are exclusive"))
+	}
+	for _, r := range o.routes {
+		p, err := parseCIDR(r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--route %q: %v", r, err))
+			continue
+		}
+		c.routes = append(c.routes, p)
+	}
+	for _, r := range o.excludes {
+		p, err := parseCIDR(r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--exclude %q: %v", r, err))
+			continue
+		}
+		c.excludes = append(c.excludes, p)
+	}
+	if o.mtu < 1280 || o.mtu > 65535 {
+		errs = append(errs, fmt.Errorf("--mtu %d: want 1280-65535", o.mtu))
+	}
+	if o.tun == "" || len(o.tun) > 15 {
+		errs = append(errs, fmt.Errorf("--tun %q: want 1-15 characters", o.tun))
+	}
+	if o.connectTimeout <= 0 {
+		errs = append(errs, errors.New("--connect-timeout must be positive"))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel))
+	}
+	if len(errs) > 0 {
+		return nil, usageError{errors.Join(errs...)}
+	}
+	// Files: still the user's input, so still exit code 2.
+	tc := &tls.Config{NextProtos: []string{http3.NextProtoH3}, MinVersion: tls.VersionTLS13, ServerName: o.serverName}
+	if o.ca != "" {
+		b, err := os.ReadFile(o.ca)
+		if err != nil {
+			return nil, usagef("--ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, usagef("--ca %s: no PEM certificate", o.ca)
+		}
+		tc.RootCAs = pool
+	}
+	if o.cert != "" {
+		kp, err := tls.LoadX509KeyPair(o.cert, o.key)
+		if err != nil {
+			return nil, usagef("--cert/--key: %v", err)
+		}
+		tc.Certificates = []tls.Certificate{kp}
+	}
+	if o.tokenFile != "" {
+		b, err := os.ReadFile(o.tokenFile)
+		if err != nil {
+			return nil, usagef("--token-file: %v", err)
+		}
+		c.token = strings.TrimSpace(string(b))
+		if c.token == "" || strings.ContainsAny(c.token, " \t\r\n") {
+			return nil, usagef("--token-file %s: want one token on one line", o.tokenFile)
+		}
+	}
+	c.tls = tc
+	return c, nil
+}
+
+// parseCIDR parses a prefix (or a bare address as a host prefix) and
+// insists on a masked one.
+func parseCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		a, err2 := netip.ParseAddr(s)
+		if err2 != nil {
+			return netip.Prefix{}, errors.New("not a CIDR prefix")
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p != p.Masked() {
+		return netip.Prefix{}, fmt.Errorf("host bits set (did you mean %s?)", p.Masked())
+	}
+	return p, nil
+}
+
+func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.logLevel))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	log.SetFlags(0)
+	log.SetOutput(tunnel.NewLibraryLogWriter(logger, time.Second))
+
+	if os.Geteuid() != 0 {
+		return errors.New("up: needs root (CAP_NET_ADMIN) to create the TUN device and routes")
+	}
+	statePath := filepath.Join(c.stateDir, "state.json")
+	if err := recoverLeftovers(statePath, logger); err != nil {
+		return err
+	}
+
+	routing := &tun.Routing{Link: c.tun}
+	dctx, cancel := context.WithTimeout(ctx, c.connectTimeout)
+	qc, err := quicio.Dial(dctx, quicio.DialConfig{
+		Addr:      c.server,
+		TLSConfig: c.tls,
+		FwMark:    routingFwMark(routing),
+		Logger:    logger,
+	})
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return dialError(c.server, c.connectTimeout, err)
+	}
+	defer qc.Close()
+	client, err := tunnel.Connect(ctx, tunnel.ClientConfig{
+		Conn:         qc.Conn,
+		Authority:    c.authority,
+		Token:        c.token,
+		SetupTimeout: c.connectTimeout,
+		Logger:       logger,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if re, ok := errors.AsType[*tunnel.RefusedError](err); ok && (re.Status == 401 || re.Status == 403) {
+			return fmt.Errorf("%v: check --token-file or the client certificate", err)
+		}
+		return err
+	}
+	defer client.Close()
+
+	routing.Routes = c.routes
+	if len(routing.Routes) == 0 {
+		routing.Routes = client.Routes()
+	}
+	routing.Routes = familiesWith(routing.Routes, client.Addresses())
+	routing.Excludes = c.excludes
+
+	// Crash safety: record what is about to change before changing it.
+	st := &tun.State{Version: tun.StateVersion, PID: os.Getpid(), Tun: c.tun, Routing: routing}
+	if err := tun.WriteState(statePath, st); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	defer func() {
+		if err := tun.Undo(st); err != nil {
+			retErr = errors.Join(retErr, err)
+			return
+		}
+		_ = tun.RemoveState(statePath)
+	}()
+	dev, err := tun.Create(tun.Config{Name: c.tun, MTU: c.mtu, Addrs: client.Addresses()})
+	if err != nil {
+		return fmt.Errorf("create TUN %s: %w", c.tun, err)
+	}
+	defer dev.Close()
+	if err := routing.Apply(); err != nil {
+		return fmt.Errorf("routes: %w", err)
+	}
+
+	status := newStatusServer(c, client, routing.Routes)
+	sockPath := filepath.Join(c.stateDir, statusSocket)
+	if err := status.listen(sockPath); err != nil {
+		logger.Warn("status socket unavailable", "path", sockPath, "err", err)
+	} else {
+		defer status.close()
+	}
+
+	fmt.Fprintf(cmd.OutOrStdout(), "up: server=%s addresses=%s tun=%s\n", c.server, joinPrefixes(client.Addresses()), c.tun)
+	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", routing.Routes, "offloads", dev.Offloads())
+
+	runErr := client.Run(ctx, dev)
+	dev.Close()
+	if runErr != nil {
+		return fmt.Errorf("tunnel down: %w", runErr)
+	}
+	logger.Info("tunnel down")
+	return nil
+}
+
+// routingFwMark returns the mark that routing will exempt, so the QUIC
+// socket gets the same one.
+func routingFwMark(r *tun.Routing) uint32 {
+	if r.FwMark != 0 {
+		return r.FwMark
+	}
+	return tun.DefaultFwMark
+}
+
+// familiesWith keeps the routes of the address families the tunnel has an
+// address for.
+func familiesWith(routes, addrs []netip.Prefix) []netip.Prefix {
+	var has4, has6 bool
+	for _, a := range addrs {
+		if a.Addr().Is4() {
+			has4 = true
+		} else {
+			has6 = true
+		}
+	}
+	var out []netip.Prefix
+	for _, r := range routes {
+		if (r.Addr().Is4() && has4) || (r.Addr().Is6() && has6) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// dialError turns a QUIC dial failure into one actionable line.
+func dialError(addr string, timeout time.Duration, err error) error {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "timeout"):
+		return fmt.Errorf("connect to %s: timeout after %s (is the server up and UDP reachable?)", addr, timeout)
+	case strings.Contains(msg, "x509") || strings.Contains(msg, "certificate"):
+		return fmt.Errorf("connect to %s: server certificate not trusted: %v (check --ca and --server-name)", addr, err)
+	}
+	return err
+}
+
+// recoverLeftovers undoes what a crashed masque left behind, refusing if
+// the owner is still running.
+func recoverLeftovers(statePath string, logger *slog.Logger) error {
+	st, err := tun.ReadState(statePath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("state file %s: %v (remove it, or run masque down)", statePath, err)
+	}
+	if st.PID > 0 && st.PID != os.Getpid() && processAlive(st.PID) {
+		return fmt.Errorf("masque is already running as pid %d (state %s)", st.PID, statePath)
+	}
+	logger.Warn("undoing leftovers of a crashed run", "pid", st.PID)
+	if err := tun.Undo(st); err != nil {
+		return fmt.Errorf("undo leftovers: %w", err)
+	}
+	return tun.RemoveState(statePath)
+}
+
+func processAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	// A recycled PID of another program does not count.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return err == nil && strings.TrimSpace(string(b)) == "masque"
+}

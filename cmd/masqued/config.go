@@ -1,0 +1,262 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Defaults of the server configuration.
+const (
+	defaultListen    = "[::]:443"
+	defaultPool4     = "100.64.0.0/16"
+	defaultPool6     = "fd6d:6173:7175:6500::/64"
+	defaultTun       = "masqued0"
+	defaultStateDir  = "/var/lib/masqued"
+	defaultMTU       = 1400
+	defaultLeaseTime = 10 * time.Minute
+	defaultDrain     = 5 * time.Second
+	nftTable         = "masqued"
+)
+
+// Config is masqued's configuration file (JSON, unknown keys are errors).
+// Flags given on the command line override it.
+type Config struct {
+	Listen              string   `json:"listen,omitempty"`
+	Cert                string   `json:"cert,omitempty"`
+	Key                 string   `json:"key,omitempty"`
+	ClientCA            string   `json:"client_ca,omitempty"`
+	Tokens              string   `json:"tokens,omitempty"`
+	Pool4               string   `json:"pool4,omitempty"` // "off" disables IPv4
+	Pool6               string   `json:"pool6,omitempty"` // "off" disables IPv6
+	Egress              string   `json:"egress,omitempty"`
+	StateDir            string   `json:"state_dir,omitempty"`
+	Tun                 string   `json:"tun,omitempty"`
+	MTU                 int      `json:"mtu,omitempty"`
+	DNS                 []string `json:"dns,omitempty"`
+	Routes              []string `json:"routes,omitempty"`
+	Allow               []string `json:"allow,omitempty"`
+	Deny                []string `json:"deny,omitempty"`
+	AllowClientToClient bool     `json:"allow_client_to_client,omitempty"`
+	LeaseTime           string   `json:"lease_time,omitempty"`
+	MaxConns            int      `json:"max_conns,omitempty"`
+	MaxSessionsPerConn  int      `json:"max_sessions_per_conn,omitempty"`
+	Metrics             string   `json:"metrics,omitempty"`
+	LogLevel            string   `json:"log_level,omitempty"`
+	DrainTimeout        string   `json:"drain_timeout,omitempty"`
+}
+
+// maxConfigSize bounds a configuration file.
+const maxConfigSize = 1 << 20
+
+// parseConfig decodes a configuration file strictly.
+func parseConfig(r io.Reader) (*Config, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxConfigSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxConfigSize {
+		return nil, fmt.Errorf("larger than %d bytes", maxConfigSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("decode: %v", err)
+	}
+	if dec.More() {
+		return nil, errors.New("decode: data after the configuration object")
+	}
+	return &c, nil
+}
+
+func loadConfig(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	defer f.Close()
+	c, err := parseConfig(f)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// settings is a validated Config with defaults filled in and values parsed.
+type settings struct {
+	Listen              netip.AddrPort
+	Cert, Key           string
+	ClientCA            string
+	Tokens              string
+	Pool4, Pool6        netip.Prefix // invalid when off
+	Egress              string
+	StateDir            string
+	Tun                 string
+	MTU                 int
+	DNS                 []netip.Addr
+	Routes              []netip.Prefix
+	Allow, Deny         []netip.Prefix
+	AllowClientToClient bool
+	LeaseTime           time.Duration
+	MaxConns            int
+	MaxSessionsPerConn  int
+	Metrics             string
+	LogLevel            string
+	DrainTimeout        time.Duration
+}
+
+// resolve fills defaults and validates c, reporting every problem at once
+// with its field name. It does no I/O besides resolving a listen host name.
+func (c *Config) resolve() (*settings, error) {
+	var errs []error
+	bad := func(field string, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	s := &settings{
+		Cert: c.Cert, Key: c.Key, ClientCA: c.ClientCA, Tokens: c.Tokens,
+		Egress: c.Egress, StateDir: or(c.StateDir, defaultStateDir), Tun: or(c.Tun, defaultTun),
+		MTU: c.MTU, AllowClientToClient: c.AllowClientToClient, MaxConns: c.MaxConns,
+		MaxSessionsPerConn: c.MaxSessionsPerConn, Metrics: c.Metrics, LogLevel: or(c.LogLevel, "info"),
+	}
+	listen := or(c.Listen, defaultListen)
+	if ap, err := netip.ParseAddrPort(listen); err == nil {
+		s.Listen = ap
+	} else if host, port, err := net.SplitHostPort(listen); err == nil && host == "" {
+		p, err := strconv.ParseUint(port, 10, 16)
+		if err != nil {
+			bad("listen", "bad port %q", port)
+		}
+		s.Listen = netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(p))
+	} else {
+		bad("listen", "%q is not ADDR:PORT", listen)
+	}
+	if s.Listen.IsValid() && s.Listen.Port() == 0 {
+		bad("listen", "port 0")
+	}
+	if s.Cert == "" {
+		bad("cert", "required")
+	}
+	if s.Key == "" {
+		bad("key", "required")
+	}
+	if s.Tokens == "" && s.ClientCA == "" {
+		bad("tokens", "need --tokens or --client-ca (or both) to authenticate clients")
+	}
+	s.Pool4 = parsePool("pool4", or(c.Pool4, defaultPool4), true, bad)
+	s.Pool6 = parsePool("pool6", or(c.Pool6, defaultPool6), false, bad)
+	if !s.Pool4.IsValid() && !s.Pool6.IsValid() && c.Pool4 == "off" && c.Pool6 == "off" {
+		bad("pool4", "both pools are off")
+	}
+	if s.MTU == 0 {
+		s.MTU = defaultMTU
+	}
+	if s.MTU < 1280 || s.MTU > 65535 {
+		bad("mtu", "%d is outside 1280-65535", s.MTU)
+	}
+	for i, d := range c.DNS {
+		a, err := netip.ParseAddr(d)
+		if err != nil || a.Zone() != "" {
+			bad(fmt.Sprintf("dns[%d]", i), "%q is not an IP address", d)
+			continue
+		}
+		s.DNS = append(s.DNS, a)
+	}
+	s.Routes = parsePrefixes("routes", c.Routes, bad)
+	s.Allow = parsePrefixes("allow", c.Allow, bad)
+	s.Deny = parsePrefixes("deny", c.Deny, bad)
+	s.LeaseTime = parseDuration("lease_time", c.LeaseTime, defaultLeaseTime, bad)
+	s.DrainTimeout = parseDuration("drain_timeout", c.DrainTimeout, defaultDrain, bad)
+	if s.MaxConns < 0 {
+		bad("max_conns", "%d is negative", s.MaxConns)
+	}
+	if s.MaxSessionsPerConn < 0 {
+		bad("max_sessions_per_conn", "%d is negative", s.MaxSessionsPerConn)
+	}
+	switch s.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "%q is not debug, info, warn or error", s.LogLevel)
+	}
+	if s.Metrics != "" {
+		if _, _, err := net.SplitHostPort(s.Metrics); err != nil {
+			bad("metrics", "%q is not HOST:PORT", s.Metrics)
+		}
+	}
+	if len(s.Tun) > 15 || s.Tun == "" {
+		bad("tun", "%q must be 1-15 characters", s.Tun)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func or(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func parsePool(field, v string, v4 bool, bad func(string, string, ...any)) netip.Prefix {
+	if v == "off" {
+		return netip.Prefix{}
+	}
+	p, err := netip.ParsePrefix(v)
+	switch {
+	case err != nil:
+		bad(field, "%q is not a CIDR prefix", v)
+	case p != p.Masked():
+		bad(field, "%s has host bits set (did you mean %s?)", p, p.Masked())
+	case v4 && !p.Addr().Is4():
+		bad(field, "%s is not IPv4", p)
+	case !v4 && (!p.Addr().Is6() || p.Addr().Is4In6()):
+		bad(field, "%s is not IPv6", p)
+	case v4 && p.Bits() > 30, !v4 && p.Bits() > 126:
+		bad(field, "%s is too small for a gateway and a client", p)
+	default:
+		return p
+	}
+	return netip.Prefix{}
+}
+
+func parsePrefixes(field string, vs []string, bad func(string, string, ...any)) []netip.Prefix {
+	var out []netip.Prefix
+	for i, v := range vs {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			if a, err2 := netip.ParseAddr(v); err2 == nil {
+				p = netip.PrefixFrom(a, a.BitLen())
+			} else {
+				bad(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR prefix", v)
+				continue
+			}
+		}
+		if p != p.Masked() {
+			bad(fmt.Sprintf("%s[%d]", field, i), "%s has host bits set", p)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func parseDuration(field, v string, def time.Duration, bad func(string, string, ...any)) time.Duration {
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		bad(field, "%q is not a positive duration like 10m", v)
+		return def
+	}
+	return d
+}

@@ -1,0 +1,390 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/masque-vpn/masque/policy"
+	"github.com/masque-vpn/masque/quicio"
+	"github.com/masque-vpn/masque/tun"
+	"github.com/masque-vpn/masque/tunnel"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/spf13/cobra"
+)
+
+// serverFlags binds the run flags onto a Config; flags that were set
+// override the file.
+func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
+	f := cmd.Flags()
+	f.StringVar(configPath, "config", "", "configuration file (JSON); flags override it")
+	f.StringVar(&c.Listen, "listen", "", "UDP address to listen on (default "+defaultListen+")")
+	f.StringVar(&c.Cert, "cert", "", "server certificate (PEM)")
+	f.StringVar(&c.Key, "key", "", "server private key (PEM)")
+	f.StringVar(&c.ClientCA, "client-ca", "", "CA that signs client certificates (enables mTLS; identity = certificate CN)")
+	f.StringVar(&c.Tokens, "tokens", "", "bearer tokens file, lines of IDENTITY TOKEN")
+	f.StringVar(&c.Pool4, "pool4", "", "IPv4 client address pool, or off (default "+defaultPool4+")")
+	f.StringVar(&c.Pool6, "pool6", "", "IPv6 client address pool, or off (default "+defaultPool6+")")
+	f.StringVar(&c.Egress, "egress", "", "interface to masquerade client traffic out of (default: any but the TUN)")
+	f.StringVar(&c.StateDir, "state-dir", "", "directory for keys and crash-recovery state (default "+defaultStateDir+")")
+	f.StringVar(&c.Tun, "tun", "", "server TUN device name (default "+defaultTun+")")
+	f.IntVar(&c.MTU, "mtu", 0, "server TUN MTU (default "+strconv.Itoa(defaultMTU)+")")
+	f.StringArrayVar(&c.DNS, "dns", nil, "DNS server to send to clients (repeatable)")
+	f.StringArrayVar(&c.Routes, "route", nil, "route to advertise to clients (repeatable; default all of each pool's family)")
+	f.StringArrayVar(&c.Allow, "allow", nil, "destination prefix clients may reach even if denied by default (repeatable)")
+	f.StringArrayVar(&c.Deny, "deny", nil, "destination prefix clients must not reach (repeatable)")
+	f.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics")
+	f.StringVar(&c.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
+}
+
+// mergeFlags copies every flag the user set from flagged onto file.
+func mergeFlags(cmd *cobra.Command, file, flagged *Config) {
+	set := func(name string, apply func()) {
+		if cmd.Flags().Changed(name) {
+			apply()
+		}
+	}
+	set("listen", func() { file.Listen = flagged.Listen })
+	set("cert", func() { file.Cert = flagged.Cert })
+	set("key", func() { file.Key = flagged.Key })
+	set("client-ca", func() { file.ClientCA = flagged.ClientCA })
+	set("tokens", func() { file.Tokens = flagged.Tokens })
+	set("pool4", func() { file.Pool4 = flagged.Pool4 })
+	set("pool6", func() { file.Pool6 = flagged.Pool6 })
+	set("egress", func() { file.Egress = flagged.Egress })
+	set("state-dir", func() { file.StateDir = flagged.StateDir })
+	set("tun", func() { file.Tun = flagged.Tun })
+	set("mtu", func() { file.MTU = flagged.MTU })
+	set("dns", func() { file.DNS = flagged.DNS })
+	set("route", func() { file.Routes = flagged.Routes })
+	set("allow", func() { file.Allow = flagged.Allow })
+	set("deny", func() { file.Deny = flagged.Deny })
+	set("metrics", func() { file.Metrics = flagged.Metrics })
+	set("log-level", func() { file.LogLevel = flagged.LogLevel })
+}
+
+// loadSettings reads the file (if any), applies flags and validates.
+func loadSettings(cmd *cobra.Command, flagged *Config, path string) (*settings, error) {
+	file := &Config{}
+	if path != "" {
+		c, err := loadConfig(path)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		file = c
+	}
+	mergeFlags(cmd, file, flagged)
+	s, err := file.resolve()
+	if err != nil {
+		return nil, usageError{fmt.Errorf("invalid configuration:\n%w", err)}
+	}
+	return s, nil
+}
+
+func newRunCmd() *cobra.Command {
+	var (
+		c    Config
+		path string
+	)
+	cmd := &cobra.Command{
+		Use:   "run --listen ADDR:PORT --cert F --key F [flags]",
+		Short: "Run the server in the foreground",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := loadSettings(cmd, &c, path)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runServer(ctx, s)
+		},
+	}
+	serverFlags(cmd, &c, &path)
+	return cmd
+}
+
+func newConfigCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
+	var (
+		c    Config
+		path string
+	)
+	check := &cobra.Command{
+		Use:   "check [--config FILE] [flags]",
+		Short: "Validate the configuration and the files it names, then exit",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := loadSettings(cmd, &c, path)
+			if err != nil {
+				return err
+			}
+			if _, err := loadServerMaterial(s); err != nil {
+				return usageError{err}
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "configuration ok")
+			return nil
+		},
+	}
+	serverFlags(check, &c, &path)
+	cmd.AddCommand(check)
+	return cmd
+}
+
+// material is what the settings name on disk, loaded and checked.
+type material struct {
+	tls  *tls.Config
+	auth *policy.Authenticator
+}
+
+func loadServerMaterial(s *settings) (*material, error) {
+	cert, err := tls.LoadX509KeyPair(s.Cert, s.Key)
+	if err != nil {
+		return nil, fmt.Errorf("certificate %s / key %s: %w", s.Cert, s.Key, err)
+	}
+	tc := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		NextProtos:   []string{http3.NextProtoH3},
+		MinVersion:   tls.VersionTLS13,
+	}
+	auth := &policy.Authenticator{}
+	if s.ClientCA != "" {
+		pemBytes, err := os.ReadFile(s.ClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pemBytes) {
+			return nil, fmt.Errorf("client CA %s: no PEM certificate", s.ClientCA)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+		auth.ClientCerts = true
+	}
+	if s.Tokens != "" {
+		toks, err := policy.LoadTokens(s.Tokens)
+		if err != nil {
+			return nil, err
+		}
+		auth.Tokens = toks
+	}
+	return &material{tls: tc, auth: auth}, nil
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// hostAddrs returns the addresses on this host's interfaces, which clients
+// must not reach through the tunnel unless allowed.
+func hostAddrs() []netip.Addr {
+	var out []netip.Addr
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+func runServer(ctx context.Context, s *settings) (retErr error) {
+	logger := newLogger(s.LogLevel)
+	log.SetFlags(0)
+	log.SetOutput(tunnel.NewLibraryLogWriter(logger, time.Second))
+
+	m, err := loadServerMaterial(s)
+	if err != nil {
+		return usageError{err}
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("run: needs root (CAP_NET_ADMIN) to create the TUN device, routes and NAT")
+	}
+	if s.Egress != "" {
+		if _, err := net.InterfaceByName(s.Egress); err != nil {
+			return usagef("egress: interface %s: %v", s.Egress, err)
+		}
+	}
+
+	var pool4, pool6 *policy.Pool
+	var tunAddrs, pools []netip.Prefix
+	serverAddrs := hostAddrs()
+	if s.Pool4.IsValid() {
+		if pool4, err = policy.NewPool(s.Pool4, s.LeaseTime); err != nil {
+			return usagef("pool4: %v", err)
+		}
+		tunAddrs = append(tunAddrs, netip.PrefixFrom(pool4.Gateway(), s.Pool4.Bits()))
+		pools = append(pools, s.Pool4)
+		serverAddrs = append(serverAddrs, pool4.Gateway())
+	}
+	if s.Pool6.IsValid() {
+		if pool6, err = policy.NewPool(s.Pool6, s.LeaseTime); err != nil {
+			return usagef("pool6: %v", err)
+		}
+		tunAddrs = append(tunAddrs, netip.PrefixFrom(pool6.Gateway(), s.Pool6.Bits()))
+		pools = append(pools, s.Pool6)
+		serverAddrs = append(serverAddrs, pool6.Gateway())
+	}
+	dests, err := policy.NewDestinations(policy.DestinationsConfig{
+		ServerAddrs:         serverAddrs,
+		ClientPrefixes:      pools,
+		AllowClientToClient: s.AllowClientToClient,
+		Allow:               s.Allow,
+		Deny:                s.Deny,
+	})
+	if err != nil {
+		return usagef("destinations: %v", err)
+	}
+
+	// Crash safety: undo what a previous run left behind, and record what
+	// this run is about to change before changing it.
+	statePath := filepath.Join(s.StateDir, "state.json")
+	if old, err := tun.ReadState(statePath); err == nil {
+		logger.Warn("undoing leftovers of a previous run", "pid", old.PID)
+		if err := tun.Undo(old); err != nil {
+			logger.Warn("undo of previous run incomplete", "err", err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		logger.Warn("ignoring unreadable state file", "path", statePath, "err", err)
+	}
+	st := &tun.State{Version: tun.StateVersion, PID: os.Getpid(), Tun: s.Tun, NFTables: []string{nftTable}, Sysctls: map[string]string{}}
+	sysctls := map[string]string{}
+	if pool4 != nil {
+		sysctls["net/ipv4/ip_forward"] = "1"
+	}
+	if pool6 != nil {
+		sysctls["net/ipv6/conf/all/forwarding"] = "1"
+	}
+	for k := range sysctls {
+		old, err := os.ReadFile(filepath.Join("/proc/sys", k))
+		if err != nil {
+			return fmt.Errorf("read sysctl %s: %w", k, err)
+		}
+		st.Sysctls[k] = string(trimNL(old))
+	}
+	if err := tun.WriteState(statePath, st); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	defer func() {
+		if err := tun.Undo(st); err != nil {
+			logger.Warn("cleanup incomplete", "err", err)
+			retErr = errors.Join(retErr, err)
+			return
+		}
+		_ = tun.RemoveState(statePath)
+	}()
+
+	dev, err := tun.Create(tun.Config{Name: s.Tun, MTU: s.MTU, Addrs: tunAddrs})
+	if err != nil {
+		return fmt.Errorf("create TUN %s: %w", s.Tun, err)
+	}
+	defer dev.Close()
+	for k, v := range sysctls {
+		if _, err := tun.SetSysctl(k, v); err != nil {
+			return err
+		}
+	}
+	nat, err := tun.NewNAT(nftTable, s.Egress, s.Tun, pools)
+	if err != nil {
+		return fmt.Errorf("set up NAT: %w", err)
+	}
+	defer nat.Close()
+
+	app, err := tunnel.NewServer(tunnel.ServerConfig{
+		Auth:               m.auth,
+		Pool4:              pool4,
+		Pool6:              pool6,
+		Destinations:       dests,
+		Device:             dev,
+		Routes:             s.Routes,
+		DNS:                s.DNS,
+		Port:               int(s.Listen.Port()),
+		MaxSessionsPerConn: s.MaxSessionsPerConn,
+		Logger:             logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		app.Close()
+		dev.Close()
+		<-app.TUNDone()
+	}()
+
+	qs, err := quicio.NewServer(quicio.Config{
+		Addr:      s.Listen.String(),
+		TLSConfig: m.tls,
+		StateDir:  s.StateDir,
+		MaxConns:  s.MaxConns,
+		Logger:    logger,
+	}, app)
+	if err != nil {
+		return err
+	}
+
+	var metricsSrv *http.Server
+	if s.Metrics != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(app.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		ln, err := net.Listen("tcp", s.Metrics)
+		if err != nil {
+			qs.Close()
+			return fmt.Errorf("metrics listen on %s: %w", s.Metrics, err)
+		}
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go metricsSrv.Serve(ln)
+		defer metricsSrv.Close()
+	}
+
+	logger.Info("tunnel ready", "tun", s.Tun, "addresses", tunAddrs, "egress", s.Egress)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- qs.Serve() }()
+	select {
+	case err := <-serveErr:
+		qs.Close()
+		return err
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down", "drain_timeout", s.DrainTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), s.DrainTimeout)
+	defer cancel()
+	if err := qs.Shutdown(sctx); err != nil {
+		logger.Warn("shutdown", "err", err)
+	}
+	<-serveErr
+	logger.Info("stopped")
+	return nil
+}
+
+func trimNL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

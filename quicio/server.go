@@ -1,0 +1,416 @@
+package quicio
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Defaults for a zero Config.
+const (
+	DefaultMaxConns          = 10000
+	DefaultMaxConnsPerSource = 64
+	DefaultRetryThreshold    = 128
+	DefaultIdleTimeout       = 30 * time.Second
+	DefaultHandshakeTimeout  = 10 * time.Second
+)
+
+// Application error codes quicio closes connections with.
+const (
+	codeNoError    quic.ApplicationErrorCode = 0x100 // H3_NO_ERROR
+	codeServerBusy quic.ApplicationErrorCode = 0x107 // H3_EXCESSIVE_LOAD
+)
+
+// Config configures a [Server]. Zero values mean the documented defaults.
+type Config struct {
+	// Addr is the UDP address to listen on, e.g. "0.0.0.0:443" or "[::]:443".
+	Addr string
+	// TLSConfig must hold the server certificate and NextProtos.
+	TLSConfig *tls.Config
+	// QUICConfig is cloned; nil means datagrams on, DefaultIdleTimeout and
+	// DefaultHandshakeTimeout.
+	QUICConfig *quic.Config
+	// StateDir holds the persisted stateless-reset and token keys (0600).
+	// Empty means fresh random keys on every start.
+	StateDir string
+	// ServerID is the first byte of every connection ID this server issues.
+	ServerID byte
+	// MaxConns caps concurrent connections (DefaultMaxConns).
+	MaxConns int
+	// MaxConnsPerSource caps concurrent connections from one source IP
+	// address, handshakes included (DefaultMaxConnsPerSource).
+	MaxConnsPerSource int
+	// RetryThreshold is the number of handshakes in flight above which new
+	// peers must first prove their address with a Retry
+	// (DefaultRetryThreshold). Negative means always ask for Retry.
+	RetryThreshold int
+	// SocketBuffer is the UDP buffer size (DefaultSocketBuffer).
+	SocketBuffer int
+	// Hooks are optional lifetime callbacks.
+	Hooks Hooks
+	// Logger receives lifecycle logs; nil discards them.
+	Logger *slog.Logger
+}
+
+func (c *Config) populate() {
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.MaxConnsPerSource == 0 {
+		c.MaxConnsPerSource = DefaultMaxConnsPerSource
+	}
+	if c.RetryThreshold == 0 {
+		c.RetryThreshold = DefaultRetryThreshold
+	}
+	if c.SocketBuffer == 0 {
+		c.SocketBuffer = DefaultSocketBuffer
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports every problem of c at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Addr == "" {
+		errs = append(errs, errors.New("addr: empty"))
+	} else if _, err := netip.ParseAddrPort(c.Addr); err != nil {
+		if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+			errs = append(errs, fmt.Errorf("addr: %v", err))
+		}
+	}
+	if c.TLSConfig == nil {
+		errs = append(errs, errors.New("tls: no configuration"))
+	} else if len(c.TLSConfig.Certificates) == 0 && c.TLSConfig.GetCertificate == nil && c.TLSConfig.GetConfigForClient == nil {
+		errs = append(errs, errors.New("tls: no certificate"))
+	}
+	if c.MaxConns < 0 {
+		errs = append(errs, fmt.Errorf("max_conns: %d is negative", c.MaxConns))
+	}
+	if c.MaxConnsPerSource < 0 {
+		errs = append(errs, fmt.Errorf("max_conns_per_source: %d is negative", c.MaxConnsPerSource))
+	}
+	return errors.Join(errs...)
+}
+
+// Stats are a server's counters since it started.
+type Stats struct {
+	Accepted        uint64 // connections that completed the handshake
+	Active          int64  // connections being served now
+	Handshaking     int64  // handshakes in flight
+	RejectedBusy    uint64 // over MaxConns
+	RejectedSource  uint64 // over MaxConnsPerSource
+	RetriesAsked    uint64 // VerifySourceAddress said yes
+	RejectedByHooks uint64 // OnEstablished refused
+}
+
+// Server accepts QUIC connections and runs one worker goroutine per
+// connection that calls the Application.
+//
+// Lifecycle: NewServer opens the socket; Serve accepts until Shutdown or
+// Close; Shutdown drains; Close stops at once. Every goroutine the Server
+// started has exited when Serve has returned and Shutdown or Close has
+// returned.
+type Server struct {
+	cfg  Config
+	app  Application
+	log  *slog.Logger
+	conn *net.UDPConn
+	tr   *quic.Transport
+	ln   *quic.Listener
+
+	handshaking atomic.Int64
+	active      atomic.Int64
+	stats       struct {
+		accepted, busy, source, retries, hooks atomic.Uint64
+	}
+
+	workers sync.WaitGroup
+
+	mu      sync.Mutex // guards the fields below
+	conns   map[*quic.Conn]struct{}
+	sources map[netip.Addr]int
+	closing bool
+}
+
+type handshakeKey struct{}
+
+// handshake tracks one connection attempt from ConnContext until it either
+// completes (Accept returns it) or dies.
+type handshake struct {
+	done atomic.Bool
+	s    *Server
+}
+
+func (h *handshake) finish() {
+	if h.done.CompareAndSwap(false, true) {
+		h.s.handshaking.Add(-1)
+	}
+}
+
+// NewServer validates cfg, opens the UDP socket and starts listening.
+func NewServer(cfg Config, app Application) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.populate()
+	s := &Server{
+		cfg:     cfg,
+		app:     app,
+		log:     cfg.Logger.With("component", "quicio"),
+		conns:   make(map[*quic.Conn]struct{}),
+		sources: make(map[netip.Addr]int),
+	}
+	tr := &quic.Transport{
+		ConnectionIDGenerator: &connIDGenerator{serverID: cfg.ServerID},
+		VerifySourceAddress:   s.verifySourceAddress,
+		ConnContext:           s.connContext,
+	}
+	if cfg.StateDir != "" {
+		rk, err := loadOrCreateKey(cfg.StateDir, resetKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		tk, err := loadOrCreateKey(cfg.StateDir, tokenKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		srk := quic.StatelessResetKey(*rk)
+		tgk := quic.TokenGeneratorKey(*tk)
+		tr.StatelessResetKey = &srk
+		tr.TokenGeneratorKey = &tgk
+	} else {
+		var k quic.StatelessResetKey
+		if _, err := randRead(k[:]); err != nil {
+			return nil, err
+		}
+		tr.StatelessResetKey = &k
+	}
+	conn, err := listenUDP(cfg.Addr, socketOptions{buffer: cfg.SocketBuffer})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	tr.Conn = conn
+	qc := serverQUICConfig(cfg.QUICConfig)
+	ln, err := tr.Listen(cfg.TLSConfig, qc)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	s.conn, s.tr, s.ln = conn, tr, ln
+	return s, nil
+}
+
+func serverQUICConfig(c *quic.Config) *quic.Config {
+	if c != nil {
+		c = c.Clone()
+	} else {
+		c = &quic.Config{}
+	}
+	c.EnableDatagrams = true
+	if c.MaxIdleTimeout == 0 {
+		c.MaxIdleTimeout = DefaultIdleTimeout
+	}
+	if c.HandshakeIdleTimeout == 0 {
+		c.HandshakeIdleTimeout = DefaultHandshakeTimeout
+	}
+	return c
+}
+
+// Addr returns the local address the server listens on.
+func (s *Server) Addr() net.Addr { return s.conn.LocalAddr() }
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Accepted:        s.stats.accepted.Load(),
+		Active:          s.active.Load(),
+		Handshaking:     s.handshaking.Load(),
+		RejectedBusy:    s.stats.busy.Load(),
+		RejectedSource:  s.stats.source.Load(),
+		RetriesAsked:    s.stats.retries.Load(),
+		RejectedByHooks: s.stats.hooks.Load(),
+	}
+}
+
+// verifySourceAddress asks for a Retry only under handshake load: a Retry
+// costs every peer a round trip, so it is kept for when the server has to
+// defend its handshake CPU against spoofed floods.
+func (s *Server) verifySourceAddress(net.Addr) bool {
+	if s.cfg.RetryThreshold < 0 || s.handshaking.Load() >= int64(s.cfg.RetryThreshold) {
+		s.stats.retries.Add(1)
+		return true
+	}
+	return false
+}
+
+var errTooManyFromSource = errors.New("too many connections from this address")
+
+// connContext runs when quic-go creates a connection for a new peer, before
+// any crypto: it enforces the per-source limit and starts handshake tracking.
+func (s *Server) connContext(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+	src := addrOf(info.RemoteAddr)
+	s.mu.Lock()
+	if s.sources[src] >= s.cfg.MaxConnsPerSource {
+		s.mu.Unlock()
+		s.stats.source.Add(1)
+		return nil, errTooManyFromSource
+	}
+	s.sources[src]++
+	s.mu.Unlock()
+
+	h := &handshake{s: s}
+	s.handshaking.Add(1)
+	context.AfterFunc(ctx, func() {
+		h.finish()
+		s.mu.Lock()
+		if s.sources[src]--; s.sources[src] <= 0 {
+			delete(s.sources, src)
+		}
+		s.mu.Unlock()
+	})
+	return context.WithValue(ctx, handshakeKey{}, h), nil
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if ua, ok := a.(*net.UDPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ua.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// Serve accepts connections until Shutdown or Close is called (it then
+// returns nil) or the listener fails.
+func (s *Server) Serve() error {
+	s.log.Info("listening", "addr", s.conn.LocalAddr().String())
+	for {
+		c, err := s.ln.Accept(context.Background())
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing || errors.Is(err, quic.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		if h, ok := c.Context().Value(handshakeKey{}).(*handshake); ok {
+			h.finish()
+		}
+		s.stats.accepted.Add(1)
+		s.mu.Lock()
+		if s.closing || len(s.conns) >= s.cfg.MaxConns {
+			closing := s.closing
+			s.mu.Unlock()
+			if !closing {
+				s.stats.busy.Add(1)
+			}
+			c.CloseWithError(codeServerBusy, "server busy")
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.workers.Add(1)
+		s.mu.Unlock()
+		go s.runWorker(c)
+	}
+}
+
+// runWorker owns one connection: OnEstablished, ServeConn, close, OnClose.
+// It is started by Serve and waited for by Shutdown and Close.
+func (s *Server) runWorker(c *quic.Conn) {
+	defer s.workers.Done()
+	s.active.Add(1)
+	defer s.active.Add(-1)
+	log := s.log.With("remote_addr", c.RemoteAddr().String())
+	log.Debug("connection established")
+
+	var err error
+	if s.cfg.Hooks.OnEstablished != nil {
+		if err = s.cfg.Hooks.OnEstablished(c); err != nil {
+			s.stats.hooks.Add(1)
+			c.CloseWithError(codeServerBusy, err.Error())
+		}
+	}
+	if err == nil {
+		err = s.app.ServeConn(c.Context(), c)
+	}
+	c.CloseWithError(codeNoError, "")
+	if s.cfg.Hooks.OnClose != nil {
+		s.cfg.Hooks.OnClose(c, c.ConnectionStats())
+	}
+	if err != nil && c.Context().Err() == nil {
+		log.Debug("connection ended", "err", err)
+	}
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func (s *Server) stopAccepting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.closing = true
+	return true
+}
+
+// Shutdown stops accepting, asks the Application to drain, waits for the
+// workers until ctx is done, then closes what remains and the socket.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.stopAccepting() {
+		return nil
+	}
+	s.ln.Close()
+	err := s.app.Shutdown(ctx)
+	done := make(chan struct{})
+	go func() { s.workers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.closeAll()
+		<-done
+	}
+	s.tr.Close()
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// Close stops the server at once, closing every connection.
+func (s *Server) Close() error {
+	s.stopAccepting()
+	s.ln.Close()
+	s.closeAll()
+	s.workers.Wait()
+	return s.tr.Close()
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	conns := make([]*quic.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.CloseWithError(codeNoError, "server shutting down")
+	}
+}

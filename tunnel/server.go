@@ -1,0 +1,385 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/masque-vpn/masque/policy"
+	"github.com/masque-vpn/masque/quicio"
+	connectip "github.com/quic-go/connect-ip-go"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/yosida95/uritemplate/v3"
+)
+
+// DefaultMaxSessionsPerConn caps CONNECT-IP sessions on one QUIC connection.
+const DefaultMaxSessionsPerConn = 4
+
+// ServerConfig configures a [Server].
+type ServerConfig struct {
+	// Auth authenticates every request. Required.
+	Auth *policy.Authenticator
+	// Pool4 and Pool6 hand out client addresses; at least one is required.
+	// A family without a pool is not tunnelled.
+	Pool4, Pool6 *policy.Pool
+	// Destinations decides which inner destinations clients may reach.
+	// Required.
+	Destinations *policy.Destinations
+	// Device is the server TUN that carries the clients' packets to the
+	// kernel (forwarding and NAT happen there). Required.
+	Device Device
+	// Routes are advertised to every full-tunnel client; empty means all of
+	// each family that has a pool.
+	Routes []netip.Prefix
+	// DNS servers sent in a DNS configuration capsule; empty sends none.
+	DNS []netip.Addr
+	// Port is the port clients address in the request's :authority (the
+	// listen port); 0 accepts any.
+	Port int
+	// MaxSessionsPerConn caps sessions per QUIC connection
+	// (DefaultMaxSessionsPerConn).
+	MaxSessionsPerConn int
+	// Logger receives lifecycle logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Validate reports every problem of c at once.
+func (c *ServerConfig) Validate() error {
+	var errs []error
+	if c.Auth == nil {
+		errs = append(errs, errors.New("auth: missing"))
+	}
+	if c.Pool4 == nil && c.Pool6 == nil {
+		errs = append(errs, errors.New("pools: need an IPv4 or an IPv6 pool"))
+	}
+	if c.Pool4 != nil && !c.Pool4.Prefix().Addr().Is4() {
+		errs = append(errs, errors.New("pool4: not an IPv4 prefix"))
+	}
+	if c.Pool6 != nil && !c.Pool6.Prefix().Addr().Is6() {
+		errs = append(errs, errors.New("pool6: not an IPv6 prefix"))
+	}
+	if c.Destinations == nil {
+		errs = append(errs, errors.New("destinations: missing"))
+	}
+	if c.Device == nil {
+		errs = append(errs, errors.New("device: missing"))
+	}
+	for i, r := range c.Routes {
+		if !r.IsValid() || r != r.Masked() {
+			errs = append(errs, fmt.Errorf("routes[%d]: %s is not a masked prefix", i, r))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Server is the MASQUE application: an HTTP/3 server with datagrams and
+// extended CONNECT that serves CONNECT-IP (RFC 9484) and bridges sessions
+// to a TUN device. It implements [quicio.Application].
+//
+// Data flow (one goroutine per arrow source):
+//
+//	client datagrams ─► session.runReceive (per session) ─► Device.Write
+//	Device.Read ─► Server.runTUNReader (one) ─► ipRouter ─► session stream SendDatagram
+type Server struct {
+	cfg      ServerConfig
+	log      *slog.Logger
+	h3       *http3.Server
+	router   *ipRouter
+	counters counters
+	routes   []connectip.IPRoute
+	dns      []connectip.DNSConfiguration
+	nextID   atomic.Uint64
+
+	tunDone chan struct{}
+
+	mu       sync.Mutex // guards the fields below
+	sessions map[*session]struct{}
+	perConn  map[*quic.Conn]int
+	closing  bool
+}
+
+var _ quicio.Application = (*Server)(nil)
+
+// NewServer validates cfg and starts the TUN reader. Call Close (or
+// Shutdown) to stop it.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxSessionsPerConn == 0 {
+		cfg.MaxSessionsPerConn = DefaultMaxSessionsPerConn
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "tunnel"),
+		router:   newIPRouter(),
+		sessions: make(map[*session]struct{}),
+		perConn:  make(map[*quic.Conn]int),
+		tunDone:  make(chan struct{}),
+	}
+	routes := cfg.Routes
+	if len(routes) == 0 {
+		if cfg.Pool4 != nil {
+			routes = append(routes, netip.MustParsePrefix("0.0.0.0/0"))
+		}
+		if cfg.Pool6 != nil {
+			routes = append(routes, netip.MustParsePrefix("::/0"))
+		}
+	}
+	s.routes = prefixesToRoutes(routes)
+	if len(cfg.DNS) > 0 {
+		var ns connectip.DNSNameserver
+		for _, a := range cfg.DNS {
+			if a.Is4() {
+				ns.IPv4Addresses = append(ns.IPv4Addresses, a)
+			} else {
+				ns.IPv6Addresses = append(ns.IPv6Addresses, a.WithZone(""))
+			}
+		}
+		s.dns = []connectip.DNSConfiguration{{Nameservers: []connectip.DNSNameserver{ns}}}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(IPPathPrefix, s.serveIP)
+	s.h3 = &http3.Server{
+		Handler:         mux,
+		EnableDatagrams: true,
+		Logger:          cfg.Logger.With("component", "http3"),
+		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
+	}
+	go s.runTUNReader()
+	return s, nil
+}
+
+// Collector returns the server's metrics for a Prometheus registry.
+func (s *Server) Collector() prometheus.Collector { return collector{&s.counters} }
+
+// Sessions returns the number of open CONNECT-IP sessions.
+func (s *Server) Sessions() int { return int(s.counters.sessions.Load()) }
+
+// ServeConn serves HTTP/3 on one QUIC connection until it ends.
+func (s *Server) ServeConn(ctx context.Context, c *quic.Conn) error {
+	err := s.h3.ServeQUICConn(c)
+	s.mu.Lock()
+	delete(s.perConn, c)
+	s.mu.Unlock()
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown refuses new sessions, sends GOAWAY on every connection, ends every
+// session (clients see their tunnel closed), and waits for the HTTP/3 server
+// to finish until ctx is done.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	errc := make(chan error, 1)
+	go func() { errc <- s.h3.Shutdown(ctx) }()
+	for _, ss := range sessions {
+		ss.close()
+	}
+	return <-errc
+}
+
+// Close ends everything at once. The Device must be closed by its owner
+// after Close returns for the TUN reader to exit; Close waits for it.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range sessions {
+		ss.close()
+	}
+	return s.h3.Close()
+}
+
+// TUNDone is closed when the TUN reader has exited (after the Device was
+// closed).
+func (s *Server) TUNDone() <-chan struct{} { return s.tunDone }
+
+// refuse answers a request that does not become a session. Error mapping to
+// HTTP lives here and nowhere else.
+func (s *Server) refuse(w http.ResponseWriter, why refusal, status int, proxyStatusErr string) {
+	s.counters.refused[why].Add(1)
+	if proxyStatusErr != "" {
+		// RFC 9209 Proxy-Status.
+		w.Header().Set("Proxy-Status", "masque; error="+proxyStatusErr)
+	}
+	w.WriteHeader(status)
+}
+
+func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
+	log := s.log.With("remote_addr", r.RemoteAddr)
+	scope, err := parseIPPath(r.URL.EscapedPath())
+	if err != nil {
+		log.Debug("bad connect-ip request", "err", err)
+		s.refuse(w, refuseBadRequest, http.StatusBadRequest, "")
+		return
+	}
+	if !s.authorityOK(r.Host) {
+		log.Debug("bad connect-ip request", "err", "authority does not match", "authority", r.Host)
+		s.refuse(w, refuseBadRequest, http.StatusBadRequest, "")
+		return
+	}
+	// connect-ip-go v0.6 does not expand template variables itself: check the
+	// rest of the request against the concrete URI the client used.
+	tmpl, err := uritemplate.New("https://" + r.Host + r.URL.EscapedPath())
+	if err != nil {
+		s.refuse(w, refuseBadRequest, http.StatusBadRequest, "")
+		return
+	}
+	req, err := connectip.ParseProxyRequest(r, tmpl)
+	if err != nil {
+		status := http.StatusBadRequest
+		if perr, ok := errors.AsType[*connectip.ProxyRequestParseError](err); ok {
+			status = perr.HTTPStatus
+		}
+		log.Debug("bad connect-ip request", "err", err)
+		s.refuse(w, refuseBadRequest, status, "")
+		return
+	}
+	var chains [][]*x509.Certificate
+	if r.TLS != nil {
+		chains = r.TLS.VerifiedChains
+	}
+	id, err := s.cfg.Auth.Authenticate(r.Header.Get("Authorization"), chains)
+	if err != nil {
+		log.Info("request refused", "reason", "unauthenticated", "err", err)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="masque"`)
+		s.refuse(w, refuseAuth, http.StatusUnauthorized, "")
+		return
+	}
+	log = log.With("identity", string(id))
+
+	conn, _ := r.Context().Value(connKey{}).(*quic.Conn)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		s.refuse(w, refuseShuttingDown, http.StatusServiceUnavailable, "")
+		return
+	}
+	if conn != nil && s.perConn[conn] >= s.cfg.MaxSessionsPerConn {
+		s.mu.Unlock()
+		log.Info("request refused", "reason", "too many sessions on connection")
+		s.refuse(w, refuseForbidden, http.StatusTooManyRequests, "")
+		return
+	}
+	if conn != nil {
+		s.perConn[conn]++
+	}
+	s.mu.Unlock()
+	defer func() {
+		if conn != nil {
+			s.mu.Lock()
+			if s.perConn[conn]--; s.perConn[conn] <= 0 {
+				delete(s.perConn, conn)
+			}
+			s.mu.Unlock()
+		}
+	}()
+
+	ss := &session{srv: s, id: s.nextID.Add(1), identity: id, scope: scope}
+	if err := ss.acquireAddresses(); err != nil {
+		log.Warn("request refused", "reason", "address pool exhausted", "err", err)
+		s.refuse(w, refusePoolExhausted, http.StatusServiceUnavailable, "")
+		return
+	}
+	defer ss.releaseAddresses()
+
+	var proxy connectip.Proxy
+	cconn, err := proxy.Proxy(w, req)
+	if err != nil {
+		log.Warn("connect-ip proxy failed", "err", err)
+		return
+	}
+	ss.conn = cconn
+	ss.str = w.(http3.HTTPStreamer).HTTPStream()
+	ss.log = log.With("session_id", ss.id)
+	if err := ss.configure(); err != nil {
+		ss.log.Warn("session setup failed", "err", err)
+		cconn.Close()
+		return
+	}
+	if !s.register(ss) {
+		cconn.Close()
+		return
+	}
+	defer s.unregister(ss)
+	ss.log.Info("session up", "addresses", ss.prefixes())
+	start := time.Now()
+	ss.run()
+	ss.log.Info("session down", "duration", time.Since(start).Round(time.Millisecond).String())
+}
+
+// connKey carries the request's QUIC connection in its context.
+type connKey struct{}
+
+func (s *Server) authorityOK(host string) bool {
+	if host == "" {
+		return false
+	}
+	if s.cfg.Port == 0 {
+		return true
+	}
+	_, port, err := net.SplitHostPort(host)
+	if err != nil {
+		return s.cfg.Port == 443
+	}
+	return port == strconv.Itoa(s.cfg.Port)
+}
+
+func (s *Server) register(ss *session) bool {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return false
+	}
+	s.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+	s.router.add(ss, ss.addrs()...)
+	s.counters.sessions.Add(1)
+	s.counters.sessionsTotal.Add(1)
+	return true
+}
+
+func (s *Server) unregister(ss *session) {
+	s.router.remove(ss, ss.addrs()...)
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+	s.counters.sessions.Add(-1)
+}
+
+func prefixesToRoutes(ps []netip.Prefix) []connectip.IPRoute {
+	routes := make([]connectip.IPRoute, 0, len(ps))
+	for _, p := range ps {
+		routes = append(routes, connectip.IPRoute{StartIP: p.Masked().Addr(), EndIP: lastAddr(p)})
+	}
+	return sortMergeRoutes(routes)
+}

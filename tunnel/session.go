@@ -1,0 +1,324 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/masque-vpn/masque/policy"
+	connectip "github.com/quic-go/connect-ip-go"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
+)
+
+// recvBatch is how many datagrams a session hands to the TUN in one Write.
+const recvBatch = 32
+
+// session is one CONNECT-IP tunnel on the server.
+type session struct {
+	srv      *Server
+	id       uint64
+	identity policy.Identity
+	scope    ipScope
+	log      *slog.Logger
+
+	conn *connectip.Conn // control plane: capsules
+	str  *http3.Stream   // data plane: datagrams, sent and received by us
+
+	// Assigned before the session is registered; read-only afterwards.
+	addr4, addr6 netip.Addr
+
+	closeOnce sync.Once
+}
+
+// acquireAddresses leases one address of each family that has a pool.
+func (ss *session) acquireAddresses() error {
+	cfg := &ss.srv.cfg
+	if cfg.Pool4 != nil {
+		a, err := cfg.Pool4.Acquire(ss.identity)
+		if err != nil {
+			return err
+		}
+		ss.addr4 = a
+	}
+	if cfg.Pool6 != nil {
+		a, err := cfg.Pool6.Acquire(ss.identity)
+		if err != nil {
+			ss.releaseAddresses()
+			return err
+		}
+		ss.addr6 = a
+	}
+	return nil
+}
+
+func (ss *session) releaseAddresses() {
+	cfg := &ss.srv.cfg
+	if ss.addr4.IsValid() {
+		cfg.Pool4.Release(ss.addr4)
+	}
+	if ss.addr6.IsValid() {
+		cfg.Pool6.Release(ss.addr6)
+	}
+}
+
+func (ss *session) addrs() []netip.Addr {
+	var as []netip.Addr
+	if ss.addr4.IsValid() {
+		as = append(as, ss.addr4)
+	}
+	if ss.addr6.IsValid() {
+		as = append(as, ss.addr6)
+	}
+	return as
+}
+
+func (ss *session) prefixes() []netip.Prefix {
+	var ps []netip.Prefix
+	for _, a := range ss.addrs() {
+		ps = append(ps, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return ps
+}
+
+// configure sends, unsolicited and in this order, the address assignment,
+// the route advertisement and the DNS configuration (RFC 9484 §4.7). The
+// assignment goes first so that no packet is forwarded before the client
+// knows its address.
+func (ss *session) configure() error {
+	if err := ss.conn.AssignAddresses(ss.prefixes()); err != nil {
+		return err
+	}
+	routes := ss.srv.routes
+	if !ss.scope.full() {
+		routes = ss.scopedRoutes()
+	}
+	if len(routes) > 0 {
+		if err := ss.conn.AdvertiseRoute(routes); err != nil {
+			return err
+		}
+	}
+	if len(ss.srv.dns) > 0 {
+		if err := ss.conn.SendDNSConfiguration(ss.srv.dns); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scopedRoutes narrows the advertised routes to the request's target and
+// protocol (RFC 9484 §4.6: the routes must lie within the scope).
+func (ss *session) scopedRoutes() []connectip.IPRoute {
+	var out []connectip.IPRoute
+	for _, r := range ss.srv.routes {
+		if ss.scope.target.IsValid() {
+			t := ss.scope.target
+			if t.Addr().Is4() != r.StartIP.Is4() {
+				continue
+			}
+			first, last := t.Masked().Addr(), lastAddr(t)
+			if last.Less(r.StartIP) || r.EndIP.Less(first) {
+				continue
+			}
+			if first.Less(r.StartIP) {
+				first = r.StartIP
+			}
+			if r.EndIP.Less(last) {
+				last = r.EndIP
+			}
+			r.StartIP, r.EndIP = first, last
+		}
+		r.IPProtocol = ss.scope.proto
+		out = append(out, r)
+	}
+	return sortMergeRoutes(out)
+}
+
+// run serves the session until its stream or connection ends: address
+// requests in a helper goroutine, datagrams from the client here.
+func (ss *session) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { ss.runAddressRequests(ctx) })
+	ss.runReceive()
+	cancel()
+	ss.close()
+	wg.Wait()
+}
+
+// runAddressRequests answers ADDRESS_REQUEST capsules (RFC 9484 §4.7.2):
+// the session's own address of the requested family is the only one it
+// can have; a request for another specific address is answered with the
+// address the session already holds when the pool cannot give it.
+func (ss *session) runAddressRequests(ctx context.Context) {
+	for {
+		req, err := ss.conn.ReceiveAddressRequest(ctx)
+		if err != nil {
+			return
+		}
+		assigned := make([]netip.Prefix, len(req.Prefixes))
+		for i, p := range req.Prefixes {
+			a := ss.addr4
+			if p.Addr().Is6() {
+				a = ss.addr6
+			}
+			if a.IsValid() {
+				assigned[i] = netip.PrefixFrom(a, a.BitLen())
+			}
+		}
+		if err := req.Respond(assigned, nil); err != nil {
+			ss.log.Debug("address request answer failed", "err", err)
+			return
+		}
+	}
+}
+
+// close ends the session: the stream is closed and runReceive returns.
+func (ss *session) close() {
+	ss.closeOnce.Do(func() {
+		if ss.conn != nil {
+			ss.conn.Close()
+		}
+	})
+}
+
+// nonBlocking is a context whose Done channel is always closed but whose
+// Err is nil: http3's ReceiveDatagram returns a queued datagram if there is
+// one and otherwise (nil, nil) at once, which lets runReceive drain what is
+// queued into one batch without blocking and without allocating.
+type nonBlocking struct{ context.Context }
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (nonBlocking) Done() <-chan struct{} { return closedChan }
+func (nonBlocking) Err() error            { return nil }
+
+var drainCtx = nonBlocking{context.Background()}
+
+// runReceive reads the client's datagrams, checks them, and writes them to
+// the TUN in batches. It returns when the stream is closed.
+func (ss *session) runReceive() {
+	ctx := context.Background()
+	var (
+		arrs [recvBatch]*packetBuf
+		bufs [recvBatch][]byte
+	)
+	for {
+		d, err := ss.str.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		n := 0
+		for {
+			if arrs[n] == nil {
+				arrs[n] = getBuf()
+			}
+			if pkt, ok := ss.checkInbound(d, arrs[n][Headroom:]); ok {
+				bufs[n] = arrs[n][:Headroom+pkt]
+				n++
+			}
+			if n == recvBatch {
+				break
+			}
+			d, err = ss.str.ReceiveDatagram(drainCtx)
+			if err != nil || d == nil {
+				break
+			}
+		}
+		if n > 0 {
+			ss.srv.writeTUN(bufs[:n])
+		}
+		for i := range arrs {
+			if arrs[i] == nil {
+				break
+			}
+			putBuf(arrs[i])
+			arrs[i] = nil
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// checkInbound validates one datagram from the client and copies its packet
+// into dst. It enforces the security invariants: only context ID 0, a
+// well-formed IP packet, a source the session was assigned, a destination
+// inside the request's scope and allowed by policy.
+func (ss *session) checkInbound(d []byte, dst []byte) (int, bool) {
+	c := &ss.srv.counters
+	var pkt []byte
+	if len(d) > 0 && d[0] == 0 {
+		pkt = d[1:]
+	} else {
+		id, l, err := quicvarint.Parse(d)
+		if err != nil {
+			c.drop(dropMalformed)
+			return 0, false
+		}
+		if id != 0 {
+			c.drop(dropContextID)
+			return 0, false
+		}
+		pkt = d[l:]
+	}
+	h, ok := parseIPHeader(pkt)
+	if !ok {
+		c.drop(dropMalformed)
+		return 0, false
+	}
+	pkt = pkt[:h.totalLen]
+	if h.src != ss.addr4 && h.src != ss.addr6 {
+		c.drop(dropSourceSpoof)
+		return 0, false
+	}
+	if !ss.scope.allows(h.dst, h.proto) || ss.srv.cfg.Destinations.Check(h.dst) != policy.ReasonNone {
+		c.drop(dropDestDenied)
+		ss.sendICMP(pkt, icmpAdminProhibited, 0)
+		return 0, false
+	}
+	c.rxPackets.Add(1)
+	c.rxBytes.Add(uint64(len(pkt)))
+	return copy(dst, pkt), true
+}
+
+// sendICMP answers the client's packet pkt with an ICMP error from the
+// server's gateway address.
+func (ss *session) sendICMP(pkt []byte, kind icmpKind, mtu int) {
+	from := ss.srv.gateway(pkt)
+	if !from.IsValid() {
+		return
+	}
+	var buf [1 + maxICMPv6Len]byte
+	b := appendICMPError(buf[:1], pkt, kind, mtu, from)
+	if len(b) == 1 {
+		return
+	}
+	if ss.str.SendDatagram(b) == nil {
+		ss.srv.counters.icmpSent.Add(1)
+	}
+}
+
+// send delivers a packet from the TUN to the client. b holds the packet at
+// b[Headroom:]; the byte before it is overwritten with context ID 0, so the
+// datagram is b[Headroom-1:] without a copy of ours. SendDatagram copies, so
+// the caller may reuse b at once.
+func (ss *session) send(b []byte) error {
+	b[Headroom-1] = 0
+	return ss.str.SendDatagram(b[Headroom-1:])
+}
+
+// errTooLarge reports the largest packet that fits the datagram budget.
+func tooLargeMTU(err error, qsid quic.StreamID) (int, bool) {
+	e, ok := errors.AsType[*quic.DatagramTooLargeError](err)
+	if !ok {
+		return 0, false
+	}
+	// The DATAGRAM payload carries the quarter stream ID and the context ID
+	// before the packet (RFC 9297 §2.1, RFC 9484 §6).
+	mtu := int(e.MaxDatagramPayloadSize) - quicvarint.Len(uint64(qsid/4)) - 1
+	return mtu, true
+}
