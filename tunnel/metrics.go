@@ -11,26 +11,26 @@ import (
 type dropReason uint8
 
 const (
-	dropMalformed    dropReason = iota // not a well-formed IP packet, or a bad datagram
-	dropSourceSpoof                    // inner source is not the session's address
-	dropDestDenied                     // destination refused by policy
-	dropNoSession                      // no session owns the destination
-	dropTooBig                         // does not fit the datagram budget (ICMP sent)
-	dropContextID                      // datagram with a context ID we do not know
-	dropSendFailed                     // SendDatagram failed for another reason
-	dropTUNWrite                       // the TUN refused the packet
+	dropMalformed   dropReason = iota // not a well-formed IP packet, or a bad datagram
+	dropSourceSpoof                   // inner source is not the session's address
+	dropDestDenied                    // destination refused by policy
+	dropNoSession                     // no session owns the destination
+	dropTooBig                        // does not fit the datagram budget (ICMP sent)
+	dropContextID                     // datagram with a context ID we do not know
+	dropSendFailed                    // SendDatagram failed for another reason
+	dropTUNWrite                      // the TUN refused the packet
 	numDropReasons
 )
 
 var dropReasonNames = [numDropReasons]string{
-	dropMalformed:    "malformed",
-	dropSourceSpoof:  "source_spoof",
-	dropDestDenied:   "destination_denied",
-	dropNoSession:    "no_session",
-	dropTooBig:       "too_big",
-	dropContextID:    "unknown_context_id",
-	dropSendFailed:   "send_failed",
-	dropTUNWrite:     "tun_write",
+	dropMalformed:   "malformed",
+	dropSourceSpoof: "source_spoof",
+	dropDestDenied:  "destination_denied",
+	dropNoSession:   "no_session",
+	dropTooBig:      "too_big",
+	dropContextID:   "unknown_context_id",
+	dropSendFailed:  "send_failed",
+	dropTUNWrite:    "tun_write",
 }
 
 func (r dropReason) String() string { return dropReasonNames[r] }
@@ -38,13 +38,13 @@ func (r dropReason) String() string { return dropReasonNames[r] }
 // counters are the data path's counters. The zero value is ready; all fields
 // are updated atomically without allocating.
 type counters struct {
-	drops                 [numDropReasons]atomic.Uint64
-	txPackets, txBytes    atomic.Uint64 // towards the peer (datagrams sent)
-	rxPackets, rxBytes    atomic.Uint64 // from the peer (datagrams received)
-	icmpSent              atomic.Uint64
-	sessions              atomic.Int64
-	sessionsTotal         atomic.Uint64
-	refused               [numRefusals]atomic.Uint64
+	drops              [numDropReasons]atomic.Uint64
+	txPackets, txBytes atomic.Uint64 // towards the peer (datagrams sent)
+	rxPackets, rxBytes atomic.Uint64 // from the peer (datagrams received)
+	icmpSent           atomic.Uint64
+	sessions           atomic.Int64
+	sessionsTotal      atomic.Uint64
+	refused            [numRefusals]atomic.Uint64
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }

@@ -16,10 +16,10 @@ import (
 
 	"github.com/masque-vpn/masque/policy"
 	"github.com/masque-vpn/masque/quicio"
+	"github.com/prometheus/client_golang/prometheus"
 	connectip "github.com/quic-go/connect-ip-go"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/yosida95/uritemplate/v3"
 )
 

@@ -341,7 +341,7 @@ func dialError(addr string, timeout time.Duration, err error) error {
 	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "timeout"):
 		return fmt.Errorf("connect to %s: timeout after %s (is the server up and UDP reachable?)", addr, timeout)
 	case strings.Contains(msg, "x509") || strings.Contains(msg, "certificate"):
-		return fmt.Errorf("connect to %s: server certificate not trusted: %v (check --ca and --server-name)", addr, err)
+		return fmt.Errorf("%v (the server certificate is not trusted: check --ca and --server-name)", err)
 	}
 	return err
 }

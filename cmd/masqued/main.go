@@ -67,4 +67,3 @@ func isCobraUsage(err error) bool {
 	}
 	return false
 }
-
