@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"container/heap"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -33,8 +34,8 @@ const reclaimBatch = 8
 //
 // Pool never iterates or allocates the whole prefix: it hands out new
 // addresses with a cursor and remembers only the leased ones, so a /10 or a
-// /64 costs nothing up front. Expired leases are reclaimed lazily, a bounded
-// amount per Acquire (amortised constant time).
+// /64 costs nothing up front. Expired leases are reclaimed lazily from a
+// heap ordered by expiry, at most a few per Acquire, each in O(log n).
 //
 // Pool is safe for concurrent use.
 type Pool struct {
@@ -51,8 +52,7 @@ type Pool struct {
 	cursor netip.Addr            // next candidate for a new address
 	leases map[netip.Addr]*lease // every reserved address, in use or idle
 	idle   map[Identity][]*lease // idle, unreclaimed leases per identity
-	expiry []expiryEntry         // releases in time order; expiry[head:] pending
-	head   int                   // first pending entry of expiry
+	expiry expiryHeap            // idle leases, soonest expiry first
 	inUse  int                   // leases with inUse set
 }
 
@@ -62,16 +62,32 @@ type lease struct {
 	id      Identity
 	inUse   bool
 	expires time.Time // when !inUse: reserved until then
-	gen     uint64    // incremented on every release
 	idx     int       // when !inUse: index in idle[id]
+	heapIdx int       // when !inUse: index in expiry
 }
 
-// expiryEntry records one release; it is stale when the lease has since
-// been acquired again, released again or reclaimed.
-type expiryEntry struct {
-	addr    netip.Addr
-	gen     uint64
-	expires time.Time
+// expiryHeap is a min-heap of idle leases ordered by expiry time; each
+// lease knows its index so that a reconnect can remove it in O(log n).
+type expiryHeap []*lease
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
+func (h expiryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx = i
+	h[j].heapIdx = j
+}
+func (h *expiryHeap) Push(x any) {
+	l := x.(*lease)
+	l.heapIdx = len(*h)
+	*h = append(*h, l)
+}
+func (h *expiryHeap) Pop() any {
+	old := *h
+	l := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return l
 }
 
 // NewPool returns a pool of the addresses in prefix. The prefix must be
@@ -212,11 +228,10 @@ func (p *Pool) Release(addr netip.Addr) {
 	}
 	l.inUse = false
 	p.inUse--
-	l.gen++
 	l.expires = p.now().Add(p.leaseTime)
 	l.idx = len(p.idle[l.id])
 	p.idle[l.id] = append(p.idle[l.id], l)
-	p.expiry = append(p.expiry, expiryEntry{addr: l.addr, gen: l.gen, expires: l.expires})
+	heap.Push(&p.expiry, l)
 }
 
 // acquire implements Acquire with p.mu held.
@@ -229,7 +244,7 @@ func (p *Pool) acquire(id Identity, now time.Time) (netip.Addr, error) {
 			p.use(l)
 			return l.addr, nil
 		}
-		delete(p.leases, l.addr) // expired; its expiry entry is now stale
+		delete(p.leases, l.addr) // expired
 	}
 	if uint64(len(p.leases)) >= p.usable {
 		// Full: reclaim until one lease is freed or none has expired.
@@ -257,32 +272,16 @@ func (p *Pool) acquire(id Identity, now time.Time) (netip.Addr, error) {
 // reclaim frees up to reclaimBatch expired leases.
 func (p *Pool) reclaim(now time.Time) { p.reclaimUntil(now, reclaimBatch) }
 
-// reclaimUntil pops expired entries off the expiry queue until it has freed
-// max leases or the oldest pending entry has not expired. Each entry is
-// popped once, so the work is amortised constant per Release.
+// reclaimUntil frees expired leases, soonest first, until it has freed max
+// of them or none is left. Each costs O(log n).
 func (p *Pool) reclaimUntil(now time.Time, max int) {
-	freed := 0
-	for p.head < len(p.expiry) && freed < max {
-		e := p.expiry[p.head]
-		if now.Before(e.expires) {
-			break
+	for range max {
+		if len(p.expiry) == 0 || now.Before(p.expiry[0].expires) {
+			return
 		}
-		p.expiry[p.head] = expiryEntry{}
-		p.head++
-		l := p.leases[e.addr]
-		if l == nil || l.inUse || l.gen != e.gen {
-			continue // stale
-		}
-		p.removeIdle(l)
+		l := heap.Pop(&p.expiry).(*lease)
+		p.removeIdleList(l)
 		delete(p.leases, l.addr)
-		freed++
-	}
-	// Compact the queue once its dead head dominates.
-	if p.head > 64 && p.head*2 >= len(p.expiry) {
-		n := copy(p.expiry, p.expiry[p.head:])
-		clear(p.expiry[n:])
-		p.expiry = p.expiry[:n]
-		p.head = 0
 	}
 }
 
@@ -305,8 +304,15 @@ func (p *Pool) use(l *lease) {
 	p.inUse++
 }
 
-// removeIdle removes the idle lease l from p.idle in constant time.
+// removeIdle makes the idle lease l no longer idle (it is about to be used
+// or dropped).
 func (p *Pool) removeIdle(l *lease) {
+	heap.Remove(&p.expiry, l.heapIdx)
+	p.removeIdleList(l)
+}
+
+// removeIdleList removes l from p.idle[l.id] in constant time.
+func (p *Pool) removeIdleList(l *lease) {
 	ls := p.idle[l.id]
 	last := len(ls) - 1
 	ls[l.idx] = ls[last]
