@@ -1,0 +1,16 @@
+// Package tun is the kernel side of a masque host: it creates the TUN
+// device that carries tunnelled IP packets, installs the policy routing
+// that steers host traffic into it (client), sets up masquerading and
+// forwarding sysctls (server), and records everything it changes in a
+// state file so that a later run can undo it after a crash.
+//
+// Every function acts in the network namespace of the calling OS thread.
+// Callers that work in another namespace lock their goroutine to a thread
+// in that namespace first (see internal/nstest); [NAT] remembers the
+// namespace it was created in.
+//
+// The package knows nothing about QUIC, HTTP or MASQUE; it only offers
+// the packet device and the host configuration around it. Everything but
+// [SetSysctl] and the state file functions is Linux-only: elsewhere it
+// returns an error that wraps [errors.ErrUnsupported].
+package tun
