@@ -1,0 +1,24 @@
+//go:build !linux
+
+package tun
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Create creates the TUN device that cfg describes. It is implemented only
+// on Linux; elsewhere it returns an error that wraps
+// [errors.ErrUnsupported].
+func Create(cfg Config) (*Device, error) {
+	return nil, fmt.Errorf("create tun: %w", errors.ErrUnsupported)
+}
+
+func deleteTUNLink(name string) error {
+	return fmt.Errorf("delete link %s: %w", name, errors.ErrUnsupported)
+}
+
+// MTU returns the link's current MTU.
+func (d *Device) MTU() (int, error) { return d.Device.MTU() }
+
+func (d *Device) closeCtl() {}

@@ -1,0 +1,144 @@
+package tun
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+// Create creates the TUN device that cfg describes, sets its MTU, adds its
+// addresses (IPv6 ones with IFA_F_NODAD, so that they are usable at once
+// instead of after duplicate address detection) and sets the link up. On
+// error it closes the device again, which removes the link.
+func Create(cfg Config) (*Device, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("create tun: %w", err)
+	}
+	wd, err := wgtun.CreateTUN(cfg.Name, cfg.mtu())
+	if err != nil {
+		return nil, fmt.Errorf("create tun %s: %w", cfg.Name, err)
+	}
+	name, err := wd.Name()
+	if err != nil {
+		wd.Close()
+		return nil, fmt.Errorf("create tun %s: %w", cfg.Name, err)
+	}
+	d := newDevice(wd, name)
+	if err := d.setUp(&cfg); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("create tun %s: %w", name, err)
+	}
+	return d, nil
+}
+
+func (d *Device) setUp(cfg *Config) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open control socket: %w", err)
+	}
+	d.ctlFD = fd
+
+	flags, err := tunFlags(d.File())
+	if err != nil {
+		return fmt.Errorf("read tun flags: %w", err)
+	}
+	d.offloads = flags&unix.IFF_VNET_HDR != 0 && d.BatchSize() > 1
+
+	link, err := netlink.LinkByName(d.name)
+	if err != nil {
+		return fmt.Errorf("look up link: %w", err)
+	}
+	for _, p := range cfg.Addrs {
+		a := &netlink.Addr{IPNet: prefixIPNet(p)}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, a); err != nil {
+			return fmt.Errorf("add address %v: %w", p, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set link up: %w", err)
+	}
+	return nil
+}
+
+// MTU returns the link's current MTU. Unlike wireguard-go's MTU it asks
+// the network namespace that the device was created in, from whatever
+// thread it is called.
+func (d *Device) MTU() (int, error) {
+	if d.ctlFD < 0 {
+		return d.Device.MTU()
+	}
+	ifr, err := unix.NewIfreq(d.name)
+	if err != nil {
+		return 0, fmt.Errorf("get mtu of %s: %w", d.name, err)
+	}
+	if err := unix.IoctlIfreq(d.ctlFD, unix.SIOCGIFMTU, ifr); err != nil {
+		return 0, fmt.Errorf("get mtu of %s: %w", d.name, err)
+	}
+	return int(ifr.Uint32()), nil
+}
+
+func (d *Device) closeCtl() {
+	if d.ctlFD >= 0 {
+		unix.Close(d.ctlFD)
+		d.ctlFD = -1
+	}
+}
+
+// tunFlags returns the IFF_* flags of the TUN file descriptor f
+// (TUNGETIFF).
+func tunFlags(f *os.File) (uint16, error) {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var flags uint16
+	var ierr error
+	err = sc.Control(func(fd uintptr) {
+		var ifr *unix.Ifreq
+		ifr, ierr = unix.NewIfreq("")
+		if ierr != nil {
+			return
+		}
+		ierr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr)
+		flags = ifr.Uint16()
+	})
+	return flags, errors.Join(err, ierr)
+}
+
+// deleteTUNLink deletes the TUN link called name, if there is one. A link
+// of that name that is not a TUN/TAP device is left alone and reported.
+func deleteTUNLink(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok {
+			return nil
+		}
+		return fmt.Errorf("look up link %s: %w", name, err)
+	}
+	if t := link.Type(); t != "tuntap" {
+		return fmt.Errorf("delete link %s: is a %s link, not tun", name, t)
+	}
+	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete link %s: %w", name, err)
+	}
+	return nil
+}
+
+// prefixIPNet converts p for netlink, keeping the address bits beyond the
+// prefix length (an interface address) as they are.
+func prefixIPNet(p netip.Prefix) *net.IPNet {
+	a := p.Addr()
+	return &net.IPNet{
+		IP:   net.IP(a.AsSlice()),
+		Mask: net.CIDRMask(p.Bits(), a.BitLen()),
+	}
+}
