@@ -1,0 +1,211 @@
+package tun
+
+import (
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+var stateCmpOpts = cmp.Options{cmpPrefixes, cmpopts.EquateEmpty()}
+
+var cmpPrefixes = cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })
+
+func testState() *State {
+	return &State{
+		Version: StateVersion,
+		PID:     4242,
+		Tun:     "masque0",
+		Routing: &Routing{
+			Link:     "masque0",
+			Routes:   []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
+			Excludes: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
+		},
+		NFTables: []string{"masque"},
+		Sysctls:  map[string]string{"net/ipv4/ip_forward": "0", "net/ipv4/ip_local_port_range": "32768\t60999"},
+	}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "run", "masque")
+	path := filepath.Join(dir, "state.json")
+	want := testState()
+	if err := WriteState(path, want); err != nil {
+		t.Fatalf("WriteState() = %v", err)
+	}
+	got, err := ReadState(path)
+	if err != nil {
+		t.Fatalf("ReadState() = %v", err)
+	}
+	if diff := cmp.Diff(want, got, stateCmpOpts); diff != "" {
+		t.Errorf("ReadState(WriteState(s)) (-want +got):\n%s", diff)
+	}
+	for _, c := range []struct {
+		path string
+		want fs.FileMode
+	}{{path, 0o600}, {dir, 0o700 | fs.ModeDir}} {
+		fi, err := os.Stat(c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != c.want {
+			t.Errorf("mode of %s = %v, want %v", c.path, fi.Mode(), c.want)
+		}
+	}
+
+	// Overwriting leaves no temporary files behind.
+	want.Tun = ""
+	if err := WriteState(path, want); err != nil {
+		t.Fatalf("second WriteState() = %v", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Errorf("state directory holds %v, want only state.json", entries)
+	}
+	if got, err := ReadState(path); err != nil || got.Tun != "" {
+		t.Errorf("ReadState() after overwrite = %+v, %v", got, err)
+	}
+
+	if err := RemoveState(path); err != nil {
+		t.Errorf("RemoveState() = %v", err)
+	}
+	if err := RemoveState(path); err != nil {
+		t.Errorf("second RemoveState() = %v, want nil", err)
+	}
+	if _, err := ReadState(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadState(removed) = %v, want fs.ErrNotExist", err)
+	}
+}
+
+func TestWriteStateDefaults(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	s := &State{Tun: "masque0"}
+	if err := WriteState(path, s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Version != 0 || s.PID != 0 {
+		t.Errorf("WriteState modified its argument: %+v", s)
+	}
+	got, err := ReadState(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != StateVersion || got.PID != os.Getpid() {
+		t.Errorf("ReadState() = version %d pid %d, want %d %d", got.Version, got.PID, StateVersion, os.Getpid())
+	}
+}
+
+func TestWriteStateInvalid(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	err := WriteState(path, &State{Routing: &Routing{Table: 254}})
+	if err == nil || !strings.Contains(err.Error(), "write state: routing: table: 254 is a reserved table") {
+		t.Errorf("WriteState(main table) = %v, want reserved table error", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("invalid state was written: %v", err)
+	}
+}
+
+func TestParseState(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    *State
+		wantErr string // substring; "" means valid
+	}{
+		{name: "minimal", in: `{"version":1,"pid":7}`, want: &State{Version: 1, PID: 7}},
+		{name: "full", in: mustJSON(t, testState()), want: testState()},
+		{name: "routing defaults", in: `{"version":1,"pid":7,"routing":{}}`, want: &State{Version: 1, PID: 7, Routing: &Routing{}}},
+		{name: "empty", in: ``, wantErr: "unexpected EOF"},
+		{name: "truncated", in: `{"version":1,"pid":`, wantErr: "unexpected EOF"},
+		{name: "not json", in: "\x00\x01garbage", wantErr: "invalid character"},
+		{name: "array", in: `[]`, wantErr: "cannot unmarshal array"},
+		{name: "null", in: `null`, wantErr: "version: 0 unsupported"},
+		{name: "unknown field", in: `{"version":1,"pid":7,"extra":1}`, wantErr: `unknown field "extra"`},
+		{name: "trailing data", in: `{"version":1,"pid":7} {}`, wantErr: "trailing data"},
+		{name: "future version", in: `{"version":2,"pid":7}`, wantErr: "version: 2 unsupported, want 1"},
+		{name: "negative pid", in: `{"version":1,"pid":-1}`, wantErr: "pid: -1 negative"},
+		{name: "bad tun", in: `{"version":1,"pid":7,"tun":"a/b"}`, wantErr: "tun: invalid interface name"},
+		{name: "main table", in: `{"version":1,"pid":7,"routing":{"table":254}}`, wantErr: "routing: table: 254 is a reserved table"},
+		{name: "bad prefix", in: `{"version":1,"pid":7,"routing":{"link":"x","routes":["nope"]}}`, wantErr: `netip.ParsePrefix("nope")`},
+		{name: "empty nft table", in: `{"version":1,"pid":7,"nft_tables":[""]}`, wantErr: "nft_tables[0]: empty table name"},
+		{name: "sysctl escape", in: `{"version":1,"pid":7,"sysctls":{"../../etc/passwd":"x"}}`, wantErr: `sysctls: invalid sysctl key "../../etc/passwd"`},
+		{name: "sysctl absolute", in: `{"version":1,"pid":7,"sysctls":{"/etc/passwd":"x"}}`, wantErr: `sysctls: invalid sysctl key "/etc/passwd"`},
+		{name: "sysctl unclean", in: `{"version":1,"pid":7,"sysctls":{"net/../../x":"x"}}`, wantErr: "invalid sysctl key"},
+		{name: "all problems at once", in: `{"version":3,"pid":-2,"tun":"."}`, wantErr: "version: 3 unsupported, want 1\npid: -2 negative\ntun: invalid interface name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseState([]byte(tt.in))
+			if tt.wantErr != "" {
+				if !errors.Is(err, ErrCorruptState) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("ParseState(%q) = %v, want ErrCorruptState containing %q", tt.in, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseState(%q) = %v", tt.in, err)
+			}
+			if diff := cmp.Diff(tt.want, got, stateCmpOpts); diff != "" {
+				t.Errorf("ParseState(%q) (-want +got):\n%s", tt.in, diff)
+			}
+		})
+	}
+}
+
+func TestReadStateCorrupt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	if err := os.WriteFile(path, []byte(`{"version":1,`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ReadState(path)
+	if !errors.Is(err, ErrCorruptState) || errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("ReadState(corrupt) = %v, want ErrCorruptState", err)
+	}
+	if want := "read state " + path + ": corrupt state: "; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("ReadState(corrupt) = %q, want prefix %q", err, want)
+	}
+}
+
+func TestSysctlKey(t *testing.T) {
+	tests := []struct {
+		key string
+		ok  bool
+	}{
+		{"net/ipv4/ip_forward", true},
+		{"net/ipv6/conf/eth0.100/forwarding", true},
+		{"", false},
+		{".", false},
+		{"..", false},
+		{"../x", false},
+		{"net/../../x", false},
+		{"/net/ipv4/ip_forward", false},
+		{"net//ipv4", false},
+		{"net/ipv4/", false},
+		{"net/\x00", false},
+	}
+	for _, tt := range tests {
+		if err := validateSysctlKey(tt.key); (err == nil) != tt.ok {
+			t.Errorf("validateSysctlKey(%q) = %v, want ok %v", tt.key, err, tt.ok)
+		}
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
