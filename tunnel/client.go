@@ -242,7 +242,7 @@ func (c *Client) Run(ctx context.Context, dev Device) error {
 
 // runUp reads batches from the TUN and sends each packet to the server.
 func (c *Client) runUp(dev Device) error {
-	b := newBatch(dev.BatchSize())
+	b := newReadBatch(dev.BatchSize())
 	defer b.release()
 	var icmpBuf [Headroom + maxICMPv6Len]byte
 	icmpBufs := [][]byte{nil}

@@ -19,6 +19,7 @@ const (
 	dropContextID                     // datagram with a context ID we do not know
 	dropSendFailed                    // SendDatagram failed for another reason
 	dropTUNWrite                      // the TUN refused the packet
+	dropQueueFull                     // the session's send queue was full
 	numDropReasons
 )
 
@@ -31,6 +32,7 @@ var dropReasonNames = [numDropReasons]string{
 	dropContextID:   "unknown_context_id",
 	dropSendFailed:  "send_failed",
 	dropTUNWrite:    "tun_write",
+	dropQueueFull:   "queue_full",
 }
 
 func (r dropReason) String() string { return dropReasonNames[r] }

@@ -326,6 +326,12 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 		cconn.Close()
 		return
 	}
+	var senders sync.WaitGroup
+	ss.startSender(&senders)
+	defer func() {
+		close(ss.sendDone)
+		senders.Wait()
+	}()
 	if !s.register(ss) {
 		cconn.Close()
 		return

@@ -14,9 +14,6 @@ import (
 	"github.com/quic-go/quic-go/quicvarint"
 )
 
-// recvBatch is how many datagrams a session hands to the TUN in one Write.
-const recvBatch = 32
-
 // session is one CONNECT-IP tunnel on the server.
 type session struct {
 	srv      *Server
@@ -31,7 +28,26 @@ type session struct {
 	// Assigned before the session is registered; read-only afterwards.
 	addr4, addr6 netip.Addr
 
+	// The transmit pipeline (tunread.go). pending is touched only by the
+	// server's TUN reader.
+	pending  *txBatch
+	txQueue  chan *txBatch
+	txFree   chan *txBatch
+	sendDone chan struct{}
+
 	closeOnce sync.Once
+}
+
+// startSender creates the transmit queue and starts runSend. The session
+// must not be in the router yet.
+func (ss *session) startSender(wg *sync.WaitGroup) {
+	ss.txQueue = make(chan *txBatch, sendQueueLen)
+	ss.txFree = make(chan *txBatch, sendQueueLen+1)
+	ss.sendDone = make(chan struct{})
+	for range sendQueueLen + 1 {
+		ss.txFree <- new(txBatch)
+	}
+	wg.Go(ss.runSend)
 }
 
 // acquireAddresses leases one address of each family that has a pool.
@@ -198,52 +214,6 @@ func (nonBlocking) Err() error            { return nil }
 
 var drainCtx = nonBlocking{context.Background()}
 
-// runReceive reads the client's datagrams, checks them, and writes them to
-// the TUN in batches. It returns when the stream is closed.
-func (ss *session) runReceive() {
-	ctx := context.Background()
-	var (
-		arrs [recvBatch]*packetBuf
-		bufs [recvBatch][]byte
-	)
-	for {
-		d, err := ss.str.ReceiveDatagram(ctx)
-		if err != nil {
-			return
-		}
-		n := 0
-		for {
-			if arrs[n] == nil {
-				arrs[n] = getBuf()
-			}
-			if pkt, ok := ss.checkInbound(d, arrs[n][Headroom:]); ok {
-				bufs[n] = arrs[n][:Headroom+pkt]
-				n++
-			}
-			if n == recvBatch {
-				break
-			}
-			d, err = ss.str.ReceiveDatagram(drainCtx)
-			if err != nil || d == nil {
-				break
-			}
-		}
-		if n > 0 {
-			ss.srv.writeTUN(bufs[:n])
-		}
-		for i := range arrs {
-			if arrs[i] == nil {
-				break
-			}
-			putBuf(arrs[i])
-			arrs[i] = nil
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
 // checkInbound validates one datagram from the client and copies its packet
 // into dst. It enforces the security invariants: only context ID 0, a
 // well-formed IP packet, a source the session was assigned, a destination
@@ -288,7 +258,7 @@ func (ss *session) checkInbound(d []byte, dst []byte) (int, bool) {
 // sendICMP answers the client's packet pkt with an ICMP error from the
 // server's gateway address.
 func (ss *session) sendICMP(pkt []byte, kind icmpKind, mtu int) {
-	from := ss.srv.gateway(pkt)
+	from := ss.srv.gatewayFor(pkt)
 	if !from.IsValid() {
 		return
 	}

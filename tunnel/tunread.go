@@ -4,16 +4,41 @@ import (
 	"net/netip"
 )
 
+// The transmit side of the server (TUN → clients):
+//
+//	Device.Read ─► runTUNReader ─► ipRouter ─(batch per session)─► session.runSend ─► SendDatagram
+//
+// One goroutine reads the TUN (the Device allows one reader) and sorts each
+// read batch by session; packets move by handing over their buffers, never
+// copied. Each session sends from a goroutine of its own, because quic-go's
+// SendDatagram blocks while the connection's 32-datagram queue is full: a
+// slow or congested client must not stall the others. A session whose send
+// queue is full has the packet dropped and counted (dropQueueFull), as a
+// router drops on a full interface queue.
+
+// sendQueueLen is how many batches may wait for one session's sender.
+const sendQueueLen = 8
+
+// txBatch is a batch of packets for one session's sender.
+type txBatch struct {
+	n    int
+	arrs [txBatchLen]*smallBuf
+	lens [txBatchLen]int // packet length at arrs[i][Headroom:]
+}
+
+// txBatchLen is the most packets one txBatch carries.
+const txBatchLen = 64
+
 // runTUNReader reads batches from the server TUN and routes each packet to
 // the session that owns its destination. It exits when the Device is
-// closed. It is the only reader of the Device.
+// closed. It is the only reader of the Device and the only writer of every
+// session's pending batch.
 func (s *Server) runTUNReader() {
 	defer close(s.tunDone)
 	dev := s.cfg.Device
-	n := dev.BatchSize()
-	b := newBatch(n)
+	b := newReadBatch(dev.BatchSize())
 	defer b.release()
-	var icmpBuf [Headroom + maxICMPv6Len]byte
+	touched := make([]*session, 0, dev.BatchSize())
 	for {
 		b.reset()
 		count, err := dev.Read(b.bufs, b.sizes, Headroom)
@@ -27,8 +52,7 @@ func (s *Server) runTUNReader() {
 			continue
 		}
 		for i := range count {
-			buf := b.bufs[i][:Headroom+b.sizes[i]]
-			pkt := buf[Headroom:]
+			pkt := b.bufs[i][Headroom : Headroom+b.sizes[i]]
 			h, ok := parseIPHeader(pkt)
 			if !ok {
 				s.counters.drop(dropMalformed)
@@ -39,27 +63,99 @@ func (s *Server) runTUNReader() {
 				s.counters.drop(dropNoSession)
 				continue
 			}
-			buf = buf[:Headroom+h.totalLen]
+			p := ss.pending
+			if p == nil {
+				select {
+				case p = <-ss.txFree:
+				default:
+					s.counters.drop(dropQueueFull)
+					continue
+				}
+				ss.pending = p
+				touched = append(touched, ss)
+			}
+			p.arrs[p.n] = b.take(i)
+			p.lens[p.n] = h.totalLen
+			p.n++
+			if p.n == txBatchLen {
+				ss.flush()
+			}
+		}
+		for i, ss := range touched {
+			ss.flush()
+			touched[i] = nil
+		}
+		touched = touched[:0]
+	}
+}
+
+// flush hands the session's pending batch to its sender, or drops it if
+// the sender's queue is full. Called only by runTUNReader.
+func (ss *session) flush() {
+	p := ss.pending
+	if p == nil {
+		return
+	}
+	ss.pending = nil
+	select {
+	case ss.txQueue <- p:
+	default:
+		ss.srv.counters.drops[dropQueueFull].Add(uint64(p.n))
+		p.recycle()
+		ss.txFree <- p
+	}
+}
+
+func (p *txBatch) recycle() {
+	for i := range p.n {
+		putSmallBuf(p.arrs[i])
+		p.arrs[i] = nil
+	}
+	p.n = 0
+}
+
+// runSend sends the session's batches to the client. It returns when
+// sendDone is closed (the session ended and left the router). txQueue is
+// never closed, because the TUN reader may still hold the session from a
+// lookup just before its removal; a batch it queues after runSend returned
+// is left to the garbage collector.
+func (ss *session) runSend() {
+	s := ss.srv
+	var icmpBuf [Headroom + maxICMPv6Len]byte
+	icmpBufs := [][]byte{nil}
+	for {
+		var p *txBatch
+		select {
+		case p = <-ss.txQueue:
+		case <-ss.sendDone:
+			return
+		}
+		for i := range p.n {
+			buf := p.arrs[i][:Headroom+p.lens[i]]
 			err := ss.send(buf)
 			if err == nil {
 				s.counters.txPackets.Add(1)
-				s.counters.txBytes.Add(uint64(h.totalLen))
+				s.counters.txBytes.Add(uint64(p.lens[i]))
 				continue
 			}
-			if mtu, ok := tooLargeMTU(err, ss.str.StreamID()); ok {
-				s.counters.drop(dropTooBig)
-				from := s.gatewayFor(h.src)
-				if from.IsValid() {
-					m := appendICMPError(icmpBuf[:Headroom], pkt[:h.totalLen], icmpTooBig, mtu, from)
-					if len(m) > Headroom {
-						s.writeTUN([][]byte{m})
-						s.counters.icmpSent.Add(1)
-					}
+			mtu, ok := tooLargeMTU(err, ss.str.StreamID())
+			if !ok {
+				s.counters.drop(dropSendFailed)
+				continue
+			}
+			s.counters.drop(dropTooBig)
+			pkt := buf[Headroom:]
+			if from := s.gatewayFor(pkt); from.IsValid() {
+				m := appendICMPError(icmpBuf[:Headroom], pkt, icmpTooBig, mtu, from)
+				if len(m) > Headroom {
+					icmpBufs[0] = m
+					s.writeTUN(icmpBufs)
+					s.counters.icmpSent.Add(1)
 				}
-				continue
 			}
-			s.counters.drop(dropSendFailed)
 		}
+		p.recycle()
+		ss.txFree <- p
 	}
 }
 
@@ -71,9 +167,9 @@ func (s *Server) writeTUN(bufs [][]byte) {
 	}
 }
 
-// gateway returns the server's address of pkt's family inside the pools,
-// the source of ICMP errors the server sends to clients.
-func (s *Server) gateway(pkt []byte) netip.Addr {
+// gatewayFor returns the server's address inside the pool of pkt's IP
+// version: the source of the ICMP errors the server generates.
+func (s *Server) gatewayFor(pkt []byte) netip.Addr {
 	if len(pkt) == 0 {
 		return netip.Addr{}
 	}
@@ -84,18 +180,6 @@ func (s *Server) gateway(pkt []byte) netip.Addr {
 		return netip.Addr{}
 	}
 	if s.cfg.Pool6 != nil {
-		return s.cfg.Pool6.Gateway()
-	}
-	return netip.Addr{}
-}
-
-// gatewayFor returns the gateway of addr's family.
-func (s *Server) gatewayFor(addr netip.Addr) netip.Addr {
-	if addr.Is4() {
-		if s.cfg.Pool4 != nil {
-			return s.cfg.Pool4.Gateway()
-		}
-	} else if s.cfg.Pool6 != nil {
 		return s.cfg.Pool6.Gateway()
 	}
 	return netip.Addr{}

@@ -133,8 +133,8 @@ func (o *upOptions) validate() (*upConfig, error) {
 		}
 		c.excludes = append(c.excludes, p)
 	}
-	if o.mtu < 1280 || o.mtu > 65535 {
-		errs = append(errs, fmt.Errorf("--mtu %d: want 1280-65535", o.mtu))
+	if o.mtu < 1280 || o.mtu > 2048 {
+		errs = append(errs, fmt.Errorf("--mtu %d: want 1280-2048", o.mtu))
 	}
 	if o.tun == "" || len(o.tun) > 15 {
 		errs = append(errs, fmt.Errorf("--tun %q: want 1-15 characters", o.tun))

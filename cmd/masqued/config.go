@@ -158,8 +158,8 @@ func (c *Config) resolve() (*settings, error) {
 	if s.MTU == 0 {
 		s.MTU = defaultMTU
 	}
-	if s.MTU < 1280 || s.MTU > 65535 {
-		bad("mtu", "%d is outside 1280-65535", s.MTU)
+	if s.MTU < 1280 || s.MTU > 2048 {
+		bad("mtu", "%d is outside 1280-2048", s.MTU)
 	}
 	for i, d := range c.DNS {
 		a, err := netip.ParseAddr(d)
