@@ -3,8 +3,11 @@ package tun
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"sync"
+	"time"
 
 	wgtun "golang.zx2c4.com/wireguard/tun"
 )
@@ -29,6 +32,10 @@ const (
 	MinMTU = 1280
 	MaxMTU = 65535
 )
+
+// closeWait bounds how long Close waits for wireguard-go's listener
+// goroutines.
+const closeWait = 5 * time.Second
 
 // maxNameLen is IFNAMSIZ minus the terminating NUL.
 const maxNameLen = 15
@@ -110,25 +117,32 @@ func validateLinkName(name string, emptyOK bool) error {
 // packet, and GRO on Write, so that Write coalesces a batch before handing
 // it to the kernel.
 //
-// Device embeds the wireguard-go device, so Read(bufs, sizes, offset),
-// Write(bufs, offset), BatchSize(), MTU() and File() are the wireguard-go
-// methods with their contract (WG tun/tun.go): bufs[i][offset:] holds one
-// packet; offset must be at least [Headroom]; Read needs len(sizes) >=
-// len(bufs) and, to receive a whole segmented packet, len(bufs) >=
-// BatchSize() with every buffer at least offset+MTU bytes long; Write
-// may modify the buffers (GRO coalesces into the first packet of a flow
-// and writes headers into the headroom) and, on Linux, returns the number
-// of bytes it wrote including virtio-net headers, not, as wireguard-go's
-// interface documents, the number of packets. One goroutine may Read while
-// another Writes; Read and Write each serialise their own callers. Close
-// makes a blocked Read return an error that wraps [os.ErrClosed].
+// Device embeds the wireguard-go device, and Read(bufs, sizes, offset),
+// Write(bufs, offset), BatchSize() and File() keep the wireguard-go
+// contract (WG tun/tun.go):
+//   - bufs[i][offset:] holds one packet, and offset must be at least
+//     [Headroom];
+//   - Read needs len(sizes) >= len(bufs); to take a segmented packet whole
+//     it needs len(bufs) >= BatchSize() and every buffer at least
+//     offset+MTU bytes long, or it returns the segments that fit with
+//     [golang.zx2c4.com/wireguard/tun.ErrTooManySegments];
+//   - the buffers stay the caller's; Write may modify them (GRO coalesces
+//     into the first packet of a flow and writes headers into the
+//     headroom) and, on Linux, returns the number of bytes it wrote
+//     including virtio-net headers, not, as wireguard-go's interface
+//     documents, the number of packets;
+//   - one goroutine may Read while another Writes; Read and Write each
+//     serialise their own callers;
+//   - Close makes a blocked Read return, and later Reads and Writes fail,
+//     with an error that matches both [net.ErrClosed] and [os.ErrClosed].
 //
-// Device shadows three wireguard-go methods: Name returns a string
-// without an error, MTU works from any thread (wireguard-go's asks the
-// network namespace of the calling thread for the link), and Events is
-// served by Device itself. *Device therefore does not satisfy the
-// wireguard-go Device interface; the embedded field (d.Device) does,
-// though its Events channel must not be read directly.
+// Device shadows wireguard-go methods where it must: Read and Write only
+// to map the closed error, Name to return a string without an error, MTU
+// to work from any thread (wireguard-go's asks the network namespace of
+// the calling thread for the link), and Events, which Device serves
+// itself. *Device therefore does not satisfy the wireguard-go Device
+// interface; the embedded field (d.Device) does, though its Events channel
+// must not be read directly.
 type Device struct {
 	wgtun.Device
 
@@ -141,6 +155,38 @@ type Device struct {
 
 	closeOnce sync.Once
 	closeErr  error
+}
+
+// ErrClosed is returned by Read and Write once the device is closed. It
+// matches [net.ErrClosed] and [os.ErrClosed] with [errors.Is].
+var ErrClosed error = closedError{}
+
+type closedError struct{}
+
+func (closedError) Error() string { return "tun device closed" }
+
+func (closedError) Is(target error) bool {
+	return target == net.ErrClosed || target == os.ErrClosed
+}
+
+// Read reads one or more packets, as wireguard-go's Read does (see
+// [Device]).
+func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := d.Device.Read(bufs, sizes, offset)
+	if err != nil && errors.Is(err, os.ErrClosed) {
+		err = ErrClosed
+	}
+	return n, err
+}
+
+// Write writes a batch of packets, as wireguard-go's Write does (see
+// [Device]).
+func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
+	n, err := d.Device.Write(bufs, offset)
+	if err != nil && errors.Is(err, os.ErrClosed) {
+		err = ErrClosed
+	}
+	return n, err
 }
 
 // Name returns the interface name.
@@ -169,7 +215,13 @@ func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
 		d.closeErr = d.Device.Close()
 		if d.done != nil {
-			<-d.done
+			// wireguard-go closes the event channel once its listeners
+			// have stopped; don't hang if one of them never does.
+			select {
+			case <-d.done:
+			case <-time.After(closeWait):
+				d.closeErr = errors.Join(d.closeErr, errors.New("event listener did not stop"))
+			}
 		}
 		d.closeCtl()
 		if d.closeErr != nil {

@@ -114,6 +114,9 @@ func TestCreate(t *testing.T) {
 			for range d.Events() {
 				// Closed once the device is.
 			}
+			if _, err := d.Write([][]byte{make([]byte, Headroom+40)}, Headroom); !errors.Is(err, ErrClosed) || !errors.Is(err, net.ErrClosed) {
+				t.Errorf("Write() after Close = %v, want ErrClosed", err)
+			}
 		})
 	}
 }
@@ -297,8 +300,8 @@ func readPackets(t *testing.T, d *Device) *packetReader {
 		for {
 			n, err := d.Read(bufs, sizes, Headroom)
 			if err != nil {
-				if !errors.Is(err, os.ErrClosed) {
-					t.Errorf("Read() = %v, want os.ErrClosed after Close", err)
+				if !errors.Is(err, net.ErrClosed) || !errors.Is(err, os.ErrClosed) {
+					t.Errorf("Read() = %v, want net.ErrClosed and os.ErrClosed after Close", err)
 				}
 				return
 			}
