@@ -57,6 +57,7 @@ func (ss *session) runReceive() {
 		}
 		d, err := ss.str.ReceiveDatagram(rctx)
 		if err != nil {
+			ss.log.Debug("session stream ended", "err", err)
 			full <- cur
 			return
 		}

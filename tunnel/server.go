@@ -142,7 +142,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s.routes = prefixesToRoutes(routes)
 	if len(cfg.DNS) > 0 {
-		var ns connectip.DNSNameserver
+		// Service priority 0 is AliasMode in SVCB terms, not allowed here.
+		ns := connectip.DNSNameserver{ServicePriority: 1}
 		for _, a := range cfg.DNS {
 			if a.Is4() {
 				ns.IPv4Addresses = append(ns.IPv4Addresses, a)

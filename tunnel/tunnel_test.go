@@ -1,0 +1,435 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/masque-vpn/masque/policy"
+	"github.com/masque-vpn/masque/quicio"
+	"github.com/quic-go/quic-go/http3"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+)
+
+// These tests run a real tunnel.Server behind a real quicio.Server on
+// loopback QUIC, with in-memory TUN devices at both ends.
+
+const testToken = "0123456789abcdef-test-token"
+
+type testServer struct {
+	addr string
+	tls  *tls.Config // client config trusting the server
+	srv  *Server
+	qs   *quicio.Server
+	dev  *tuntest.ChannelTUN
+}
+
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
+}
+
+func startServer(t *testing.T) *testServer {
+	t.Helper()
+	toks, err := policy.ParseTokens(strings.NewReader("alice " + testToken + "\nbob " + testToken + "-bob\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p4, err := policy.NewPool(netip.MustParsePrefix("100.64.0.0/24"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p6, err := policy.NewPool(netip.MustParsePrefix("fd6d:6173:7175:6500::/64"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dests, err := policy.NewDestinations(policy.DestinationsConfig{
+		ServerAddrs:    []netip.Addr{netip.MustParseAddr("127.0.0.1"), p4.Gateway(), p6.Gateway()},
+		ClientPrefixes: []netip.Prefix{p4.Prefix(), p6.Prefix()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := tuntest.NewChannelTUN()
+	srv, err := NewServer(ServerConfig{
+		Auth:         &policy.Authenticator{Tokens: toks},
+		Pool4:        p4,
+		Pool6:        p6,
+		Destinations: dests,
+		Device:       dev.TUN(),
+		DNS:          []netip.Addr{netip.MustParseAddr("198.18.2.53")},
+		Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, pool := selfSigned(t)
+	qs, err := quicio.NewServer(quicio.Config{
+		Addr:      "127.0.0.1:0",
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
+	}, srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- qs.Serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		qs.Shutdown(ctx)
+		<-served
+		srv.Close()
+		dev.TUN().Close()
+		<-srv.TUNDone()
+	})
+	return &testServer{
+		addr: qs.Addr().String(),
+		tls:  &tls.Config{RootCAs: pool, NextProtos: []string{http3.NextProtoH3}},
+		srv:  srv, qs: qs, dev: dev,
+	}
+}
+
+type testClient struct {
+	c      *Client
+	qc     *quicio.ClientConn
+	dev    *tuntest.ChannelTUN
+	runErr chan error
+	cancel context.CancelFunc
+}
+
+func (ts *testServer) connect(t *testing.T, token string) (*testClient, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	qc, err := quicio.Dial(ctx, quicio.DialConfig{Addr: ts.addr, TLSConfig: ts.tls, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Connect(ctx, ClientConfig{Conn: qc.Conn, Authority: ts.addr, Token: token})
+	if err != nil {
+		qc.Close()
+		return nil, err
+	}
+	dev := tuntest.NewChannelTUN()
+	rctx, rcancel := context.WithCancel(context.Background())
+	tc := &testClient{c: c, qc: qc, dev: dev, runErr: make(chan error, 1), cancel: rcancel}
+	go func() { tc.runErr <- c.Run(rctx, dev.TUN()) }()
+	t.Cleanup(func() {
+		rcancel()
+		<-tc.runErr
+		dev.TUN().Close()
+		qc.Close()
+	})
+	return tc, nil
+}
+
+// udp4 builds an IPv4/UDP packet with valid checksums.
+func udp4(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	b := make([]byte, 28+len(payload))
+	b[0] = 0x45
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	b[8] = 64
+	b[9] = protoUDP
+	s, d := src.As4(), dst.As4()
+	copy(b[12:], s[:])
+	copy(b[16:], d[:])
+	binary.BigEndian.PutUint16(b[10:], checksum(b[:20], 0))
+	u := b[20:]
+	binary.BigEndian.PutUint16(u[0:], sport)
+	binary.BigEndian.PutUint16(u[2:], dport)
+	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
+	copy(u[8:], payload)
+	var ph uint32
+	ph += uint32(binary.BigEndian.Uint16(s[0:])) + uint32(binary.BigEndian.Uint16(s[2:]))
+	ph += uint32(binary.BigEndian.Uint16(d[0:])) + uint32(binary.BigEndian.Uint16(d[2:]))
+	ph += protoUDP + uint32(len(u))
+	binary.BigEndian.PutUint16(u[6:], checksum(u, ph))
+	return b
+}
+
+// udp6 builds an IPv6/UDP packet with a valid checksum.
+func udp6(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	b := make([]byte, 48+len(payload))
+	binary.BigEndian.PutUint32(b, 6<<28)
+	binary.BigEndian.PutUint16(b[4:], uint16(8+len(payload)))
+	b[6] = protoUDP
+	b[7] = 64
+	s, d := src.As16(), dst.As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	u := b[40:]
+	binary.BigEndian.PutUint16(u[0:], sport)
+	binary.BigEndian.PutUint16(u[2:], dport)
+	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
+	copy(u[8:], payload)
+	binary.BigEndian.PutUint16(u[6:], checksum(u, pseudoHeaderSum6(src, dst, protoUDP, len(u))))
+	return b
+}
+
+func recv(t *testing.T, ch chan []byte, what string) []byte {
+	t.Helper()
+	select {
+	case p := <-ch:
+		return p
+	case <-time.After(5 * time.Second):
+		t.Fatalf("timeout waiting for %s", what)
+		return nil
+	}
+}
+
+func send(t *testing.T, ch chan []byte, p []byte) {
+	t.Helper()
+	select {
+	case ch <- p:
+	case <-time.After(5 * time.Second):
+		t.Fatal("timeout handing a packet to the device")
+	}
+}
+
+func addrOf(t *testing.T, c *Client, v4 bool) netip.Addr {
+	t.Helper()
+	for _, p := range c.Addresses() {
+		if p.Addr().Is4() == v4 {
+			return p.Addr()
+		}
+	}
+	t.Fatalf("no address of that family in %v", c.Addresses())
+	return netip.Addr{}
+}
+
+func TestTunnelCarriesPacketsBothWays(t *testing.T) {
+	ts := startServer(t)
+	tc, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a4, a6 := addrOf(t, tc.c, true), addrOf(t, tc.c, false)
+	if a4 != netip.MustParseAddr("100.64.0.2") || a6 != netip.MustParseAddr("fd6d:6173:7175:6500::2") {
+		t.Errorf("addresses = %v, want 100.64.0.2 and fd6d:6173:7175:6500::2", tc.c.Addresses())
+	}
+	if got := tc.c.Routes(); len(got) != 2 || got[0].String() != "0.0.0.0/0" || got[1].String() != "::/0" {
+		t.Errorf("routes = %v, want [0.0.0.0/0 ::/0]", got)
+	}
+	target4, target6 := netip.MustParseAddr("198.18.2.2"), netip.MustParseAddr("2001:db8:2::2")
+
+	for _, tt := range []struct {
+		name     string
+		up, down []byte
+	}{
+		{"ipv4", udp4(a4, target4, 1000, 53, []byte("hello v4")), udp4(target4, a4, 53, 1000, []byte("reply v4"))},
+		{"ipv6", udp6(a6, target6, 1000, 53, []byte("hello v6")), udp6(target6, a6, 53, 1000, []byte("reply v6"))},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			send(t, tc.dev.Outbound, tt.up)
+			got := recv(t, ts.dev.Inbound, "packet at the server TUN")
+			// The client decrements TTL / hop limit (RFC 9484 §4.3).
+			h, ok := parseIPHeader(got)
+			if !ok || h.src != mustHeader(t, tt.up).src || h.dst != mustHeader(t, tt.up).dst {
+				t.Fatalf("server got %x, want a packet like %x", got, tt.up)
+			}
+			if string(got[h.hdrLen:]) != string(tt.up[h.hdrLen:]) {
+				t.Errorf("payload changed: got %x, want %x", got[h.hdrLen:], tt.up[h.hdrLen:])
+			}
+			send(t, ts.dev.Outbound, tt.down)
+			back := recv(t, tc.dev.Inbound, "reply at the client TUN")
+			if string(back) != string(tt.down) {
+				t.Errorf("client got %x, want %x", back, tt.down)
+			}
+		})
+	}
+	st := tc.c.Stats()
+	if st.TxPackets != 2 || st.RxPackets != 2 {
+		t.Errorf("client stats tx=%d rx=%d, want 2 and 2", st.TxPackets, st.RxPackets)
+	}
+	if dns := waitDNS(tc.c); len(dns) != 1 || dns[0] != netip.MustParseAddr("198.18.2.53") {
+		t.Errorf("dns = %v, want [198.18.2.53]", dns)
+	}
+}
+
+func waitDNS(c *Client) []netip.Addr {
+	for range 100 {
+		if d := c.DNS(); len(d) > 0 {
+			return d
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+func mustHeader(t *testing.T, p []byte) ipHeader {
+	t.Helper()
+	h, ok := parseIPHeader(p)
+	if !ok {
+		t.Fatalf("bad test packet %x", p)
+	}
+	return h
+}
+
+func TestTunnelRefusesDeniedDestinationWithICMP(t *testing.T) {
+	ts := startServer(t)
+	tc, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a4 := addrOf(t, tc.c, true)
+	for _, dst := range []string{"127.0.0.1", "169.254.169.254", "100.64.0.1"} {
+		t.Run(dst, func(t *testing.T) {
+			before := ts.srv.counters.drops[dropDestDenied].Load()
+			send(t, tc.dev.Outbound, udp4(a4, netip.MustParseAddr(dst), 1000, 80, []byte("x")))
+			icmp := recv(t, tc.dev.Inbound, "ICMP error at the client")
+			h := mustHeader(t, icmp)
+			if h.proto != protoICMP || icmp[h.hdrLen] != 3 || icmp[h.hdrLen+1] != 13 {
+				t.Errorf("got %x, want ICMP type 3 code 13", icmp)
+			}
+			if got := ts.srv.counters.drops[dropDestDenied].Load(); got != before+1 {
+				t.Errorf("destination_denied = %d, want %d", got, before+1)
+			}
+		})
+	}
+	select {
+	case p := <-ts.dev.Inbound:
+		t.Errorf("a denied packet reached the server TUN: %x", p)
+	default:
+	}
+}
+
+func TestTunnelRefusesWrongToken(t *testing.T) {
+	ts := startServer(t)
+	_, err := ts.connect(t, "not-the-right-token-at-all")
+	re, ok := errors.AsType[*RefusedError](err)
+	if !ok || re.Status != 401 {
+		t.Fatalf("Connect with a wrong token = %v, want a RefusedError with status 401", err)
+	}
+	if got := ts.srv.counters.refused[refuseAuth].Load(); got != 1 {
+		t.Errorf("refused unauthenticated = %d, want 1", got)
+	}
+	if ts.srv.Sessions() != 0 {
+		t.Errorf("sessions = %d, want 0", ts.srv.Sessions())
+	}
+}
+
+func TestTunnelTwoClientsGetTheirOwnTraffic(t *testing.T) {
+	ts := startServer(t)
+	alice, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := ts.connect(t, testToken+"-bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := addrOf(t, alice.c, true), addrOf(t, bob.c, true)
+	if a == b {
+		t.Fatalf("both clients got %s", a)
+	}
+	target := netip.MustParseAddr("198.18.2.2")
+	for i := range 20 {
+		to := alice
+		dst := a
+		if i%2 == 1 {
+			to, dst = bob, b
+		}
+		p := udp4(target, dst, 53, 1000, []byte{byte(i)})
+		send(t, ts.dev.Outbound, p)
+		got := recv(t, to.dev.Inbound, "reply at its client")
+		if string(got) != string(p) {
+			t.Fatalf("packet %d: client got %x, want %x", i, got, p)
+		}
+	}
+	select {
+	case p := <-alice.dev.Inbound:
+		t.Errorf("alice got a stray packet %x", p)
+	case p := <-bob.dev.Inbound:
+		t.Errorf("bob got a stray packet %x", p)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestTunnelLeaseSurvivesReconnect(t *testing.T) {
+	ts := startServer(t)
+	first, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := addrOf(t, first.c, true)
+	first.cancel()
+	<-first.runErr
+	first.runErr <- nil // for the cleanup
+	first.qc.Close()
+	waitSessions(t, ts.srv, 0)
+	second, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := addrOf(t, second.c, true); got != a {
+		t.Errorf("address after reconnect = %s, want %s", got, a)
+	}
+}
+
+func waitSessions(t *testing.T, s *Server, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Sessions() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("sessions = %d, want %d", s.Sessions(), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestTunnelShutdownEndsClientSession(t *testing.T) {
+	ts := startServer(t)
+	tc, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	go ts.qs.Shutdown(ctx)
+	select {
+	case err := <-tc.runErr:
+		if !errors.Is(err, ErrSessionClosed) {
+			t.Errorf("Run = %v, want ErrSessionClosed", err)
+		}
+		tc.runErr <- err
+	case <-time.After(5 * time.Second):
+		t.Fatal("client did not notice the server shutting down")
+	}
+}
