@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/masque-vpn/masque/policy"
 	connectip "github.com/quic-go/connect-ip-go"
@@ -25,8 +26,10 @@ type session struct {
 	conn *connectip.Conn // control plane: capsules
 	str  *http3.Stream   // data plane: datagrams, sent and received by us
 
-	// Assigned before the session is registered; read-only afterwards.
-	addr4, addr6 netip.Addr
+	// The session's addresses. Set before the session is registered;
+	// replaced (never modified) when an ADDRESS_REQUEST moves the session
+	// to another address, so the data path reads them without a lock.
+	addr atomic.Pointer[sessionAddrs]
 
 	// The transmit pipeline (tunread.go). pending is touched only by the
 	// server's TUN reader.
@@ -50,44 +53,56 @@ func (ss *session) startSender(wg *sync.WaitGroup) {
 	wg.Go(ss.runSend)
 }
 
+// sessionAddrs are a session's assigned addresses; an invalid one means
+// the family is not tunnelled.
+type sessionAddrs struct {
+	v4, v6 netip.Addr
+}
+
 // acquireAddresses leases one address of each family that has a pool.
 func (ss *session) acquireAddresses() error {
 	cfg := &ss.srv.cfg
+	var a sessionAddrs
 	if cfg.Pool4 != nil {
-		a, err := cfg.Pool4.Acquire(ss.identity)
+		v4, err := cfg.Pool4.Acquire(ss.identity)
 		if err != nil {
 			return err
 		}
-		ss.addr4 = a
+		a.v4 = v4
 	}
 	if cfg.Pool6 != nil {
-		a, err := cfg.Pool6.Acquire(ss.identity)
+		v6, err := cfg.Pool6.Acquire(ss.identity)
 		if err != nil {
-			ss.releaseAddresses()
+			if a.v4.IsValid() {
+				cfg.Pool4.Release(a.v4)
+			}
 			return err
 		}
-		ss.addr6 = a
+		a.v6 = v6
 	}
+	ss.addr.Store(&a)
 	return nil
 }
 
 func (ss *session) releaseAddresses() {
 	cfg := &ss.srv.cfg
-	if ss.addr4.IsValid() {
-		cfg.Pool4.Release(ss.addr4)
+	a := ss.addr.Load()
+	if a.v4.IsValid() {
+		cfg.Pool4.Release(a.v4)
 	}
-	if ss.addr6.IsValid() {
-		cfg.Pool6.Release(ss.addr6)
+	if a.v6.IsValid() {
+		cfg.Pool6.Release(a.v6)
 	}
 }
 
 func (ss *session) addrs() []netip.Addr {
+	a := ss.addr.Load()
 	var as []netip.Addr
-	if ss.addr4.IsValid() {
-		as = append(as, ss.addr4)
+	if a.v4.IsValid() {
+		as = append(as, a.v4)
 	}
-	if ss.addr6.IsValid() {
-		as = append(as, ss.addr6)
+	if a.v6.IsValid() {
+		as = append(as, a.v6)
 	}
 	return as
 }
@@ -165,10 +180,13 @@ func (ss *session) run() {
 	wg.Wait()
 }
 
-// runAddressRequests answers ADDRESS_REQUEST capsules (RFC 9484 §4.7.2):
-// the session's own address of the requested family is the only one it
-// can have; a request for another specific address is answered with the
-// address the session already holds when the pool cannot give it.
+// runAddressRequests answers ADDRESS_REQUEST capsules (RFC 9484 §4.7.2).
+// A request for a specific address of a pool is granted when the pool can
+// lease it to this identity: the session moves to it and gives up its old
+// one. Anything else (an unspecified address, a prefix larger than one
+// address, an address outside the pool or taken) is answered with the
+// address the session holds. Every answer carries the session's complete
+// assignment (§4.7.1: an assignment replaces the previous one).
 func (ss *session) runAddressRequests(ctx context.Context) {
 	for {
 		req, err := ss.conn.ReceiveAddressRequest(ctx)
@@ -176,20 +194,69 @@ func (ss *session) runAddressRequests(ctx context.Context) {
 			return
 		}
 		assigned := make([]netip.Prefix, len(req.Prefixes))
+		asked4, asked6 := false, false
 		for i, p := range req.Prefixes {
-			a := ss.addr4
-			if p.Addr().Is6() {
-				a = ss.addr6
-			}
+			a := ss.grant(p)
 			if a.IsValid() {
 				assigned[i] = netip.PrefixFrom(a, a.BitLen())
 			}
+			if p.Addr().Is4() {
+				asked4 = true
+			} else {
+				asked6 = true
+			}
 		}
-		if err := req.Respond(assigned, nil); err != nil {
+		var additional []netip.Prefix
+		cur := ss.addr.Load()
+		if !asked4 && cur.v4.IsValid() {
+			additional = append(additional, netip.PrefixFrom(cur.v4, 32))
+		}
+		if !asked6 && cur.v6.IsValid() {
+			additional = append(additional, netip.PrefixFrom(cur.v6, 128))
+		}
+		if err := req.Respond(assigned, additional); err != nil {
 			ss.log.Debug("address request answer failed", "err", err)
 			return
 		}
 	}
+}
+
+// grant decides one requested prefix and returns the address the session
+// holds for that family afterwards (invalid: the family is not tunnelled).
+func (ss *session) grant(p netip.Prefix) netip.Addr {
+	cfg := &ss.srv.cfg
+	cur := ss.addr.Load()
+	pool, held := cfg.Pool4, cur.v4
+	if p.Addr().Is6() {
+		pool, held = cfg.Pool6, cur.v6
+	}
+	if pool == nil {
+		return netip.Addr{}
+	}
+	want := p.Addr()
+	if want.IsUnspecified() || want == held || p.Bits() != want.BitLen() || !pool.Prefix().Contains(want) {
+		return held
+	}
+	got, err := pool.AcquireSpecific(ss.identity, want)
+	if err != nil {
+		return held
+	}
+	if got != want {
+		pool.Release(got)
+		return held
+	}
+	next := *cur
+	if want.Is4() {
+		next.v4 = want
+	} else {
+		next.v6 = want
+	}
+	ss.srv.router.add(ss, want)
+	ss.addr.Store(&next)
+	ss.srv.router.remove(ss, held)
+	pool.Release(held)
+	ss.log.Info("address changed on request", "old", held, "new", want)
+	return want
 }
 
 // close ends the session: the stream is closed and runReceive returns.
@@ -241,7 +308,7 @@ func (ss *session) checkInbound(d []byte, dst []byte) (int, bool) {
 		return 0, false
 	}
 	pkt = pkt[:h.totalLen]
-	if h.src != ss.addr4 && h.src != ss.addr6 {
+	if a := ss.addr.Load(); h.src != a.v4 && h.src != a.v6 {
 		c.drop(dropSourceSpoof)
 		return 0, false
 	}

@@ -433,3 +433,57 @@ func TestTunnelShutdownEndsClientSession(t *testing.T) {
 		t.Fatal("client did not notice the server shutting down")
 	}
 }
+
+func TestTunnelHonoursAddressRequest(t *testing.T) {
+	ts := startServer(t)
+	tc, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old4, v6 := addrOf(t, tc.c, true), addrOf(t, tc.c, false)
+	want := netip.MustParseAddr("100.64.0.77")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tests := []struct {
+		ask  netip.Prefix
+		want netip.Addr
+	}{
+		{netip.PrefixFrom(want, 32), want},                       // free: granted
+		{netip.MustParsePrefix("10.9.9.9/32"), want},             // outside the pool: keeps what it has
+		{netip.MustParsePrefix("0.0.0.0/32"), want},              // any: keeps what it has
+		{netip.PrefixFrom(ts.srv.cfg.Pool4.Gateway(), 32), want}, // reserved: keeps what it has
+	}
+	for _, tt := range tests {
+		if _, err := tc.c.conn.RequestAddresses([]netip.Prefix{tt.ask}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := tc.c.conn.ReceiveAddressAssignment(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var g4, g6 netip.Addr
+		for _, a := range got {
+			if a.IPPrefix.Addr().Is4() {
+				g4 = a.IPPrefix.Addr()
+			} else {
+				g6 = a.IPPrefix.Addr()
+			}
+		}
+		if g4 != tt.want || g6 != v6 {
+			t.Errorf("request %s: assigned %v, want %s and %s", tt.ask, got, tt.want, v6)
+		}
+	}
+	// The old address is no longer the session's: replies to it find no
+	// session, replies to the new one arrive.
+	target := netip.MustParseAddr("198.18.2.2")
+	before := ts.srv.counters.drops[dropNoSession].Load()
+	send(t, ts.dev.Outbound, udp4(target, old4, 53, 1000, []byte("old")))
+	p := udp4(target, want, 53, 1000, []byte("new"))
+	send(t, ts.dev.Outbound, p)
+	if got := recv(t, tc.dev.Inbound, "reply to the new address"); string(got) != string(p) {
+		t.Errorf("client got %x, want %x", got, p)
+	}
+	if got := ts.srv.counters.drops[dropNoSession].Load(); got != before+1 {
+		t.Errorf("no_session drops = %d, want %d", got, before+1)
+	}
+}
