@@ -34,6 +34,8 @@ func (tp *topo) startServer(t *testing.T, extra ...string) *server {
 	}
 	argv = append(argv, extra...)
 	p := startProc(t, tp.server, "masqued", argv...)
+	p.grace = 15 * time.Second // longer than the default drain timeout (5 s)
+	p.wantExit0 = true
 	if _, err := p.waitLine(p.stderr, 15*time.Second, func(l string) bool { return strings.Contains(l, "msg=listening") }); err != nil {
 		t.Fatalf("masqued did not become ready: %v\nstderr:\n%s", err, tail(p.stderr.String(), 4000))
 	}
@@ -181,6 +183,8 @@ func (tp *topo) startClient(t *testing.T, ns string, auth []string, extra ...str
 func (tp *topo) startClientArgv(t *testing.T, ns, stateDir string, argv []string) *client {
 	t.Helper()
 	p := startProc(t, ns, "masque up in "+ns, argv...)
+	p.grace = 10 * time.Second
+	p.wantExit0 = true
 	l, err := p.waitLine(p.stdout, 20*time.Second, func(l string) bool { return strings.HasPrefix(l, "up: ") })
 	if err != nil {
 		t.Fatalf("masque up: %v\nstdout:\n%s\nstderr:\n%s", err, p.stdout.String(), tail(p.stderr.String(), 4000))
@@ -320,18 +324,18 @@ func checkErrorLine(t *testing.T, what, stderr, prefix string, wantAny ...string
 	if len(lines) == 0 {
 		return
 	}
-	last := lines[len(lines)-1]
-	if !strings.HasPrefix(last, prefix) {
-		t.Errorf("%s: error line %q does not start with %q", what, last, prefix)
+	first := lines[0]
+	if !strings.HasPrefix(first, prefix) {
+		t.Errorf("%s: error line %q does not start with %q", what, first, prefix)
 	}
 	if len(wantAny) == 0 {
 		return
 	}
-	low := strings.ToLower(last)
+	low := strings.ToLower(strings.Join(lines, " "))
 	for _, w := range wantAny {
 		if strings.Contains(low, strings.ToLower(w)) {
 			return
 		}
 	}
-	t.Errorf("%s: error line %q mentions none of %q", what, last, wantAny)
+	t.Errorf("%s: error %q mentions none of %q", what, strings.Join(lines, " "), wantAny)
 }

@@ -54,19 +54,30 @@ func (o *outBuf) lines() ([]string, <-chan struct{}) {
 // it by PID: SIGTERM, then SIGKILL after a grace period.
 type proc struct {
 	name   string
+	argv   []string
 	cmd    *exec.Cmd
 	stdout *outBuf
 	stderr *outBuf
 	done   chan struct{} // closed once Wait returned
 	err    error         // Wait's error, valid after done
+
+	// grace is how long Cleanup waits after SIGTERM before SIGKILL; a
+	// process that needs the SIGKILL fails the test.
+	grace time.Duration
+	// wantExit0 makes Cleanup fail the test when the process exits non-zero
+	// after its SIGTERM (the daemons promise a clean exit).
+	wantExit0 bool
 }
 
+// procs records each test's processes, so that the topology's last Cleanup
+// can print their output when the test failed.
+var procs sync.Map // *testing.T → *[]*proc
+
 // startProc starts argv inside namespace ns. The process gets SIGKILL if the
-// test binary dies, and is stopped by t.Cleanup; on failure its output is
-// logged.
+// test binary dies, and is stopped by t.Cleanup.
 func startProc(t *testing.T, ns, name string, argv ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, stdout: newOutBuf(), stderr: newOutBuf(), done: make(chan struct{})}
+	p := &proc{name: name, argv: argv, stdout: newOutBuf(), stderr: newOutBuf(), done: make(chan struct{}), grace: 5 * time.Second}
 	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
 	p.cmd.Stdout = p.stdout
 	p.cmd.Stderr = p.stderr
@@ -80,15 +91,32 @@ func startProc(t *testing.T, ns, name string, argv ...string) *proc {
 		p.err = p.cmd.Wait()
 		close(p.done)
 	}()
+	list, _ := procs.LoadOrStore(t, new([]*proc))
+	*list.(*[]*proc) = append(*list.(*[]*proc), p)
 	t.Cleanup(func() {
-		if !p.exited() {
-			p.stop(5 * time.Second)
+		if p.exited() {
+			return
 		}
-		if t.Failed() {
-			t.Logf("%s (%s) exit: %s\nstdout:\n%s\nstderr:\n%s", name, strings.Join(argv, " "), p.exitString(), tail(p.stdout.String(), 3000), tail(p.stderr.String(), 6000))
+		took, killed := p.stop(p.grace)
+		switch {
+		case killed:
+			t.Errorf("%s still ran %v after SIGTERM; killed it", name, took.Round(time.Millisecond))
+		case p.wantExit0 && p.exitCode() != 0:
+			t.Errorf("%s after SIGTERM: %s, want exit 0", name, p.exitString())
 		}
 	})
 	return p
+}
+
+// logProcs logs the output of t's processes if t failed.
+func logProcs(t *testing.T) {
+	list, ok := procs.LoadAndDelete(t)
+	if !ok || !t.Failed() {
+		return
+	}
+	for _, p := range *list.(*[]*proc) {
+		t.Logf("%s (%s) exit: %s\nstdout:\n%s\nstderr:\n%s", p.name, strings.Join(p.argv, " "), p.exitString(), tail(p.stdout.String(), 3000), tail(p.stderr.String(), 6000))
+	}
 }
 
 func tail(s string, n int) string {

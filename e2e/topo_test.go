@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Addresses of the topology (RFC 2544 benchmarking range and RFC 3849
@@ -47,6 +48,10 @@ func newTopo(t *testing.T, secondClient bool) *topo {
 		tp.client2 = id + "-c2"
 	}
 	nss := tp.namespaces()
+	// Cleanups run last-in first-out: processes stop first, then teardown
+	// checks and deletes the namespaces, then logProcs prints the output of
+	// every process if anything failed.
+	t.Cleanup(func() { logProcs(t) })
 	t.Cleanup(func() { tp.teardown(nss) })
 	for _, ns := range nss {
 		created.Lock()
@@ -96,13 +101,40 @@ func newTopo(t *testing.T, secondClient bool) *topo {
 
 	tp.base = map[string]nsState{}
 	for _, ns := range nss {
+		tp.base[ns] = settle(t, ns)
+	}
+	return tp
+}
+
+// settle waits until ns has finished configuring itself (every link has
+// its IPv6 link-local address, which brings kernel routes with it; two
+// snapshots in a row agree) and returns its state.
+func settle(t *testing.T, ns string) nsState {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	var prev nsState
+	for {
 		st, err := snapshot(ns)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tp.base[ns] = st
+		addrs, err := exec.Command("ip", "-n", ns, "-6", "-o", "addr", "show", "scope", "link").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready := !strings.Contains(string(addrs), "tentative")
+		for _, l := range st.aspects["links"] {
+			ready = ready && (l == "lo" || strings.Contains(string(addrs), " "+l+" "))
+		}
+		if ready && prev.aspects != nil && st.diff(prev) == "" {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("namespace %s did not settle within 5 s; link-local addresses:\n%s", ns, addrs)
+		}
+		prev = st
+		time.Sleep(100 * time.Millisecond)
 	}
-	return tp
 }
 
 func (tp *topo) namespaces() []string {

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -132,6 +134,7 @@ type udpPingResult struct {
 	Corrupt    int     `json:"corrupt"`
 	Foreign    int     `json:"foreign"`
 	Seconds    float64 `json:"seconds"`
+	Missing    string  `json:"missing"`
 }
 
 // udpExchange runs nettool udpping from ns and returns its result.
@@ -155,15 +158,70 @@ func udpExchange(ns, to, tag string, n, pps int) (udpPingResult, error) {
 }
 
 // checkUDP applies the loss budget: every datagram handed to the socket,
-// at most 1% missing, none corrupt, duplicated or foreign.
-func checkUDP(t *testing.T, what string, n int, r udpPingResult) {
+// at most 1% missing, none corrupt, duplicated or foreign. On failure it
+// calls diag, if set, to log where the datagrams went.
+func checkUDP(t *testing.T, what string, n int, r udpPingResult, diag func()) {
 	t.Helper()
 	if r.Sent != n || r.Received < n-n/100 || r.Corrupt != 0 || r.Duplicates != 0 || r.Foreign != 0 {
-		t.Errorf("%s: sent %d/%d, echoed byte-exact %d (want ≥ %d), corrupt %d, duplicates %d, foreign %d (want 0 each)",
-			what, r.Sent, n, r.Received, n-n/100, r.Corrupt, r.Duplicates, r.Foreign)
+		if diag != nil {
+			diag()
+		}
+		t.Errorf("%s: sent %d/%d, echoed byte-exact %d (want ≥ %d), corrupt %d, duplicates %d, foreign %d (want 0 each); missing seqs %s",
+			what, r.Sent, n, r.Received, n-n/100, r.Corrupt, r.Duplicates, r.Foreign, r.Missing)
 	} else {
 		t.Logf("%s: %d/%d echoed byte-exact in %.2f s", what, r.Received, n, r.Seconds)
 	}
+}
+
+// lossDiag returns a checkUDP diag that logs the kernel UDP counters of
+// every namespace (socket-buffer drops at the ends are the harness's, not the
+// tunnel's) and the server's drop counters.
+func (tp *topo) lossDiag(t *testing.T, srv *server) func() {
+	return func() {
+		for _, ns := range tp.namespaces() {
+			t.Logf("UDP counters in %s: %s", ns, udpCounters(ns))
+		}
+		if srv == nil {
+			return
+		}
+		r, err := runInErr(srv.ns, 10*time.Second, env.nettool, "get", "-url", metricsURL)
+		if err != nil || r.code != 0 {
+			return
+		}
+		var drops []string
+		for _, l := range strings.Split(r.stdout, "\n") {
+			if strings.HasPrefix(l, "masque_") && !strings.HasSuffix(l, " 0") {
+				drops = append(drops, l)
+			}
+		}
+		t.Logf("server metrics (non-zero masque_*):\n%s", strings.Join(drops, "\n"))
+	}
+}
+
+// udpCounters returns the kernel's UDP error counters of ns.
+func udpCounters(ns string) string {
+	out, err := exec.Command("ip", "netns", "exec", ns, "cat", "/proc/net/snmp", "/proc/net/snmp6").Output()
+	if err != nil {
+		return err.Error()
+	}
+	var parts []string
+	var header []string
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) > 1 && f[0] == "Udp:" && header == nil:
+			header = f[1:]
+		case len(f) > 1 && f[0] == "Udp:":
+			for i, v := range f[1:] {
+				if i < len(header) && strings.Contains(header[i], "Errors") || i < len(header) && header[i] == "InDatagrams" {
+					parts = append(parts, "Udp"+header[i]+"="+v)
+				}
+			}
+		case len(f) == 2 && strings.HasPrefix(f[0], "Udp6") && (strings.Contains(f[0], "Errors") || f[0] == "Udp6InDatagrams"):
+			parts = append(parts, f[0]+"="+f[1])
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 // TestUDPEcho: thousands of datagrams of varying size go to the target's
@@ -174,7 +232,7 @@ func TestUDPEcho(t *testing.T) {
 		n = 500
 	}
 	tp := newTopo(t, false)
-	tp.startServer(t)
+	srv := tp.startServer(t)
 	tp.startClient(t, tp.client, tokenAuth("alice"))
 	startTool(t, tp.target, "udpecho", "-listen", ":9000")
 	for _, to := range []string{targetIP4 + ":9000", "[" + targetIP6 + "]:9000"} {
@@ -182,7 +240,7 @@ func TestUDPEcho(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkUDP(t, "UDP echo via "+to, n, r)
+		checkUDP(t, "UDP echo via "+to, n, r, tp.lossDiag(t, srv))
 	}
 }
 
@@ -232,7 +290,7 @@ func TestTwoClients(t *testing.T) {
 			t.Error(errs[i])
 			continue
 		}
-		checkUDP(t, fmt.Sprintf("client %s tag %s via %s", r.ns, r.tag, r.to), n, results[i])
+		checkUDP(t, fmt.Sprintf("client %s tag %s via %s", r.ns, r.tag, r.to), n, results[i], tp.lossDiag(t, srv))
 	}
 }
 
@@ -458,6 +516,12 @@ func TestUnreachableServer(t *testing.T) {
 	if !strings.Contains(r.stderr, addr) {
 		t.Errorf("error does not name the address %s: %s", addr, r.stderr)
 	}
+	// If the message states the timeout, it is the one that applied.
+	if m := regexp.MustCompile(`timeout after ([0-9.]+[a-z]+)`).FindStringSubmatch(r.stderr); m != nil {
+		if d, err := time.ParseDuration(m[1]); err == nil && (r.took < d*9/10 || r.took > d+5*time.Second) {
+			t.Errorf("error says %q but masque up gave up after %v", m[0], r.took.Round(time.Millisecond))
+		}
+	}
 	tp.checkClean(tp.client)
 }
 
@@ -480,7 +544,7 @@ func TestPlainPath(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkUDP(t, "plain UDP echo via "+to, 500, r)
+		checkUDP(t, "plain UDP echo via "+to, 500, r, tp.lossDiag(t, nil))
 	}
 	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "30s")
 	send := runIn(t, tp.client, 30*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100", "-bytes", "10000000")

@@ -32,6 +32,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -172,7 +173,7 @@ func udpEcho(args []string) error {
 
 	ctx, cancel := signalContext(*timeout)
 	defer cancel()
-	pc, err := net.ListenPacket("udp", *listen)
+	pc, err := (&net.ListenConfig{Control: bigBuffers}).ListenPacket(ctx, "udp", *listen)
 	if err != nil {
 		return err
 	}
@@ -222,6 +223,7 @@ type UDPPingResult struct {
 	Corrupt    int     `json:"corrupt"`    // own tag, but bytes differ from what was sent
 	Foreign    int     `json:"foreign"`    // datagrams with another tag or unparsable
 	Seconds    float64 `json:"seconds"`
+	Missing    string  `json:"missing,omitempty"` // the sequence numbers never echoed, as ranges (first 20)
 }
 
 func udpPing(args []string) error {
@@ -237,7 +239,7 @@ func udpPing(args []string) error {
 		return errors.New("bad tag")
 	}
 
-	c, err := net.Dial("udp", *to)
+	c, err := (&net.Dialer{Control: bigBuffers}).Dial("udp", *to)
 	if err != nil {
 		return err
 	}
@@ -311,8 +313,35 @@ func udpPing(args []string) error {
 	mu.Lock()
 	defer mu.Unlock()
 	res.Seconds = time.Since(start).Seconds()
+	res.Missing = missingRanges(got, 20)
 	printJSON(res)
 	return nil
+}
+
+// missingRanges lists the indexes of got that are false as "a-b" ranges,
+// at most max of them.
+func missingRanges(got []bool, max int) string {
+	var parts []string
+	for i := 0; i < len(got); i++ {
+		if got[i] {
+			continue
+		}
+		j := i
+		for j+1 < len(got) && !got[j+1] {
+			j++
+		}
+		if len(parts) == max {
+			parts = append(parts, "…")
+			break
+		}
+		if i == j {
+			parts = append(parts, fmt.Sprint(i))
+		} else {
+			parts = append(parts, fmt.Sprintf("%d-%d", i, j))
+		}
+		i = j
+	}
+	return strings.Join(parts, ",")
 }
 
 func udpCount(args []string) error {
@@ -323,7 +352,7 @@ func udpCount(args []string) error {
 
 	ctx, cancel := signalContext(*timeout)
 	defer cancel()
-	pc, err := net.ListenPacket("udp", *listen)
+	pc, err := (&net.ListenConfig{Control: bigBuffers}).ListenPacket(ctx, "udp", *listen)
 	if err != nil {
 		return err
 	}
