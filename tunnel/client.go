@@ -275,22 +275,55 @@ func (c *Client) runUp(dev Device) error {
 }
 
 // runDown receives packets from the server and writes them to the TUN.
+// connect-ip-go's ReadPacket returns one packet per call and quic-go drops
+// datagrams once 32 wait on the stream, so the reading goroutine does
+// nothing but copy packets into a ring; runTUNWriter writes whatever has
+// accumulated in one batch.
 func (c *Client) runDown(dev Device) error {
-	buf := getBuf()
-	defer putBuf(buf)
-	bufs := [][]byte{nil}
+	r := newRxRing()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.runTUNWriter(dev, r)
+	}()
+	defer func() {
+		r.close()
+		<-done
+		r.free()
+	}()
 	for {
+		buf := r.next()
+		if buf == nil {
+			return net.ErrClosed
+		}
 		n, err := c.conn.ReadPacket(buf[Headroom:])
 		if err != nil {
 			return err
 		}
-		bufs[0] = buf[:Headroom+n]
-		if _, err := dev.Write(bufs, Headroom); err != nil {
-			c.stats.drops[dropTUNWrite].Add(1)
-			continue
+		r.publish(n)
+	}
+}
+
+// runTUNWriter writes the packets runDown collects to the TUN in batches.
+// It returns when the ring is closed.
+func (c *Client) runTUNWriter(dev Device, r *rxRing) {
+	bufs := make([][]byte, min(dev.BatchSize()*4, rxRingLen))
+	for {
+		n := r.drain(bufs)
+		if n == 0 {
+			return
 		}
-		c.stats.rxPackets.Add(1)
-		c.stats.rxBytes.Add(uint64(n))
+		var bytes uint64
+		for _, b := range bufs[:n] {
+			bytes += uint64(len(b) - Headroom)
+		}
+		if _, err := dev.Write(bufs[:n], Headroom); err != nil {
+			c.stats.drops[dropTUNWrite].Add(1)
+		}
+		c.stats.rxPackets.Add(uint64(n))
+		c.stats.rxBytes.Add(bytes)
+		clear(bufs[:n])
+		r.release(n)
 	}
 }
 
