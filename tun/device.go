@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -153,6 +154,7 @@ type Device struct {
 	events chan wgtun.Event // fed by runEvents, closed when it returns
 	done   chan struct{}    // closed when runEvents returns
 
+	closed    atomic.Bool // set when Close starts
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -173,7 +175,10 @@ func (closedError) Is(target error) bool {
 // [Device]).
 func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := d.Device.Read(bufs, sizes, offset)
-	if err != nil && errors.Is(err, os.ErrClosed) {
+	if err != nil && (d.closed.Load() || errors.Is(err, os.ErrClosed)) {
+		// When closing, wireguard-go's netlink listener may hand Read
+		// its own error ("netlink socket closed") before Read sees the
+		// closed file.
 		err = ErrClosed
 	}
 	return n, err
@@ -183,7 +188,7 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // [Device]).
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	n, err := d.Device.Write(bufs, offset)
-	if err != nil && errors.Is(err, os.ErrClosed) {
+	if err != nil && (d.closed.Load() || errors.Is(err, os.ErrClosed)) {
 		err = ErrClosed
 	}
 	return n, err
@@ -213,6 +218,7 @@ func (d *Device) Events() <-chan wgtun.Event { return d.events }
 // goroutines to exit. It is idempotent.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
+		d.closed.Store(true)
 		d.closeErr = d.Device.Close()
 		if d.done != nil {
 			// wireguard-go closes the event channel once its listeners

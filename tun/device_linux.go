@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -66,7 +68,49 @@ func (d *Device) setUp(cfg *Config) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set link up: %w", err)
 	}
-	return nil
+	return waitLocal(link, cfg.Addrs)
+}
+
+// addrWait bounds how long Create waits for the kernel to accept packets
+// for the device's IPv6 addresses.
+const addrWait = 2 * time.Second
+
+// waitLocal waits until the kernel has installed the local routes of the
+// IPv6 addresses in addrs. Even with IFA_F_NODAD the kernel installs them
+// from a workqueue after the link comes up (addrconf_dad_work); until
+// then it drops packets to the address (Ip6InAddrErrors). IPv4 local
+// routes are installed synchronously.
+func waitLocal(link netlink.Link, addrs []netip.Prefix) error {
+	deadline := time.Now().Add(addrWait)
+	for sleep := 100 * time.Microsecond; ; sleep = min(2*sleep, 10*time.Millisecond) {
+		routes, err := netlink.RouteListFiltered(unix.AF_INET6,
+			&netlink.Route{Table: unix.RT_TABLE_LOCAL, LinkIndex: link.Attrs().Index},
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+		if err != nil {
+			return fmt.Errorf("list local routes: %w", err)
+		}
+		missing := netip.Addr{}
+		for _, p := range addrs {
+			if p.Addr().Is6() && !slices.ContainsFunc(routes, func(rt netlink.Route) bool {
+				return rt.Type == unix.RTN_LOCAL && rt.Dst != nil && ipNetAddr(rt.Dst) == p.Addr()
+			}) {
+				missing = p.Addr()
+				break
+			}
+		}
+		if !missing.IsValid() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("wait for address %v: no local route after %v", missing, addrWait)
+		}
+		time.Sleep(sleep)
+	}
+}
+
+func ipNetAddr(n *net.IPNet) netip.Addr {
+	a, _ := netip.AddrFromSlice(n.IP)
+	return a.Unmap()
 }
 
 // MTU returns the link's current MTU. Unlike wireguard-go's MTU it asks
