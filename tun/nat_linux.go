@@ -115,7 +115,7 @@ func ifname(name string) []byte {
 
 // conn returns an nftables connection to the NAT's namespace.
 func (n *NAT) conn() (*nftables.Conn, error) {
-	if n.nsFD < 0 {
+	if n.nsFD <= 0 { // fd 0 is stdin, not a namespace: a NAT not made by NewNAT
 		return nftables.New()
 	}
 	return nftables.New(nftables.WithNetNSFd(n.nsFD))
@@ -129,7 +129,7 @@ func (n *NAT) Close() error {
 		if err == nil {
 			err = deleteTable(c, n.table)
 		}
-		if n.nsFD >= 0 {
+		if n.nsFD > 0 {
 			unix.Close(n.nsFD)
 			n.nsFD = -1
 		}
