@@ -1,0 +1,104 @@
+package tunnel
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+var snakeCase = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+func TestDropReasonNames(t *testing.T) {
+	seen := map[string]dropReason{}
+	for r := range numDropReasons {
+		name := r.String()
+		if !snakeCase.MatchString(name) {
+			t.Errorf("dropReason(%d).String() = %q, want a snake_case label", r, name)
+		}
+		if prev, dup := seen[name]; dup {
+			t.Errorf("dropReason %d and %d are both %q", prev, r, name)
+		}
+		seen[name] = r
+	}
+	names := map[string]bool{}
+	for r, name := range refusalNames {
+		if !snakeCase.MatchString(name) || names[name] {
+			t.Errorf("refusal %d name %q is not a unique snake_case label", r, name)
+		}
+		names[name] = true
+	}
+}
+
+func TestCollector(t *testing.T) {
+	var c counters
+	c.drop(dropSourceSpoof)
+	c.drop(dropSourceSpoof)
+	c.drop(dropMalformed)
+	c.rxPackets.Add(3)
+	c.rxBytes.Add(300)
+	c.txPackets.Add(5)
+	c.txBytes.Add(500)
+	c.icmpSent.Add(1)
+	c.sessions.Add(2)
+	c.sessionsTotal.Add(7)
+	c.refused[refuseAuth].Add(4)
+
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(collector{&c}); err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		name := mf.GetName()
+		if !strings.HasPrefix(name, "masque_tunnel_") {
+			t.Errorf("metric %s lacks the masque_tunnel_ prefix", name)
+		}
+		if mf.GetType() == dto.MetricType_COUNTER && !strings.HasSuffix(name, "_total") {
+			t.Errorf("counter %s does not end in _total", name)
+		}
+		for _, m := range mf.GetMetric() {
+			key := name
+			for _, l := range m.GetLabel() {
+				key += "{" + l.GetName() + "=" + l.GetValue() + "}"
+			}
+			switch {
+			case m.GetCounter() != nil:
+				got[key] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				got[key] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	want := map[string]float64{
+		"masque_tunnel_dropped_packets_total{reason=source_spoof}":       2,
+		"masque_tunnel_dropped_packets_total{reason=malformed}":          1,
+		"masque_tunnel_dropped_packets_total{reason=destination_denied}": 0,
+		"masque_tunnel_packets_total{direction=rx}":                      3,
+		"masque_tunnel_packets_total{direction=tx}":                      5,
+		"masque_tunnel_bytes_total{direction=rx}":                        300,
+		"masque_tunnel_bytes_total{direction=tx}":                        500,
+		"masque_tunnel_icmp_errors_sent_total":                           1,
+		"masque_tunnel_sessions":                                         2,
+		"masque_tunnel_sessions_total":                                   7,
+		"masque_tunnel_refused_requests_total{reason=unauthenticated}":   4,
+		"masque_tunnel_refused_requests_total{reason=pool_exhausted}":    0,
+	}
+	for k, w := range want {
+		if g, ok := got[k]; !ok || g != w {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, w)
+		}
+	}
+	// Every reason is exported, even at zero, so dashboards see the series.
+	for r := range numDropReasons {
+		if _, ok := got["masque_tunnel_dropped_packets_total{reason="+r.String()+"}"]; !ok {
+			t.Errorf("drop reason %s not exported", r)
+		}
+	}
+}
