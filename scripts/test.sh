@@ -5,8 +5,9 @@
 #   sudo scripts/test.sh
 #
 # Installs missing prerequisites, then: gofmt, go vet, go test -race over the
-# whole module (e2e included) and a short run of every fuzz target.
-# Exits non-zero on any failure. Takes about 10 minutes on 2 cores.
+# whole module (e2e included) and a short run of every fuzz target. Every
+# phase runs even if an earlier one failed; the script exits non-zero if any
+# did. Takes about 10 minutes on 2 cores.
 set -euo pipefail
 
 if [[ $EUID -ne 0 ]]; then
@@ -37,20 +38,22 @@ go version
 section "go mod download"
 go mod download
 
+failed=() # names of the phases that failed
+
 section "gofmt"
 mapfile -t gofiles < <(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
 unformatted=$(gofmt -l "${gofiles[@]}")
 if [[ -n $unformatted ]]; then
 	echo "test.sh: not gofmt-ed:" >&2
 	echo "$unformatted" >&2
-	exit 1
+	failed+=(gofmt)
 fi
 
 section "go vet"
-go vet ./...
+go vet ./... || failed+=("go vet")
 
 section "go test -race"
-go test -race -count=1 -timeout 20m ./...
+go test -race -count=1 -timeout 20m ./... || failed+=("go test")
 
 section "fuzz"
 # Every fuzz target, a few seconds each: PACKAGE_DIR FUNC per line.
@@ -62,18 +65,18 @@ fuzztime=5
 if ((${#targets[@]} > 24 || SECONDS - START > 540)); then
 	fuzztime=2
 fi
-fail=0
 for tgt in "${targets[@]}"; do
 	read -r dir fn <<<"$tgt"
 	echo "--- $fn in $dir (${fuzztime}s)"
 	if ! go test -run='^$' -fuzz="^${fn}\$" -fuzztime="${fuzztime}s" "$dir/"; then
 		echo "test.sh: FAIL: fuzz target $fn in $dir" >&2
-		fail=1
+		failed+=("fuzz $fn")
 	fi
 done
 echo "fuzz targets run: ${#targets[@]}"
-if ((fail)); then
+
+if ((${#failed[@]})); then
+	section "FAILED: $(printf '%s; ' "${failed[@]}")"
 	exit 1
 fi
-
 section "all passed"
