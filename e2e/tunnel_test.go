@@ -66,11 +66,21 @@ func TestPing(t *testing.T) {
 	if st.TxPackets < 10 || st.RxPackets < 10 || st.TxBytes < 10*84 || st.RxBytes < 10*84 {
 		t.Errorf("status counters tx %d pkts/%d B, rx %d pkts/%d B; want ≥ 10 packets and ≥ 840 B each way after 10 pings", st.TxPackets, st.TxBytes, st.RxPackets, st.RxBytes)
 	}
+	if !containsStr(st.Routes, "0.0.0.0/0") || !containsStr(st.Routes, "::/0") {
+		t.Errorf("status routes = %v, want 0.0.0.0/0 and ::/0 for a full tunnel", st.Routes)
+	}
 	if st.UptimeSeconds <= 0 {
 		t.Errorf("status uptime_seconds = %v, want > 0", st.UptimeSeconds)
 	}
 	if n := srv.sessions(t); n != 1 {
 		t.Errorf("masque_tunnel_sessions = %v with one client, want 1", n)
+	}
+	// The server's TUN holds the first host of each default pool.
+	addrs := mustRun(t, "ip", "-n", tp.server, "addr", "show", "dev", "masqued0")
+	for _, want := range []string{"100.64.0.1/16", "fd6d:6173:7175:6500::1/64"} {
+		if !strings.Contains(addrs, " "+want+" ") {
+			t.Errorf("server TUN masqued0 lacks %s:\n%s", want, addrs)
+		}
 	}
 
 	// The client's state while up differs from the initial one: this makes
@@ -87,43 +97,55 @@ func TestPing(t *testing.T) {
 	checkPingFails(t, tp.client)
 }
 
-// TestTCPTransfer: 200 MB (20 MB with -short) of TCP client→target arrive
-// intact, compared by SHA-256 at both ends.
+// TestTCPTransfer: 200 MB of TCP over IPv4 and 50 MB over IPv6 (20/10 MB
+// with -short) go client→target and arrive intact, compared by SHA-256 at
+// both ends.
 func TestTCPTransfer(t *testing.T) {
-	size := int64(200 << 20)
-	if testing.Short() {
-		size = 20 << 20
-	}
 	tp := newTopo(t, false)
 	tp.startServer(t)
 	tp.startClient(t, tp.client, tokenAuth("alice"))
-	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "130s")
-
-	send := runIn(t, tp.client, 130*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100", "-bytes", strconv.FormatInt(size, 10), "-timeout", "120s")
-	if send.code != 0 {
-		t.Fatalf("tcpsend: exit %d after %v\nstdout: %s\nstderr: %s", send.code, send.took, send.stdout, send.stderr)
+	cases := []struct {
+		name       string
+		listen, to string
+		size       int64
+		peer       string // the source the target must see: the server's egress (NAT)
+	}{
+		{"IPv4", targetIP4 + ":9100", targetIP4 + ":9100", 200 << 20, egressIP4},
+		{"IPv6", "[" + targetIP6 + "]:9101", "[" + targetIP6 + "]:9101", 50 << 20, "2001:db8:2::1"},
 	}
-	if !sink.wait(10 * time.Second) {
-		t.Fatalf("tcpsink did not finish after the sender did")
+	for _, tc := range cases {
+		if testing.Short() {
+			tc.size /= 10
+		}
+		sink := startTool(t, tp.target, "tcpsink", "-listen", tc.listen, "-timeout", "130s")
+		send := runIn(t, tp.client, 130*time.Second, env.nettool, "tcpsend", "-to", tc.to, "-bytes", strconv.FormatInt(tc.size, 10), "-timeout", "120s")
+		if send.code != 0 {
+			t.Errorf("%s: tcpsend: exit %d after %v\nstdout: %s\nstderr: %s", tc.name, send.code, send.took, send.stdout, send.stderr)
+			continue
+		}
+		if !sink.wait(10 * time.Second) {
+			t.Errorf("%s: tcpsink did not finish after the sender did", tc.name)
+			continue
+		}
+		var sent, got struct {
+			Bytes   int64   `json:"bytes"`
+			SHA256  string  `json:"sha256"`
+			Seconds float64 `json:"seconds"`
+			Peer    string  `json:"peer"`
+		}
+		lastJSON(t, "tcpsend", send.stdout, &sent)
+		lastJSON(t, "tcpsink", sink.stdout.String(), &got)
+		if sent.Bytes != tc.size {
+			t.Errorf("%s: sender sent %d bytes, want %d", tc.name, sent.Bytes, tc.size)
+		}
+		if got.Bytes != sent.Bytes || got.SHA256 != sent.SHA256 {
+			t.Errorf("%s: target received %d bytes sha256 %s, sender sent %d bytes sha256 %s", tc.name, got.Bytes, got.SHA256, sent.Bytes, sent.SHA256)
+		}
+		if host, _, _ := net.SplitHostPort(got.Peer); host != tc.peer {
+			t.Errorf("%s: target saw the connection from %s, want the server's egress address %s (NAT)", tc.name, got.Peer, tc.peer)
+		}
+		t.Logf("%s: %d MB in %.2f s: %.0f Mbit/s through the tunnel, SHA-256 equal: %v", tc.name, tc.size>>20, sent.Seconds, float64(tc.size)*8/sent.Seconds/1e6, got.SHA256 == sent.SHA256)
 	}
-	var sent, got struct {
-		Bytes   int64   `json:"bytes"`
-		SHA256  string  `json:"sha256"`
-		Seconds float64 `json:"seconds"`
-		Peer    string  `json:"peer"`
-	}
-	lastJSON(t, "tcpsend", send.stdout, &sent)
-	lastJSON(t, "tcpsink", sink.stdout.String(), &got)
-	if sent.Bytes != size {
-		t.Errorf("sender sent %d bytes, want %d", sent.Bytes, size)
-	}
-	if got.Bytes != sent.Bytes || got.SHA256 != sent.SHA256 {
-		t.Errorf("target received %d bytes sha256 %s, sender sent %d bytes sha256 %s", got.Bytes, got.SHA256, sent.Bytes, sent.SHA256)
-	}
-	if host, _, _ := net.SplitHostPort(got.Peer); host != egressIP4 {
-		t.Errorf("target saw the connection from %s, want the server's egress address %s (NAT)", got.Peer, egressIP4)
-	}
-	t.Logf("%d MB in %.2f s: %.0f Mbit/s through the tunnel", size>>20, sent.Seconds, float64(size)*8/sent.Seconds/1e6)
 }
 
 // udpPingResult is nettool udpping's output.
@@ -556,5 +578,134 @@ func TestPlainPath(t *testing.T) {
 	lastJSON(t, "tcpsink", sink.stdout.String(), &b)
 	if a.SHA256 != b.SHA256 || a.SHA256 == "" {
 		t.Errorf("plain TCP: sink sha256 %q, sender %q", b.SHA256, a.SHA256)
+	}
+}
+
+// linkMTU returns the MTU of dev in ns.
+func linkMTU(t *testing.T, ns, dev string) int {
+	t.Helper()
+	out := mustRun(t, "ip", "-n", ns, "-o", "link", "show", "dev", dev)
+	m := regexp.MustCompile(` mtu (\d+) `).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no mtu in %q", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// TestMTU: right after "up", packets as large as the client's TUN MTU cross
+// the tunnel in both directions without fragmentation, over IPv4 and IPv6
+// (the TUN MTU follows the datagram budget), and an IPv6 packet of 1280
+// bytes always does (RFC 9484 §10.1: the tunnel must carry the IPv6 minimum
+// link MTU or abort).
+func TestMTU(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t)
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+	mtu := linkMTU(t, tp.client, c.up.tun)
+	t.Logf("client TUN %s MTU %d, server TUN MTU %d", c.up.tun, mtu, linkMTU(t, tp.server, "masqued0"))
+	if mtu < 1280 {
+		t.Errorf("client TUN MTU %d < 1280: IPv6 cannot run over it (RFC 9484 §10.1)", mtu)
+	}
+	cases := []struct {
+		name, dst string
+		payload   int // ICMP payload: total size minus IP and ICMP headers
+	}{
+		{"IPv4 full TUN MTU", targetIP4, mtu - 28},
+		{"IPv6 full TUN MTU", targetIP6, mtu - 48},
+		{"IPv6 minimum MTU", targetIP6, 1280 - 48},
+	}
+	for _, tc := range cases {
+		r := runIn(t, tp.client, 20*time.Second, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", strconv.Itoa(tc.payload), tc.dst)
+		m := pingCountRE.FindStringSubmatch(r.stdout)
+		if m == nil || m[2] != "3" {
+			t.Errorf("%s: ping -M do -s %d %s: want 3/3 answered\n%s%s", tc.name, tc.payload, tc.dst, r.stdout, r.stderr)
+		} else {
+			t.Logf("%s: %d-byte echo requests and replies crossed the tunnel", tc.name, tc.payload)
+		}
+	}
+}
+
+// TestSplitTunnel: --route limits the tunnel to the given prefixes and
+// --exclude keeps a prefix out of a full tunnel.
+func TestSplitTunnel(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t)
+
+	// Only the target's IPv4 address goes through the tunnel: its IPv6
+	// address takes the plain path, where the target cannot answer.
+	c := tp.startClient(t, tp.client, tokenAuth("alice"), "--route", targetIP4+"/32")
+	if r := ping(t, tp.client, targetIP4, 3); r.received != 3 {
+		t.Errorf("--route %s/32: ping %s: %d/3 answered, want 3\n%s", targetIP4, targetIP4, r.received, r.out)
+	}
+	if r := ping(t, tp.client, targetIP6, 2); r.received != 0 {
+		t.Errorf("--route %s/32: ping %s: %d/2 answered, want 0 (not routed into the tunnel)", targetIP4, targetIP6, r.received)
+	}
+	if st := c.status(t); !containsStr(st.Routes, targetIP4+"/32") || containsStr(st.Routes, "0.0.0.0/0") {
+		t.Errorf("--route %s/32: status routes %v", targetIP4, st.Routes)
+	}
+	if _, killed := c.stop(10 * time.Second); killed {
+		t.Fatal("masque up ignored SIGTERM")
+	}
+	tp.checkClean(tp.client)
+
+	// Full tunnel minus the target's IPv4 address.
+	tp.startClient(t, tp.client, tokenAuth("alice"), "--exclude", targetIP4+"/32")
+	if r := ping(t, tp.client, targetIP4, 2); r.received != 0 {
+		t.Errorf("--exclude %s/32: ping %s: %d/2 answered, want 0 (excluded from the tunnel)", targetIP4, targetIP4, r.received)
+	}
+	if r := ping(t, tp.client, targetIP6, 3); r.received != 3 {
+		t.Errorf("--exclude %s/32: ping %s: %d/3 answered, want 3\n%s", targetIP4, targetIP6, r.received, r.out)
+	}
+}
+
+// TestNoLeak: with a full tunnel up, nothing but the tunnel's own QUIC flow
+// (and neighbour discovery) leaves the client's physical interface while the
+// client talks to the target over IPv4 and IPv6.
+func TestNoLeak(t *testing.T) {
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Fatal("tcpdump not installed (scripts/test.sh installs it)")
+	}
+	tp := newTopo(t, false)
+	srv := tp.startServer(t)
+	// Everything on c0 except the QUIC flow to the server and link-scope
+	// control traffic (ARP, IPv6 neighbour discovery and MLD, which use
+	// link-local sources or link-local multicast destinations).
+	filter := "not (udp and host " + serverIP4 + " and port 4433) and not arp and not (ip6 and (src net fe80::/10 or dst net ff02::/16))"
+	startDump := func() *proc {
+		dump := startProc(t, tp.client, "tcpdump", "tcpdump", "-i", "c0", "-n", "-l", "-U", "-p", filter)
+		if _, err := dump.waitLine(dump.stderr, 10*time.Second, func(l string) bool { return strings.Contains(l, "listening on") }); err != nil {
+			t.Fatalf("tcpdump: %v\n%s", err, dump.stderr.String())
+		}
+		return dump
+	}
+	// Control: without the tunnel the same capture sees the pings.
+	dump := startDump()
+	ping(t, tp.client, targetIP4, 1)
+	ping(t, tp.client, targetIP6, 1)
+	time.Sleep(300 * time.Millisecond)
+	dump.stop(5 * time.Second)
+	if n := len(nonEmptyLines(dump.stdout.String())); n < 2 {
+		t.Fatalf("control capture without the tunnel saw %d packets, want ≥ 2: the capture does not work\n%s", n, dump.stderr.String())
+	}
+
+	tp.startClient(t, tp.client, tokenAuth("alice"))
+	dump = startDump()
+	startTool(t, tp.target, "udpecho", "-listen", ":9000")
+	checkPing(t, tp.client, 3)
+	for _, to := range []string{targetIP4 + ":9000", "[" + targetIP6 + "]:9000"} {
+		r, err := udpExchange(tp.client, to, "L", 200, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkUDP(t, "UDP echo via "+to, 200, r, tp.lossDiag(t, srv))
+	}
+	time.Sleep(300 * time.Millisecond)
+	dump.stop(5 * time.Second)
+	if leaked := nonEmptyLines(dump.stdout.String()); len(leaked) > 0 {
+		t.Errorf("%d packets left c0 outside the tunnel:\n%s", len(leaked), tail(strings.Join(leaked, "\n"), 3000))
+	}
+	if m := regexp.MustCompile(`(\d+) packets? captured`).FindStringSubmatch(dump.stderr.String()); m != nil {
+		t.Logf("tcpdump: %s packets outside the tunnel's flow", m[1])
 	}
 }
