@@ -96,10 +96,10 @@ func setup(dir string) error {
 		race = []string{"-race"}
 	}
 	builds := [][]string{
-		append(append([]string{"build"}, race...), "-o", env.masqued, "./cmd/masqued"),
-		append(append([]string{"build"}, race...), "-o", env.masque, "./cmd/masque"),
-		{"build", "-o", env.nettool, "./e2e/internal/nettool"},
-		{"build", "-o", env.spoofclient, "./e2e/internal/spoofclient"},
+		append(append([]string{"build", "-buildvcs=false"}, race...), "-o", env.masqued, "./cmd/masqued"),
+		append(append([]string{"build", "-buildvcs=false"}, race...), "-o", env.masque, "./cmd/masque"),
+		{"build", "-buildvcs=false", "-o", env.nettool, "./e2e/internal/nettool"},
+		{"build", "-buildvcs=false", "-o", env.spoofclient, "./e2e/internal/spoofclient"},
 	}
 	for _, args := range builds {
 		cmd := exec.Command(goBin, args...)

@@ -108,8 +108,8 @@ iperf_gbps() {
 
 # --- build, topology, credentials -----------------------------------------
 say "building masqued and masque"
-go build -o "$WORK/masqued" ./cmd/masqued
-go build -o "$WORK/masque" ./cmd/masque
+go build -buildvcs=false -o "$WORK/masqued" ./cmd/masqued
+go build -buildvcs=false -o "$WORK/masque" ./cmd/masque
 
 say "creating namespaces $C (client), $S (server), $T (target)"
 netns_create "$ID"
