@@ -1,0 +1,32 @@
+package main
+
+import "testing"
+
+func TestExecuteExitCodes(t *testing.T) {
+	empty := t.TempDir() // a state dir with nothing in it
+	tests := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"no command", nil, exitOK},
+		{"unknown flag", []string{"--bogus"}, exitUsage},
+		{"unknown command", []string{"sideways"}, exitUsage},
+		{"up with a bad route", []string{"up", "--route", "bad"}, exitUsage},
+		{"up with a bad route and a server", []string{"up", "--server", "vpn.example.com:443", "--token-file", "/nonexistent", "--route", "198.18.0.1/15"}, exitUsage},
+		{"up without a server", []string{"up", "--token-file", "/nonexistent"}, exitUsage},
+		{"up with a missing token file", []string{"up", "--server", "vpn.example.com:443", "--token-file", "/nonexistent"}, exitUsage},
+		{"up with a bad duration", []string{"up", "--connect-timeout", "soon"}, exitUsage},
+		{"up with arguments", []string{"up", "extra"}, exitUsage},
+		{"down with nothing to undo", []string{"down", "--state-dir", empty}, exitOK},
+		{"down with arguments", []string{"down", "extra"}, exitUsage},
+		{"status without a tunnel", []string{"status", "--state-dir", empty}, exitFailure},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := execute(tt.args); got != tt.want {
+				t.Errorf("execute(%q) = %d, want %d", tt.args, got, tt.want)
+			}
+		})
+	}
+}
