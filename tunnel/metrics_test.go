@@ -9,7 +9,10 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-var snakeCase = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+var (
+	snakeCase  = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+	metricName = regexp.MustCompile(`^masque_[a-z0-9]+_[a-z0-9_]+$`) // STYLE.md §5
+)
 
 func TestDropReasonNames(t *testing.T) {
 	seen := map[string]dropReason{}
@@ -57,8 +60,8 @@ func TestCollector(t *testing.T) {
 	got := map[string]float64{}
 	for _, mf := range mfs {
 		name := mf.GetName()
-		if !strings.HasPrefix(name, "masque_tunnel_") {
-			t.Errorf("metric %s lacks the masque_tunnel_ prefix", name)
+		if !metricName.MatchString(name) {
+			t.Errorf("metric %s is not named masque_<component>_<thing>", name)
 		}
 		if mf.GetType() == dto.MetricType_COUNTER && !strings.HasSuffix(name, "_total") {
 			t.Errorf("counter %s does not end in _total", name)
