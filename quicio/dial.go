@@ -52,7 +52,8 @@ func (c *ClientConn) Transport() *quic.Transport { return c.tr }
 // Close closes the connection, the Transport and the socket.
 func (c *ClientConn) Close() error {
 	err := c.Conn.CloseWithError(codeNoError, "")
-	return errors.Join(err, c.tr.Close())
+	// quic.Transport.Close leaves the socket open: it did not create it.
+	return errors.Join(err, c.tr.Close(), ignoreClosed(c.pc.Close()))
 }
 
 // Dial resolves cfg.Addr, opens a socket of its own and completes a QUIC
@@ -93,6 +94,7 @@ func Dial(ctx context.Context, cfg DialConfig) (*ClientConn, error) {
 	c, err := tr.Dial(ctx, raddr, tlsConf, qc)
 	if err != nil {
 		tr.Close()
+		pc.Close()
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, fmt.Errorf("connect to %s: timeout", cfg.Addr)
 		}

@@ -52,7 +52,6 @@ func TestDialServerName(t *testing.T) {
 			c, err := Dial(ctx, DialConfig{Addr: tt.addr, ServerName: tt.serverName, TLSConfig: clientTLS(t)})
 			if err == nil {
 				c.Close()
-				c.pc.Close()
 			}
 			if (err == nil) != tt.ok {
 				t.Fatalf("Dial(%s, server name %q) = %v, want ok %v", tt.addr, tt.serverName, err, tt.ok)

@@ -387,7 +387,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.closeAll()
 		<-done
 	}
-	s.tr.Close()
+	s.closeTransport()
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		err = nil
 	}
@@ -400,7 +400,20 @@ func (s *Server) Close() error {
 	s.ln.Close()
 	s.closeAll()
 	s.workers.Wait()
-	return s.tr.Close()
+	return s.closeTransport()
+}
+
+// closeTransport closes the Transport and then the socket, which
+// quic.Transport.Close leaves open because it did not create it.
+func (s *Server) closeTransport() error {
+	return errors.Join(s.tr.Close(), ignoreClosed(s.conn.Close()))
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
 }
 
 func (s *Server) closeAll() {

@@ -168,8 +168,6 @@ func startServer(t *testing.T, cfg Config, app Application) *testServer {
 	go func() { ts.serveErr <- s.Serve() }()
 	t.Cleanup(func() {
 		s.Close()
-		// quic.Transport.Close leaves a socket it did not create open.
-		s.conn.Close()
 		if err := ts.waitServe(t); err != nil {
 			t.Errorf("Serve = %v, want nil", err)
 		}
@@ -202,7 +200,6 @@ func dial(t *testing.T, addr net.Addr) (*ClientConn, error) {
 	}
 	t.Cleanup(func() {
 		c.Close()
-		c.pc.Close() // see startServer
 	})
 	return c, nil
 }
@@ -607,6 +604,12 @@ func TestServerClose(t *testing.T) {
 	if app.shutdownCalls() != 0 {
 		t.Error("Close called Application.Shutdown")
 	}
+	// The socket is closed too: the port can be bound again at once.
+	pc, err := net.ListenPacket("udp", ts.Addr().String())
+	if err != nil {
+		t.Fatalf("bind %s after Close: %v", ts.Addr(), err)
+	}
+	pc.Close()
 }
 
 // TestServerStatelessReset restarts a server with the same StateDir and

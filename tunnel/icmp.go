@@ -33,7 +33,8 @@ const (
 // RFC 4443 §2.4 (e)). It allocates only if dst lacks capacity.
 func appendICMPError(dst, pkt []byte, kind icmpKind, mtu int, from netip.Addr) []byte {
 	h, ok := parseIPHeader(pkt)
-	if !ok || h.src.IsUnspecified() || h.src.IsMulticast() || h.dst.IsMulticast() || isICMPError(pkt, h) {
+	if !ok || h.src.IsUnspecified() || h.src.IsMulticast() || h.dst.IsMulticast() ||
+		h.src == limitedBroadcast || h.dst == limitedBroadcast || isICMPError(pkt, h) {
 		return dst
 	}
 	pkt = pkt[:h.totalLen]
@@ -113,23 +114,62 @@ func appendICMPError(dst, pkt []byte, kind icmpKind, mtu int, from netip.Addr) [
 	return dst
 }
 
+var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
 // isICMPError reports whether pkt is an ICMP error message, which must never
-// be answered with another one.
+// be answered with another one (RFC 1812 §4.3.2.7, RFC 4443 §2.4 (e)). A
+// packet whose upper layer cannot be found is treated as one.
 func isICMPError(pkt []byte, h ipHeader) bool {
-	switch {
-	case h.version == 4 && h.proto == protoICMP:
+	switch h.version {
+	case 4:
+		if h.proto != protoICMP {
+			return false
+		}
 		if len(pkt) <= h.hdrLen {
-			return true // truncated: treat as an error, do not answer
+			return true // truncated: do not answer
 		}
 		switch pkt[h.hdrLen] {
 		case 3, 4, 5, 11, 12:
 			return true
 		}
-	case h.version == 6 && h.proto == protoICMPv6:
-		if len(pkt) <= h.hdrLen {
+		return false
+	case 6:
+		proto, off, ok := ipv6UpperLayer(pkt[:h.totalLen])
+		if !ok {
 			return true
 		}
-		return pkt[h.hdrLen] < 128
+		if proto != protoICMPv6 {
+			return false
+		}
+		return off >= len(pkt) || pkt[off] < 128
 	}
-	return false
+	return true
+}
+
+// ipv6UpperLayer walks the IPv6 extension headers of pkt and returns the
+// upper-layer protocol and its offset. It reports false if the chain is
+// truncated, or ends in a non-first fragment (which has no upper-layer
+// header).
+func ipv6UpperLayer(pkt []byte) (proto uint8, off int, ok bool) {
+	proto, off = pkt[6], ipv6HeaderLen
+	for range 8 { // bound the walk; real packets have few headers
+		switch proto {
+		case 0, 43, 60: // hop-by-hop, routing, destination options
+			if off+2 > len(pkt) {
+				return 0, 0, false
+			}
+			proto, off = pkt[off], off+8+int(pkt[off+1])*8
+		case 44: // fragment
+			if off+8 > len(pkt) {
+				return 0, 0, false
+			}
+			if binary.BigEndian.Uint16(pkt[off+2:off+4])&^7 != 0 {
+				return 0, 0, false // not the first fragment
+			}
+			proto, off = pkt[off], off+8
+		default:
+			return proto, off, off <= len(pkt)
+		}
+	}
+	return 0, 0, false
 }

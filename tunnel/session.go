@@ -326,7 +326,7 @@ func (ss *session) checkInbound(d []byte, dst []byte) (int, bool) {
 // server's gateway address.
 func (ss *session) sendICMP(pkt []byte, kind icmpKind, mtu int) {
 	from := ss.srv.gatewayFor(pkt)
-	if !from.IsValid() {
+	if !from.IsValid() || ss.str == nil {
 		return
 	}
 	var buf [1 + maxICMPv6Len]byte

@@ -192,6 +192,9 @@ func parseCIDR(s string) (netip.Prefix, error) {
 		if err2 != nil {
 			return netip.Prefix{}, errors.New("not a CIDR prefix")
 		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, errors.New("zones are not allowed in a route")
+		}
 		p = netip.PrefixFrom(a, a.BitLen())
 	}
 	if p != p.Masked() {

@@ -117,8 +117,16 @@ func loadOrCreateCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 		}
 		return crt, key, nil
 	}
-	if !errors.Is(err1, fs.ErrNotExist) && err1 != nil {
+	if err1 == nil || !errors.Is(err1, fs.ErrNotExist) {
+		// ca.crt exists (or is unreadable) without a usable ca.key: making a
+		// new CA would silently invalidate every certificate it issued.
+		if err1 == nil {
+			return nil, nil, fmt.Errorf("%s exists but %s cannot be read (%v): restore the CA key, or use an empty directory for a new CA", crtPath, keyPath, err2)
+		}
 		return nil, nil, err1
+	}
+	if err2 == nil {
+		return nil, nil, fmt.Errorf("%s exists without %s: restore the CA certificate, or use an empty directory for a new CA", keyPath, crtPath)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

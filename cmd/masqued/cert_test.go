@@ -148,6 +148,23 @@ func TestGenerateCertsReusesCA(t *testing.T) {
 	}
 }
 
+func TestGenerateCertsKeepsCAWithoutKey(t *testing.T) {
+	dir := t.TempDir()
+	if err := generateCerts(&bytes.Buffer{}, dir, "vpn.example.com", nil, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	caPEM, _ := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err := generateCerts(&bytes.Buffer{}, dir, "vpn.example.com", []string{"c"}, 24*time.Hour); err == nil {
+		t.Fatal("generateCerts with ca.crt but no ca.key = nil error, want a refusal")
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "ca.crt")); !bytes.Equal(b, caPEM) {
+		t.Error("generateCerts replaced a CA whose key is missing")
+	}
+}
+
 func TestGenerateCertsCorruptCA(t *testing.T) {
 	dir := t.TempDir()
 	if err := generateCerts(&bytes.Buffer{}, dir, "vpn.example.com", nil, 24*time.Hour); err != nil {

@@ -65,13 +65,17 @@ func parseConfig(r io.Reader) (*Config, error) {
 	if len(b) > maxConfigSize {
 		return nil, fmt.Errorf("larger than %d bytes", maxConfigSize)
 	}
+	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
+		return nil, errors.New("decode: want a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	var c Config
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("decode: %v", err)
 	}
-	if dec.More() {
+	// More() is false before a stray ']' or '}': ask for one more token.
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("decode: data after the configuration object")
 	}
 	return &c, nil
@@ -114,7 +118,8 @@ type settings struct {
 }
 
 // resolve fills defaults and validates c, reporting every problem at once
-// with its field name. It does no I/O besides resolving a listen host name.
+// with its field name. It does no I/O; the listen address must be an IP
+// literal (or ":PORT").
 func (c *Config) resolve() (*settings, error) {
 	var errs []error
 	bad := func(field string, format string, args ...any) {
@@ -233,7 +238,7 @@ func parsePrefixes(field string, vs []string, bad func(string, string, ...any)) 
 	for i, v := range vs {
 		p, err := netip.ParsePrefix(v)
 		if err != nil {
-			if a, err2 := netip.ParseAddr(v); err2 == nil {
+			if a, err2 := netip.ParseAddr(v); err2 == nil && a.Zone() == "" {
 				p = netip.PrefixFrom(a, a.BitLen())
 			} else {
 				bad(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR prefix", v)

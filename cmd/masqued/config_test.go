@@ -65,6 +65,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"second object", `{} {}`, "data after"},
 		{"trailing garbage", `{"mtu":1400} x`, "data after"},
 		{"trailing string", `{} "x"`, "data after"},
+		{"stray closing brace", `{"mtu":1400}}`, "data after"},
+		{"stray closing bracket", `{}]`, "data after"},
+		{"null", `null`, "want a JSON object"},
 		{"truncated", `{"mtu":14`, "decode"},
 		{"too large", `{}` + strings.Repeat(" ", maxConfigSize), "larger than"},
 	}
