@@ -38,7 +38,8 @@ func (s *Server) runTUNReader() {
 	dev := s.cfg.Device
 	b := newReadBatch(dev.BatchSize())
 	defer b.release()
-	touched := make([]*session, 0, dev.BatchSize())
+	// A session can be touched again after a full batch was flushed.
+	touched := make([]*session, 0, 2*dev.BatchSize())
 	for {
 		b.reset()
 		count, err := dev.Read(b.bufs, b.sizes, Headroom)
@@ -51,42 +52,49 @@ func (s *Server) runTUNReader() {
 			s.counters.drop(dropMalformed)
 			continue
 		}
-		for i := range count {
-			pkt := b.bufs[i][Headroom : Headroom+b.sizes[i]]
-			h, ok := parseIPHeader(pkt)
-			if !ok {
-				s.counters.drop(dropMalformed)
-				continue
-			}
-			ss := s.router.lookup(h.dst)
-			if ss == nil {
-				s.counters.drop(dropNoSession)
-				continue
-			}
-			p := ss.pending
-			if p == nil {
-				select {
-				case p = <-ss.txFree:
-				default:
-					s.counters.drop(dropQueueFull)
-					continue
-				}
-				ss.pending = p
-				touched = append(touched, ss)
-			}
-			p.arrs[p.n] = b.take(i)
-			p.lens[p.n] = h.totalLen
-			p.n++
-			if p.n == txBatchLen {
-				ss.flush()
-			}
-		}
-		for i, ss := range touched {
-			ss.flush()
-			touched[i] = nil
-		}
-		touched = touched[:0]
+		touched = s.routeBatch(b, count, touched)
 	}
+}
+
+// routeBatch sorts the count packets read into b by session, moving each
+// packet's buffer into its session's pending batch, and flushes the
+// batches. touched is scratch space, returned for reuse.
+func (s *Server) routeBatch(b *readBatch, count int, touched []*session) []*session {
+	for i := range count {
+		pkt := b.bufs[i][Headroom : Headroom+b.sizes[i]]
+		h, ok := parseIPHeader(pkt)
+		if !ok {
+			s.counters.drop(dropMalformed)
+			continue
+		}
+		ss := s.router.lookup(h.dst)
+		if ss == nil {
+			s.counters.drop(dropNoSession)
+			continue
+		}
+		p := ss.pending
+		if p == nil {
+			select {
+			case p = <-ss.txFree:
+			default:
+				s.counters.drop(dropQueueFull)
+				continue
+			}
+			ss.pending = p
+			touched = append(touched, ss)
+		}
+		p.arrs[p.n] = b.take(i)
+		p.lens[p.n] = h.totalLen
+		p.n++
+		if p.n == txBatchLen {
+			ss.flush()
+		}
+	}
+	for i, ss := range touched {
+		ss.flush()
+		touched[i] = nil
+	}
+	return touched[:0]
 }
 
 // flush hands the session's pending batch to its sender, or drops it if
