@@ -47,6 +47,7 @@ type counters struct {
 	sessions           atomic.Int64
 	sessionsTotal      atomic.Uint64
 	refused            [numRefusals]atomic.Uint64
+	udp                udpCounters // CONNECT-UDP
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
@@ -97,6 +98,7 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused} {
 		ch <- d
 	}
+	describeUDP(ch)
 }
 
 func (k collector) Collect(ch chan<- prometheus.Metric) {
@@ -114,4 +116,5 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	for r := range numRefusals {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(c.refused[r].Load()), refusalNames[r])
 	}
+	c.udp.collect(ch)
 }

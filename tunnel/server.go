@@ -50,6 +50,9 @@ type ServerConfig struct {
 	// MaxSessionsPerConn caps sessions per QUIC connection
 	// (DefaultMaxSessionsPerConn).
 	MaxSessionsPerConn int
+	// UDP configures CONNECT-UDP (RFC 9298), served next to CONNECT-IP with
+	// the same Auth and Destinations.
+	UDP UDPConfig
 	// Logger receives lifecycle logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -80,6 +83,7 @@ func (c *ServerConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("routes[%d]: %s is not a masked prefix", i, r))
 		}
 	}
+	errs = append(errs, c.UDP.validate()...)
 	return errors.Join(errs...)
 }
 
@@ -100,6 +104,7 @@ type Server struct {
 	routes   []connectip.IPRoute
 	dns      []connectip.DNSConfiguration
 	nextID   atomic.Uint64
+	udp      *udpProxy
 
 	tunDone chan struct{}
 
@@ -155,6 +160,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(IPPathPrefix, s.serveIP)
+	s.udp = newUDPProxy(cfg.UDP, cfg.Auth, cfg.Destinations, cfg.Port, cfg.Logger, &s.counters.udp)
+	mux.HandleFunc(UDPPathPrefix, s.udp.serve)
 	s.h3 = &http3.Server{
 		Handler:         mux,
 		EnableDatagrams: true,
@@ -201,6 +208,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ss := range sessions {
 		ss.close()
 	}
+	s.udp.close()
 	return <-errc
 }
 
@@ -217,6 +225,7 @@ func (s *Server) Close() error {
 	for _, ss := range sessions {
 		ss.close()
 	}
+	s.udp.close()
 	return s.h3.Close()
 }
 
