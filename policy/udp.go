@@ -54,6 +54,12 @@ const maxNameLen = 253
 func ParseUDPPattern(s string) (UDPPattern, error) {
 	var p UDPPattern
 	i := strings.LastIndexByte(s, ':')
+	if strings.HasPrefix(s, "[") {
+		// The port follows the bracket: "[2001:db8::1]" has no port.
+		if j := strings.IndexByte(s, ']'); j > 0 && (len(s) == j+1 || s[j+1] != ':') {
+			i = -1
+		}
+	}
 	if i < 0 {
 		return p, fmt.Errorf("udp pattern %q: want HOST:PORT", s)
 	}

@@ -26,6 +26,7 @@ func TestParseUDPPattern(t *testing.T) {
 		{name: "underscore", in: "_dns.example:53", want: "_dns.example:53"},
 
 		{name: "no port", in: "example", wantErr: "want HOST:PORT"},
+		{name: "ipv6 without port", in: "[2001:db8::1]", wantErr: "want HOST:PORT"},
 		{name: "empty port", in: "example:", wantErr: "port"},
 		{name: "port 0", in: "example:0", wantErr: "port"},
 		{name: "port too big", in: "example:65536", wantErr: "port"},
