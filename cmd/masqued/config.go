@@ -10,7 +10,10 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/masque-vpn/masque/policy"
 )
 
 // Defaults of the server configuration.
@@ -51,6 +54,14 @@ type Config struct {
 	Metrics             string   `json:"metrics,omitempty"`
 	LogLevel            string   `json:"log_level,omitempty"`
 	DrainTimeout        string   `json:"drain_timeout,omitempty"`
+
+	// CONNECT-UDP (RFC 9298); zero values mean tunnel's defaults.
+	UDPIdleTimeout         string              `json:"udp_idle_timeout,omitempty"`
+	UDPResolveTimeout      string              `json:"udp_resolve_timeout,omitempty"`
+	UDPMaxFlowsPerConn     int                 `json:"udp_max_flows_per_conn,omitempty"`
+	UDPMaxFlowsPerIdentity int                 `json:"udp_max_flows_per_identity,omitempty"`
+	UDPAllow               map[string][]string `json:"udp_allow,omitempty"`     // identity or "*" → HOST:PORT patterns
+	UDPAnonymous           []string            `json:"udp_anonymous,omitempty"` // patterns open to requests without credentials
 }
 
 // maxConfigSize bounds a configuration file.
@@ -115,6 +126,10 @@ type settings struct {
 	Metrics             string
 	LogLevel            string
 	DrainTimeout        time.Duration
+
+	UDPIdleTimeout, UDPResolveTimeout          time.Duration    // 0: tunnel's defaults
+	UDPMaxFlowsPerConn, UDPMaxFlowsPerIdentity int              // 0: tunnel's defaults
+	UDPRules                                   *policy.UDPRules // nil: no allow-lists, no anonymous access
 }
 
 // resolve fills defaults and validates c, reporting every problem at once
@@ -185,6 +200,7 @@ func (c *Config) resolve() (*settings, error) {
 	if s.MaxSessionsPerConn < 0 {
 		bad("max_sessions_per_conn", "%d is negative", s.MaxSessionsPerConn)
 	}
+	resolveUDP(c, s, bad)
 	switch s.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -202,6 +218,50 @@ func (c *Config) resolve() (*settings, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// resolveUDP fills the CONNECT-UDP settings of s from c.
+func resolveUDP(c *Config, s *settings, bad func(string, string, ...any)) {
+	s.UDPIdleTimeout = parseDuration("udp_idle_timeout", c.UDPIdleTimeout, 0, bad)
+	s.UDPResolveTimeout = parseDuration("udp_resolve_timeout", c.UDPResolveTimeout, 0, bad)
+	s.UDPMaxFlowsPerConn, s.UDPMaxFlowsPerIdentity = c.UDPMaxFlowsPerConn, c.UDPMaxFlowsPerIdentity
+	if s.UDPMaxFlowsPerConn < 0 {
+		bad("udp_max_flows_per_conn", "%d is negative", s.UDPMaxFlowsPerConn)
+	}
+	if s.UDPMaxFlowsPerIdentity < 0 {
+		bad("udp_max_flows_per_identity", "%d is negative", s.UDPMaxFlowsPerIdentity)
+	}
+	if len(c.UDPAllow) == 0 && len(c.UDPAnonymous) == 0 {
+		return
+	}
+	rules, err := policy.NewUDPRules(policy.UDPRulesConfig{Allow: c.UDPAllow, Anonymous: c.UDPAnonymous})
+	if err != nil {
+		// policy names the fields allow[...] and anonymous[...].
+		for _, line := range strings.Split(err.Error(), "\n") {
+			field, msg, _ := strings.Cut(line, ": ")
+			bad("udp_"+field, "%s", msg)
+		}
+		return
+	}
+	s.UDPRules = rules
+}
+
+// udpAllowFlag is --udp-allow IDENTITY=PATTERN, repeatable, collected into
+// a map like the file's udp_allow.
+type udpAllowFlag struct{ m *map[string][]string }
+
+func (f udpAllowFlag) String() string { return "" }
+func (f udpAllowFlag) Type() string   { return "IDENTITY=PATTERN" }
+func (f udpAllowFlag) Set(v string) error {
+	id, pattern, ok := strings.Cut(v, "=")
+	if !ok || id == "" || pattern == "" {
+		return fmt.Errorf("%q is not IDENTITY=HOST:PORT", v)
+	}
+	if *f.m == nil {
+		*f.m = map[string][]string{}
+	}
+	(*f.m)[id] = append((*f.m)[id], pattern)
+	return nil
 }
 
 func or(v, def string) string {

@@ -52,6 +52,12 @@ func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
 	f.StringArrayVar(&c.Deny, "deny", nil, "destination prefix clients must not reach (repeatable)")
 	f.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics")
 	f.StringVar(&c.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
+	f.StringVar(&c.UDPIdleTimeout, "udp-idle-timeout", "", "close a CONNECT-UDP flow idle this long (default 2m; RFC 9298 advises not less)")
+	f.StringVar(&c.UDPResolveTimeout, "udp-resolve-timeout", "", "bound the resolution of a CONNECT-UDP target name (default 5s)")
+	f.IntVar(&c.UDPMaxFlowsPerConn, "udp-max-flows-per-conn", 0, "CONNECT-UDP flows per QUIC connection (default 64)")
+	f.IntVar(&c.UDPMaxFlowsPerIdentity, "udp-max-flows-per-identity", 0, "CONNECT-UDP flows per identity (default 256)")
+	f.Var(udpAllowFlag{&c.UDPAllow}, "udp-allow", "restrict IDENTITY (or *) to CONNECT-UDP targets HOST:PORT (repeatable; e.g. alice=*.example:53)")
+	f.StringArrayVar(&c.UDPAnonymous, "udp-anonymous", nil, "let requests without credentials reach CONNECT-UDP target HOST:PORT (repeatable; default none)")
 }
 
 // mergeFlags copies every flag the user set from flagged onto file.
@@ -78,6 +84,12 @@ func mergeFlags(cmd *cobra.Command, file, flagged *Config) {
 	set("deny", func() { file.Deny = flagged.Deny })
 	set("metrics", func() { file.Metrics = flagged.Metrics })
 	set("log-level", func() { file.LogLevel = flagged.LogLevel })
+	set("udp-idle-timeout", func() { file.UDPIdleTimeout = flagged.UDPIdleTimeout })
+	set("udp-resolve-timeout", func() { file.UDPResolveTimeout = flagged.UDPResolveTimeout })
+	set("udp-max-flows-per-conn", func() { file.UDPMaxFlowsPerConn = flagged.UDPMaxFlowsPerConn })
+	set("udp-max-flows-per-identity", func() { file.UDPMaxFlowsPerIdentity = flagged.UDPMaxFlowsPerIdentity })
+	set("udp-allow", func() { file.UDPAllow = flagged.UDPAllow })
+	set("udp-anonymous", func() { file.UDPAnonymous = flagged.UDPAnonymous })
 }
 
 // loadSettings reads the file (if any), applies flags and validates.
@@ -325,6 +337,13 @@ func runServer(ctx context.Context, s *settings) (retErr error) {
 		Port:               int(s.Listen.Port()),
 		MaxSessionsPerConn: s.MaxSessionsPerConn,
 		Logger:             logger,
+		UDP: tunnel.UDPConfig{
+			Rules:               s.UDPRules,
+			IdleTimeout:         s.UDPIdleTimeout,
+			ResolveTimeout:      s.UDPResolveTimeout,
+			MaxFlowsPerConn:     s.UDPMaxFlowsPerConn,
+			MaxFlowsPerIdentity: s.UDPMaxFlowsPerIdentity,
+		},
 	})
 	if err != nil {
 		return err
