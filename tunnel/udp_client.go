@@ -562,7 +562,7 @@ func (fl *udpClientFlow) close() {
 // flow.
 func (fl *udpClientFlow) runStream() {
 	f := fl.f
-	str, rsp, err := fl.dial()
+	str, rsp, err := f.dial(fl.ctx, fl.key.l.host, fl.key.l.port)
 	if err != nil && fl.ctx.Err() != nil {
 		return // closed (evicted, or the forwarder closed) while dialing
 	}
@@ -638,10 +638,31 @@ func (fl *udpClientFlow) runStream() {
 	fl.close()
 }
 
-// dial sends the CONNECT-UDP request and waits for a 2xx response.
-func (fl *udpClientFlow) dial() (*http3.RequestStream, *http.Response, error) {
-	f := fl.f
-	ctx, cancel := context.WithTimeout(fl.ctx, f.cfg.SetupTimeout)
+// Check opens and closes one flow to each target, so that wrong
+// credentials, a refused target or a server without CONNECT-UDP show when
+// the forwarder starts rather than as dropped datagrams later. It returns
+// the first failure; a refusal is a *UDPRefusedError.
+func (f *UDPForwarder) Check(ctx context.Context) error {
+	seen := map[string]bool{}
+	for _, l := range f.fwds {
+		if seen[l.fwd.Target] {
+			continue
+		}
+		seen[l.fwd.Target] = true
+		str, _, err := f.dial(ctx, l.host, l.port)
+		if err != nil {
+			return fmt.Errorf("flow to %s: %w", l.fwd.Target, err)
+		}
+		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
+		str.Close()
+	}
+	return nil
+}
+
+// dial sends a CONNECT-UDP request for host:port and waits for a 2xx
+// response. The flow lives as long as flowCtx (the request's context).
+func (f *UDPForwarder) dial(flowCtx context.Context, host, port string) (*http3.RequestStream, *http.Response, error) {
+	ctx, cancel := context.WithTimeout(flowCtx, f.cfg.SetupTimeout)
 	defer cancel()
 	select {
 	case <-f.h3.ReceivedSettings():
@@ -652,8 +673,8 @@ func (fl *udpClientFlow) dial() (*http3.RequestStream, *http.Response, error) {
 		return nil, nil, errors.New("server does not support extended CONNECT with datagrams")
 	}
 	raw, err := f.tmpl.Expand(uritemplate.Values{
-		"target_host": uritemplate.String(fl.key.l.host),
-		"target_port": uritemplate.String(fl.key.l.port),
+		"target_host": uritemplate.String(host),
+		"target_port": uritemplate.String(port),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("expand template: %v", err)
@@ -669,7 +690,7 @@ func (fl *udpClientFlow) dial() (*http3.RequestStream, *http.Response, error) {
 		URL:    u,
 		Header: http.Header{http3.CapsuleProtocolHeader: {"?1"}},
 	}
-	req = req.WithContext(fl.ctx)
+	req = req.WithContext(flowCtx)
 	if f.cfg.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+f.cfg.Token)
 	}
