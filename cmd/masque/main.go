@@ -38,7 +38,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newUpCmd(), newDownCmd(), newStatusCmd())
+	root.AddCommand(newUpCmd(), newDownCmd(), newStatusCmd(), newUDPCmd())
 	return root
 }
 

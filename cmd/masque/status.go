@@ -34,6 +34,7 @@ type Status struct {
 	Drops         map[string]uint64 `json:"drops,omitempty"`
 	RTTms         float64           `json:"rtt_ms"`
 	UptimeSeconds float64           `json:"uptime_seconds"`
+	UDP           *UDPStatus        `json:"udp,omitempty"` // masque udp only
 }
 
 // statusServer answers status requests on a unix socket.
@@ -125,6 +126,10 @@ func newStatusCmd() *cobra.Command {
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
+			}
+			if st.UDP != nil {
+				printUDPStatus(out, st)
+				return nil
 			}
 			fmt.Fprintf(out, "state:     %s\n", st.State)
 			fmt.Fprintf(out, "server:    %s\n", st.Server)

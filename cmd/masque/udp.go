@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/masque-vpn/masque/quicio"
+	"github.com/masque-vpn/masque/tunnel"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/spf13/cobra"
+)
+
+// defaultUDPStateDir holds the forwarder's status socket; it is not the
+// tunnel's, so that both can run at once.
+const defaultUDPStateDir = "/run/masque-udp"
+
+// udpOptions are the flags of masque udp.
+type udpOptions struct {
+	server         string
+	serverName     string
+	ca             string
+	tokenFile      string
+	cert, key      string
+	listen, target string
+	forwards       []string
+	template       string
+	idleTimeout    time.Duration
+	maxFlows       int
+	stateDir       string
+	connectTimeout time.Duration
+	noCheck        bool
+	logLevel       string
+}
+
+// udpConfig is a validated udpOptions.
+type udpConfig struct {
+	udpOptions
+	authority string
+	token     string
+	tls       *tls.Config
+	forwards  []tunnel.UDPForward
+}
+
+func newUDPCmd() *cobra.Command {
+	var o udpOptions
+	cmd := &cobra.Command{
+		Use:   "udp --server HOST:PORT --listen ADDR:PORT --target HOST:PORT [flags]",
+		Short: "Forward local UDP ports to targets through the server (CONNECT-UDP)",
+		Long: `Listens on local UDP ports and carries each local peer's datagrams to a
+target through the server, over CONNECT-UDP (RFC 9298), without a tunnel
+device, routes or root. Each local peer address gets a flow of its own on one
+QUIC connection; a flow closes after --idle-timeout without traffic. The
+server resolves target names and applies its destination policy.
+
+Example, DNS through the server to 198.18.2.2:
+  masque udp --server vpn.example.com:443 --token-file token \
+      --listen 127.0.0.1:5353 --target 198.18.2.2:53
+  dig @127.0.0.1 -p 5353 example.com
+
+Counters: masque status --state-dir ` + defaultUDPStateDir + ` (or --state-dir).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := o.validate()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runUDP(ctx, cmd, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.server, "server", "", "server HOST:PORT (required)")
+	f.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (needed when --server is an IP literal and the certificate names a host)")
+	f.StringVar(&o.ca, "ca", "", "CA certificate to trust for the server (default: system roots)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token")
+	f.StringVar(&o.cert, "cert", "", "client certificate (PEM) for mTLS")
+	f.StringVar(&o.key, "key", "", "client private key (PEM) for mTLS")
+	f.StringVar(&o.listen, "listen", "", "local UDP address to listen on, e.g. 127.0.0.1:5353 (with --target)")
+	f.StringVar(&o.target, "target", "", "HOST:PORT that --listen forwards to")
+	f.StringArrayVar(&o.forwards, "forward", nil, "LISTEN=TARGET, e.g. 127.0.0.1:5353=198.18.2.2:53 (repeatable)")
+	f.StringVar(&o.template, "template", "", "the proxy's URI template (default https://SERVER/.well-known/masque/udp/{target_host}/{target_port}/)")
+	f.DurationVar(&o.idleTimeout, "idle-timeout", tunnel.DefaultUDPIdleTimeout, "close a flow after this long without traffic")
+	f.IntVar(&o.maxFlows, "max-flows", tunnel.DefaultUDPClientMaxFlows, "open flows at most; a new peer replaces the least active one")
+	f.StringVar(&o.stateDir, "state-dir", defaultUDPStateDir, "directory for the status socket")
+	f.DurationVar(&o.connectTimeout, "connect-timeout", defaultConnectTimeout, "how long to wait for the server")
+	f.BoolVar(&o.noCheck, "no-check", false, "do not open a test flow to each target at start")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func (o *udpOptions) validate() (*udpConfig, error) {
+	c := &udpConfig{udpOptions: *o}
+	var errs []error
+	if o.server == "" {
+		errs = append(errs, errors.New("--server is required"))
+	} else if host, port, err := net.SplitHostPort(o.server); err != nil || host == "" || port == "" {
+		errs = append(errs, fmt.Errorf("--server %q: want HOST:PORT", o.server))
+	} else {
+		c.authority = o.server
+		if o.serverName != "" {
+			c.authority = net.JoinHostPort(o.serverName, port)
+		}
+	}
+	if (o.cert == "") != (o.key == "") {
+		errs = append(errs, errors.New("--cert and --key go together"))
+	}
+	if o.tokenFile != "" && o.cert != "" {
+		errs = append(errs, errors.New("--token-file and --cert are exclusive"))
+	}
+	if (o.listen == "") != (o.target == "") {
+		errs = append(errs, errors.New("--listen and --target go together"))
+	} else if o.listen != "" {
+		c.forwards = append(c.forwards, tunnel.UDPForward{Listen: o.listen, Target: o.target})
+	}
+	for _, f := range o.forwards {
+		l, t, ok := strings.Cut(f, "=")
+		if !ok {
+			errs = append(errs, fmt.Errorf("--forward %q: want LISTEN=TARGET", f))
+			continue
+		}
+		c.forwards = append(c.forwards, tunnel.UDPForward{Listen: l, Target: t})
+	}
+	if len(c.forwards) == 0 && o.listen == "" {
+		errs = append(errs, errors.New("need --listen and --target, or --forward"))
+	}
+	seen := map[string]bool{}
+	for _, fw := range c.forwards {
+		if err := checkListen(fw.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("listen %q: %v", fw.Listen, err))
+		} else if seen[fw.Listen] {
+			errs = append(errs, fmt.Errorf("listen %q: given twice", fw.Listen))
+		}
+		seen[fw.Listen] = true
+		if err := checkTarget(fw.Target); err != nil {
+			errs = append(errs, fmt.Errorf("target %q: %v", fw.Target, err))
+		}
+	}
+	if o.template != "" && (!strings.Contains(o.template, "{target_host}") || !strings.Contains(o.template, "{target_port}")) {
+		errs = append(errs, fmt.Errorf("--template %q: needs {target_host} and {target_port}", o.template))
+	}
+	if o.idleTimeout <= 0 {
+		errs = append(errs, errors.New("--idle-timeout must be positive"))
+	}
+	if o.maxFlows < 1 {
+		errs = append(errs, errors.New("--max-flows must be at least 1"))
+	}
+	if o.connectTimeout <= 0 {
+		errs = append(errs, errors.New("--connect-timeout must be positive"))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel))
+	}
+	if len(errs) > 0 {
+		return nil, usageError{errors.Join(errs...)}
+	}
+	// Files are the user's input too: still exit code 2. The credentials
+	// are optional here: some proxies serve CONNECT-UDP without any.
+	tc := &tls.Config{NextProtos: []string{http3.NextProtoH3}, MinVersion: tls.VersionTLS13, ServerName: o.serverName}
+	if o.ca != "" {
+		b, err := os.ReadFile(o.ca)
+		if err != nil {
+			return nil, usagef("--ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, usagef("--ca %s: no PEM certificate", o.ca)
+		}
+		tc.RootCAs = pool
+	}
+	if o.cert != "" {
+		kp, err := tls.LoadX509KeyPair(o.cert, o.key)
+		if err != nil {
+			return nil, usagef("--cert/--key: %v", err)
+		}
+		tc.Certificates = []tls.Certificate{kp}
+	}
+	if o.tokenFile != "" {
+		b, err := os.ReadFile(o.tokenFile)
+		if err != nil {
+			return nil, usagef("--token-file: %v", err)
+		}
+		c.token = strings.TrimSpace(string(b))
+		if c.token == "" || strings.ContainsAny(c.token, " \t\r\n") {
+			return nil, usagef("--token-file %s: want one token on one line", o.tokenFile)
+		}
+	}
+	c.tls = tc
+	return c, nil
+}
+
+// checkListen accepts a local ADDR:PORT (an IP literal, "localhost", or
+// an empty host for every address).
+func checkListen(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("want ADDR:PORT")
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q is not 0-65535", port)
+	} else if p == 0 {
+		return nil // the kernel picks; the start line says which
+	}
+	if host != "" && host != "localhost" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("%q is not an IP address", host)
+		}
+	}
+	return nil
+}
+
+// checkTarget accepts HOST:PORT with a port 1-65535; the server resolves
+// the host and has the last word on it.
+func checkTarget(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return errors.New("want HOST:PORT")
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("port %q is not 1-65535", port)
+	}
+	return nil
+}
+
+func runUDP(ctx context.Context, cmd *cobra.Command, c *udpConfig) error {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.logLevel))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	log.SetFlags(0)
+	log.SetOutput(tunnel.NewLibraryLogWriter(logger, time.Second))
+
+	dctx, cancel := context.WithTimeout(ctx, c.connectTimeout)
+	qc, err := quicio.Dial(dctx, quicio.DialConfig{Addr: c.server, TLSConfig: c.tls, Logger: logger})
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return dialError(c.server, c.connectTimeout, err)
+	}
+	defer qc.Close()
+	fwd, err := tunnel.NewUDPForwarder(tunnel.UDPForwarderConfig{
+		Conn:         qc.Conn,
+		Template:     c.template,
+		Authority:    c.authority,
+		Token:        c.token,
+		Forwards:     c.forwards,
+		IdleTimeout:  c.idleTimeout,
+		MaxFlows:     c.maxFlows,
+		SetupTimeout: c.connectTimeout,
+		Logger:       logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer fwd.Close()
+	if !c.noCheck {
+		if err := fwd.Check(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if re, ok := errors.AsType[*tunnel.UDPRefusedError](err); ok && re.Status == 401 {
+				return fmt.Errorf("%v: check --token-file or the client certificate", err)
+			}
+			return err
+		}
+	}
+
+	status := &udpStatusServer{cfg: c, fwd: fwd}
+	sockPath := filepath.Join(c.stateDir, statusSocket)
+	if err := status.listen(sockPath); err != nil {
+		logger.Warn("status socket unavailable", "path", sockPath, "err", err)
+	} else {
+		defer status.close()
+	}
+	out := cmd.OutOrStdout()
+	for i, a := range fwd.ListenAddrs() {
+		fmt.Fprintf(out, "udp: server=%s listen=%s target=%s\n", c.server, a, c.forwards[i].Target)
+	}
+	logger.Info("forwarding", "server", c.server, "forwards", len(c.forwards), "idle_timeout", c.idleTimeout.String())
+	if err := fwd.Run(ctx); err != nil {
+		return fmt.Errorf("udp: %w", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
