@@ -12,14 +12,14 @@ import (
 type udpDrop uint8
 
 const (
-	udpDropTooBig        udpDrop = iota // does not fit the path: not a QUIC datagram, or larger than the client's buffer
-	udpDropMalformed                    // HTTP datagram without a valid context ID
-	udpDropContextID                    // context ID other than 0 (RFC 9298 §4: only UDP payloads)
-	udpDropUnreachable                  // the target answered with ICMP unreachable
-	udpDropTargetWrite                  // the UDP socket refused the datagram for another reason
-	udpDropSendFailed                   // SendDatagram failed for a reason other than the size
-	udpDropQueueFull                    // client: the flow was still being set up and its queue was full
-	udpDropRefused                      // client: the server refused the flow
+	udpDropTooBig      udpDrop = iota // does not fit the path: not a QUIC datagram, or larger than the client's buffer
+	udpDropMalformed                  // HTTP datagram without a valid context ID
+	udpDropContextID                  // context ID other than 0 (RFC 9298 §4: only UDP payloads)
+	udpDropUnreachable                // the target answered with ICMP unreachable
+	udpDropTargetWrite                // the UDP socket refused the datagram for another reason
+	udpDropSendFailed                 // SendDatagram failed for a reason other than the size
+	udpDropQueueFull                  // client: the flow was still being set up and its queue was full
+	udpDropRefused                    // client: the server refused the flow
 	numUDPDrops
 )
 
@@ -40,16 +40,16 @@ func (d udpDrop) String() string { return udpDropNames[d] }
 type udpRefusal uint8
 
 const (
-	udpRefuseBadRequest     udpRefusal = iota // malformed request or target
-	udpRefuseAuth                             // no or bad credentials
-	udpRefuseNotAllowed                       // the identity's allow-list does not cover the target
-	udpRefuseDestination                      // the resolved address is denied (see udpCounters.denied)
-	udpRefuseDNSError                         // the name did not resolve
-	udpRefuseDNSTimeout                       // resolution took too long
-	udpRefuseDial                             // the UDP socket could not be opened
-	udpRefuseConnLimit                        // too many flows on the QUIC connection
-	udpRefuseIdentityLimit                    // too many flows of the identity
-	udpRefuseShuttingDown                     // the server is shutting down
+	udpRefuseBadRequest    udpRefusal = iota // malformed request or target
+	udpRefuseAuth                            // no or bad credentials
+	udpRefuseNotAllowed                      // the identity's allow-list does not cover the target
+	udpRefuseDestination                     // the resolved address is denied (see udpCounters.denied)
+	udpRefuseDNSError                        // the name did not resolve
+	udpRefuseDNSTimeout                      // resolution took too long
+	udpRefuseDial                            // the UDP socket could not be opened
+	udpRefuseConnLimit                       // too many flows on the QUIC connection
+	udpRefuseIdentityLimit                   // too many flows of the identity
+	udpRefuseShuttingDown                    // the server is shutting down
 	numUDPRefusals
 )
 
