@@ -142,7 +142,7 @@ func (o *udpOptions) validate() (*udpConfig, error) {
 	for _, fw := range c.forwards {
 		if err := checkListen(fw.Listen); err != nil {
 			errs = append(errs, fmt.Errorf("listen %q: %v", fw.Listen, err))
-		} else if seen[fw.Listen] {
+		} else if seen[fw.Listen] && !strings.HasSuffix(fw.Listen, ":0") {
 			errs = append(errs, fmt.Errorf("listen %q: given twice", fw.Listen))
 		}
 		seen[fw.Listen] = true
