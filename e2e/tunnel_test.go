@@ -199,25 +199,29 @@ func checkUDP(t *testing.T, what string, n int, r udpPingResult, diag func()) {
 // every namespace (socket-buffer drops at the ends are the harness's, not the
 // tunnel's) and the server's drop counters.
 func (tp *topo) lossDiag(t *testing.T, srv *server) func() {
-	return func() {
-		for _, ns := range tp.namespaces() {
-			t.Logf("UDP counters in %s: %s", ns, udpCounters(ns))
-		}
-		if srv == nil {
-			return
-		}
-		r, err := runInErr(srv.ns, 10*time.Second, env.nettool, "get", "-url", metricsURL)
-		if err != nil || r.code != 0 {
-			return
-		}
-		var drops []string
-		for _, l := range strings.Split(r.stdout, "\n") {
-			if strings.HasPrefix(l, "masque_") && !strings.HasSuffix(l, " 0") {
-				drops = append(drops, l)
-			}
-		}
-		t.Logf("server metrics (non-zero masque_*):\n%s", strings.Join(drops, "\n"))
+	var once sync.Once
+	return func() { once.Do(func() { tp.logLoss(t, srv) }) }
+}
+
+// logLoss does the work of lossDiag.
+func (tp *topo) logLoss(t *testing.T, srv *server) {
+	for _, ns := range tp.namespaces() {
+		t.Logf("UDP counters in %s: %s", ns, udpCounters(ns))
 	}
+	if srv == nil {
+		return
+	}
+	r, err := runInErr(srv.ns, 10*time.Second, env.nettool, "get", "-url", metricsURL)
+	if err != nil || r.code != 0 {
+		return
+	}
+	var drops []string
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if strings.HasPrefix(l, "masque_") && !strings.HasSuffix(l, " 0") {
+			drops = append(drops, l)
+		}
+	}
+	t.Logf("server metrics (non-zero masque_*):\n%s", strings.Join(drops, "\n"))
 }
 
 // udpCounters returns the kernel's UDP error counters of ns.
