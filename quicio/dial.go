@@ -116,5 +116,8 @@ func clientQUICConfig(c *quic.Config) *quic.Config {
 	if c.KeepAlivePeriod == 0 {
 		c.KeepAlivePeriod = DefaultKeepAlive
 	}
+	if c.InitialPacketSize == 0 {
+		c.InitialPacketSize = DefaultInitialPacketSize
+	}
 	return c
 }

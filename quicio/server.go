@@ -22,6 +22,13 @@ const (
 	DefaultRetryThreshold    = 128
 	DefaultIdleTimeout       = 30 * time.Second
 	DefaultHandshakeTimeout  = 10 * time.Second
+	// DefaultInitialPacketSize is the QUIC packet size used from the first
+	// packet on (quic-go's default is 1280). A CONNECT-IP tunnel must carry
+	// 1280-byte inner IPv6 packets from the start (RFC 9484 §10.1), which
+	// with QUIC, HTTP/3 and context-ID overhead needs packets of about
+	// 1320 bytes; 1350 is what Cloudflare's QUIC stacks use. Path MTU
+	// discovery grows it from there.
+	DefaultInitialPacketSize = 1350
 )
 
 // Application error codes quicio closes connections with.
@@ -223,6 +230,9 @@ func serverQUICConfig(c *quic.Config) *quic.Config {
 	}
 	if c.HandshakeIdleTimeout == 0 {
 		c.HandshakeIdleTimeout = DefaultHandshakeTimeout
+	}
+	if c.InitialPacketSize == 0 {
+		c.InitialPacketSize = DefaultInitialPacketSize
 	}
 	return c
 }

@@ -22,3 +22,6 @@ func deleteTUNLink(name string) error {
 func (d *Device) MTU() (int, error) { return d.Device.MTU() }
 
 func (d *Device) closeCtl() {}
+
+// SetMTU is not supported on this platform.
+func (d *Device) SetMTU(int) error { return errors.New("set mtu: not supported on this platform") }

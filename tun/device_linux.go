@@ -130,6 +130,26 @@ func (d *Device) MTU() (int, error) {
 	return int(ifr.Uint32()), nil
 }
 
+// SetMTU sets the link's MTU, MinMTU..MaxMTU. The client raises it as the
+// tunnel's datagram budget grows with path MTU discovery.
+func (d *Device) SetMTU(mtu int) error {
+	if mtu < MinMTU || mtu > MaxMTU {
+		return fmt.Errorf("set mtu of %s: %d out of range %d..%d", d.name, mtu, MinMTU, MaxMTU)
+	}
+	if d.ctlFD < 0 {
+		return fmt.Errorf("set mtu of %s: no control socket", d.name)
+	}
+	ifr, err := unix.NewIfreq(d.name)
+	if err != nil {
+		return fmt.Errorf("set mtu of %s: %w", d.name, err)
+	}
+	ifr.SetUint32(uint32(mtu))
+	if err := unix.IoctlIfreq(d.ctlFD, unix.SIOCSIFMTU, ifr); err != nil {
+		return fmt.Errorf("set mtu of %s: %w", d.name, err)
+	}
+	return nil
+}
+
 func (d *Device) closeCtl() {
 	if d.ctlFD >= 0 {
 		unix.Close(d.ctlFD)

@@ -445,3 +445,30 @@ func isLinkNotFound(err error) bool {
 	_, ok := errors.AsType[netlink.LinkNotFoundError](err)
 	return ok
 }
+
+func TestSetMTU(t *testing.T) {
+	nstest.New(t)
+	d, err := Create(Config{Name: "mqtest2", MTU: 1280})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.SetMTU(1420); err != nil {
+		t.Fatalf("SetMTU(1420) = %v", err)
+	}
+	link, err := netlink.LinkByName("mqtest2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := link.Attrs().MTU; got != 1420 {
+		t.Errorf("link MTU after SetMTU(1420) = %d", got)
+	}
+	if got, err := d.MTU(); err != nil || got != 1420 {
+		t.Errorf("MTU() = %d, %v; want 1420", got, err)
+	}
+	for _, bad := range []int{0, 1279, MaxMTU + 1} {
+		if err := d.SetMTU(bad); err == nil {
+			t.Errorf("SetMTU(%d) = nil, want an error", bad)
+		}
+	}
+}

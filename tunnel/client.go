@@ -19,6 +19,13 @@ import (
 	"github.com/yosida95/uritemplate/v3"
 )
 
+// DefaultClientMTU is the default cap on the client's inner MTU.
+const DefaultClientMTU = 1400
+
+// minIPv6MTU is the IPv6 minimum link MTU, which a CONNECT-IP tunnel that
+// carries IPv6 must support (RFC 9484 §10.1).
+const minIPv6MTU = 1280
+
 // DefaultSetupTimeout bounds how long Connect waits for the server's
 // response and its address assignment.
 const DefaultSetupTimeout = 10 * time.Second
@@ -36,6 +43,12 @@ type ClientConfig struct {
 	// SetupTimeout bounds the request and the wait for the address
 	// assignment (DefaultSetupTimeout).
 	SetupTimeout time.Duration
+	// MaxMTU caps the inner MTU the client reports (DefaultClientMTU).
+	MaxMTU int
+	// SetMTU, if set, is called from Run whenever the usable inner MTU
+	// changes: the smaller of MaxMTU and the datagram budget, which grows
+	// as QUIC's path MTU discovery finds room.
+	SetMTU func(mtu int) error
 	// Logger receives lifecycle logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -65,6 +78,7 @@ type Client struct {
 	addresses []netip.Prefix
 	stats     clientCounters
 	started   time.Time
+	budget    atomic.Int64 // largest inner packet a datagram carries now
 
 	mu     sync.Mutex // guards routes and dns
 	routes []netip.Prefix
@@ -84,6 +98,9 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	}
 	if cfg.SetupTimeout == 0 {
 		cfg.SetupTimeout = DefaultSetupTimeout
+	}
+	if cfg.MaxMTU == 0 {
+		cfg.MaxMTU = DefaultClientMTU
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -153,8 +170,48 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		return nil, fmt.Errorf("connect-ip: waiting for routes: %w", err)
 	}
 	c.routes = routesToPrefixes(routes)
+	c.probeBudget()
+	if c.hasIPv6() && c.budget.Load() < minIPv6MTU {
+		res.conn.Close()
+		return nil, fmt.Errorf("connect-ip: the path carries inner packets of at most %d bytes, below the 1280 IPv6 needs (RFC 9484 §10.1)", c.budget.Load())
+	}
 	c.started = time.Now()
 	return c, nil
+}
+
+func (c *Client) hasIPv6() bool {
+	for _, a := range c.addresses {
+		if a.Addr().Is6() {
+			return true
+		}
+	}
+	return false
+}
+
+// probeBuf is larger than any QUIC datagram: offering it to SendDatagram
+// only asks quic-go for the current budget; nothing is sent or copied.
+var probeBuf [1 << 16]byte
+
+// datagramOverhead is what precedes an inner packet in the DATAGRAM
+// payload: the quarter stream ID of the request stream (one byte for the
+// first streams of a connection) and context ID 0 (RFC 9297 §2.1, RFC 9484
+// §6).
+const datagramOverhead = 2
+
+// probeBudget updates budget from quic-go's current datagram size limit,
+// which grows with path MTU discovery.
+func (c *Client) probeBudget() int {
+	err := c.cfg.Conn.SendDatagram(probeBuf[:])
+	if e, ok := errors.AsType[*quic.DatagramTooLargeError](err); ok {
+		c.budget.Store(e.MaxDatagramPayloadSize - datagramOverhead)
+	}
+	return int(c.budget.Load())
+}
+
+// MTU returns the inner MTU the tunnel carries now: the smaller of MaxMTU
+// and the datagram budget.
+func (c *Client) MTU() int {
+	return min(c.cfg.MaxMTU, int(c.budget.Load()))
 }
 
 // Addresses returns the addresses the server assigned.
@@ -218,6 +275,7 @@ func (c *Client) Run(ctx context.Context, dev Device) error {
 	wg.Go(func() { errc <- c.runUp(dev) })
 	wg.Go(func() { errc <- c.runDown(dev) })
 	wg.Go(func() { c.runUpdates(ctx) })
+	wg.Go(func() { c.runMTU(ctx) })
 	var err error
 	select {
 	case <-ctx.Done():
@@ -257,15 +315,28 @@ func (c *Client) runUp(dev Device) error {
 		}
 		for i := range n {
 			pkt := b.bufs[i][Headroom : Headroom+b.sizes[i]]
-			icmp, err := c.conn.WritePacket(pkt)
-			if err != nil {
-				return err
+			budget := int(c.budget.Load())
+			var icmp []byte
+			if len(pkt) <= budget {
+				icmp, err = c.conn.WritePacket(pkt)
+				if err != nil {
+					return err
+				}
+				if icmp != nil {
+					// connect-ip-go answers with an MTU of 1280; ask
+					// quic-go for the real budget and answer with that.
+					budget = c.probeBudget()
+				}
 			}
-			if icmp != nil {
+			if len(pkt) > budget || icmp != nil {
 				c.stats.drops[dropTooBig].Add(1)
-				m := append(icmpBuf[:Headroom], icmp...)
-				icmpBufs[0] = m
-				_, _ = dev.Write(icmpBufs, Headroom)
+				if h, ok := parseIPHeader(pkt); ok {
+					m := appendICMPError(icmpBuf[:Headroom], pkt, icmpTooBig, budget, h.dst)
+					if len(m) > Headroom {
+						icmpBufs[0] = m
+						_, _ = dev.Write(icmpBufs, Headroom)
+					}
+				}
 				continue
 			}
 			c.stats.txPackets.Add(1)
@@ -326,6 +397,57 @@ func (c *Client) runTUNWriter(dev Device, r *rxRing) {
 		r.release(n)
 	}
 }
+
+// runMTU follows the datagram budget as path MTU discovery raises it (often
+// in the first seconds) and reports the usable MTU to SetMTU. It returns
+// when ctx is done or the connection ends.
+func (c *Client) runMTU(ctx context.Context) {
+	if c.cfg.SetMTU == nil {
+		return
+	}
+	last := 0
+	apply := func(nudge bool) {
+		if nudge && c.MTU() < c.cfg.MaxMTU {
+			c.nudge()
+		}
+		c.probeBudget()
+		if mtu := c.MTU(); mtu != last && mtu >= minIPv6MTU {
+			if err := c.cfg.SetMTU(mtu); err != nil {
+				c.log.Warn("set tun mtu", "mtu", mtu, "err", err)
+				return
+			}
+			c.log.Info("tun mtu set", "mtu", mtu)
+			last = mtu
+		}
+	}
+	apply(false)
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.cfg.Conn.Context().Done():
+			return
+		case <-t.C:
+		}
+		apply(i < 50)
+		if i == 50 { // after the first 10 s, path MTU changes are rare
+			t.Reset(5 * time.Second)
+		}
+	}
+}
+
+// nudgeDatagram is an HTTP/3 datagram on the first request stream (quarter
+// stream ID 0: the CONNECT-IP stream is the connection's only request)
+// with context ID 2, which no one registered: the server drops it
+// (RFC 9484 §6). It exists to give quic-go a packet to send, because
+// quic-go only sends path MTU probes alongside other packets and an idle
+// new tunnel would otherwise stay at the initial packet size until its
+// first keep-alive.
+var nudgeDatagram = []byte{0x00, 0x02}
+
+func (c *Client) nudge() { _ = c.cfg.Conn.SendDatagram(nudgeDatagram) }
 
 // runUpdates follows route and DNS updates from the server.
 func (c *Client) runUpdates(ctx context.Context) {

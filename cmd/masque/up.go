@@ -234,11 +234,14 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		return dialError(c.server, c.connectTimeout, err)
 	}
 	defer qc.Close()
+	var dev *tun.Device // created once the addresses are known
 	client, err := tunnel.Connect(ctx, tunnel.ClientConfig{
 		Conn:         qc.Conn,
 		Authority:    c.authority,
 		Token:        c.token,
 		SetupTimeout: c.connectTimeout,
+		MaxMTU:       c.mtu,
+		SetMTU:       func(mtu int) error { return dev.SetMTU(mtu) },
 		Logger:       logger,
 	})
 	if err != nil {
@@ -271,7 +274,9 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		}
 		_ = tun.RemoveState(statePath)
 	}()
-	dev, err := tun.Create(tun.Config{Name: c.tun, MTU: c.mtu, Addrs: client.Addresses()})
+	// The TUN starts at what a datagram carries now; Run raises it towards
+	// --mtu as QUIC's path MTU discovery finds room.
+	dev, err = tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), tun.MinMTU), Addrs: client.Addresses()})
 	if err != nil {
 		return fmt.Errorf("create TUN %s: %w", c.tun, err)
 	}
