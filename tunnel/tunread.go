@@ -16,8 +16,12 @@ import (
 // queue is full has the packet dropped and counted (dropQueueFull), as a
 // router drops on a full interface queue.
 
-// sendQueueLen is how many batches may wait for one session's sender.
-const sendQueueLen = 8
+// sendQueueLen is how many batches may wait for one session's sender. At
+// low rates a TUN read returns one packet, so a batch often holds one
+// packet: the queue must be deep in batches to absorb a burst of single
+// packets while SendDatagram waits for quic-go. A queued batch holds only
+// its packets' buffers, so an idle session costs little.
+const sendQueueLen = 64
 
 // txBatch is a batch of packets for one session's sender.
 type txBatch struct {

@@ -21,6 +21,7 @@ import (
 	"github.com/masque-vpn/masque/quicio"
 	"github.com/masque-vpn/masque/tun"
 	"github.com/masque-vpn/masque/tunnel"
+	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/spf13/cobra"
 )
@@ -223,8 +224,11 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	qc, err := quicio.Dial(dctx, quicio.DialConfig{
 		Addr:      c.server,
 		TLSConfig: c.tls,
-		FwMark:    routingFwMark(routing),
-		Logger:    logger,
+		// quic-go gives up a handshake after 5 s by default: let
+		// --connect-timeout decide.
+		QUICConfig: &quic.Config{HandshakeIdleTimeout: c.connectTimeout},
+		FwMark:     routingFwMark(routing),
+		Logger:     logger,
 	})
 	cancel()
 	if err != nil {

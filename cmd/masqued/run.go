@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -105,7 +106,8 @@ func loadSettings(cmd *cobra.Command, flagged *Config, path string) (*settings, 
 	mergeFlags(cmd, file, flagged)
 	s, err := file.resolve()
 	if err != nil {
-		return nil, usageError{fmt.Errorf("invalid configuration:\n%w", err)}
+		// One line on stderr, however many problems.
+		return nil, usageError{fmt.Errorf("invalid configuration: %s", strings.ReplaceAll(err.Error(), "\n", "; "))}
 	}
 	return s, nil
 }
