@@ -239,7 +239,13 @@ func TestUDPEcho10k(t *testing.T) {
 		t.Errorf("echo: sent %d, echoed intact %d, corrupt %d, foreign %d; want all %d intact and nothing else", res.sent, res.received, res.corrupt, res.foreign, n)
 	}
 
-	after := srv.metrics(t)
+	// The server counts a datagram just after handing it on: let the last
+	// ones land.
+	var after string
+	waitUntil(t, "the server's counters to settle", 5*time.Second, func() bool {
+		after = srv.metrics(t)
+		return metricOr0(after, "masque_udp_datagrams_total", `direction="down"`)-metricOr0(before, "masque_udp_datagrams_total", `direction="down"`) >= n
+	})
 	delta := func(name string, labels ...string) float64 {
 		return metricOr0(after, name, labels...) - metricOr0(before, name, labels...)
 	}
