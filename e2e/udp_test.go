@@ -324,7 +324,8 @@ func checkRefusals(t *testing.T, tp *topo, auth []string, cases []refusalCase) {
 // its own addresses are refused with destination_ip_prohibited, a name
 // that does not resolve with dns_error, a resolver that does not answer
 // with dns_timeout. DNS goes through the forwarder to a resolver in the
-// target namespace (README's example), and a name target works.
+// target namespace (README's example); a name target and an IPv6 target
+// (from an IPv6 local listener) work.
 func TestUDPPolicy(t *testing.T) {
 	tp := newTopo(t, false)
 	serveDNS(t, tp.target, targetIP4+":53", map[string]netip.Addr{
@@ -337,6 +338,7 @@ func TestUDPPolicy(t *testing.T) {
 	resolvConf(t, tp.server, targetIP4)
 	srv := tp.startServer(t, "--udp-resolve-timeout", "1s")
 	serveUDP(t, tp.target, targetIP4+":"+udpEchoPort, echo)
+	serveUDP(t, tp.target, "["+targetIP6+"]:"+udpEchoPort, echo)
 
 	checkRefusals(t, tp, tokenAuth("alice"), []refusalCase{
 		{"127.0.0.2:7", []string{"403", "destination_ip_prohibited", `details="loopback"`}},
@@ -378,9 +380,10 @@ func TestUDPPolicy(t *testing.T) {
 
 	// README: DNS through the forwarder to the resolver in the target
 	// namespace; and a name target that the server resolves.
-	f := startUDPForwarder(t, tp.client, serverAddr, 2, append(tokenAuth("alice"),
+	f := startUDPForwarder(t, tp.client, serverAddr, 3, append(tokenAuth("alice"),
 		"--forward", "127.0.0.1:0="+targetIP4+":53",
-		"--forward", "127.0.0.1:0=echo.test:"+udpEchoPort)...)
+		"--forward", "127.0.0.1:0=echo.test:"+udpEchoPort,
+		"--forward", "[::1]:0=["+targetIP6+"]:"+udpEchoPort)...)
 	dns := dialUDPIn(t, tp.client, f.listens[0])
 	q := dnsQuery(t, 4242, "echo.test.")
 	dns.Write(q)
@@ -397,6 +400,10 @@ func TestUDPPolicy(t *testing.T) {
 	byName := dialUDPIn(t, tp.client, f.listens[1])
 	if !exchangeOnce(byName, []byte("by name"), 5*time.Second) {
 		t.Error("no echo through the forward to echo.test")
+	}
+	v6 := dialUDPIn(t, tp.client, f.listens[2])
+	if !exchangeOnce(v6, []byte("over IPv6"), 5*time.Second) {
+		t.Errorf("no echo through the forward to [%s]:%s", targetIP6, udpEchoPort)
 	}
 }
 

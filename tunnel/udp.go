@@ -289,10 +289,12 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	f.str = w.(http3.HTTPStreamer).HTTPStream() // flushes the response header
 	f.log = log.With("flow_id", f.id, "next_hop", next.String())
-	f.log.Info("udp flow up")
+	// Flows can be as short-lived and numerous as DNS queries: their
+	// lifecycle is debug detail; the metrics count them.
+	f.log.Debug("udp flow up")
 	start := time.Now()
 	why2 := f.run(r.Context())
-	f.log.Info("udp flow down", "reason", why2, "duration", time.Since(start).Round(time.Millisecond).String(),
+	f.log.Debug("udp flow down", "reason", why2, "duration", time.Since(start).Round(time.Millisecond).String(),
 		"datagrams_up", f.upDatagrams.Load(), "datagrams_down", f.downDatagrams.Load())
 }
 
