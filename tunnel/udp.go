@@ -274,6 +274,9 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, udpRefuseDial, http.StatusBadGateway, proxyStatus{err: "destination_ip_unroutable", nextHop: next.String()})
 		return
 	}
+	// Room for the target's bursts while SendDatagram waits for the QUIC
+	// connection; memory is used only while datagrams wait.
+	uc.SetReadBuffer(udpSocketBuffer)
 
 	f := newUDPFlow(p, uc, p.nextID.Add(1))
 	if !p.register(f) {

@@ -41,6 +41,9 @@ const (
 	// udpSetupQueueLen is how many datagrams a flow holds while its request
 	// is under way; more are dropped (queue_full).
 	udpSetupQueueLen = 32
+	// udpSocketBuffer is the buffer size asked for on UDP sockets that
+	// carry flows.
+	udpSocketBuffer = 4 << 20
 	// udpRefusedHold is how long the datagrams of a peer whose flow the
 	// server refused are dropped before a new request is tried.
 	udpRefusedHold = time.Second
@@ -198,6 +201,10 @@ func NewUDPForwarder(cfg UDPForwarderConfig) (*UDPForwarder, error) {
 			f.closeListeners()
 			return nil, fmt.Errorf("connect-udp: %v", err)
 		}
+		// Room for bursts while a flow's sends wait for the QUIC
+		// connection (the kernel caps this at net.core.rmem_max).
+		pc.SetReadBuffer(udpSocketBuffer)
+		pc.SetWriteBuffer(udpSocketBuffer)
 		f.fwds = append(f.fwds, &udpListener{fwd: fw, host: host, port: port, pc: pc})
 	}
 	tr := &http3.Transport{EnableDatagrams: true}
