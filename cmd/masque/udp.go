@@ -71,7 +71,8 @@ Example, DNS through the server to 198.18.2.2:
       --listen 127.0.0.1:5353 --target 198.18.2.2:53
   dig @127.0.0.1 -p 5353 example.com
 
-Counters: masque status --state-dir ` + defaultUDPStateDir + ` (or --state-dir).`,
+Counters: masque status --state-dir DIR, where DIR is this command's
+--state-dir (` + defaultUDPStateDir + ` by default).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := o.validate()
