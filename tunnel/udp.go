@@ -223,7 +223,8 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 		// Requests without any credentials may be served to an operator's
 		// anonymous allow-list; wrong credentials never are.
 		anon, ok := p.cfg.Rules.Anonymous()
-		if !ok || !errors.Is(err, policy.ErrNoCredentials) {
+		none := r.Header.Get("Authorization") == "" && len(chains) == 0
+		if !ok || !none || !errors.Is(err, policy.ErrNoCredentials) {
 			log.Info("udp request refused", "reason", "unauthenticated", "err", err)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="masque"`)
 			p.refuse(w, udpRefuseAuth, http.StatusUnauthorized, proxyStatus{})
