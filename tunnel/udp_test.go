@@ -3,10 +3,16 @@ package tunnel
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -65,7 +71,7 @@ func fakeLookup(ctx context.Context, host string) ([]netip.Addr, error) {
 	}
 }
 
-func startUDPServer(t *testing.T, ucfg UDPConfig) *udpTestServer {
+func startUDPServer(t testing.TB, ucfg UDPConfig) *udpTestServer {
 	t.Helper()
 	toks, err := policy.ParseTokens(strings.NewReader("alice " + testToken + "\nbob " + testToken + "-bob\n"))
 	if err != nil {
@@ -87,18 +93,22 @@ func startUDPServer(t *testing.T, ucfg UDPConfig) *udpTestServer {
 		ucfg.Lookup = fakeLookup
 	}
 	dev := tuntest.NewChannelTUN()
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, ok := t.(*testing.B); ok {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	srv, err := NewServer(ServerConfig{
 		Auth:         &policy.Authenticator{Tokens: toks},
 		Pool4:        p4,
 		Destinations: dests,
 		Device:       dev.TUN(),
 		UDP:          ucfg,
-		Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:       logger,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, pool := selfSigned(t)
+	cert, pool := udpSelfSigned(t)
 	qs, err := quicio.NewServer(quicio.Config{
 		Addr:      "127.0.0.1:0",
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
@@ -124,7 +134,7 @@ func startUDPServer(t *testing.T, ucfg UDPConfig) *udpTestServer {
 	}
 }
 
-func (ts *udpTestServer) dial(t *testing.T) *quicio.ClientConn {
+func (ts *udpTestServer) dial(t testing.TB) *quicio.ClientConn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -134,6 +144,35 @@ func (ts *udpTestServer) dial(t *testing.T) *quicio.ClientConn {
 	}
 	t.Cleanup(func() { qc.Close() })
 	return qc
+}
+
+// udpSelfSigned is selfSigned for tests and benchmarks.
+func udpSelfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		DNSNames:     []string{"localhost"},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
 }
 
 // masqueDial opens a flow with masque-go's client, as a third-party client
