@@ -63,6 +63,7 @@ func benchUDPForwarder(b *testing.B, rate int) {
 	}
 	got.Store(0)
 	b.SetBytes(int64(len(p)))
+	b.ReportAllocs()
 	interval := time.Second / time.Duration(rate)
 	start := time.Now()
 	next := start
