@@ -42,8 +42,6 @@ type statusServer struct {
 	cfg    *upConfig
 	client *tunnel.Client
 	routes []netip.Prefix
-	srv    *http.Server
-	path   string
 }
 
 func newStatusServer(cfg *upConfig, c *tunnel.Client, routes []netip.Prefix) *statusServer {
@@ -78,32 +76,48 @@ func (s *statusServer) status() Status {
 	return out
 }
 
-func (s *statusServer) listen(path string) error {
+// statusListener serves GET /status, a JSON [Status], on a unix socket (mode
+// 0600) until closed. masque up and masque udp both answer this way.
+type statusListener struct {
+	srv  *http.Server
+	path string
+	done chan struct{}
+}
+
+func listenStatus(path string, status func() Status) (*statusListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
+		return nil, err
 	}
 	_ = os.Remove(path) // a stale socket of a crashed run
 	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
-		return err
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(s.status())
+		json.NewEncoder(w).Encode(status())
 	})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	s.path = path
-	go s.srv.Serve(ln)
-	return nil
+	s := &statusListener{
+		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
+		path: path,
+		done: make(chan struct{}),
+	}
+	go func() {
+		defer close(s.done)
+		s.srv.Serve(ln)
+	}()
+	return s, nil
 }
 
-func (s *statusServer) close() {
+// close stops the server, waits for its goroutine and removes the socket.
+func (s *statusListener) close() {
 	s.srv.Close()
+	<-s.done
 	os.Remove(s.path)
 }
 

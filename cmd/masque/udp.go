@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log"
@@ -18,9 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/masque-vpn/masque/quicio"
 	"github.com/masque-vpn/masque/tunnel"
-	"github.com/quic-go/quic-go/http3"
 	"github.com/spf13/cobra"
 )
 
@@ -30,18 +27,13 @@ const defaultUDPStateDir = "/run/masque-udp"
 
 // udpOptions are the flags of masque udp.
 type udpOptions struct {
-	server         string
-	serverName     string
-	ca             string
-	tokenFile      string
-	cert, key      string
+	serverOptions
 	listen, target string
 	forwards       []string
 	template       string
 	idleTimeout    time.Duration
 	maxFlows       int
 	stateDir       string
-	connectTimeout time.Duration
 	noCheck        bool
 	logLevel       string
 }
@@ -85,12 +77,7 @@ Counters: masque status --state-dir DIR, where DIR is this command's
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.server, "server", "", "server HOST:PORT (required)")
-	f.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (needed when --server is an IP literal and the certificate names a host)")
-	f.StringVar(&o.ca, "ca", "", "CA certificate to trust for the server (default: system roots)")
-	f.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token")
-	f.StringVar(&o.cert, "cert", "", "client certificate (PEM) for mTLS")
-	f.StringVar(&o.key, "key", "", "client private key (PEM) for mTLS")
+	o.addFlags(f)
 	f.StringVar(&o.listen, "listen", "", "local UDP address to listen on, e.g. 127.0.0.1:5353 (with --target)")
 	f.StringVar(&o.target, "target", "", "HOST:PORT that --listen forwards to")
 	f.StringArrayVar(&o.forwards, "forward", nil, "LISTEN=TARGET, e.g. 127.0.0.1:5353=198.18.2.2:53 (repeatable)")
@@ -98,7 +85,6 @@ Counters: masque status --state-dir DIR, where DIR is this command's
 	f.DurationVar(&o.idleTimeout, "idle-timeout", tunnel.DefaultUDPIdleTimeout, "close a flow after this long without traffic")
 	f.IntVar(&o.maxFlows, "max-flows", tunnel.DefaultUDPClientMaxFlows, "open flows at most; a new peer replaces the least active one")
 	f.StringVar(&o.stateDir, "state-dir", defaultUDPStateDir, "directory for the status socket")
-	f.DurationVar(&o.connectTimeout, "connect-timeout", defaultConnectTimeout, "how long to wait for the server")
 	f.BoolVar(&o.noCheck, "no-check", false, "do not open a test flow to each target at start")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -106,23 +92,8 @@ Counters: masque status --state-dir DIR, where DIR is this command's
 
 func (o *udpOptions) validate() (*udpConfig, error) {
 	c := &udpConfig{udpOptions: *o}
-	var errs []error
-	if o.server == "" {
-		errs = append(errs, errors.New("--server is required"))
-	} else if host, port, err := net.SplitHostPort(o.server); err != nil || host == "" || port == "" {
-		errs = append(errs, fmt.Errorf("--server %q: want HOST:PORT", o.server))
-	} else {
-		c.authority = o.server
-		if o.serverName != "" {
-			c.authority = net.JoinHostPort(o.serverName, port)
-		}
-	}
-	if (o.cert == "") != (o.key == "") {
-		errs = append(errs, errors.New("--cert and --key go together"))
-	}
-	if o.tokenFile != "" && o.cert != "" {
-		errs = append(errs, errors.New("--token-file and --cert are exclusive"))
-	}
+	authority, errs := o.check()
+	c.authority = authority
 	if (o.listen == "") != (o.target == "") {
 		errs = append(errs, errors.New("--listen and --target go together"))
 	} else if o.listen != "" {
@@ -160,9 +131,6 @@ func (o *udpOptions) validate() (*udpConfig, error) {
 	if o.maxFlows < 1 {
 		errs = append(errs, errors.New("--max-flows must be at least 1"))
 	}
-	if o.connectTimeout <= 0 {
-		errs = append(errs, errors.New("--connect-timeout must be positive"))
-	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel))
@@ -170,37 +138,13 @@ func (o *udpOptions) validate() (*udpConfig, error) {
 	if len(errs) > 0 {
 		return nil, usageError{errors.Join(errs...)}
 	}
-	// Files are the user's input too: still exit code 2. The credentials
-	// are optional here: some proxies serve CONNECT-UDP without any.
-	tc := &tls.Config{NextProtos: []string{http3.NextProtoH3}, MinVersion: tls.VersionTLS13, ServerName: o.serverName}
-	if o.ca != "" {
-		b, err := os.ReadFile(o.ca)
-		if err != nil {
-			return nil, usagef("--ca: %v", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return nil, usagef("--ca %s: no PEM certificate", o.ca)
-		}
-		tc.RootCAs = pool
+	// The credentials are optional here: some proxies serve CONNECT-UDP
+	// without any.
+	tc, token, err := o.credentials()
+	if err != nil {
+		return nil, err
 	}
-	if o.cert != "" {
-		kp, err := tls.LoadX509KeyPair(o.cert, o.key)
-		if err != nil {
-			return nil, usagef("--cert/--key: %v", err)
-		}
-		tc.Certificates = []tls.Certificate{kp}
-	}
-	if o.tokenFile != "" {
-		b, err := os.ReadFile(o.tokenFile)
-		if err != nil {
-			return nil, usagef("--token-file: %v", err)
-		}
-		c.token = strings.TrimSpace(string(b))
-		if c.token == "" || strings.ContainsAny(c.token, " \t\r\n") {
-			return nil, usagef("--token-file %s: want one token on one line", o.tokenFile)
-		}
-	}
+	c.token = token
 	c.tls = tc
 	return c, nil
 }
@@ -245,14 +189,12 @@ func runUDP(ctx context.Context, cmd *cobra.Command, c *udpConfig) error {
 	log.SetFlags(0)
 	log.SetOutput(tunnel.NewLibraryLogWriter(logger, time.Second))
 
-	dctx, cancel := context.WithTimeout(ctx, c.connectTimeout)
-	qc, err := quicio.Dial(dctx, quicio.DialConfig{Addr: c.server, TLSConfig: c.tls, Logger: logger})
-	cancel()
+	qc, err := c.dial(ctx, c.tls, 0, logger)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return dialError(c.server, c.connectTimeout, err)
+		return err
 	}
 	defer qc.Close()
 	fwd, err := tunnel.NewUDPForwarder(tunnel.UDPForwarderConfig{
@@ -284,10 +226,10 @@ func runUDP(ctx context.Context, cmd *cobra.Command, c *udpConfig) error {
 
 	status := &udpStatusServer{cfg: c, fwd: fwd}
 	sockPath := filepath.Join(c.stateDir, statusSocket)
-	if err := status.listen(sockPath); err != nil {
+	if sl, err := listenStatus(sockPath, status.status); err != nil {
 		logger.Warn("status socket unavailable", "path", sockPath, "err", err)
 	} else {
-		defer status.close()
+		defer sl.close()
 	}
 	out := cmd.OutOrStdout()
 	for i, a := range fwd.ListenAddrs() {

@@ -1,13 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -38,11 +33,8 @@ type UDPForwardStatus struct {
 // udpStatusServer answers status requests for masque udp on a unix socket,
 // with the same protocol as masque up's: GET /status returns a Status.
 type udpStatusServer struct {
-	cfg  *udpConfig
-	fwd  *tunnel.UDPForwarder
-	srv  *http.Server
-	path string
-	done chan struct{}
+	cfg *udpConfig
+	fwd *tunnel.UDPForwarder
 }
 
 func (s *udpStatusServer) status() Status {
@@ -76,41 +68,6 @@ func (s *udpStatusServer) status() Status {
 		out.Drops = st.Drops
 	}
 	return out
-}
-
-func (s *udpStatusServer) listen(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	_ = os.Remove(path) // a stale socket of a crashed run
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return err
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(s.status())
-	})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	s.path = path
-	s.done = make(chan struct{})
-	go func() {
-		defer close(s.done)
-		s.srv.Serve(ln)
-	}()
-	return nil
-}
-
-// close stops the server, waits for its goroutine and removes the socket.
-func (s *udpStatusServer) close() {
-	s.srv.Close()
-	<-s.done
-	os.Remove(s.path)
 }
 
 // printUDPStatus prints a forwarder's status for people.

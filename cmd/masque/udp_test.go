@@ -19,8 +19,8 @@ func TestUDPOptionsValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := func() udpOptions {
-		return udpOptions{server: "198.18.1.2:4433", listen: "127.0.0.1:5353", target: "198.18.2.2:53",
-			idleTimeout: time.Minute, maxFlows: 8, connectTimeout: time.Second, logLevel: "info"}
+		return udpOptions{serverOptions: serverOptions{server: "198.18.1.2:4433", connectTimeout: time.Second},
+			listen: "127.0.0.1:5353", target: "198.18.2.2:53", idleTimeout: time.Minute, maxFlows: 8, logLevel: "info"}
 	}
 	tests := []struct {
 		name    string

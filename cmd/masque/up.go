@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -18,11 +16,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/masque-vpn/masque/quicio"
 	"github.com/masque-vpn/masque/tun"
 	"github.com/masque-vpn/masque/tunnel"
-	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/http3"
 	"github.com/spf13/cobra"
 )
 
@@ -34,18 +29,13 @@ const (
 
 // upOptions are the flags of masque up.
 type upOptions struct {
-	server         string
-	serverName     string
-	ca             string
-	tokenFile      string
-	cert, key      string
-	routes         []string
-	excludes       []string
-	tun            string
-	mtu            int
-	stateDir       string
-	connectTimeout time.Duration
-	logLevel       string
+	serverOptions
+	routes   []string
+	excludes []string
+	tun      string
+	mtu      int
+	stateDir string
+	logLevel string
 }
 
 // upConfig is a validated upOptions.
@@ -80,43 +70,22 @@ wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down do
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.server, "server", "", "server HOST:PORT (required)")
-	f.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (needed when --server is an IP literal and the certificate names a host)")
-	f.StringVar(&o.ca, "ca", "", "CA certificate to trust for the server (default: system roots)")
-	f.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token")
-	f.StringVar(&o.cert, "cert", "", "client certificate (PEM) for mTLS")
-	f.StringVar(&o.key, "key", "", "client private key (PEM) for mTLS")
+	o.addFlags(f)
 	f.StringArrayVar(&o.routes, "route", nil, "route only this prefix into the tunnel (repeatable; default: what the server advertises)")
 	f.StringArrayVar(&o.excludes, "exclude", nil, "keep this prefix out of the tunnel (repeatable)")
 	f.StringVar(&o.tun, "tun", defaultTun, "TUN device name")
 	f.IntVar(&o.mtu, "mtu", defaultMTU, "TUN MTU")
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for crash-recovery state and the status socket")
-	f.DurationVar(&o.connectTimeout, "connect-timeout", defaultConnectTimeout, "how long to wait for the server")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
 
 func (o *upOptions) validate() (*upConfig, error) {
 	c := &upConfig{upOptions: *o}
-	var errs []error
-	if o.server == "" {
-		errs = append(errs, errors.New("--server is required"))
-	} else if host, port, err := net.SplitHostPort(o.server); err != nil || host == "" || port == "" {
-		errs = append(errs, fmt.Errorf("--server %q: want HOST:PORT", o.server))
-	} else {
-		c.authority = o.server
-		if o.serverName != "" {
-			c.authority = net.JoinHostPort(o.serverName, port)
-		}
-	}
+	authority, errs := o.check()
+	c.authority = authority
 	if o.tokenFile == "" && o.cert == "" {
 		errs = append(errs, errors.New("need --token-file or --cert/--key to authenticate"))
-	}
-	if (o.cert == "") != (o.key == "") {
-		errs = append(errs, errors.New("--cert and --key go together"))
-	}
-	if o.tokenFile != "" && o.cert != "" {
-		errs = append(errs, errors.New("--token-file and --cert are exclusive"))
 	}
 	for _, r := range o.routes {
 		p, err := parseCIDR(r)
@@ -140,9 +109,6 @@ func (o *upOptions) validate() (*upConfig, error) {
 	if o.tun == "" || len(o.tun) > 15 {
 		errs = append(errs, fmt.Errorf("--tun %q: want 1-15 characters", o.tun))
 	}
-	if o.connectTimeout <= 0 {
-		errs = append(errs, errors.New("--connect-timeout must be positive"))
-	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel))
@@ -150,36 +116,11 @@ func (o *upOptions) validate() (*upConfig, error) {
 	if len(errs) > 0 {
 		return nil, usageError{errors.Join(errs...)}
 	}
-	// Files: still the user's input, so still exit code 2.
-	tc := &tls.Config{NextProtos: []string{http3.NextProtoH3}, MinVersion: tls.VersionTLS13, ServerName: o.serverName}
-	if o.ca != "" {
-		b, err := os.ReadFile(o.ca)
-		if err != nil {
-			return nil, usagef("--ca: %v", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return nil, usagef("--ca %s: no PEM certificate", o.ca)
-		}
-		tc.RootCAs = pool
+	tc, token, err := o.credentials()
+	if err != nil {
+		return nil, err
 	}
-	if o.cert != "" {
-		kp, err := tls.LoadX509KeyPair(o.cert, o.key)
-		if err != nil {
-			return nil, usagef("--cert/--key: %v", err)
-		}
-		tc.Certificates = []tls.Certificate{kp}
-	}
-	if o.tokenFile != "" {
-		b, err := os.ReadFile(o.tokenFile)
-		if err != nil {
-			return nil, usagef("--token-file: %v", err)
-		}
-		c.token = strings.TrimSpace(string(b))
-		if c.token == "" || strings.ContainsAny(c.token, " \t\r\n") {
-			return nil, usagef("--token-file %s: want one token on one line", o.tokenFile)
-		}
-	}
+	c.token = token
 	c.tls = tc
 	return c, nil
 }
@@ -220,22 +161,12 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 
 	routing := &tun.Routing{Link: c.tun}
-	dctx, cancel := context.WithTimeout(ctx, c.connectTimeout)
-	qc, err := quicio.Dial(dctx, quicio.DialConfig{
-		Addr:      c.server,
-		TLSConfig: c.tls,
-		// quic-go gives up a handshake after 5 s by default: let
-		// --connect-timeout decide.
-		QUICConfig: &quic.Config{HandshakeIdleTimeout: c.connectTimeout},
-		FwMark:     routingFwMark(routing),
-		Logger:     logger,
-	})
-	cancel()
+	qc, err := c.dial(ctx, c.tls, routingFwMark(routing), logger)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return dialError(c.server, c.connectTimeout, err)
+		return err
 	}
 	defer qc.Close()
 	var dev *tun.Device // created once the addresses are known
@@ -291,10 +222,10 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 
 	status := newStatusServer(c, client, routing.Routes)
 	sockPath := filepath.Join(c.stateDir, statusSocket)
-	if err := status.listen(sockPath); err != nil {
+	if sl, err := listenStatus(sockPath, status.status); err != nil {
 		logger.Warn("status socket unavailable", "path", sockPath, "err", err)
 	} else {
-		defer status.close()
+		defer sl.close()
 	}
 
 	fmt.Fprintf(cmd.OutOrStdout(), "up: server=%s addresses=%s tun=%s\n", c.server, joinPrefixes(client.Addresses()), c.tun)

@@ -21,13 +21,15 @@ func validUp(t *testing.T) upOptions {
 		t.Fatal(err)
 	}
 	return upOptions{
-		server:         "vpn.example.com:443",
-		tokenFile:      tok,
-		tun:            defaultTun,
-		mtu:            defaultMTU,
-		stateDir:       t.TempDir(),
-		connectTimeout: defaultConnectTimeout,
-		logLevel:       "info",
+		serverOptions: serverOptions{
+			server:         "vpn.example.com:443",
+			tokenFile:      tok,
+			connectTimeout: defaultConnectTimeout,
+		},
+		tun:      defaultTun,
+		mtu:      defaultMTU,
+		stateDir: t.TempDir(),
+		logLevel: "info",
 	}
 }
 

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/masque-vpn/masque/quicio"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/spf13/pflag"
+)
+
+// serverOptions are the flags that name a server and the credentials for
+// it, shared by masque up and masque udp.
+type serverOptions struct {
+	server         string
+	serverName     string
+	ca             string
+	tokenFile      string
+	cert, key      string
+	connectTimeout time.Duration
+}
+
+func (o *serverOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.server, "server", "", "server HOST:PORT (required)")
+	f.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (needed when --server is an IP literal and the certificate names a host)")
+	f.StringVar(&o.ca, "ca", "", "CA certificate to trust for the server (default: system roots)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token")
+	f.StringVar(&o.cert, "cert", "", "client certificate (PEM) for mTLS")
+	f.StringVar(&o.key, "key", "", "client private key (PEM) for mTLS")
+	f.DurationVar(&o.connectTimeout, "connect-timeout", defaultConnectTimeout, "how long to wait for the server")
+}
+
+// check reports what is wrong with the flags themselves and returns the
+// :authority requests use: --server, with --server-name as its host if
+// given.
+func (o *serverOptions) check() (authority string, errs []error) {
+	if o.server == "" {
+		errs = append(errs, errors.New("--server is required"))
+	} else if host, port, err := net.SplitHostPort(o.server); err != nil || host == "" || port == "" {
+		errs = append(errs, fmt.Errorf("--server %q: want HOST:PORT", o.server))
+	} else {
+		authority = o.server
+		if o.serverName != "" {
+			authority = net.JoinHostPort(o.serverName, port)
+		}
+	}
+	if (o.cert == "") != (o.key == "") {
+		errs = append(errs, errors.New("--cert and --key go together"))
+	}
+	if o.tokenFile != "" && o.cert != "" {
+		errs = append(errs, errors.New("--token-file and --cert are exclusive"))
+	}
+	if o.connectTimeout <= 0 {
+		errs = append(errs, errors.New("--connect-timeout must be positive"))
+	}
+	return authority, errs
+}
+
+// credentials loads the files the flags name: the TLS configuration (CA,
+// client certificate) and the bearer token. Problems are usage errors:
+// the files are the user's input.
+func (o *serverOptions) credentials() (*tls.Config, string, error) {
+	tc := &tls.Config{NextProtos: []string{http3.NextProtoH3}, MinVersion: tls.VersionTLS13, ServerName: o.serverName}
+	if o.ca != "" {
+		b, err := os.ReadFile(o.ca)
+		if err != nil {
+			return nil, "", usagef("--ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, "", usagef("--ca %s: no PEM certificate", o.ca)
+		}
+		tc.RootCAs = pool
+	}
+	if o.cert != "" {
+		kp, err := tls.LoadX509KeyPair(o.cert, o.key)
+		if err != nil {
+			return nil, "", usagef("--cert/--key: %v", err)
+		}
+		tc.Certificates = []tls.Certificate{kp}
+	}
+	var token string
+	if o.tokenFile != "" {
+		b, err := os.ReadFile(o.tokenFile)
+		if err != nil {
+			return nil, "", usagef("--token-file: %v", err)
+		}
+		token = strings.TrimSpace(string(b))
+		if token == "" || strings.ContainsAny(token, " \t\r\n") {
+			return nil, "", usagef("--token-file %s: want one token on one line", o.tokenFile)
+		}
+	}
+	return tc, token, nil
+}
+
+// dial connects to the server within --connect-timeout, which also bounds
+// the QUIC handshake (quic-go's own default gives up after 5 s), and turns
+// a failure into one actionable line.
+func (o *serverOptions) dial(ctx context.Context, tc *tls.Config, mark uint32, logger *slog.Logger) (*quicio.ClientConn, error) {
+	dctx, cancel := context.WithTimeout(ctx, o.connectTimeout)
+	defer cancel()
+	qc, err := quicio.Dial(dctx, quicio.DialConfig{
+		Addr:       o.server,
+		TLSConfig:  tc,
+		QUICConfig: &quic.Config{HandshakeIdleTimeout: o.connectTimeout},
+		FwMark:     mark,
+		Logger:     logger,
+	})
+	if err != nil {
+		return nil, dialError(o.server, o.connectTimeout, err)
+	}
+	return qc, nil
+}
