@@ -39,7 +39,7 @@ usage() {
 	sed -n '/^#   sudo/,/^#  *\[--scale/p' "$0" | sed 's/^# \{0,1\}//'
 	echo "  --duration S  seconds per iperf3 test (default 10); --quick is --duration 3"
 	echo "  --runs N      repeat everything N times and report medians (default 1)"
-	echo "  --paths LIST  comma-separated subset of plain,wg,masque (default all)"
+	echo "  --paths LIST  comma-separated subset of plain,wg,masque (default all; none: only --scale)"
 	echo "  --scale       also measure server scaling (masque only)"
 	echo "  --out FILE    also write every raw measurement as TSV (run path metric value)"
 	echo "  --keep        keep the work directory (logs, iperf3 JSON) and print its name"
@@ -66,7 +66,8 @@ while (($#)); do
 done
 [[ $DUR =~ ^[0-9]+$ ]] && ((DUR >= 2 && DUR <= 300)) || { echo "bench.sh: --duration must be 2..300 seconds" >&2; exit 2; }
 [[ $RUNS =~ ^[0-9]+$ ]] && ((RUNS >= 1 && RUNS <= 20)) || { echo "bench.sh: --runs must be 1..20" >&2; exit 2; }
-IFS=, read -r -a PATH_LIST <<<"$PATHS"
+PATH_LIST=()
+[[ $PATHS == none ]] || IFS=, read -r -a PATH_LIST <<<"$PATHS"
 for p in "${PATH_LIST[@]}"; do
 	[[ $p == plain || $p == wg || $p == masque ]] || { echo "bench.sh: unknown path '$p' (plain, wg, masque)" >&2; exit 2; }
 done
@@ -195,6 +196,7 @@ wait_listen() {
 say "building masqued, masque and wireguard-go"
 go build -buildvcs=false -o "$WORK/masqued" ./cmd/masqued
 go build -buildvcs=false -o "$WORK/masque" ./cmd/masque
+((SCALE == 0)) || go build -buildvcs=false -o "$WORK/connectload" ./e2e/internal/connectload
 if [[ " ${PATH_LIST[*]} " == *" wg "* ]]; then
 	# A throwaway module: wireguard-go's main package is the module root.
 	mkdir -p "$WORK/wgmod"
@@ -556,7 +558,7 @@ ROWS=(
 TESTS=(tcp1.up tcp1.down tcp4.up tcp4.down udp500.up udp500.down udpmax.up udpmax.down)
 
 # The table goes to stdout; everything else went to stderr.
-{
+((${#PATH_LIST[@]} == 0)) || {
 	echo
 	echo "masque bench: client → server → target, median of $RUNS run(s), ${DUR} s per iperf3 test"
 	echo "($NCPU CPUs, kernel $(uname -r); wireguard-go ${WG_MODVER:-n/a})"
@@ -616,7 +618,197 @@ TESTS=(tcp1.up tcp1.down tcp4.up tcp4.down udp500.up udp500.down udpmax.up udpma
 	echo "points (pp). '-' = not measured or failed."
 }
 
-if ((SCALE)); then
-	echo "bench.sh: --scale is not implemented yet (issue 5); the comparison above is complete" >&2
-	exit 3
+((SCALE)) || exit 0
+
+# --- scaling (--scale, masque only, one run) --------------------------------
+# rss_kb PID: resident set size in kB.
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# gauge NAME: one unlabelled metric of masqued ("-" if absent).
+gauge() { masqued_metrics | awk -v n="$1" '$1 == n {print $2; f = 1} END {if (!f) print "-"}'; }
+# cpu_pct T0 T1 W0 W1: % of one core from ticks and wall-clock seconds.
+cpu_pct() { awk -v a="$1" -v b="$2" -v w0="$3" -v w1="$4" -v hz="$CLK_TCK" 'BEGIN {printf "%.0f", 100 * (b - a) / hz / (w1 - w0)}'; }
+machine_pct() { awk -v a="$1" -v b="$2" -v n="$NCPU" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * n * (y[1] - x[1]) / (y[2] - x[2])}'; }
+
+# scale_ns K: namespace ID-kK, a client of its own wired to the server
+# (198.19.K.1/24 ── kK 198.19.K.2/24 in the server namespace).
+scale_ns() {
+	local k=$1 ns=$ID-k$1
+	ip netns add "$ns"
+	EXTRA_NS+=("$ns")
+	ip -n "$ns" link set lo up
+	ip -n "$ns" link add c0 type veth peer name "k$k" netns "$S"
+	ip -n "$ns" addr add "198.19.$k.1/24" dev c0
+	ip -n "$S" addr add "198.19.$k.2/24" dev "k$k"
+	ip -n "$ns" link set c0 up
+	ip -n "$S" link set "k$k" up
+	ip -n "$ns" route add default via "198.19.$k.2"
+}
+
+SCALE_PIDS=() # masque up per client namespace, index K-1
+SCALE_NS=0    # client namespaces made so far
+# scale_clients N: start N masque up, client K in namespace ID-kK.
+scale_clients() {
+	local n=$1 k
+	for ((k = 1; k <= n; k++)); do
+		((k <= SCALE_NS)) || { scale_ns "$k"; SCALE_NS=$k; }
+		rm -rf "$WORK/scale-state-$k"
+		ip netns exec "$ID-k$k" "$WORK/masque" up --server 198.18.1.2:4433 --ca "$WORK/pki/ca.crt" \
+			--token-file "$WORK/bench.token" --state-dir "$WORK/scale-state-$k" --log-level warn \
+			>"$WORK/scale-$k.out" 2>"$WORK/scale-$k.log" &
+		SCALE_PIDS+=($!)
+		PIDS+=($!)
+	done
+	for ((k = 1; k <= n; k++)); do
+		wait_for "$WORK/scale-$k.out" "^up: " 30 "${SCALE_PIDS[k - 1]}"
+	done
+}
+
+# scale_iperf N DIR LABEL: one TCP stream from each of the N clients at once
+# (DIR "up" or "down"); prints "aggregate_gbps min_mbps max_mbps failed
+# masqued_cpu machine_cpu".
+scale_iperf() {
+	local n=$1 dir=$2 k spids=() cpids=() rev=() vals=() failed=0 t0 t1 w0 w1 m0 m1 v
+	[[ $dir == up ]] || rev=(-R)
+	for ((k = 1; k <= n; k++)); do
+		ip netns exec "$T" timeout $((DUR + 60)) iperf3 -s -1 -B 198.18.2.2 -p $((5300 + k)) >/dev/null 2>&1 &
+		spids+=($!)
+	done
+	for ((k = 1; k <= n; k++)); do
+		wait_listen "$T" $((5300 + k)) t 5 || true
+	done
+	t0=$(proc_ticks "$MASQUED_PID") m0=$(machine_ticks) w0=$(now)
+	for ((k = 1; k <= n; k++)); do
+		timeout $((DUR + 40)) ip netns exec "$ID-k$k" iperf3 -c 198.18.2.2 -p $((5300 + k)) -t "$DUR" -J \
+			--connect-timeout 10000 "${rev[@]}" >"$WORK/scale-iperf-$k.json" 2>/dev/null &
+		cpids+=($!)
+	done
+	for k in "${cpids[@]}"; do wait "$k" || true; done
+	w1=$(now) m1=$(machine_ticks) t1=$(proc_ticks "$MASQUED_PID")
+	for k in "${spids[@]}"; do stop_pid "$k"; done
+	for ((k = 1; k <= n; k++)); do
+		v=$(jq -r '.end.sum_received.bits_per_second // empty' "$WORK/scale-iperf-$k.json" 2>/dev/null || true)
+		if [[ -n $v ]]; then vals+=("$v"); else ((failed++)) || true; fi
+	done
+	if ((${#vals[@]})); then
+		printf '%s\n' "${vals[@]}" | awk -v f="$failed" '
+			{s += $1; if (NR == 1 || $1 < lo) lo = $1; if ($1 > hi) hi = $1}
+			END {printf "%.3f %.0f %.0f %d", s / 1e9, lo / 1e6, hi / 1e6, f}'
+	else
+		printf -- '- - - %d' "$failed"
+	fi
+	echo " $(cpu_pct "$t0" "$t1" "$w0" "$w1") $(machine_pct "$m0" "$m1")"
+	sleep 1
+}
+
+
+
+SCALE_START=$SECONDS
+# The load tool's sessions come from 32 addresses: masqued admits at most
+# 64 connections per source address.
+for ((i = 100; i < 132; i++)); do
+	ip -n "$C" addr add "198.18.1.$i/24" dev c0
+done
+LOCAL=198.18.1.100-198.18.1.131
+
+SCALE_ROWS=()
+for N in 1 8 32; do
+	# A fresh masqued and fresh clients for each N, so that the memory
+	# figure is the sessions' and not what earlier traffic left behind.
+	say "scaling: $N masque client(s) at once ($((SECONDS - SCALE_START)) s elapsed)"
+	masqued_start
+	sleep 1
+	RSS0=$(rss_kb "$MASQUED_PID")
+	scale_clients "$N"
+	sleep 2
+	rss=$(rss_kb "$MASQUED_PID") sessions=$(gauge masque_tunnel_sessions)
+	read -r up_g up_lo up_hi up_f up_cpu up_m < <(scale_iperf "$N" up)
+	read -r dn_g dn_lo dn_hi dn_f dn_cpu dn_m < <(scale_iperf "$N" down)
+	peak=$(awk '/^VmHWM:/ {print $2}' "/proc/$MASQUED_PID/status")
+	SCALE_ROWS+=("$(printf '%7s %8s %9s %11s %12s %6s %9s %11s %12s %6s %12s %8s %8s' "$N" "$sessions" \
+		"$up_g" "$up_lo/$up_hi" "$up_cpu/$up_m" "$up_f" "$dn_g" "$dn_lo/$dn_hi" "$dn_cpu/$dn_m" "$dn_f" \
+		"$(awk -v a="$RSS0" 'BEGIN {printf "%.1f", a / 1024}')/$(awk -v a="$rss" 'BEGIN {printf "%.1f", a / 1024}')" \
+		"$(awk -v a="$rss" -v b="$RSS0" -v n="$N" 'BEGIN {printf "%.0f", (a - b) / n}')" \
+		"$(awk -v a="$peak" 'BEGIN {printf "%.1f", a / 1024}')")")
+	for ((i = ${#SCALE_PIDS[@]} - 1; i >= 0; i--)); do
+		stop_pid "${SCALE_PIDS[i]}"
+		forget_pid "${SCALE_PIDS[i]}"
+	done
+	SCALE_PIDS=()
+	masqued_stop
+done
+
+# Handshakes: sessions opened and closed as fast as 16 workers can, for
+# the test duration, from the client namespace.
+say "scaling: session set-up rate ($((SECONDS - SCALE_START)) s elapsed)"
+masqued_start
+sleep 1
+t0=$(proc_ticks "$MASQUED_PID") m0=$(machine_ticks) w0=$(now)
+HS=$(timeout $((DUR + 40)) ip netns exec "$C" "$WORK/connectload" -mode churn -n 0 -duration "${DUR}s" -c 16 \
+	-server 198.18.1.2:4433 -ca "$WORK/pki/ca.crt" -token-file "$WORK/bench.token" -local "$LOCAL" \
+	2>"$WORK/connectload-churn.log" | tail -n 1 || true)
+w1=$(now) m1=$(machine_ticks) t1=$(proc_ticks "$MASQUED_PID")
+HS_CPU=$(cpu_pct "$t0" "$t1" "$w0" "$w1") HS_M=$(machine_pct "$m0" "$m1")
+
+# Idle sessions: a fresh masqued (Go keeps freed heap for a while), then
+# 1,000 sessions held open.
+IDLE_N=1000
+say "scaling: $IDLE_N idle sessions ($((SECONDS - SCALE_START)) s elapsed)"
+masqued_stop
+masqued_start
+sleep 1
+IDLE_RSS0=$(rss_kb "$MASQUED_PID")
+ip netns exec "$C" "$WORK/connectload" -mode idle -n "$IDLE_N" -c 32 -duration 180s \
+	-server 198.18.1.2:4433 -ca "$WORK/pki/ca.crt" -token-file "$WORK/bench.token" -local "$LOCAL" \
+	>"$WORK/connectload-idle.out" 2>"$WORK/connectload-idle.log" &
+LOAD_PID=$!
+PIDS+=("$LOAD_PID")
+IDLE_READY=
+if wait_for "$WORK/connectload-idle.out" '"event":"ready"' 150 "$LOAD_PID"; then
+	IDLE_READY=$(grep -m1 '"event":"ready"' "$WORK/connectload-idle.out")
+	sleep 5 # let the sessions settle (keep-alives, GC)
+	t0=$(proc_ticks "$MASQUED_PID") w0=$(now)
+	sleep 5
+	t1=$(proc_ticks "$MASQUED_PID") w1=$(now)
+	IDLE_CPU=$(cpu_pct "$t0" "$t1" "$w0" "$w1")
+	IDLE_RSS=$(rss_kb "$MASQUED_PID") IDLE_SESSIONS=$(gauge masque_tunnel_sessions)
 fi
+stop_pid "$LOAD_PID"
+forget_pid "$LOAD_PID"
+IDLE_DONE=$(grep '"event":"done"' "$WORK/connectload-idle.out" || true)
+masqued_stop
+say "scaling measured in $((SECONDS - SCALE_START)) s"
+
+{
+	echo
+	echo "scaling (masque only, one run): N clients at once, one namespace and one masque up each,"
+	echo "one iperf3 TCP stream per client for ${DUR} s; a fresh masqued for each N"
+	printf '%7s %8s %9s %11s %12s %6s %9s %11s %12s %6s %12s %8s %8s\n' clients sessions \
+		"up Gb/s" "min/max Mb" "cpu mqd/all" failed "down Gb/s" "min/max Mb" "cpu mqd/all" failed "RSS MB" "kB/sess" "peak MB"
+	printf '%.0s-' {1..125}
+	echo
+	printf '%s\n' "${SCALE_ROWS[@]}"
+	echo "(cpu mqd/all: masqued / whole machine, % of one core; RSS MB: masqued before the clients /"
+	echo " with their sessions up, before traffic; kB/sess: that growth per session; peak: masqued VmHWM"
+	echo " after the traffic)"
+	echo
+	if [[ -n $HS ]]; then
+		jq -r --arg cpu "$HS_CPU" --arg m "$HS_M" '
+			"session set-up (QUIC + TLS 1.3 full handshake, CONNECT-IP, address assignment, close), \(.workers) workers, \(.duration_limit_s) s:",
+			"  \(.rate | floor) sessions/s (\(.ok) ok, \(.failed) failed); set-up p50 \(.p50_ms) ms, p90 \(.p90_ms) ms, p99 \(.p99_ms) ms",
+			"  masqued CPU \($cpu)% of one core, machine \($m)% (the load tool shares the CPUs):",
+			"  \(if ($cpu | tonumber) > 0 then (.rate / (($cpu | tonumber) / 100) | floor | tostring) else "-" end) sessions per masqued CPU-second",
+			(if .errors then "  errors: \(.errors | to_entries | map("\(.value)× \(.key)") | join("; "))" else empty end)' <<<"$HS"
+	else
+		echo "session set-up: connectload failed (see its log)"
+	fi
+	echo
+	if [[ -n $IDLE_READY ]]; then
+		jq -r --arg r0 "$IDLE_RSS0" --arg r1 "$IDLE_RSS" --arg g "$IDLE_SESSIONS" --arg cpu "$IDLE_CPU" --arg n "$IDLE_N" '
+			"idle sessions: \(.ok) of \($n) opened in \(.seconds * 10 | floor / 10) s (\(.rate | floor)/s, \(.failed) failed); masqued reports \($g) sessions",
+			"  masqued RSS \(($r0 | tonumber) / 1024 * 10 | floor / 10) MB before, \(($r1 | tonumber) / 1024 * 10 | floor / 10) MB with them: \(if .ok > 0 then ((($r1 | tonumber) - ($r0 | tonumber)) / .ok * 10 | floor / 10 | tostring) else "-" end) kB per session; masqued CPU while idle \($cpu)%",
+			(if .errors then "  errors: \(.errors | to_entries | map("\(.value)× \(.key)") | join("; "))" else empty end)' <<<"$IDLE_READY"
+		[[ -z $IDLE_DONE ]] || jq -r '"  still open when released: \(.open)"' <<<"$IDLE_DONE"
+	else
+		echo "idle sessions: connectload did not report ready (see its log)"
+	fi
+}
