@@ -169,6 +169,17 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# bgwait CMD...: run CMD in the background and wait for it. bash runs a
+# trap only after a foreground command ends, and timeout(1) puts its
+# command in a process group of its own, out of reach of Ctrl-C: a long
+# test run in the foreground would delay or swallow Ctrl-C. wait returns
+# at once on a trapped signal, and cleanup then kills what runs in our
+# namespaces.
+bgwait() {
+	"$@" &
+	wait $!
+}
+
 # wait_for FILE PATTERN SECONDS PID: wait until FILE has a line matching
 # PATTERN; fail if PID dies or time runs out.
 wait_for() {
@@ -245,9 +256,12 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:--}" >>"$RESULTS"; }
 
 # ping_stats NS ADDR COUNT INTERVAL: prints "avg_ms loss_pct" (or "- 100").
 ping_stats() {
-	local ns=$1 addr=$2 count=$3 ival=$4 out avg loss deadline
+	local ns=$1 addr=$2 count=$3 ival=$4 out avg loss deadline f
 	deadline=$(awk -v c="$count" -v i="$ival" 'BEGIN {printf "%d", c * i + 3}')
-	out=$(timeout $((deadline + 5)) ip netns exec "$ns" ping -n -q -c "$count" -i "$ival" -W 1 -w "$deadline" "$addr" 2>&1 || true)
+	f=$(mktemp "$WORK/ping.XXXXXX")
+	bgwait timeout $((deadline + 5)) ip netns exec "$ns" ping -n -q -c "$count" -i "$ival" -W 1 -w "$deadline" "$addr" >"$f" 2>&1 || true
+	out=$(<"$f")
+	rm -f "$f"
 	loss=$(sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p' <<<"$out")
 	avg=$(sed -n 's|^rtt .* = [0-9.]*/\([0-9.]*\)/.*|\1|p' <<<"$out")
 	echo "${avg:--} ${loss:-100}"
@@ -275,7 +289,7 @@ iperf_test() {
 	local m0 m1 w0 w1 pair
 	for pair in "${CPU_PROCS[@]}"; do t0+=("$(proc_ticks "${pair#* }")"); done
 	m0=$(machine_ticks) w0=$(now)
-	timeout $((DUR + 20)) ip netns exec "$C" iperf3 -c 198.18.2.2 -p $port -t "$DUR" -J \
+	bgwait timeout $((DUR + 20)) ip netns exec "$C" iperf3 -c 198.18.2.2 -p $port -t "$DUR" -J \
 		--connect-timeout 3000 "$@" >"$json" 2>"$WORK/iperf3-client.log" || true
 	w1=$(now) m1=$(machine_ticks)
 	for pair in "${CPU_PROCS[@]}"; do t1+=("$(proc_ticks "${pair#* }")"); done
@@ -743,9 +757,10 @@ say "scaling: session set-up rate ($((SECONDS - SCALE_START)) s elapsed)"
 masqued_start
 sleep 1
 t0=$(proc_ticks "$MASQUED_PID") m0=$(machine_ticks) w0=$(now)
-HS=$(timeout $((DUR + 40)) ip netns exec "$C" "$WORK/connectload" -mode churn -n 0 -duration "${DUR}s" -c 16 \
+bgwait timeout $((DUR + 40)) ip netns exec "$C" "$WORK/connectload" -mode churn -n 0 -duration "${DUR}s" -c 16 \
 	-server 198.18.1.2:4433 -ca "$WORK/pki/ca.crt" -token-file "$WORK/bench.token" -local "$LOCAL" \
-	2>"$WORK/connectload-churn.log" | tail -n 1 || true)
+	>"$WORK/connectload-churn.out" 2>"$WORK/connectload-churn.log" || true
+HS=$(tail -n 1 "$WORK/connectload-churn.out")
 w1=$(now) m1=$(machine_ticks) t1=$(proc_ticks "$MASQUED_PID")
 HS_CPU=$(cpu_pct "$t0" "$t1" "$w0" "$w1") HS_M=$(machine_pct "$m0" "$m1")
 
