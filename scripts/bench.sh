@@ -543,6 +543,8 @@ median_of() {
 num() { if [[ $1 == - ]]; then echo -; else printf "%.${2}f" "$1"; fi; }
 # ratio A B: A/B to 2 decimals ("-" when undefined).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b}'; }
+# atleast A MIN: A if it is at least MIN, else "-".
+atleast() { awk -v a="$1" -v m="$2" 'BEGIN {if (a != "-" && a + 0 >= m) print a; else print "-"}'; }
 # diffpp A B: A-B in percentage points.
 diffpp() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-" || b == "-") print "-"; else printf "%+.1fpp", a - b}'; }
 
@@ -592,6 +594,9 @@ TESTS=(tcp1.up tcp1.down tcp4.up tcp4.down udp500.up udp500.down udpmax.up udpma
 			# A ratio of loss percentages near 0 means nothing: show the
 			# difference in percentage points instead.
 			r1=$(diffpp "${v[masque]}" "${v[plain]}") r2=$(diffpp "${v[masque]}" "${v[wg]}")
+		elif [[ $unit == segs ]]; then
+			# Retransmits: a ratio to a handful means nothing either.
+			r1=$(ratio "${v[masque]}" "$(atleast "${v[plain]}" 100)") r2=$(ratio "${v[masque]}" "$(atleast "${v[wg]}" 100)")
 		else
 			r1=$(ratio "${v[masque]}" "${v[plain]}") r2=$(ratio "${v[masque]}" "${v[wg]}")
 		fi
