@@ -24,9 +24,15 @@
 #   sudo scripts/bench.sh [--quick] [--duration S] [--runs N] [--paths plain,wg,masque]
 #                         [--scale] [--out FILE] [--keep]
 #
-# --scale adds the server-scaling figures of issue 5: aggregate throughput
-# with 1, 8 and 32 masque clients at once, masqued memory per session,
-# handshakes per second and RSS with 1,000 idle sessions.
+# --scale adds the server-scaling figures of issue 5 (masque only, one run):
+# aggregate throughput with 1, 8 and 32 masque clients at once (a namespace
+# and a masque up each), masqued memory per session, sessions set up per
+# second and RSS with 1,000 idle sessions (both with the load tool
+# e2e/internal/connectload).
+#
+# Time: about 5 minutes per run with 10 s tests (2 minutes with --quick),
+# plus 2 minutes for --scale. On a small machine the iperf3 ends and the
+# tunnel share the CPUs: read the CPU table beside the throughput.
 #
 # Installs what it lacks (apt: iperf3, iproute2, nftables, iputils-ping,
 # wireguard-tools, jq). Addresses: 198.18.0.0/15, 2001:db8::/32 and loopback,
