@@ -77,7 +77,7 @@ func Dial(ctx context.Context, cfg DialConfig) (*ClientConn, error) {
 	case tlsConf.ServerName == "":
 		tlsConf.ServerName = host
 	}
-	qc := clientQUICConfig(cfg.QUICConfig)
+	qc := quicConfig(cfg.QUICConfig, true)
 	buf := cfg.SocketBuffer
 	if buf == 0 {
 		buf = DefaultSocketBuffer
@@ -101,23 +101,4 @@ func Dial(ctx context.Context, cfg DialConfig) (*ClientConn, error) {
 		return nil, fmt.Errorf("connect to %s: %w", cfg.Addr, err)
 	}
 	return &ClientConn{Conn: c, tr: tr, pc: pc}, nil
-}
-
-func clientQUICConfig(c *quic.Config) *quic.Config {
-	if c != nil {
-		c = c.Clone()
-	} else {
-		c = &quic.Config{}
-	}
-	c.EnableDatagrams = true
-	if c.MaxIdleTimeout == 0 {
-		c.MaxIdleTimeout = DefaultIdleTimeout
-	}
-	if c.KeepAlivePeriod == 0 {
-		c.KeepAlivePeriod = DefaultKeepAlive
-	}
-	if c.InitialPacketSize == 0 {
-		c.InitialPacketSize = DefaultInitialPacketSize
-	}
-	return c
 }

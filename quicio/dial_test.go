@@ -97,18 +97,18 @@ func TestDialTimeout(t *testing.T) {
 }
 
 func TestQUICConfigDefaults(t *testing.T) {
-	c := clientQUICConfig(nil)
+	c := quicConfig(nil, true)
 	if !c.EnableDatagrams || c.MaxIdleTimeout != DefaultIdleTimeout || c.KeepAlivePeriod != DefaultKeepAlive {
-		t.Errorf("clientQUICConfig(nil) = datagrams %v, idle %v, keep-alive %v", c.EnableDatagrams, c.MaxIdleTimeout, c.KeepAlivePeriod)
+		t.Errorf("quicConfig(nil, true) = datagrams %v, idle %v, keep-alive %v", c.EnableDatagrams, c.MaxIdleTimeout, c.KeepAlivePeriod)
 	}
-	s := serverQUICConfig(nil)
+	s := quicConfig(nil, false)
 	if !s.EnableDatagrams || s.MaxIdleTimeout != DefaultIdleTimeout || s.HandshakeIdleTimeout != DefaultHandshakeTimeout {
-		t.Errorf("serverQUICConfig(nil) = datagrams %v, idle %v, handshake %v", s.EnableDatagrams, s.MaxIdleTimeout, s.HandshakeIdleTimeout)
+		t.Errorf("quicConfig(nil, false) = datagrams %v, idle %v, handshake %v", s.EnableDatagrams, s.MaxIdleTimeout, s.HandshakeIdleTimeout)
 	}
 	// A caller's config is cloned, not modified, and its values are kept.
 	mine := &quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: time.Second, HandshakeIdleTimeout: 2 * time.Second}
-	c = clientQUICConfig(mine)
-	s = serverQUICConfig(mine)
+	c = quicConfig(mine, true)
+	s = quicConfig(mine, false)
 	if mine.EnableDatagrams {
 		t.Error("the caller's quic.Config was modified")
 	}
@@ -116,9 +116,9 @@ func TestQUICConfigDefaults(t *testing.T) {
 		t.Error("the caller's quic.Config was not cloned")
 	}
 	if c.MaxIdleTimeout != time.Minute || c.KeepAlivePeriod != time.Second || !c.EnableDatagrams {
-		t.Errorf("clientQUICConfig(mine) = idle %v, keep-alive %v, datagrams %v", c.MaxIdleTimeout, c.KeepAlivePeriod, c.EnableDatagrams)
+		t.Errorf("quicConfig(mine, true) = idle %v, keep-alive %v, datagrams %v", c.MaxIdleTimeout, c.KeepAlivePeriod, c.EnableDatagrams)
 	}
 	if s.MaxIdleTimeout != time.Minute || s.HandshakeIdleTimeout != 2*time.Second || !s.EnableDatagrams {
-		t.Errorf("serverQUICConfig(mine) = idle %v, handshake %v, datagrams %v", s.MaxIdleTimeout, s.HandshakeIdleTimeout, s.EnableDatagrams)
+		t.Errorf("quicConfig(mine, false) = idle %v, handshake %v, datagrams %v", s.MaxIdleTimeout, s.HandshakeIdleTimeout, s.EnableDatagrams)
 	}
 }

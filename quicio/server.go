@@ -208,7 +208,7 @@ func NewServer(cfg Config, app Application) (*Server, error) {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
 	tr.Conn = conn
-	qc := serverQUICConfig(cfg.QUICConfig)
+	qc := quicConfig(cfg.QUICConfig, false)
 	ln, err := tr.Listen(cfg.TLSConfig, qc)
 	if err != nil {
 		conn.Close()
@@ -216,25 +216,6 @@ func NewServer(cfg Config, app Application) (*Server, error) {
 	}
 	s.conn, s.tr, s.ln = conn, tr, ln
 	return s, nil
-}
-
-func serverQUICConfig(c *quic.Config) *quic.Config {
-	if c != nil {
-		c = c.Clone()
-	} else {
-		c = &quic.Config{}
-	}
-	c.EnableDatagrams = true
-	if c.MaxIdleTimeout == 0 {
-		c.MaxIdleTimeout = DefaultIdleTimeout
-	}
-	if c.HandshakeIdleTimeout == 0 {
-		c.HandshakeIdleTimeout = DefaultHandshakeTimeout
-	}
-	if c.InitialPacketSize == 0 {
-		c.InitialPacketSize = DefaultInitialPacketSize
-	}
-	return c
 }
 
 // Addr returns the local address the server listens on.
