@@ -5,8 +5,8 @@ import "testing"
 func TestConnIDGenerator(t *testing.T) {
 	for _, id := range []byte{0, 7, 0xff} {
 		g := &connIDGenerator{serverID: id}
-		if g.ConnectionIDLen() != 8 {
-			t.Fatalf("ConnectionIDLen() = %d, want 8", g.ConnectionIDLen())
+		if g.ConnectionIDLen() != ConnIDLen {
+			t.Fatalf("ConnectionIDLen() = %d, want %d", g.ConnectionIDLen(), ConnIDLen)
 		}
 		seen := map[string]bool{}
 		for range 100 {
@@ -28,7 +28,7 @@ func TestConnIDGenerator(t *testing.T) {
 		}
 	}
 	// The random part is not constant: no byte position is the same in
-	// every ID (probability of a false failure: 7 * 2^-792).
+	// every ID (probability of a false failure: 14 * 2^-792).
 	g := &connIDGenerator{serverID: 1}
 	first, _ := g.GenerateConnectionID()
 	varies := make([]bool, connIDLen)

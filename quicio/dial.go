@@ -90,7 +90,7 @@ func Dial(ctx context.Context, cfg DialConfig) (*ClientConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open socket: %w", err)
 	}
-	tr := &quic.Transport{Conn: pc}
+	tr := &quic.Transport{Conn: pc, ConnectionIDLength: ConnIDLen}
 	c, err := tr.Dial(ctx, raddr, tlsConf, qc)
 	if err != nil {
 		tr.Close()
