@@ -52,6 +52,7 @@ type Config struct {
 	MaxConns            int      `json:"max_conns,omitempty"`
 	MaxSessionsPerConn  int      `json:"max_sessions_per_conn,omitempty"`
 	Metrics             string   `json:"metrics,omitempty"`
+	Pprof               bool     `json:"pprof,omitempty"`
 	LogLevel            string   `json:"log_level,omitempty"`
 	DrainTimeout        string   `json:"drain_timeout,omitempty"`
 
@@ -124,6 +125,7 @@ type settings struct {
 	MaxConns            int
 	MaxSessionsPerConn  int
 	Metrics             string
+	Pprof               bool
 	LogLevel            string
 	DrainTimeout        time.Duration
 
@@ -144,7 +146,7 @@ func (c *Config) resolve() (*settings, error) {
 		Cert: c.Cert, Key: c.Key, ClientCA: c.ClientCA, Tokens: c.Tokens,
 		Egress: c.Egress, StateDir: or(c.StateDir, defaultStateDir), Tun: or(c.Tun, defaultTun),
 		MTU: c.MTU, AllowClientToClient: c.AllowClientToClient, MaxConns: c.MaxConns,
-		MaxSessionsPerConn: c.MaxSessionsPerConn, Metrics: c.Metrics, LogLevel: or(c.LogLevel, "info"),
+		MaxSessionsPerConn: c.MaxSessionsPerConn, Metrics: c.Metrics, Pprof: c.Pprof, LogLevel: or(c.LogLevel, "info"),
 	}
 	listen := or(c.Listen, defaultListen)
 	if ap, err := netip.ParseAddrPort(listen); err == nil {
@@ -210,6 +212,9 @@ func (c *Config) resolve() (*settings, error) {
 		if _, _, err := net.SplitHostPort(s.Metrics); err != nil {
 			bad("metrics", "%q is not HOST:PORT", s.Metrics)
 		}
+	}
+	if s.Pprof && s.Metrics == "" {
+		bad("pprof", "needs metrics: profiles are served on the metrics listener")
 	}
 	if len(s.Tun) > 15 || s.Tun == "" {
 		bad("tun", "%q must be 1-15 characters", s.Tun)

@@ -260,6 +260,7 @@ func TestResolveErrors(t *testing.T) {
 		{"log level", func(c *Config) { c.LogLevel = "verbose" }, "log_level"},
 		{"log level upper case", func(c *Config) { c.LogLevel = "INFO" }, "log_level"},
 		{"metrics without port", func(c *Config) { c.Metrics = "127.0.0.1" }, "metrics"},
+		{"pprof without metrics", func(c *Config) { c.Pprof = true }, "pprof"},
 		{"tun too long", func(c *Config) { c.Tun = "masqued-01234567" }, "tun"},
 	}
 	for _, tt := range tests {

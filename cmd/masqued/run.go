@@ -52,6 +52,7 @@ func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
 	f.StringArrayVar(&c.Allow, "allow", nil, "destination prefix clients may reach even if denied by default (repeatable)")
 	f.StringArrayVar(&c.Deny, "deny", nil, "destination prefix clients must not reach (repeatable)")
 	f.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics")
+	f.BoolVar(&c.Pprof, "pprof", false, "also serve Go profiles at /debug/pprof/ on the metrics listener (debugging; keep that listener private)")
 	f.StringVar(&c.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
 	f.StringVar(&c.UDPIdleTimeout, "udp-idle-timeout", "", "close a CONNECT-UDP flow idle this long (default 2m; RFC 9298 advises not less)")
 	f.StringVar(&c.UDPResolveTimeout, "udp-resolve-timeout", "", "bound the resolution of a CONNECT-UDP target name (default 5s)")
@@ -84,6 +85,7 @@ func mergeFlags(cmd *cobra.Command, file, flagged *Config) {
 	set("allow", func() { file.Allow = flagged.Allow })
 	set("deny", func() { file.Deny = flagged.Deny })
 	set("metrics", func() { file.Metrics = flagged.Metrics })
+	set("pprof", func() { file.Pprof = flagged.Pprof })
 	set("log-level", func() { file.LogLevel = flagged.LogLevel })
 	set("udp-idle-timeout", func() { file.UDPIdleTimeout = flagged.UDPIdleTimeout })
 	set("udp-resolve-timeout", func() { file.UDPResolveTimeout = flagged.UDPResolveTimeout })
@@ -373,6 +375,9 @@ func runServer(ctx context.Context, s *settings) (retErr error) {
 		reg.MustRegister(app.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if s.Pprof {
+			handlePprof(mux)
+		}
 		ln, err := net.Listen("tcp", s.Metrics)
 		if err != nil {
 			qs.Close()
