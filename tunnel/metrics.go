@@ -11,28 +11,30 @@ import (
 type dropReason uint8
 
 const (
-	dropMalformed   dropReason = iota // not a well-formed IP packet, or a bad datagram
-	dropSourceSpoof                   // inner source is not the session's address
-	dropDestDenied                    // destination refused by policy
-	dropNoSession                     // no session owns the destination
-	dropTooBig                        // does not fit the datagram budget (ICMP sent)
-	dropContextID                     // datagram with a context ID we do not know
-	dropSendFailed                    // SendDatagram failed for another reason
-	dropTUNWrite                      // the TUN refused the packet
-	dropQueueFull                     // the session's send queue was full
+	dropMalformed     dropReason = iota // not a well-formed IP packet, or a bad datagram
+	dropSourceSpoof                     // inner source is not the session's address
+	dropDestDenied                      // destination refused by policy
+	dropNoSession                       // no session owns the destination
+	dropTooBig                          // does not fit the datagram budget (ICMP sent)
+	dropContextID                       // datagram with a context ID we do not know
+	dropSendFailed                      // SendDatagram failed for another reason
+	dropTUNWrite                        // the TUN refused the packet
+	dropQueueFull                       // the session's send queue was full
+	dropUnknownStream                   // datagram for a stream that is no session or flow
 	numDropReasons
 )
 
 var dropReasonNames = [numDropReasons]string{
-	dropMalformed:   "malformed",
-	dropSourceSpoof: "source_spoof",
-	dropDestDenied:  "destination_denied",
-	dropNoSession:   "no_session",
-	dropTooBig:      "too_big",
-	dropContextID:   "unknown_context_id",
-	dropSendFailed:  "send_failed",
-	dropTUNWrite:    "tun_write",
-	dropQueueFull:   "queue_full",
+	dropMalformed:     "malformed",
+	dropSourceSpoof:   "source_spoof",
+	dropDestDenied:    "destination_denied",
+	dropNoSession:     "no_session",
+	dropTooBig:        "too_big",
+	dropContextID:     "unknown_context_id",
+	dropSendFailed:    "send_failed",
+	dropTUNWrite:      "tun_write",
+	dropQueueFull:     "queue_full",
+	dropUnknownStream: "unknown_stream",
 }
 
 func (r dropReason) String() string { return dropReasonNames[r] }

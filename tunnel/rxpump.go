@@ -7,20 +7,21 @@ import (
 
 // The receive side of a server session (client → TUN):
 //
-//	str.ReceiveDatagram ─► runReceive ─(batch)─► runTUNWriter ─► Device.Write
+//	conn.ReceiveDatagram ─► dgramMux.run ─► session.deliver ─(batch)─► runTUNWriter ─► Device.Write
 //
-// quic-go queues at most 32 datagrams per HTTP/3 stream and drops the rest
-// silently (PERF.md), so the reader does nothing but drain that queue,
-// check each packet and copy it into a batch; the TUN write, the slow part
-// (GRO coalescing, syscalls), runs in a goroutine of its own. Batches, not
-// packets, cross the channel, and the fixed number of batches is the
-// backpressure: when all are waiting for the TUN, the reader waits too.
+// dgramMux (h3conn.go), one goroutine per connection, is the only reader of
+// quic-go's datagram queue (128 entries, dropped silently when full), so it
+// does nothing per packet but check it and copy it into the session's
+// current batch; the TUN write, the slow part (GRO coalescing, syscalls),
+// runs in a goroutine of the session's own. Batches, not packets, cross the
+// channel, and the fixed number of batches is the backpressure: when all
+// are waiting for the TUN, deliver waits too.
 
 const (
 	// recvBatch is the most packets one TUN write carries.
 	recvBatch = 64
 	// rxBatches is how many batches a session cycles through.
-	rxBatches = 4
+	rxBatches = 8
 )
 
 // rxBatch is a batch of checked packets waiting for the TUN. Its buffers
@@ -32,51 +33,75 @@ type rxBatch struct {
 	bufs [recvBatch][]byte
 }
 
-// runReceive reads the client's datagrams, checks them, and hands them to
-// runTUNWriter in batches. It returns when the stream is closed, after the
-// writer has written what it was given.
-func (ss *session) runReceive() {
-	full := make(chan *rxBatch, rxBatches)
-	free := make(chan *rxBatch, rxBatches)
-	for range rxBatches {
-		free <- new(rxBatch)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { ss.runTUNWriter(full, free) })
-	defer func() {
-		close(full)
-		wg.Wait()
-	}()
+// rxPipe is a session's receive state. cur is touched only by the
+// connection's dgramMux (under its lock) and, after the session left the
+// mux, by the session itself.
+type rxPipe struct {
+	full, free chan *rxBatch
+	cur        *rxBatch
+	wg         sync.WaitGroup
+}
 
-	ctx := context.Background()
-	cur := <-free
+// startReceiver creates the batches and starts runTUNWriter.
+func (ss *session) startReceiver() {
+	p := &ss.rx
+	p.full = make(chan *rxBatch, rxBatches)
+	p.free = make(chan *rxBatch, rxBatches)
+	for range rxBatches {
+		p.free <- new(rxBatch)
+	}
+	p.wg.Go(func() { ss.runTUNWriter(p.full, p.free) })
+}
+
+// stopReceiver hands over the last partial batch and waits for the writer
+// to write it. The session must have left the mux.
+func (ss *session) stopReceiver() {
+	ss.flush()
+	close(ss.rx.full)
+	ss.rx.wg.Wait()
+}
+
+// deliver checks one datagram from the client and copies its packet into
+// the current batch (datagramSink).
+func (ss *session) deliver(d []byte) bool {
+	p := &ss.rx
+	cur := p.cur
+	if cur == nil {
+		cur = <-p.free
+		p.cur = cur
+	}
+	if cur.arrs[cur.n] == nil {
+		cur.arrs[cur.n] = getBuf()
+	}
+	if l, ok := ss.checkInbound(d, cur.arrs[cur.n][Headroom:]); ok {
+		cur.bufs[cur.n] = cur.arrs[cur.n][:Headroom+l]
+		cur.n++
+		if cur.n == recvBatch {
+			p.full <- cur
+			p.cur = nil
+			return false
+		}
+	}
+	return cur.n > 0
+}
+
+// flush passes the current batch to the writer (datagramSink).
+func (ss *session) flush() {
+	p := &ss.rx
+	if p.cur != nil && p.cur.n > 0 {
+		p.full <- p.cur
+		p.cur = nil
+	}
+}
+
+// waitStreamEnd returns when the session's request stream ends (the client
+// closed it, or close did). No datagram reaches the stream's own queue
+// (dgramMux reads them all), so ReceiveDatagram only reports the end.
+func (ss *session) waitStreamEnd() {
 	for {
-		rctx := ctx
-		if cur.n > 0 {
-			rctx = drainCtx
-		}
-		d, err := ss.str.ReceiveDatagram(rctx)
-		if err != nil {
+		if _, err := ss.str.ReceiveDatagram(context.Background()); err != nil {
 			ss.log.Debug("session stream ended", "err", err)
-			full <- cur
 			return
-		}
-		if d == nil {
-			// The queue is empty: flush what we have.
-			full <- cur
-			cur = <-free
-			continue
-		}
-		if cur.arrs[cur.n] == nil {
-			cur.arrs[cur.n] = getBuf()
-		}
-		if l, ok := ss.checkInbound(d, cur.arrs[cur.n][Headroom:]); ok {
-			cur.bufs[cur.n] = cur.arrs[cur.n][:Headroom+l]
-			cur.n++
-			if cur.n == recvBatch {
-				full <- cur
-				cur = <-free
-			}
 		}
 	}
 }

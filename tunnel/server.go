@@ -20,6 +20,7 @@ import (
 	connectip "github.com/quic-go/connect-ip-go"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
 	"github.com/yosida95/uritemplate/v3"
 )
 
@@ -93,8 +94,8 @@ func (c *ServerConfig) Validate() error {
 //
 // Data flow (one goroutine per arrow source):
 //
-//	client datagrams ─► session.runReceive (per session) ─► Device.Write
-//	Device.Read ─► Server.runTUNReader (one) ─► ipRouter ─► session stream SendDatagram
+//	conn datagrams ─► dgramMux (per connection) ─► session.runTUNWriter ─► Device.Write
+//	Device.Read ─► Server.runTUNReader (one) ─► ipRouter ─► session.runSend ─► SendDatagram
 type Server struct {
 	cfg      ServerConfig
 	log      *slog.Logger
@@ -110,6 +111,7 @@ type Server struct {
 
 	mu       sync.Mutex // guards the fields below
 	sessions map[*session]struct{}
+	conns    map[*quic.Conn]*h3conn
 	perConn  map[*quic.Conn]int
 	closing  bool
 }
@@ -133,6 +135,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:      cfg.Logger.With("component", "tunnel"),
 		router:   newIPRouter(),
 		sessions: make(map[*session]struct{}),
+		conns:    make(map[*quic.Conn]*h3conn),
 		perConn:  make(map[*quic.Conn]int),
 		tunDone:  make(chan struct{}),
 	}
@@ -161,6 +164,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc(IPPathPrefix, s.serveIP)
 	s.udp = newUDPProxy(cfg.UDP, cfg.Auth, cfg.Destinations, cfg.Port, cfg.Logger, &s.counters.udp)
+	s.udp.muxOf = func(c *quic.Conn) *dgramMux {
+		if hc := s.h3connOf(c); hc != nil {
+			return hc.mux
+		}
+		return nil
+	}
 	mux.HandleFunc(UDPPathPrefix, s.udp.serve)
 	s.h3 = &http3.Server{
 		Handler:         mux,
@@ -182,51 +191,70 @@ func (s *Server) Sessions() int { return int(s.counters.sessions.Load()) }
 
 // ServeConn serves HTTP/3 on one QUIC connection until it ends.
 func (s *Server) ServeConn(ctx context.Context, c *quic.Conn) error {
-	err := s.h3.ServeQUICConn(c)
+	err := s.serveH3(c)
 	s.mu.Lock()
 	delete(s.perConn, c)
 	s.mu.Unlock()
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
 	return err
 }
 
-// Shutdown refuses new sessions, sends GOAWAY on every connection, ends every
-// session (clients see their tunnel closed), and waits for the HTTP/3 server
-// to finish until ctx is done.
+// Shutdown refuses new sessions, ends every session and flow (clients see
+// their tunnel closed), waits for each connection's requests to finish and
+// closes it with H3_NO_ERROR; connections still busy when ctx is done are
+// closed then.
 func (s *Server) Shutdown(ctx context.Context) error {
+	sessions, conns := s.startClosing()
+	for _, ss := range sessions {
+		ss.close()
+	}
+	s.udp.close()
+	var wg sync.WaitGroup
+	for _, hc := range conns {
+		wg.Go(func() {
+			done := make(chan struct{})
+			go func() {
+				hc.handlers.Wait()
+				close(done)
+			}()
+			select {
+			case <-done:
+			case <-ctx.Done():
+			}
+			hc.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "server shutting down")
+		})
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
+// startClosing marks the server closing and returns what is open.
+func (s *Server) startClosing() ([]*session, []*h3conn) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.closing = true
 	sessions := make([]*session, 0, len(s.sessions))
 	for ss := range s.sessions {
 		sessions = append(sessions, ss)
 	}
-	s.mu.Unlock()
-	errc := make(chan error, 1)
-	go func() { errc <- s.h3.Shutdown(ctx) }()
-	for _, ss := range sessions {
-		ss.close()
+	conns := make([]*h3conn, 0, len(s.conns))
+	for _, hc := range s.conns {
+		conns = append(conns, hc)
 	}
-	s.udp.close()
-	return <-errc
+	return sessions, conns
 }
 
 // Close ends everything at once. The Device must be closed by its owner
 // after Close returns for the TUN reader to exit; Close waits for it.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	s.closing = true
-	sessions := make([]*session, 0, len(s.sessions))
-	for ss := range s.sessions {
-		sessions = append(sessions, ss)
-	}
-	s.mu.Unlock()
+	sessions, conns := s.startClosing()
 	for _, ss := range sessions {
 		ss.close()
 	}
 	s.udp.close()
-	return s.h3.Close()
+	for _, hc := range conns {
+		hc.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "server closed")
+	}
+	return nil
 }
 
 // TUNDone is closed when the TUN reader has exited (after the Device was
@@ -331,6 +359,16 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	ss.conn = cconn
 	ss.str = w.(http3.HTTPStreamer).HTTPStream()
 	ss.log = log.With("session_id", ss.id)
+	hc := s.h3connOf(conn)
+	if hc == nil {
+		// Only a connection served by serveH3 has a datagram reader.
+		ss.log.Warn("session setup failed", "err", "connection not served by this server")
+		cconn.Close()
+		return
+	}
+	ss.qconn = conn
+	ss.mux = hc.mux
+	ss.dgramPrefix = append(quicvarint.Append(nil, uint64(ss.str.StreamID()/4)), 0)
 	if err := ss.configure(); err != nil {
 		ss.log.Warn("session setup failed", "err", err)
 		cconn.Close()
@@ -347,6 +385,12 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.unregister(ss)
+	ss.startReceiver()
+	ss.mux.register(ss.str.StreamID(), ss)
+	defer func() {
+		ss.mux.forget(ss.str.StreamID())
+		ss.stopReceiver()
+	}()
 	ss.log.Info("session up", "addresses", ss.prefixes())
 	start := time.Now()
 	ss.run()
@@ -355,6 +399,13 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 
 // connKey carries the request's QUIC connection in its context.
 type connKey struct{}
+
+// h3connOf returns the served connection c, or nil.
+func (s *Server) h3connOf(c *quic.Conn) *h3conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns[c]
+}
 
 func (s *Server) authorityOK(host string) bool {
 	if host == "" {

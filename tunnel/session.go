@@ -23,8 +23,14 @@ type session struct {
 	scope    ipScope
 	log      *slog.Logger
 
-	conn *connectip.Conn // control plane: capsules
-	str  *http3.Stream   // data plane: datagrams, sent and received by us
+	conn  *connectip.Conn // control plane: capsules
+	str   *http3.Stream   // the request stream: its end ends the session
+	qconn *quic.Conn      // data plane: datagrams, sent and received by us
+	mux   *dgramMux       // the connection's datagram reader
+	// dgramPrefix is the quarter stream ID and context ID 0 that start
+	// every datagram we send (RFC 9297 §2.1, RFC 9484 §6).
+	dgramPrefix []byte
+	rx          rxPipe
 
 	// The session's addresses. Set before the session is registered;
 	// replaced (never modified) when an ADDRESS_REQUEST moves the session
@@ -174,7 +180,7 @@ func (ss *session) run() {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { ss.runAddressRequests(ctx) })
-	ss.runReceive()
+	ss.waitStreamEnd()
 	cancel()
 	ss.close()
 	wg.Wait()
@@ -259,7 +265,7 @@ func (ss *session) grant(p netip.Prefix) netip.Addr {
 	return want
 }
 
-// close ends the session: the stream is closed and runReceive returns.
+// close ends the session: the stream is closed and waitStreamEnd returns.
 func (ss *session) close() {
 	ss.closeOnce.Do(func() {
 		if ss.conn != nil {
@@ -270,7 +276,7 @@ func (ss *session) close() {
 
 // nonBlocking is a context whose Done channel is always closed but whose
 // Err is nil: http3's ReceiveDatagram returns a queued datagram if there is
-// one and otherwise (nil, nil) at once, which lets runReceive drain what is
+// one and otherwise (nil, nil) at once, which lets dgramMux drain what is
 // queued into one batch without blocking and without allocating.
 type nonBlocking struct{ context.Context }
 
@@ -340,12 +346,14 @@ func (ss *session) sendICMP(pkt []byte, kind icmpKind, mtu int) {
 }
 
 // send delivers a packet from the TUN to the client. b holds the packet at
-// b[Headroom:]; the byte before it is overwritten with context ID 0, so the
-// datagram is b[Headroom-1:] without a copy of ours. SendDatagram copies, so
-// the caller may reuse b at once.
+// b[Headroom:]; the bytes before it are overwritten with dgramPrefix, so the
+// HTTP datagram is framed in place and handed to QUIC without a copy of
+// ours (http3's SendDatagram would allocate and copy once more). quic-go's
+// SendDatagram copies, so the caller may reuse b at once.
 func (ss *session) send(b []byte) error {
-	b[Headroom-1] = 0
-	return ss.str.SendDatagram(b[Headroom-1:])
+	start := Headroom - len(ss.dgramPrefix)
+	copy(b[start:], ss.dgramPrefix)
+	return ss.qconn.SendDatagram(b[start:])
 }
 
 // errTooLarge reports the largest packet that fits the datagram budget.

@@ -91,19 +91,19 @@ func (s *Server) routeBatch(b *readBatch, count int, touched []*session) []*sess
 		p.lens[p.n] = h.totalLen
 		p.n++
 		if p.n == txBatchLen {
-			ss.flush()
+			ss.flushTx()
 		}
 	}
 	for i, ss := range touched {
-		ss.flush()
+		ss.flushTx()
 		touched[i] = nil
 	}
 	return touched[:0]
 }
 
-// flush hands the session's pending batch to its sender, or drops it if
+// flushTx hands the session's pending batch to its sender, or drops it if
 // the sender's queue is full. Called only by runTUNReader.
-func (ss *session) flush() {
+func (ss *session) flushTx() {
 	p := ss.pending
 	if p == nil {
 		return

@@ -117,6 +117,8 @@ const anonymous policy.Identity = ""
 // address → a connected UDP socket → the flow. Each refusal answers with a
 // status and a Proxy-Status (RFC 9209) in refuse.
 type udpProxy struct {
+	// muxOf returns the datagram reader of a connection (set by NewServer).
+	muxOf    func(*quic.Conn) *dgramMux
 	cfg      UDPConfig
 	auth     *policy.Authenticator
 	dests    *policy.Destinations
@@ -293,6 +295,10 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	f.str = w.(http3.HTTPStreamer).HTTPStream() // flushes the response header
 	f.log = log.With("flow_id", f.id, "next_hop", next.String())
+	if mux := p.muxOf(conn); mux != nil {
+		mux.register(f.str.StreamID(), f)
+		defer mux.forget(f.str.StreamID())
+	}
 	// Flows can be as short-lived and numerous as DNS queries: their
 	// lifecycle is debug detail; the metrics count them.
 	f.log.Debug("udp flow up")

@@ -70,6 +70,10 @@ type udpFlow struct {
 	str *http3.Stream // set before run
 	log *slog.Logger  // set before run
 
+	// in carries the client's datagrams from the connection's dgramMux to
+	// runUp; a full queue drops (queue_full), as UDP would.
+	in chan []byte
+
 	active                     atomic.Bool // set on every datagram, cleared by waitIdle
 	upDatagrams, downDatagrams atomic.Uint64
 
@@ -79,7 +83,7 @@ type udpFlow struct {
 }
 
 func newUDPFlow(p *udpProxy, uc *net.UDPConn, id uint64) *udpFlow {
-	return &udpFlow{p: p, uc: uc, id: id, done: make(chan struct{})}
+	return &udpFlow{p: p, uc: uc, id: id, done: make(chan struct{}), in: make(chan []byte, udpInQueueLen)}
 }
 
 // close ends the flow for the first reason given; later calls do nothing.
@@ -138,17 +142,47 @@ func (f *udpFlow) waitIdle(ctx context.Context) {
 	}
 }
 
+// udpInQueueLen is how many of the client's datagrams may wait for the
+// target socket.
+const udpInQueueLen = 256
+
+// deliver queues one of the client's datagrams for runUp (datagramSink).
+func (f *udpFlow) deliver(d []byte) bool {
+	select {
+	case f.in <- d:
+	default:
+		f.p.counters.drops[udpDropQueueFull].Add(1)
+	}
+	return false
+}
+
+func (f *udpFlow) flush() {}
+
 // runUp forwards the client's HTTP datagrams to the target until the
 // stream or the flow ends.
 func (f *udpFlow) runUp(ctx context.Context) {
-	for {
-		d, err := f.str.ReceiveDatagram(ctx)
-		if err != nil {
-			f.close(streamEnd(err))
-			return
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// No datagram reaches the stream's own queue (dgramMux reads them all):
+	// ReceiveDatagram only reports the end of the stream.
+	wg.Go(func() {
+		for {
+			if _, err := f.str.ReceiveDatagram(ctx); err != nil {
+				f.close(streamEnd(err))
+				return
+			}
 		}
-		// quic-go hands over a fresh slice per datagram; nothing to return.
-		if !f.forwardUp(d) {
+	})
+	for {
+		select {
+		case d := <-f.in:
+			// quic-go hands over a fresh slice per datagram; nothing to return.
+			if !f.forwardUp(d) {
+				return
+			}
+		case <-f.done:
+			return
+		case <-ctx.Done():
 			return
 		}
 	}

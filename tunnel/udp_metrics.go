@@ -18,7 +18,7 @@ const (
 	udpDropUnreachable                // the target answered with ICMP unreachable
 	udpDropTargetWrite                // the UDP socket refused the datagram for another reason
 	udpDropSendFailed                 // SendDatagram failed for a reason other than the size
-	udpDropQueueFull                  // client: the flow was still being set up and its queue was full
+	udpDropQueueFull                  // client: the flow was still being set up and its queue was full; server: the flow's queue to the target was full
 	udpDropRefused                    // client: the server refused the flow
 	numUDPDrops
 )

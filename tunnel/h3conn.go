@@ -1,0 +1,368 @@
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
+)
+
+// Each QUIC connection is served around an http3.RawServerConn, with the
+// accept loops and the datagram receive path in our hands:
+//
+//	AcceptStream ─► RawServerConn.HandleRequestStream (requests, capsules)
+//	AcceptUniStream ─► handleUni: the client's control stream is read here
+//	ReceiveDatagram ─► dgramMux.run (one per connection) ─► session / flow
+//
+// Why not http3.Server.ServeQUICConn: once it has seen the peer's
+// SETTINGS_H3_DATAGRAM, http3 moves every datagram from the connection's
+// queue into a 32-entry queue per request stream in a goroutine of its own,
+// and drops what does not fit. Under load the reader of that queue lags by
+// more than 32 datagrams (scheduling, not CPU: the reader was measured idle
+// for 0.1-1 ms at a time) and about 20% of a TCP transfer's packets were
+// lost there, every one an inner retransmission (../shared/PERF.md,
+// quic-go#5799). Because the client's control stream is never handed to
+// http3, that goroutine never starts; dgramMux is the only reader of the
+// connection's datagrams and moves them straight into each session's batch,
+// one hop and no second queue. http3 still parses requests, writes
+// responses and owns our control stream (SETTINGS with H3_DATAGRAM and
+// extended CONNECT). What is lost: http3 sends no GOAWAY for these
+// connections (RawServerConn keeps the control stream to itself), so a
+// shutdown ends sessions and then closes connections with H3_NO_ERROR.
+
+// h3conn is one served connection.
+type h3conn struct {
+	conn     *quic.Conn
+	mux      *dgramMux
+	handlers sync.WaitGroup // request handlers still running
+	ctrlSeen atomic.Bool    // the client's control stream arrived
+}
+
+// serveH3 serves HTTP/3 on c until the connection ends.
+func (s *Server) serveH3(c *quic.Conn) error {
+	hc := &h3conn{conn: c, mux: newDgramMux(c, &s.counters)}
+	s.mu.Lock()
+	s.conns[c] = hc
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+
+	raw, err := s.h3.NewRawServerConn(c)
+	if err != nil {
+		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Go(hc.mux.run)
+	wg.Go(func() { s.acceptUni(hc) })
+	for {
+		str, err := c.AcceptStream(context.Background())
+		if err != nil {
+			break
+		}
+		id := str.StreamID()
+		hc.mux.expect(id)
+		hc.handlers.Go(func() {
+			raw.HandleRequestStream(str)
+			hc.mux.forget(id)
+		})
+	}
+	hc.handlers.Wait()
+	wg.Wait()
+	return nil
+}
+
+// acceptUni reads the client's unidirectional streams (RFC 9114 §6.2) until
+// the connection ends.
+func (s *Server) acceptUni(hc *h3conn) {
+	for {
+		str, err := hc.conn.AcceptUniStream(context.Background())
+		if err != nil {
+			return
+		}
+		go s.handleUni(hc, str)
+	}
+}
+
+// Unidirectional stream types (RFC 9114 §6.2, RFC 9204 §4.2).
+const (
+	streamTypeControl       = 0x00
+	streamTypePush          = 0x01
+	streamTypeQPACKEncoder  = 0x02
+	streamTypeQPACKDecoder  = 0x03
+	maxSettingsFrameLen     = 16 << 10
+	settingH3Datagram       = 0x33
+	settingExtendedConnect  = 0x08
+	settingMaxFieldSection  = 0x06
+	frameTypeSettings       = 0x04
+	maxQuarterStreamID      = 1<<60 - 1
+	errCodeH3DatagramError  = 0x33
+	errCodeH3SettingsError  = 0x109
+	errCodeH3MissingSetting = 0x10a
+)
+
+func (s *Server) handleUni(hc *h3conn, str *quic.ReceiveStream) {
+	r := bufio.NewReaderSize(str, 512)
+	typ, err := quicvarint.Read(r)
+	if err != nil {
+		return
+	}
+	closeConn := func(code http3.ErrCode, msg string) {
+		hc.conn.CloseWithError(quic.ApplicationErrorCode(code), msg)
+	}
+	switch typ {
+	case streamTypeControl:
+		if !hc.ctrlSeen.CompareAndSwap(false, true) {
+			closeConn(http3.ErrCodeStreamCreationError, "duplicate control stream")
+			return
+		}
+		if _, err := readSettings(r); err != nil {
+			var se *settingsError
+			if errors.As(err, &se) {
+				closeConn(se.code, se.msg)
+			} else {
+				closeConn(http3.ErrCodeClosedCriticalStream, "")
+			}
+			return
+		}
+		// The rest of the control stream (GOAWAY, MAX_PUSH_ID, PRIORITY_UPDATE)
+		// asks nothing of a server that does not push; it must stay open.
+		io.Copy(io.Discard, r)
+		if hc.conn.Context().Err() == nil {
+			closeConn(http3.ErrCodeClosedCriticalStream, "control stream closed")
+		}
+	case streamTypeQPACKEncoder, streamTypeQPACKDecoder:
+		// Our QPACK (http3's) uses no dynamic table: nothing to read.
+		io.Copy(io.Discard, r)
+	case streamTypePush:
+		closeConn(http3.ErrCodeStreamCreationError, "client opened a push stream")
+	default:
+		// Reserved and unknown types are ignored (RFC 9114 §6.2.3).
+		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
+	}
+}
+
+// peerSettings is what a client's SETTINGS frame says that we look at.
+type peerSettings struct {
+	datagram, extendedConnect bool
+}
+
+// settingsError is a connection error found in a SETTINGS frame.
+type settingsError struct {
+	code http3.ErrCode
+	msg  string
+}
+
+func (e *settingsError) Error() string { return e.msg }
+
+// readSettings reads the first frame of a control stream, which must be
+// SETTINGS (RFC 9114 §7.2.4), and checks it: no setting twice, none of the
+// HTTP/2 settings HTTP/3 reserves, H3_DATAGRAM and ENABLE_CONNECT_PROTOCOL
+// 0 or 1. Unknown settings are ignored. An error that is not a
+// *settingsError is the stream's own (it ended or was reset).
+func readSettings(r io.ByteReader) (peerSettings, error) {
+	var ps peerSettings
+	typ, err := quicvarint.Read(r)
+	if err != nil {
+		return ps, err
+	}
+	if typ != frameTypeSettings {
+		return ps, &settingsError{http3.ErrCode(errCodeH3MissingSetting), fmt.Sprintf("first control frame has type %#x, not SETTINGS", typ)}
+	}
+	l, err := quicvarint.Read(r)
+	if err != nil {
+		return ps, err
+	}
+	if l > maxSettingsFrameLen {
+		return ps, &settingsError{http3.ErrCodeExcessiveLoad, fmt.Sprintf("SETTINGS frame of %d bytes", l)}
+	}
+	buf := make([]byte, l)
+	for i := range buf {
+		if buf[i], err = r.ReadByte(); err != nil {
+			return ps, err
+		}
+	}
+	frameErr := func(format string, args ...any) error {
+		return &settingsError{http3.ErrCode(errCodeH3SettingsError), fmt.Sprintf(format, args...)}
+	}
+	seen := make(map[uint64]bool)
+	for len(buf) > 0 {
+		id, n, err := quicvarint.Parse(buf)
+		if err != nil {
+			return ps, &settingsError{http3.ErrCodeFrameError, "truncated SETTINGS frame"}
+		}
+		buf = buf[n:]
+		val, n, err := quicvarint.Parse(buf)
+		if err != nil {
+			return ps, &settingsError{http3.ErrCodeFrameError, "truncated SETTINGS frame"}
+		}
+		buf = buf[n:]
+		if seen[id] {
+			return ps, frameErr("setting %#x sent twice", id)
+		}
+		seen[id] = true
+		switch id {
+		case 0x00, 0x02, 0x03, 0x04, 0x05: // HTTP/2's, reserved (RFC 9114 §7.2.4.1)
+			return ps, frameErr("reserved setting %#x", id)
+		case settingH3Datagram, settingExtendedConnect:
+			if val > 1 {
+				return ps, frameErr("setting %#x has value %d, want 0 or 1", id, val)
+			}
+			if id == settingH3Datagram {
+				ps.datagram = val == 1
+			} else {
+				ps.extendedConnect = val == 1
+			}
+		}
+	}
+	return ps, nil
+}
+
+// datagramSink receives the HTTP datagrams of one request stream.
+type datagramSink interface {
+	// deliver takes one datagram's payload (context ID first; the slice is
+	// the sink's to keep) and reports whether the sink holds packets that
+	// wait for flush. It may block to apply backpressure.
+	deliver(d []byte) bool
+	// flush passes on what deliver held back; called when the
+	// connection's datagram queue is empty.
+	flush()
+}
+
+// dgramMux is the only reader of a connection's QUIC datagrams: it parses
+// the quarter stream ID (RFC 9297 §2.1) and hands the payload to the sink
+// registered for that stream.
+type dgramMux struct {
+	conn     *quic.Conn
+	counters *counters
+
+	mu      sync.Mutex // guards the fields below; held while a sink runs
+	sinks   map[quic.StreamID]datagramSink
+	pending []datagramSink // sinks holding packets for flush
+}
+
+func newDgramMux(c *quic.Conn, cnt *counters) *dgramMux {
+	return &dgramMux{conn: c, counters: cnt, sinks: make(map[quic.StreamID]datagramSink)}
+}
+
+// earlyQueueLen is how many datagrams a request stream may receive before
+// its handler takes it over (RFC 9298 §5 lets clients send optimistically).
+const earlyQueueLen = 32
+
+// earlySink holds datagrams of a request whose handler has not registered.
+type earlySink struct{ q [][]byte }
+
+func (e *earlySink) deliver(d []byte) bool {
+	if len(e.q) < earlyQueueLen {
+		e.q = append(e.q, d)
+	}
+	return false
+}
+func (e *earlySink) flush() {}
+
+// expect notes a new request stream: its datagrams wait for register.
+func (m *dgramMux) expect(id quic.StreamID) {
+	m.mu.Lock()
+	m.sinks[id] = &earlySink{}
+	m.mu.Unlock()
+}
+
+// register makes s the receiver of stream id's datagrams, handing it those
+// that arrived first.
+func (m *dgramMux) register(id quic.StreamID, s datagramSink) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	early, _ := m.sinks[id].(*earlySink)
+	m.sinks[id] = s
+	if early != nil && len(early.q) > 0 {
+		for _, d := range early.q {
+			s.deliver(d)
+		}
+		s.flush()
+	}
+}
+
+// forget stops delivery to stream id. Once it returns the sink is not
+// called again.
+func (m *dgramMux) forget(id quic.StreamID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.sinks[id]
+	if !ok {
+		return
+	}
+	delete(m.sinks, id)
+	for i, p := range m.pending {
+		if p == s {
+			m.pending = append(m.pending[:i], m.pending[i+1:]...)
+			break
+		}
+	}
+}
+
+// run reads datagrams until the connection ends. While datagrams are
+// queued it reads without blocking; when the queue is empty it flushes the
+// sinks, so batches are as large as the burst that arrived.
+func (m *dgramMux) run() {
+	ctx := context.Background()
+	for {
+		rctx := ctx
+		if len(m.pending) > 0 {
+			rctx = drainCtx
+		}
+		d, err := m.conn.ReceiveDatagram(rctx)
+		if err != nil {
+			m.flushAll()
+			return
+		}
+		if d == nil {
+			m.flushAll()
+			continue
+		}
+		qsid, n, err := quicvarint.Parse(d)
+		if err != nil || qsid > maxQuarterStreamID {
+			// RFC 9297 §2.1: a malformed datagram is a connection error.
+			m.conn.CloseWithError(quic.ApplicationErrorCode(errCodeH3DatagramError), "malformed HTTP datagram")
+			m.flushAll()
+			return
+		}
+		m.mu.Lock()
+		if s := m.sinks[quic.StreamID(qsid*4)]; s != nil {
+			if s.deliver(d[n:]) && !m.isPending(s) {
+				m.pending = append(m.pending, s)
+			}
+		} else {
+			m.counters.drop(dropUnknownStream)
+		}
+		m.mu.Unlock()
+	}
+}
+
+func (m *dgramMux) isPending(s datagramSink) bool {
+	for _, p := range m.pending {
+		if p == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *dgramMux) flushAll() {
+	m.mu.Lock()
+	for i, s := range m.pending {
+		s.flush()
+		m.pending[i] = nil
+	}
+	m.pending = m.pending[:0]
+	m.mu.Unlock()
+}
