@@ -1,22 +1,25 @@
 package tunnel
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	connectip "github.com/quic-go/connect-ip-go"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
-	"github.com/yosida95/uritemplate/v3"
+	"github.com/quic-go/quic-go/quicvarint"
 )
 
 // DefaultClientMTU is the default cap on the client's inner MTU.
@@ -69,20 +72,35 @@ func (e *RefusedError) Error() string {
 }
 
 // Client is one CONNECT-IP session to a server.
+//
+// The client speaks HTTP/3 around an http3.RawClientConn, like the server
+// (h3conn.go), and for the same reason: were http3 to see the server's
+// SETTINGS_H3_DATAGRAM it would move every datagram through a 32-entry
+// queue per stream that drops under load. So the client reads the server's
+// control stream, sends the CONNECT-IP request, parses the capsules of the
+// response (capsule.go) and reads and writes the datagrams itself.
 type Client struct {
-	cfg  ClientConfig
-	log  *slog.Logger
-	conn *connectip.Conn
-	h3   *http3.ClientConn
+	cfg ClientConfig
+	log *slog.Logger
+	str *http3.RequestStream // the CONNECT-IP request stream
 
-	addresses []netip.Prefix
+	// dgramPrefix is the quarter stream ID and context ID 0 that start
+	// every datagram (RFC 9297 §2.1, RFC 9484 §6).
+	dgramPrefix []byte
+
+	addresses []netip.Prefix // assigned at setup (RFC 9484 §4.7.1)
 	stats     clientCounters
 	started   time.Time
 	budget    atomic.Int64 // largest inner packet a datagram carries now
 
+	capsuleErr chan error // the capsule reader's end: the session's
+
 	mu     sync.Mutex // guards routes and dns
 	routes []netip.Prefix
 	dns    []netip.Addr
+	// routeUpdates and dnsUpdates signal the first advertisement of each.
+	gotRoutes, gotAddrs  chan struct{}
+	routesOnce, addrOnce sync.Once
 }
 
 type clientCounters struct {
@@ -107,76 +125,219 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.SetupTimeout)
 	defer cancel()
+	c := &Client{
+		cfg: cfg, log: cfg.Logger.With("component", "tunnel"),
+		capsuleErr: make(chan error, 1),
+		gotRoutes:  make(chan struct{}), gotAddrs: make(chan struct{}),
+	}
+	fail := func(err error) (*Client, error) {
+		if c.str != nil {
+			c.Close()
+		}
+		if ctx.Err() != nil {
+			cfg.Conn.CloseWithError(0x10c, "setup timeout") // H3_REQUEST_CANCELLED
+			return nil, fmt.Errorf("connect-ip: no response from server within %s", cfg.SetupTimeout)
+		}
+		return nil, err
+	}
 
 	tr := &http3.Transport{EnableDatagrams: true}
-	h3 := tr.NewClientConn(cfg.Conn)
-	tmpl, err := uritemplate.New("https://" + cfg.Authority + ipPath(ipScope{}))
+	raw := tr.NewRawClientConn(cfg.Conn)
+	settings := make(chan peerSettings, 1)
+	go acceptServerUni(cfg.Conn, settings)
+	var ps peerSettings
+	select {
+	case ps = <-settings:
+	case <-ctx.Done():
+		return fail(ctx.Err())
+	case <-cfg.Conn.Context().Done():
+		return fail(fmt.Errorf("connect-ip: %w", context.Cause(cfg.Conn.Context())))
+	}
+	if !ps.extendedConnect || !ps.datagram {
+		return fail(errors.New("connect-ip: server does not support extended CONNECT with HTTP datagrams"))
+	}
+
+	u, err := url.Parse("https://" + cfg.Authority + ipPath(ipScope{}))
 	if err != nil {
 		return nil, fmt.Errorf("connect-ip: request URI: %w", err)
 	}
 	// The request's context must outlive setup: it is the stream's.
-	req, err := connectip.NewRequest(context.WithoutCancel(ctx), tmpl)
-	if err != nil {
-		return nil, err
-	}
+	req := (&http.Request{
+		Method: http.MethodConnect, Proto: "connect-ip", Host: u.Host, URL: u,
+		Header: http.Header{http3.CapsuleProtocolHeader: {"?1"}},
+	}).WithContext(context.WithoutCancel(ctx))
 	if cfg.Token != "" {
-		req.Header().Set("Authorization", "Bearer "+cfg.Token)
+		req.Header.Set("Authorization", "Bearer "+cfg.Token)
 	}
-	type result struct {
-		conn *connectip.Conn
-		rsp  *http.Response
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		c, rsp, err := connectip.NewClientConn(h3).Dial(req)
-		done <- result{c, rsp, err}
-	}()
-	var res result
-	select {
-	case res = <-done:
-	case <-ctx.Done():
-		cfg.Conn.CloseWithError(0x10c, "setup timeout") // H3_REQUEST_CANCELLED
-		<-done
-		return nil, fmt.Errorf("connect-ip: no response from server within %s", cfg.SetupTimeout)
-	}
-	if res.err != nil {
-		if res.rsp != nil {
-			return nil, &RefusedError{Status: res.rsp.StatusCode, ProxyStatus: res.rsp.Header.Get("Proxy-Status")}
-		}
-		return nil, fmt.Errorf("connect-ip: %w", res.err)
-	}
-	c := &Client{cfg: cfg, log: cfg.Logger.With("component", "tunnel"), conn: res.conn, h3: h3}
-
-	assigned, err := res.conn.ReceiveAddressAssignment(ctx)
+	str, err := raw.OpenRequestStream(ctx)
 	if err != nil {
-		res.conn.Close()
-		return nil, fmt.Errorf("connect-ip: waiting for address assignment: %w", err)
+		return fail(fmt.Errorf("connect-ip: open request stream: %w", err))
 	}
-	for _, a := range assigned {
-		if !a.Rejected() {
-			c.addresses = append(c.addresses, a.IPPrefix)
+	c.str = str
+	c.dgramPrefix = append(quicvarint.Append(nil, uint64(str.StreamID()/4)), 0)
+	if err := str.SendRequestHeader(req); err != nil {
+		return fail(fmt.Errorf("connect-ip: send request: %w", err))
+	}
+	stop := context.AfterFunc(ctx, func() { str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestCanceled)) })
+	rsp, err := str.ReadResponse()
+	stop()
+	if err != nil {
+		return fail(fmt.Errorf("connect-ip: read response: %w", err))
+	}
+	if rsp.StatusCode < 200 || rsp.StatusCode > 299 {
+		c.Close()
+		return nil, &RefusedError{Status: rsp.StatusCode, ProxyStatus: rsp.Header.Get("Proxy-Status")}
+	}
+	go func() { c.capsuleErr <- c.readCapsules() }()
+
+	// The assignment, then the route advertisement (packets outside the
+	// routes are not sent, so wait for it).
+	for _, ch := range []chan struct{}{c.gotAddrs, c.gotRoutes} {
+		select {
+		case <-ch:
+		case err := <-c.capsuleErr:
+			c.capsuleErr <- err
+			return fail(fmt.Errorf("connect-ip: session ended during setup: %v", err))
+		case <-ctx.Done():
+			return fail(ctx.Err())
 		}
 	}
 	if len(c.addresses) == 0 {
-		res.conn.Close()
+		c.Close()
 		return nil, errors.New("connect-ip: server assigned no address")
 	}
-	// The route advertisement follows the assignment; connect-ip-go drops
-	// packets to destinations outside the advertised routes, so wait for it.
-	routes, err := res.conn.Routes(ctx)
-	if err != nil {
-		res.conn.Close()
-		return nil, fmt.Errorf("connect-ip: waiting for routes: %w", err)
-	}
-	c.routes = routesToPrefixes(routes)
 	c.probeBudget()
 	if c.hasIPv6() && c.budget.Load() < minIPv6MTU {
-		res.conn.Close()
+		c.Close()
 		return nil, fmt.Errorf("connect-ip: the path carries inner packets of at most %d bytes, below the 1280 IPv6 needs (RFC 9484 §10.1)", c.budget.Load())
 	}
 	c.started = time.Now()
 	return c, nil
+}
+
+// acceptServerUni reads the server's unidirectional streams: the control
+// stream's SETTINGS go to settings (once); QPACK streams are drained; push
+// streams (never allowed: no MAX_PUSH_ID is sent) and unknown types are
+// refused. It returns when the connection ends.
+func acceptServerUni(c *quic.Conn, settings chan<- peerSettings) {
+	var ctrl atomic.Bool
+	for {
+		str, err := c.AcceptUniStream(context.Background())
+		if err != nil {
+			return
+		}
+		go func() {
+			r := bufio.NewReaderSize(str, 512)
+			typ, err := quicvarint.Read(r)
+			if err != nil {
+				return
+			}
+			closeConn := func(code http3.ErrCode, msg string) {
+				c.CloseWithError(quic.ApplicationErrorCode(code), msg)
+			}
+			switch typ {
+			case streamTypeControl:
+				if !ctrl.CompareAndSwap(false, true) {
+					closeConn(http3.ErrCodeStreamCreationError, "duplicate control stream")
+					return
+				}
+				ps, err := readSettings(r)
+				if err != nil {
+					if se, ok := errors.AsType[*settingsError](err); ok {
+						closeConn(se.code, se.msg)
+					} else {
+						closeConn(http3.ErrCodeClosedCriticalStream, "")
+					}
+					return
+				}
+				settings <- ps
+				// GOAWAY and the like: the session ends with its stream.
+				io.Copy(io.Discard, r)
+				if c.Context().Err() == nil {
+					closeConn(http3.ErrCodeClosedCriticalStream, "control stream closed")
+				}
+			case streamTypeQPACKEncoder, streamTypeQPACKDecoder:
+				io.Copy(io.Discard, r)
+			case streamTypePush:
+				closeConn(http3.ErrCodeIDError, "push stream without MAX_PUSH_ID")
+			default:
+				str.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
+			}
+		}()
+	}
+}
+
+// readCapsules reads the request stream's capsules until it ends and
+// returns why (nil: the server closed it).
+func (c *Client) readCapsules() error {
+	p := http3.NewCapsuleParser(c.str)
+	for {
+		typ, r, err := p.Next()
+		if err != nil {
+			if se, ok := errors.AsType[*quic.StreamError](err); errors.Is(err, io.EOF) || (ok && se.ErrorCode == quic.StreamErrorCode(http3.ErrCodeNoError)) {
+				return nil // the server ended the session
+			}
+			return err
+		}
+		switch typ {
+		case capsuleAddressAssign, capsuleRouteAdvertisement, capsuleDNSAssign:
+		default:
+			// Unknown capsules are skipped (RFC 9297 §3.2); so is
+			// ADDRESS_REQUEST: the client assigns nothing.
+			if err := r.Discard(); err != nil {
+				return err
+			}
+			continue
+		}
+		b, err := capsuleBytes(r)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case capsuleAddressAssign:
+			all, err := parseAddressAssign(b)
+			if err != nil {
+				return err
+			}
+			// An unspecified address answers a request it could not
+			// fulfil (RFC 9484 §4.7.1); it assigns nothing.
+			prefixes := slices.DeleteFunc(all, func(p netip.Prefix) bool { return p.Addr().IsUnspecified() })
+			assigned := false
+			c.addrOnce.Do(func() {
+				c.addresses = prefixes
+				assigned = true
+				close(c.gotAddrs)
+			})
+			if !assigned && !slices.Equal(prefixes, c.addresses) {
+				// The TUN's addresses and routes follow the first
+				// assignment; packets keep that source.
+				c.log.Warn("server changed the assigned addresses; keeping the first", "assigned", prefixes, "kept", c.addresses)
+			}
+		case capsuleRouteAdvertisement:
+			routes, err := parseRouteAdvertisement(b)
+			if err != nil {
+				return err
+			}
+			prefixes := routesToPrefixes(routes)
+			c.mu.Lock()
+			c.routes = prefixes
+			c.mu.Unlock()
+			first := false
+			c.routesOnce.Do(func() { first = true; close(c.gotRoutes) })
+			if !first {
+				c.log.Info("routes updated", "routes", len(routes))
+			}
+		case capsuleDNSAssign:
+			dns, err := parseDNSAssign(b)
+			if err != nil {
+				return err
+			}
+			c.mu.Lock()
+			c.dns = dns
+			c.mu.Unlock()
+			c.log.Info("dns configuration received", "servers", dns)
+		}
+	}
 }
 
 func (c *Client) hasIPv6() bool {
@@ -192,18 +353,12 @@ func (c *Client) hasIPv6() bool {
 // only asks quic-go for the current budget; nothing is sent or copied.
 var probeBuf [1 << 16]byte
 
-// datagramOverhead is what precedes an inner packet in the DATAGRAM
-// payload: the quarter stream ID of the request stream (one byte for the
-// first streams of a connection) and context ID 0 (RFC 9297 §2.1, RFC 9484
-// §6).
-const datagramOverhead = 2
-
 // probeBudget updates budget from quic-go's current datagram size limit,
 // which grows with path MTU discovery.
 func (c *Client) probeBudget() int {
 	err := c.cfg.Conn.SendDatagram(probeBuf[:])
 	if e, ok := errors.AsType[*quic.DatagramTooLargeError](err); ok {
-		c.budget.Store(e.MaxDatagramPayloadSize - datagramOverhead)
+		c.budget.Store(e.MaxDatagramPayloadSize - int64(len(c.dgramPrefix)))
 	}
 	return int(c.budget.Load())
 }
@@ -267,29 +422,36 @@ var ErrSessionClosed = errors.New("tunnel closed by the server or the connection
 // dev; the caller must close dev after Run returns for its reader goroutine
 // to have exited.
 //
-//	dev.Read ─► runUp ─► conn.WritePacket ─► server
-//	server ─► conn.ReadPacket ─► runDown ─► dev.Write
+//	dev.Read ─► runUp ─► conn.SendDatagram ─► server
+//	server ─► conn.ReceiveDatagram ─► runDown ─(rxRing)─► runTUNWriter ─► dev.Write
 func (c *Client) Run(ctx context.Context, dev Device) error {
 	errc := make(chan error, 3)
 	var wg sync.WaitGroup
 	wg.Go(func() { errc <- c.runUp(dev) })
 	wg.Go(func() { errc <- c.runDown(dev) })
-	wg.Go(func() { c.runUpdates(ctx) })
 	wg.Go(func() { c.runMTU(ctx) })
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	case err = <-c.capsuleErr:
+		c.capsuleErr <- err
+		if err == nil {
+			err = net.ErrClosed
+		}
 	}
-	c.conn.Close()
+	c.Close()
 	// runUp may be blocked in dev.Read: it returns once the caller closes
-	// dev, so it is not waited for here. runDown and runUpdates end with
-	// the connect-ip conn.
+	// dev, so it is not waited for here. runDown ends with the connection
+	// (the caller closes it), runMTU with ctx or the connection.
 	go wg.Wait()
 	if ctx.Err() != nil {
 		return nil
 	}
-	if err == nil || isClosed(err) {
+	if _, ok := errors.AsType[*quic.StreamError](err); ok {
+		return fmt.Errorf("%w: %v", ErrSessionClosed, err)
+	}
+	if err == nil || isClosed(err) || errors.Is(err, errSessionEnded) {
 		if cause := context.Cause(c.cfg.Conn.Context()); cause != nil {
 			return fmt.Errorf("%w: %v", ErrSessionClosed, cause)
 		}
@@ -298,12 +460,31 @@ func (c *Client) Run(ctx context.Context, dev Device) error {
 	return err
 }
 
+// errSessionEnded stops the data path when the request stream has ended.
+var errSessionEnded = errors.New("session ended")
+
+// ownAddr reports whether a is inside an assigned prefix: the only valid
+// source of a packet we send and destination of one we receive (RFC 9484
+// §4.7.1). Destinations are the server's to police (it answers with ICMP);
+// the TUN's routes send only advertised prefixes here anyway.
+func (c *Client) ownAddr(a netip.Addr) bool {
+	for _, p := range c.addresses {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
 // runUp reads batches from the TUN and sends each packet to the server.
+// The HTTP datagram is framed in the headroom in front of the packet, so
+// nothing is copied before quic-go's own copy.
 func (c *Client) runUp(dev Device) error {
 	b := newReadBatch(dev.BatchSize())
 	defer b.release()
 	var icmpBuf [Headroom + maxICMPv6Len]byte
 	icmpBufs := [][]byte{nil}
+	prefix := c.dgramPrefix
 	for {
 		b.reset()
 		n, err := dev.Read(b.bufs, b.sizes, Headroom)
@@ -315,41 +496,49 @@ func (c *Client) runUp(dev Device) error {
 		}
 		for i := range n {
 			pkt := b.bufs[i][Headroom : Headroom+b.sizes[i]]
-			budget := int(c.budget.Load())
-			var icmp []byte
-			if len(pkt) <= budget {
-				icmp, err = c.conn.WritePacket(pkt)
-				if err != nil {
-					return err
-				}
-				if icmp != nil {
-					// connect-ip-go answers with an MTU of 1280; ask
-					// quic-go for the real budget and answer with that.
-					budget = c.probeBudget()
-				}
+			h, ok := parseIPHeader(pkt)
+			if !ok {
+				c.stats.drops[dropMalformed].Add(1)
+				continue
 			}
-			if len(pkt) > budget || icmp != nil {
-				c.stats.drops[dropTooBig].Add(1)
-				if h, ok := parseIPHeader(pkt); ok {
-					m := appendICMPError(icmpBuf[:Headroom], pkt, icmpTooBig, budget, h.dst)
-					if len(m) > Headroom {
-						icmpBufs[0] = m
-						_, _ = dev.Write(icmpBufs, Headroom)
-					}
+			if !c.ownAddr(h.src) {
+				if h.src.IsLinkLocalUnicast() || h.src.IsUnspecified() {
+					c.stats.drops[dropLinkLocal].Add(1)
+				} else {
+					c.stats.drops[dropSourceSpoof].Add(1)
 				}
 				continue
 			}
-			c.stats.txPackets.Add(1)
-			c.stats.txBytes.Add(uint64(len(pkt)))
+			budget := int(c.budget.Load())
+			if len(pkt) <= budget {
+				d := b.bufs[i][Headroom-len(prefix) : Headroom+b.sizes[i]]
+				copy(d, prefix)
+				err = c.cfg.Conn.SendDatagram(d)
+				if err == nil {
+					c.stats.txPackets.Add(1)
+					c.stats.txBytes.Add(uint64(len(pkt)))
+					continue
+				}
+				if _, tooBig := errors.AsType[*quic.DatagramTooLargeError](err); !tooBig {
+					return err
+				}
+				// The budget shrank (path MTU): ask quic-go for it.
+				budget = c.probeBudget()
+			}
+			c.stats.drops[dropTooBig].Add(1)
+			m := appendICMPError(icmpBuf[:Headroom], pkt, icmpTooBig, budget, h.dst)
+			if len(m) > Headroom {
+				icmpBufs[0] = m
+				_, _ = dev.Write(icmpBufs, Headroom)
+			}
 		}
 	}
 }
 
-// runDown receives packets from the server and writes them to the TUN.
-// connect-ip-go's ReadPacket returns one packet per call and quic-go drops
-// datagrams once 32 wait on the stream, so the reading goroutine does
-// nothing but copy packets into a ring; runTUNWriter writes whatever has
-// accumulated in one batch.
+// runDown reads the connection's datagrams (the client is their only
+// reader) and copies the session's packets into a ring; runTUNWriter
+// writes whatever has accumulated in one batch. quic-go queues at most 128
+// datagrams and drops the rest, so this goroutine does nothing else.
 func (c *Client) runDown(dev Device) error {
 	r := newRxRing()
 	done := make(chan struct{})
@@ -362,17 +551,51 @@ func (c *Client) runDown(dev Device) error {
 		<-done
 		r.free()
 	}()
+	ctx := c.str.Context()
 	for {
+		d, err := c.cfg.Conn.ReceiveDatagram(ctx)
+		if err != nil {
+			if c.cfg.Conn.Context().Err() == nil {
+				return errSessionEnded
+			}
+			return err
+		}
+		pkt, ok := c.checkDatagram(d)
+		if !ok {
+			continue
+		}
 		buf := r.next()
 		if buf == nil {
 			return net.ErrClosed
 		}
-		n, err := c.conn.ReadPacket(buf[Headroom:])
-		if err != nil {
-			return err
-		}
-		r.publish(n)
+		r.publish(copy(buf[Headroom:], pkt))
 	}
+}
+
+// checkDatagram returns the packet a datagram from the server carries, if
+// it is for this session (quarter stream ID), has context ID 0, is a
+// well-formed IP packet and is addressed to us.
+func (c *Client) checkDatagram(d []byte) ([]byte, bool) {
+	prefix := c.dgramPrefix
+	if len(d) < len(prefix) || string(d[:len(prefix)-1]) != string(prefix[:len(prefix)-1]) {
+		c.stats.drops[dropUnknownStream].Add(1)
+		return nil, false
+	}
+	if d[len(prefix)-1] != 0 {
+		c.stats.drops[dropContextID].Add(1)
+		return nil, false
+	}
+	pkt := d[len(prefix):]
+	h, ok := parseIPHeader(pkt)
+	if !ok || h.totalLen > maxMTU {
+		c.stats.drops[dropMalformed].Add(1)
+		return nil, false
+	}
+	if !c.ownAddr(h.dst) {
+		c.stats.drops[dropNoSession].Add(1)
+		return nil, false
+	}
+	return pkt[:h.totalLen], true
 }
 
 // runTUNWriter writes the packets runDown collects to the TUN in batches.
@@ -438,53 +661,22 @@ func (c *Client) runMTU(ctx context.Context) {
 	}
 }
 
-// nudgeDatagram is an HTTP/3 datagram on the first request stream (quarter
-// stream ID 0: the CONNECT-IP stream is the connection's only request)
-// with context ID 2, which no one registered: the server drops it
-// (RFC 9484 §6). It exists to give quic-go a packet to send, because
-// quic-go only sends path MTU probes alongside other packets and an idle
-// new tunnel would otherwise stay at the initial packet size until its
-// first keep-alive.
-var nudgeDatagram = []byte{0x00, 0x02}
-
-func (c *Client) nudge() { _ = c.cfg.Conn.SendDatagram(nudgeDatagram) }
-
-// runUpdates follows route and DNS updates from the server.
-func (c *Client) runUpdates(ctx context.Context) {
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			routes, err := c.conn.Routes(ctx)
-			if err != nil {
-				return
-			}
-			c.mu.Lock()
-			c.routes = routesToPrefixes(routes)
-			c.mu.Unlock()
-			c.log.Info("routes updated", "routes", len(routes))
-		}
-	})
-	wg.Go(func() {
-		for {
-			cfgs, err := c.conn.ReceiveDNSConfiguration(ctx)
-			if err != nil {
-				return
-			}
-			var dns []netip.Addr
-			for _, cfg := range cfgs {
-				for _, ns := range cfg.Nameservers {
-					dns = append(dns, ns.IPv4Addresses...)
-					dns = append(dns, ns.IPv6Addresses...)
-				}
-			}
-			c.mu.Lock()
-			c.dns = dns
-			c.mu.Unlock()
-			c.log.Info("dns configuration received", "servers", dns)
-		}
-	})
-	wg.Wait()
+// nudge sends an HTTP/3 datagram on the session's stream with context ID
+// 2, which no one registered: the server drops it (RFC 9484 §6). It exists
+// to give quic-go a packet to send, because quic-go only sends path MTU
+// probes alongside other packets and an idle new tunnel would otherwise
+// stay at the initial packet size until its first keep-alive.
+func (c *Client) nudge() {
+	var b [10]byte
+	n := copy(b[:], c.dgramPrefix)
+	b[n-1] = 2
+	_ = c.cfg.Conn.SendDatagram(b[:n])
 }
 
-// Close ends the session. The QUIC connection stays open.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close ends the session: it stops reading the request stream and ends
+// our side of it (RFC 9484 §3: the session ends with the stream). The QUIC
+// connection stays open.
+func (c *Client) Close() error {
+	c.str.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
+	return c.str.Close()
+}

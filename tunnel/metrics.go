@@ -21,6 +21,7 @@ const (
 	dropTUNWrite                        // the TUN refused the packet
 	dropQueueFull                       // the session's send queue was full
 	dropUnknownStream                   // datagram for a stream that is no session or flow
+	dropLinkLocal                       // client: link-local traffic the kernel sends on the TUN (router solicitations, MLD)
 	numDropReasons
 )
 
@@ -35,6 +36,7 @@ var dropReasonNames = [numDropReasons]string{
 	dropTUNWrite:      "tun_write",
 	dropQueueFull:     "queue_full",
 	dropUnknownStream: "unknown_stream",
+	dropLinkLocal:     "link_local",
 }
 
 func (r dropReason) String() string { return dropReasonNames[r] }

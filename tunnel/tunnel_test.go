@@ -10,6 +10,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
+	connectip "github.com/quic-go/connect-ip-go"
+	"github.com/yosida95/uritemplate/v3"
 	"log/slog"
 	"math/big"
 	"net"
@@ -434,16 +436,56 @@ func TestTunnelShutdownEndsClientSession(t *testing.T) {
 	}
 }
 
-func TestTunnelHonoursAddressRequest(t *testing.T) {
-	ts := startServer(t)
-	tc, err := ts.connect(t, testToken)
+// dialConnectIPGo opens a CONNECT-IP session to ts with connect-ip-go's own
+// client: our server must serve it like any RFC 9484 client.
+func dialConnectIPGo(t *testing.T, ts *testServer) *connectip.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	qc, err := quicio.Dial(ctx, quicio.DialConfig{Addr: ts.addr, TLSConfig: ts.tls, ServerName: "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	old4, v6 := addrOf(t, tc.c, true), addrOf(t, tc.c, false)
-	want := netip.MustParseAddr("100.64.0.77")
+	t.Cleanup(func() { qc.Close() })
+	h3 := (&http3.Transport{EnableDatagrams: true}).NewClientConn(qc.Conn)
+	tmpl := uritemplate.MustNew("https://" + ts.addr + ipPath(ipScope{}))
+	req, err := connectip.NewRequest(context.Background(), tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header().Set("Authorization", "Bearer "+testToken)
+	conn, _, err := connectip.NewClientConn(h3).Dial(req)
+	if err != nil {
+		t.Fatalf("connect-ip-go Dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func TestTunnelHonoursAddressRequest(t *testing.T) {
+	ts := startServer(t)
+	conn := dialConnectIPGo(t, ts)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	first, err := conn.ReceiveAddressAssignment(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old4, v6 netip.Addr
+	for _, a := range first {
+		if a.IPPrefix.Addr().Is4() {
+			old4 = a.IPPrefix.Addr()
+		} else {
+			v6 = a.IPPrefix.Addr()
+		}
+	}
+	if !old4.IsValid() || !v6.IsValid() {
+		t.Fatalf("first assignment %v lacks an address of each family", first)
+	}
+	if _, err := conn.Routes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := netip.MustParseAddr("100.64.0.77")
 	tests := []struct {
 		ask  netip.Prefix
 		want netip.Addr
@@ -454,10 +496,10 @@ func TestTunnelHonoursAddressRequest(t *testing.T) {
 		{netip.PrefixFrom(ts.srv.cfg.Pool4.Gateway(), 32), want}, // reserved: keeps what it has
 	}
 	for _, tt := range tests {
-		if _, err := tc.c.conn.RequestAddresses([]netip.Prefix{tt.ask}); err != nil {
+		if _, err := conn.RequestAddresses([]netip.Prefix{tt.ask}); err != nil {
 			t.Fatal(err)
 		}
-		got, err := tc.c.conn.ReceiveAddressAssignment(ctx)
+		got, err := conn.ReceiveAddressAssignment(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -480,8 +522,13 @@ func TestTunnelHonoursAddressRequest(t *testing.T) {
 	send(t, ts.dev.Outbound, udp4(target, old4, 53, 1000, []byte("old")))
 	p := udp4(target, want, 53, 1000, []byte("new"))
 	send(t, ts.dev.Outbound, p)
-	if got := recv(t, tc.dev.Inbound, "reply to the new address"); string(got) != string(p) {
-		t.Errorf("client got %x, want %x", got, p)
+	buf := make([]byte, 2048)
+	n, err := conn.ReadPacket(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(buf[:n]) != string(p) {
+		t.Errorf("client got %x, want %x", buf[:n], p)
 	}
 	if got := ts.srv.counters.drops[dropNoSession].Load(); got != before+1 {
 		t.Errorf("no_session drops = %d, want %d", got, before+1)
