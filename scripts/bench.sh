@@ -22,13 +22,18 @@
 # masque/wireguard-go.
 #
 #   sudo scripts/bench.sh [--quick] [--duration S] [--runs N] [--paths plain,wg,masque]
-#                         [--scale] [--out FILE] [--keep]
+#                         [--scale] [--profile] [--out FILE] [--keep]
 #
 # --scale adds the server-scaling figures of issue 5 (masque only, one run):
 # aggregate throughput with 1, 8 and 32 masque clients at once (a namespace
 # and a masque up each), masqued memory per session, sessions set up per
 # second and RSS with 1,000 idle sessions (both with the load tool
 # e2e/internal/connectload).
+#
+# --profile takes CPU profiles of masqued and masque up (their pprof
+# endpoints) during masque's one-stream TCP tests of the last run and prints
+# the top functions of each (go tool pprof -top); the profiles stay in the
+# work directory with --keep.
 #
 # Time: about 5 minutes per run with 10 s tests (2 minutes with --quick),
 # plus 2 minutes for --scale. On a small machine the iperf3 ends and the
@@ -47,11 +52,12 @@ usage() {
 	echo "  --runs N      repeat everything N times and report medians (default 1)"
 	echo "  --paths LIST  comma-separated subset of plain,wg,masque (default all; none: only --scale)"
 	echo "  --scale       also measure server scaling (masque only)"
+	echo "  --profile     CPU-profile masqued and masque up during masque's TCP 1-stream tests"
 	echo "  --out FILE    also write every raw measurement as TSV (run path metric value)"
 	echo "  --keep        keep the work directory (logs, iperf3 JSON) and print its name"
 }
 
-DUR=10 RUNS=1 PATHS=plain,wg,masque SCALE=0 OUT= KEEP=0
+DUR=10 RUNS=1 PATHS=plain,wg,masque SCALE=0 PROFILE=0 OUT= KEEP=0
 while (($#)); do
 	case $1 in
 	--quick) DUR=3 ;;
@@ -62,6 +68,7 @@ while (($#)); do
 	--paths) PATHS=${2:?--paths needs a list}; shift ;;
 	--paths=*) PATHS=${1#*=} ;;
 	--scale) SCALE=1 ;;
+	--profile) PROFILE=1 ;;
 	--keep) KEEP=1 ;;
 	--out) OUT=${2:?--out needs a file}; shift ;;
 	--out=*) OUT=${1#*=} ;;
@@ -294,12 +301,17 @@ iperf_test() {
 	local -a t0=() t1=()
 	local m0 m1 w0 w1 pair
 	for pair in "${CPU_PROCS[@]}"; do t0+=("$(proc_ticks "${pair#* }")"); done
+	local -a prof=()
+	if ((PROFILE)) && [[ $path == masque && $name == tcp1.* && $run == "$RUNS" ]]; then
+		profile_start "$name"
+	fi
 	m0=$(machine_ticks) w0=$(now)
 	bgwait timeout $((DUR + 20)) ip netns exec "$C" iperf3 -c 198.18.2.2 -p $port -t "$DUR" -J \
 		--connect-timeout 3000 "$@" >"$json" 2>"$WORK/iperf3-client.log" || true
 	w1=$(now) m1=$(machine_ticks)
 	for pair in "${CPU_PROCS[@]}"; do t1+=("$(proc_ticks "${pair#* }")"); done
 	stop_pid "$spid"
+	for i in "${prof[@]}"; do wait "$i" 2>/dev/null || true; done
 
 	local wall mbps
 	wall=$(awk -v a="$w0" -v b="$w1" 'BEGIN {print b - a}')
@@ -326,6 +338,31 @@ iperf_test() {
 			BEGIN {printf "%.1f", 100 * (b - a) / hz / w}')"
 	done
 	sleep 1 # let queues drain before the next test
+}
+
+# profile_start TEST: CPU profiles of masqued (metrics listener, --pprof)
+# and masque up (status socket) over the iperf3 test about to start, from
+# 0.5 s in, into $WORK/prof-{srv,cli}-TEST.pb.gz; adds the curl PIDs to the
+# caller's prof array.
+profile_start() {
+	local secs=$((DUR - 1))
+	((secs >= 1)) || secs=1
+	(sleep 0.5; ip netns exec "$S" timeout $((secs + 10)) curl -sf -o "$WORK/prof-srv-$1.pb.gz" \
+		"http://127.0.0.1:9090/debug/pprof/profile?seconds=$secs") &
+	prof+=($!)
+	(sleep 0.5; timeout $((secs + 10)) curl -sf -o "$WORK/prof-cli-$1.pb.gz" \
+		--unix-socket "$WORK/client-state/masque.sock" "http://x/debug/pprof/profile?seconds=$secs") &
+	prof+=($!)
+}
+
+# print_profiles: the top of each profile taken (--profile).
+print_profiles() {
+	local f
+	for f in "$WORK"/prof-*.pb.gz; do
+		[[ -s $f ]] || continue
+		say "profile ${f##*/prof-}: $( [[ $f == */prof-srv-* ]] && echo masqued || echo 'masque up')"
+		go tool pprof -top -nodecount=25 "$( [[ $f == */prof-srv-* ]] && echo "$WORK/masqued" || echo "$WORK/masque")" "$f" 2>/dev/null | sed -n '1,32p'
+	done
 }
 
 # measure RUN PATH: every test of one path, which is already set up.
@@ -465,7 +502,7 @@ masqued_start() { # masqued_start [extra masqued flags...]
 		--cert "$WORK/pki/server.crt" --key "$WORK/pki/server.key" \
 		--tokens "$WORK/tokens" --egress "$NETNS_EGRESS" --state-dir "$WORK/server-state" \
 		--pool4 198.18.64.0/18 --pool6 2001:db8:64::/64 \
-		--metrics 127.0.0.1:9090 --log-level warn "$@" 2>"$WORK/masqued.log" &
+		--metrics 127.0.0.1:9090 $( ((PROFILE)) && echo --pprof) --log-level warn "$@" 2>"$WORK/masqued.log" &
 	MASQUED_PID=$!
 	PIDS+=("$MASQUED_PID")
 	# --log-level warn hides "listening": wait for the UDP socket instead.
@@ -646,6 +683,7 @@ TESTS=(tcp1.up tcp1.down tcp4.up tcp4.down udp500.up udp500.down udpmax.up udpma
 	echo "points (pp). '-' = not measured or failed."
 }
 
+((PROFILE == 0)) || print_profiles
 ((SCALE)) || exit 0
 
 # --- scaling (--scale, masque only, one run) --------------------------------
