@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -249,6 +250,8 @@ type dgramMux struct {
 	mu      sync.Mutex // guards the fields below; held while a sink runs
 	sinks   map[quic.StreamID]datagramSink
 	pending []datagramSink // sinks holding packets for flush
+
+	drain bool // run's own: some sink held packets at the last delivery
 }
 
 func newDgramMux(c *quic.Conn, cnt *counters) *dgramMux {
@@ -302,11 +305,8 @@ func (m *dgramMux) forget(id quic.StreamID) {
 		return
 	}
 	delete(m.sinks, id)
-	for i, p := range m.pending {
-		if p == s {
-			m.pending = append(m.pending[:i], m.pending[i+1:]...)
-			break
-		}
+	if i := slices.Index(m.pending, s); i >= 0 {
+		m.pending = slices.Delete(m.pending, i, i+1)
 	}
 }
 
@@ -317,7 +317,7 @@ func (m *dgramMux) run() {
 	ctx := context.Background()
 	for {
 		rctx := ctx
-		if len(m.pending) > 0 {
+		if m.drain {
 			rctx = drainCtx
 		}
 		d, err := m.conn.ReceiveDatagram(rctx)
@@ -336,25 +336,26 @@ func (m *dgramMux) run() {
 			m.flushAll()
 			return
 		}
-		m.mu.Lock()
-		if s := m.sinks[quic.StreamID(qsid*4)]; s != nil {
-			if s.deliver(d[n:]) && !m.isPending(s) {
-				m.pending = append(m.pending, s)
-			}
-		} else {
+		if !m.dispatch(quic.StreamID(qsid*4), d[n:]) {
 			m.counters.drop(dropUnknownStream)
 		}
-		m.mu.Unlock()
 	}
 }
 
-func (m *dgramMux) isPending(s datagramSink) bool {
-	for _, p := range m.pending {
-		if p == s {
-			return true
-		}
+// dispatch hands d to the sink of stream id and reports whether there was
+// one.
+func (m *dgramMux) dispatch(id quic.StreamID, d []byte) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.sinks[id]
+	if s == nil {
+		return false
 	}
-	return false
+	if s.deliver(d) && !slices.Contains(m.pending, s) {
+		m.pending = append(m.pending, s)
+	}
+	m.drain = len(m.pending) > 0
+	return true
 }
 
 func (m *dgramMux) flushAll() {
@@ -364,5 +365,6 @@ func (m *dgramMux) flushAll() {
 		m.pending[i] = nil
 	}
 	m.pending = m.pending[:0]
+	m.drain = false
 	m.mu.Unlock()
 }

@@ -267,21 +267,6 @@ func (r *recordSink) flush() { r.flushes++ }
 
 var _ datagramSink = (*recordSink)(nil)
 
-// muxDeliver hands d to the sink of stream id as dgramMux.run does after
-// parsing the quarter stream ID, and reports whether a sink took it.
-func muxDeliver(m *dgramMux, id quic.StreamID, d []byte) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	s := m.sinks[id]
-	if s == nil {
-		return false
-	}
-	if s.deliver(d) && !m.isPending(s) {
-		m.pending = append(m.pending, s)
-	}
-	return true
-}
-
 func TestDgramMuxEarlyDatagramsAreReplayed(t *testing.T) {
 	for _, tt := range []struct {
 		name      string
@@ -300,7 +285,7 @@ func TestDgramMuxEarlyDatagramsAreReplayed(t *testing.T) {
 			var sent [][]byte
 			for i := range tt.early {
 				d := []byte(fmt.Sprintf("early %d", i))
-				if !muxDeliver(m, id, d) {
+				if !m.dispatch(id, d) {
 					t.Fatalf("datagram %d for an expected stream found no sink", i)
 				}
 				sent = append(sent, d)
@@ -318,7 +303,7 @@ func TestDgramMuxEarlyDatagramsAreReplayed(t *testing.T) {
 				t.Errorf("register flushed %d times, want %d", r.flushes, tt.wantFlush)
 			}
 			r.got = nil
-			muxDeliver(m, id, []byte("late"))
+			m.dispatch(id, []byte("late"))
 			if len(r.got) != 1 || string(r.got[0]) != "late" {
 				t.Errorf("after register the sink got %q, want [late]", r.got)
 			}
@@ -341,11 +326,11 @@ func TestDgramMuxRegisterForget(t *testing.T) {
 		t.Errorf("register of an empty early queue flushed %d times, want 0", b.flushes)
 	}
 	for _, id := range []quic.StreamID{0, 4, 0, 4} {
-		if !muxDeliver(m, id, []byte{byte(id)}) {
+		if !m.dispatch(id, []byte{byte(id)}) {
 			t.Fatalf("stream %d has no sink", id)
 		}
 	}
-	if len(m.pending) != 2 || !m.isPending(a) || !m.isPending(b) {
+	if len(m.pending) != 2 || !slices.Contains(m.pending, datagramSink(a)) || !slices.Contains(m.pending, datagramSink(b)) {
 		t.Fatalf("pending = %v, want both sinks once", m.pending)
 	}
 	if len(a.got) != 2 || len(b.got) != 2 {
@@ -357,10 +342,10 @@ func TestDgramMuxRegisterForget(t *testing.T) {
 	m.forget(0)
 	m.forget(0)  // twice: no-op
 	m.forget(12) // never known: no-op
-	if muxDeliver(m, 0, []byte{0}) {
+	if m.dispatch(0, []byte{0}) {
 		t.Error("a forgotten stream still has a sink")
 	}
-	if m.isPending(a) || !m.isPending(b) || len(m.pending) != 1 {
+	if slices.Contains(m.pending, datagramSink(a)) || !slices.Contains(m.pending, datagramSink(b)) || len(m.pending) != 1 {
 		t.Errorf("pending after forget = %v, want only the other sink", m.pending)
 	}
 	m.flushAll()
@@ -378,8 +363,8 @@ func TestDgramMuxRegisterForget(t *testing.T) {
 	// A sink that reports nothing held is never pending.
 	c := &recordSink{}
 	m.register(16, c)
-	muxDeliver(m, 16, []byte{1})
-	if m.isPending(c) {
+	m.dispatch(16, []byte{1})
+	if slices.Contains(m.pending, datagramSink(c)) {
 		t.Error("a sink that holds nothing is pending flush")
 	}
 	m.forget(4)

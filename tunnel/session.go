@@ -275,7 +275,7 @@ func (ss *session) close() {
 }
 
 // nonBlocking is a context whose Done channel is always closed but whose
-// Err is nil: http3's ReceiveDatagram returns a queued datagram if there is
+// Err is nil: quic-go's ReceiveDatagram returns a queued datagram if there is
 // one and otherwise (nil, nil) at once, which lets dgramMux drain what is
 // queued into one batch without blocking and without allocating.
 type nonBlocking struct{ context.Context }

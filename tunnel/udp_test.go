@@ -330,7 +330,9 @@ func TestUDPForwarderEcho(t *testing.T) {
 	// Counters are bumped just after a datagram is handed on: let the
 	// last ones land.
 	waitFor(t, "the counters to settle", 2*time.Second, func() bool {
-		return f.Stats().RxDatagrams == 4*perPeer && ts.srv.counters.udp.downDatagrams.Load() == 4*perPeer
+		st := f.Stats()
+		return st.RxDatagrams == 4*perPeer && st.TxDatagrams == 4*perPeer &&
+			ts.srv.counters.udp.upDatagrams.Load() == 4*perPeer && ts.srv.counters.udp.downDatagrams.Load() == 4*perPeer
 	})
 	st := f.Stats()
 	if st.Flows != 4 || st.FlowsTotal != 4 || st.TxDatagrams != 4*perPeer || st.RxDatagrams != 4*perPeer || len(st.Drops) != 0 {
