@@ -98,7 +98,8 @@ type Client struct {
 	mu     sync.Mutex // guards routes and dns
 	routes []netip.Prefix
 	dns    []netip.Addr
-	// routeUpdates and dnsUpdates signal the first advertisement of each.
+	// gotAddrs and gotRoutes are closed by the first ADDRESS_ASSIGN and
+	// ROUTE_ADVERTISEMENT, which Connect waits for.
 	gotRoutes, gotAddrs  chan struct{}
 	routesOnce, addrOnce sync.Once
 }
