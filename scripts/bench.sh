@@ -357,11 +357,16 @@ profile_start() {
 
 # print_profiles: the top of each profile taken (--profile).
 print_profiles() {
-	local f
+	local f bin out
 	for f in "$WORK"/prof-*.pb.gz; do
 		[[ -s $f ]] || continue
-		say "profile ${f##*/prof-}: $( [[ $f == */prof-srv-* ]] && echo masqued || echo 'masque up')"
-		go tool pprof -top -nodecount=25 "$( [[ $f == */prof-srv-* ]] && echo "$WORK/masqued" || echo "$WORK/masque")" "$f" 2>/dev/null | sed -n '1,32p'
+		if [[ $f == */prof-srv-* ]]; then bin=masqued; else bin=masque; fi
+		say "profile ${f##*/prof-}: $([[ $bin == masqued ]] && echo masqued || echo 'masque up')"
+		if out=$(go tool pprof -top -nodecount=25 "$WORK/$bin" "$f" 2>&1); then
+			printf '%s\n' "$out" | sed -n '1,32p'
+		else
+			note "bench.sh: go tool pprof failed: $(printf '%s\n' "$out" | tail -n 3)"
+		fi
 	done
 }
 
