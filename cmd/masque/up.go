@@ -229,7 +229,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 
 	fmt.Fprintf(cmd.OutOrStdout(), "up: server=%s addresses=%s tun=%s\n", c.server, joinPrefixes(client.Addresses()), c.tun)
-	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", routing.Routes, "offloads", dev.Offloads())
+	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", routing.Routes, "offloads", dev.Offloads(), "udp_gso", qc.ConnectionState().GSO)
 
 	runErr := client.Run(ctx, dev)
 	dev.Close()
