@@ -65,34 +65,7 @@ func NewNAT(table, egress, tunName string, sources []netip.Prefix) (*NAT, error)
 //
 // or, with egress empty, oifname != tunName.
 func masqueradeExprs(p netip.Prefix, egress, tunName string) []expr.Any {
-	proto, off := byte(unix.NFPROTO_IPV4), uint32(12) // IPv4 source address
-	if p.Addr().Is6() {
-		proto, off = unix.NFPROTO_IPV6, 8 // IPv6 source address
-	}
-	e := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-	}
-	if p.Bits() > 0 {
-		addr := p.Addr().AsSlice()
-		e = append(e, &expr.Payload{
-			DestRegister: 1,
-			Base:         expr.PayloadBaseNetworkHeader,
-			Offset:       off,
-			Len:          uint32(len(addr)),
-		})
-		if p.Bits() < p.Addr().BitLen() {
-			m := prefixMask(p.Bits(), len(addr))
-			e = append(e, &expr.Bitwise{
-				SourceRegister: 1,
-				DestRegister:   1,
-				Len:            uint32(len(addr)),
-				Mask:           m,
-				Xor:            make([]byte, len(addr)),
-			})
-		}
-		e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr})
-	}
+	e := prefixMatch(p, false)
 	op, name := expr.CmpOpEq, egress
 	if egress == "" {
 		op, name = expr.CmpOpNeq, tunName
@@ -103,6 +76,33 @@ func masqueradeExprs(p netip.Prefix, egress, tunName string) []expr.Any {
 		&expr.Masq{},
 	)
 	return e
+}
+
+// prefixMatch matches packets of p's family whose source (dst false) or
+// destination (dst true) address is inside p:
+//
+//	meta nfproto ipv4|ipv6 [ip|ip6 saddr|daddr p]
+func prefixMatch(p netip.Prefix, dst bool) []expr.Any {
+	proto, off := byte(unix.NFPROTO_IPV4), uint32(12) // IPv4 source address
+	if p.Addr().Is6() {
+		proto, off = unix.NFPROTO_IPV6, 8 // IPv6 source address
+	}
+	if dst {
+		off += uint32(p.Addr().BitLen() / 8) // the destination follows
+	}
+	e := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+	if p.Bits() == 0 {
+		return e
+	}
+	addr := p.Addr().AsSlice()
+	e = append(e, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(len(addr))})
+	if p.Bits() < p.Addr().BitLen() {
+		e = append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(len(addr)), Mask: prefixMask(p.Bits(), len(addr)), Xor: make([]byte, len(addr))})
+	}
+	return append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr})
 }
 
 // ifname encodes an interface name as nftables compares it: NUL-padded to
