@@ -35,14 +35,16 @@ type Status struct {
 	Drops         map[string]uint64 `json:"drops,omitempty"`
 	RTTms         float64           `json:"rtt_ms"`
 	UptimeSeconds float64           `json:"uptime_seconds"`
+	KillSwitch    bool              `json:"kill_switch,omitempty"`
 	UDP           *UDPStatus        `json:"udp,omitempty"` // masque udp only
 }
 
 // statusServer answers status requests on a unix socket.
 type statusServer struct {
-	cfg    *upConfig
-	client *tunnel.Client
-	routes []netip.Prefix
+	cfg        *upConfig
+	client     *tunnel.Client
+	routes     []netip.Prefix
+	killSwitch bool
 }
 
 func newStatusServer(cfg *upConfig, c *tunnel.Client, routes []netip.Prefix) *statusServer {
@@ -60,6 +62,7 @@ func (s *statusServer) status() Status {
 		TxPackets:     st.TxPackets,
 		RxPackets:     st.RxPackets,
 		Drops:         st.Drops,
+		KillSwitch:    s.killSwitch,
 		RTTms:         float64(st.RTT.Microseconds()) / 1000,
 		UptimeSeconds: st.Uptime.Seconds(),
 		Addresses:     []string{},
@@ -157,6 +160,9 @@ func newStatusCmd() *cobra.Command {
 			fmt.Fprintf(out, "routes:    %v\n", st.Routes)
 			if len(st.DNS) > 0 {
 				fmt.Fprintf(out, "dns:       %v\n", st.DNS)
+			}
+			if st.KillSwitch {
+				fmt.Fprintf(out, "kill switch: on\n")
 			}
 			fmt.Fprintf(out, "sent:      %d packets, %d bytes\n", st.TxPackets, st.TxBytes)
 			fmt.Fprintf(out, "received:  %d packets, %d bytes\n", st.RxPackets, st.RxBytes)

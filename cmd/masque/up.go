@@ -8,10 +8,12 @@ import (
 	"io/fs"
 	"log"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -36,6 +38,10 @@ type upOptions struct {
 	mtu      int
 	stateDir string
 	logLevel string
+	// killSwitch is --kill-switch; killSwitchSet says whether the user
+	// gave it (unset: on for a full tunnel).
+	killSwitch, killSwitchSet bool
+	allowLAN                  bool
 }
 
 // upConfig is a validated upOptions.
@@ -77,6 +83,9 @@ wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down do
 	f.IntVar(&o.mtu, "mtu", defaultMTU, "TUN MTU")
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for crash-recovery state and the status socket")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&o.killSwitch, "kill-switch", true, "drop every packet that would leave outside the tunnel (default on for a full tunnel, off with --route)")
+	f.BoolVar(&o.allowLAN, "allow-lan", false, "with the kill switch, still let the directly connected networks be reached")
+	cmd.PreRun = func(cmd *cobra.Command, _ []string) { o.killSwitchSet = cmd.Flags().Changed("kill-switch") }
 	return cmd
 }
 
@@ -197,8 +206,16 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	routing.Routes = familiesWith(routing.Routes, client.Addresses())
 	routing.Excludes = c.excludes
 
+	killSwitch := c.killSwitch
+	if !c.killSwitchSet {
+		killSwitch = len(c.routes) == 0 // full tunnel
+	}
+
 	// Crash safety: record what is about to change before changing it.
 	st := &tun.State{Version: tun.StateVersion, PID: os.Getpid(), Tun: c.tun, Routing: routing}
+	if killSwitch {
+		st.NFTables = []string{tun.DefaultKillSwitchTable}
+	}
 	if err := tun.WriteState(statePath, st); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
@@ -209,6 +226,18 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		}
 		_ = tun.RemoveState(statePath)
 	}()
+	// The kill switch goes up before any route moves traffic, and stays
+	// until the routes are gone (Undo deletes its table).
+	if killSwitch {
+		allow := slices.Clone(c.excludes)
+		if c.allowLAN {
+			allow = append(allow, lanPrefixes(c.tun)...)
+		}
+		if _, err := tun.NewKillSwitch(tun.KillSwitchConfig{Tun: c.tun, FwMark: routingFwMark(routing), Allow: allow}); err != nil {
+			return err
+		}
+		logger.Info("kill switch on", "allow", allow)
+	}
 	// The TUN starts at what a datagram carries now; Run raises it towards
 	// --mtu as QUIC's path MTU discovery finds room.
 	dev, err = tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), tun.MinMTU), Addrs: client.Addresses()})
@@ -221,6 +250,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 
 	status := newStatusServer(c, client, routing.Routes)
+	status.killSwitch = killSwitch
 	sockPath := filepath.Join(c.stateDir, statusSocket)
 	if sl, err := listenStatus(sockPath, status.status); err != nil {
 		logger.Warn("status socket unavailable", "path", sockPath, "err", err)
@@ -238,6 +268,33 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 	logger.Info("tunnel down")
 	return nil
+}
+
+// lanPrefixes returns the networks of the host's interfaces other than
+// loopback and the TUN: what --allow-lan lets the kill switch reach.
+func lanPrefixes(tunName string) []netip.Prefix {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagLoopback != 0 || ifc.Name == tunName {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if p, err := netip.ParsePrefix(n.String()); err == nil && !p.Addr().IsLinkLocalUnicast() {
+					out = append(out, p.Masked())
+				}
+			}
+		}
+	}
+	return out
 }
 
 // routingFwMark returns the mark that routing will exempt, so the QUIC
