@@ -222,6 +222,8 @@ func containsStr(list []string, s string) bool {
 // status is the JSON of "masque status --json".
 type status struct {
 	State         string   `json:"state"`
+	Reconnects    int      `json:"reconnects"`
+	KillSwitch    bool     `json:"kill_switch"`
 	Server        string   `json:"server"`
 	Addresses     []string `json:"addresses"`
 	Routes        []string `json:"routes"`

@@ -423,14 +423,17 @@ func TestSpoofedSource(t *testing.T) {
 }
 
 // TestServerShutdown: SIGTERM makes masqued drain and exit 0 leaving no TUN
-// or nftables table; the client notices, says so and restores its host.
+// or nftables table; a client told not to reconnect notices, says so and
+// restores its host.
 func TestServerShutdown(t *testing.T) {
 	tp := newTopo(t, false)
 	srv := tp.startServer(t)
 	if tuns := tunLinks(t, tp.server); len(tuns) == 0 {
 		t.Errorf("no TUN link in the server namespace while masqued runs")
 	}
-	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+	// --reconnect=false: this is about the client noticing and restoring
+	// its host; TestServerRestartReconnect covers staying up.
+	c := tp.startClient(t, tp.client, tokenAuth("alice"), "--reconnect=false")
 	checkPing(t, tp.client, 3)
 
 	took, killed := srv.stop(15 * time.Second)

@@ -94,6 +94,7 @@ type Client struct {
 	budget    atomic.Int64 // largest inner packet a datagram carries now
 
 	capsuleErr chan error // the capsule reader's end: the session's
+	upErr      chan error // a send failure: the session's end
 
 	mu     sync.Mutex // guards routes and dns
 	routes []netip.Prefix
@@ -128,8 +129,8 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	defer cancel()
 	c := &Client{
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"),
-		capsuleErr: make(chan error, 1),
-		gotRoutes:  make(chan struct{}), gotAddrs: make(chan struct{}),
+		capsuleErr: make(chan error, 1), upErr: make(chan error, 1),
+		gotRoutes: make(chan struct{}), gotAddrs: make(chan struct{}),
 	}
 	fail := func(err error) (*Client, error) {
 		if c.str != nil {
@@ -421,30 +422,59 @@ var ErrSessionClosed = errors.New("tunnel closed by the server or the connection
 // Run carries packets between dev and the session until ctx is done (it
 // then returns nil) or the session ends (it returns why). It does not close
 // dev; the caller must close dev after Run returns for its reader goroutine
-// to have exited.
-//
-//	dev.Read ─► runUp ─► conn.SendDatagram ─► server
-//	server ─► conn.ReceiveDatagram ─► runDown ─(rxRing)─► runTUNWriter ─► dev.Write
+// to have exited. Run is Serve on a Tunnel of its own; a client that
+// reconnects keeps one Tunnel and serves each new session on it.
 func (c *Client) Run(ctx context.Context, dev Device) error {
-	errc := make(chan error, 3)
+	return NewTunnel(dev).Serve(ctx, c)
+}
+
+// Tunnel owns the client's TUN across sessions: one goroutine reads it and
+// hands each batch to the session being served, so a reconnecting client
+// keeps its device, addresses and routes. While no session is served,
+// what is read is dropped (and counted): nothing leaves outside a tunnel.
+//
+//	dev.Read ─► Tunnel.runReader ─► Client.sendBatch ─► conn.SendDatagram ─► server
+//	server ─► conn.ReceiveDatagram ─► Client.runDown ─(rxRing)─► runTUNWriter ─► dev.Write
+type Tunnel struct {
+	dev  Device
+	cur  atomic.Pointer[Client]
+	idle atomic.Uint64 // packets read while no session was served
+}
+
+// NewTunnel starts reading dev. The reader exits when dev is closed.
+func NewTunnel(dev Device) *Tunnel {
+	t := &Tunnel{dev: dev}
+	go t.runReader()
+	return t
+}
+
+// Dropped returns how many packets were read while no session was served.
+func (t *Tunnel) Dropped() uint64 { return t.idle.Load() }
+
+// Serve carries packets between the tunnel's device and the session c until
+// ctx is done (it then returns nil) or the session ends (it returns why).
+// One session is served at a time.
+func (t *Tunnel) Serve(ctx context.Context, c *Client) error {
+	errc := make(chan error, 2)
 	var wg sync.WaitGroup
-	wg.Go(func() { errc <- c.runUp(dev) })
-	wg.Go(func() { errc <- c.runDown(dev) })
+	wg.Go(func() { errc <- c.runDown(t.dev) })
 	wg.Go(func() { c.runMTU(ctx) })
+	t.cur.Store(c)
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	case err = <-c.upErr:
 	case err = <-c.capsuleErr:
 		c.capsuleErr <- err
 		if err == nil {
 			err = net.ErrClosed
 		}
 	}
+	t.cur.CompareAndSwap(c, nil)
 	c.Close()
-	// runUp may be blocked in dev.Read: it returns once the caller closes
-	// dev, so it is not waited for here. runDown ends with the connection
-	// (the caller closes it), runMTU with ctx or the connection.
+	// runDown ends with the connection (the caller closes it), runMTU with
+	// ctx or the connection.
 	go wg.Wait()
 	if ctx.Err() != nil {
 		return nil
@@ -459,6 +489,28 @@ func (c *Client) Run(ctx context.Context, dev Device) error {
 		return ErrSessionClosed
 	}
 	return err
+}
+
+// runReader reads batches from the TUN until it is closed and hands each
+// to the current session.
+func (t *Tunnel) runReader() {
+	b := newReadBatch(t.dev.BatchSize())
+	defer b.release()
+	for {
+		b.reset()
+		n, err := t.dev.Read(b.bufs, b.sizes, Headroom)
+		if err != nil {
+			if isClosed(err) {
+				return
+			}
+			continue
+		}
+		if c := t.cur.Load(); c != nil {
+			c.sendBatch(t.dev, b, n)
+		} else {
+			t.idle.Add(uint64(n))
+		}
+	}
 }
 
 // errSessionEnded stops the data path when the request stream has ended.
@@ -477,61 +529,53 @@ func (c *Client) ownAddr(a netip.Addr) bool {
 	return false
 }
 
-// runUp reads batches from the TUN and sends each packet to the server.
-// The HTTP datagram is framed in the headroom in front of the packet, so
-// nothing is copied before quic-go's own copy.
-func (c *Client) runUp(dev Device) error {
-	b := newReadBatch(dev.BatchSize())
-	defer b.release()
-	var icmpBuf [Headroom + maxICMPv6Len]byte
-	icmpBufs := [][]byte{nil}
+// sendBatch sends the n packets of a TUN read to the server. The HTTP
+// datagram is framed in the headroom in front of each packet, so nothing is
+// copied before quic-go's own copy. A packet over the datagram budget is
+// answered with ICMP Packet Too Big into dev. A send failure other than the
+// size ends the session (upErr).
+func (c *Client) sendBatch(dev Device, b *readBatch, n int) {
 	prefix := c.dgramPrefix
-	for {
-		b.reset()
-		n, err := dev.Read(b.bufs, b.sizes, Headroom)
-		if err != nil {
-			if isClosed(err) {
-				return net.ErrClosed
+	for i := range n {
+		pkt := b.bufs[i][Headroom : Headroom+b.sizes[i]]
+		h, ok := parseIPHeader(pkt)
+		if !ok {
+			c.stats.drops[dropMalformed].Add(1)
+			continue
+		}
+		if !c.ownAddr(h.src) {
+			if h.src.IsLinkLocalUnicast() || h.src.IsUnspecified() {
+				c.stats.drops[dropLinkLocal].Add(1)
+			} else {
+				c.stats.drops[dropSourceSpoof].Add(1)
 			}
 			continue
 		}
-		for i := range n {
-			pkt := b.bufs[i][Headroom : Headroom+b.sizes[i]]
-			h, ok := parseIPHeader(pkt)
-			if !ok {
-				c.stats.drops[dropMalformed].Add(1)
+		budget := int(c.budget.Load())
+		if len(pkt) <= budget {
+			d := b.bufs[i][Headroom-len(prefix) : Headroom+b.sizes[i]]
+			copy(d, prefix)
+			err := c.cfg.Conn.SendDatagram(d)
+			if err == nil {
+				c.stats.txPackets.Add(1)
+				c.stats.txBytes.Add(uint64(len(pkt)))
 				continue
 			}
-			if !c.ownAddr(h.src) {
-				if h.src.IsLinkLocalUnicast() || h.src.IsUnspecified() {
-					c.stats.drops[dropLinkLocal].Add(1)
-				} else {
-					c.stats.drops[dropSourceSpoof].Add(1)
+			if _, tooBig := errors.AsType[*quic.DatagramTooLargeError](err); !tooBig {
+				c.stats.drops[dropSendFailed].Add(1)
+				select {
+				case c.upErr <- err:
+				default:
 				}
 				continue
 			}
-			budget := int(c.budget.Load())
-			if len(pkt) <= budget {
-				d := b.bufs[i][Headroom-len(prefix) : Headroom+b.sizes[i]]
-				copy(d, prefix)
-				err = c.cfg.Conn.SendDatagram(d)
-				if err == nil {
-					c.stats.txPackets.Add(1)
-					c.stats.txBytes.Add(uint64(len(pkt)))
-					continue
-				}
-				if _, tooBig := errors.AsType[*quic.DatagramTooLargeError](err); !tooBig {
-					return err
-				}
-				// The budget shrank (path MTU): ask quic-go for it.
-				budget = c.probeBudget()
-			}
-			c.stats.drops[dropTooBig].Add(1)
-			m := appendICMPError(icmpBuf[:Headroom], pkt, icmpTooBig, budget, h.dst)
-			if len(m) > Headroom {
-				icmpBufs[0] = m
-				_, _ = dev.Write(icmpBufs, Headroom)
-			}
+			// The budget shrank (path MTU): ask quic-go for it.
+			budget = c.probeBudget()
+		}
+		c.stats.drops[dropTooBig].Add(1)
+		var icmpBuf [Headroom + maxICMPv6Len]byte
+		if m := appendICMPError(icmpBuf[:Headroom], pkt, icmpTooBig, budget, h.dst); len(m) > Headroom {
+			_, _ = dev.Write([][]byte{m}, Headroom)
 		}
 	}
 }

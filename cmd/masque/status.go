@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/masque-vpn/masque/tunnel"
@@ -36,25 +37,53 @@ type Status struct {
 	RTTms         float64           `json:"rtt_ms"`
 	UptimeSeconds float64           `json:"uptime_seconds"`
 	KillSwitch    bool              `json:"kill_switch,omitempty"`
+	Reconnects    int               `json:"reconnects,omitempty"`
 	UDP           *UDPStatus        `json:"udp,omitempty"` // masque udp only
 }
 
 // statusServer answers status requests on a unix socket.
 type statusServer struct {
 	cfg        *upConfig
-	client     *tunnel.Client
 	routes     []netip.Prefix
 	killSwitch bool
+
+	mu           sync.Mutex // guards the fields below
+	client       *tunnel.Client
+	reconnecting bool
+	reconnects   int
 }
 
 func newStatusServer(cfg *upConfig, c *tunnel.Client, routes []netip.Prefix) *statusServer {
 	return &statusServer{cfg: cfg, client: c, routes: routes}
 }
 
+// setReconnecting reports the tunnel lost and being re-established.
+func (s *statusServer) setReconnecting() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reconnecting = true
+}
+
+// setClient reports the tunnel back, on a new session.
+func (s *statusServer) setClient(c *tunnel.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.client, s.reconnecting = c, false
+	s.reconnects++
+}
+
 func (s *statusServer) status() Status {
-	st := s.client.Stats()
+	s.mu.Lock()
+	client, reconnecting, reconnects := s.client, s.reconnecting, s.reconnects
+	s.mu.Unlock()
+	st := client.Stats()
+	state := "up"
+	if reconnecting {
+		state = "reconnecting"
+	}
 	out := Status{
-		State:         "up",
+		State:         state,
+		Reconnects:    reconnects,
 		Server:        s.cfg.server,
 		Tun:           s.cfg.tun,
 		TxBytes:       st.TxBytes,
@@ -68,13 +97,13 @@ func (s *statusServer) status() Status {
 		Addresses:     []string{},
 		Routes:        []string{},
 	}
-	for _, a := range s.client.Addresses() {
+	for _, a := range client.Addresses() {
 		out.Addresses = append(out.Addresses, a.String())
 	}
 	for _, r := range s.routes {
 		out.Routes = append(out.Routes, r.String())
 	}
-	for _, d := range s.client.DNS() {
+	for _, d := range client.DNS() {
 		out.DNS = append(out.DNS, d.String())
 	}
 	return out
@@ -163,6 +192,9 @@ func newStatusCmd() *cobra.Command {
 			}
 			if st.KillSwitch {
 				fmt.Fprintf(out, "kill switch: on\n")
+			}
+			if st.Reconnects > 0 {
+				fmt.Fprintf(out, "reconnects: %d\n", st.Reconnects)
 			}
 			fmt.Fprintf(out, "sent:      %d packets, %d bytes\n", st.TxPackets, st.TxBytes)
 			fmt.Fprintf(out, "received:  %d packets, %d bytes\n", st.RxPackets, st.RxBytes)

@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/masque-vpn/masque/quicio"
 	"io/fs"
 	"log"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -42,6 +44,7 @@ type upOptions struct {
 	// gave it (unset: on for a full tunnel).
 	killSwitch, killSwitchSet bool
 	allowLAN                  bool
+	reconnect                 bool
 }
 
 // upConfig is a validated upOptions.
@@ -84,6 +87,7 @@ wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down do
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for crash-recovery state and the status socket")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.killSwitch, "kill-switch", true, "drop every packet that would leave outside the tunnel (default on for a full tunnel, off with --route)")
+	f.BoolVar(&o.reconnect, "reconnect", true, "when the tunnel is lost, keep the TUN, routes and kill switch and reconnect with backoff (false: exit)")
 	f.BoolVar(&o.allowLAN, "allow-lan", false, "with the kill switch, still let the directly connected networks be reached")
 	cmd.PreRun = func(cmd *cobra.Command, _ []string) { o.killSwitchSet = cmd.Flags().Changed("kill-switch") }
 	return cmd
@@ -177,27 +181,31 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		}
 		return err
 	}
-	defer qc.Close()
+	defer func() { qc.Close() }()
 	var dev *tun.Device // created once the addresses are known
-	client, err := tunnel.Connect(ctx, tunnel.ClientConfig{
-		Conn:         qc.Conn,
-		Authority:    c.authority,
-		Token:        c.token,
-		SetupTimeout: c.connectTimeout,
-		MaxMTU:       c.mtu,
-		SetMTU:       func(mtu int) error { return dev.SetMTU(mtu) },
-		Logger:       logger,
-	})
+	connect := func(qc *quicio.ClientConn) (*tunnel.Client, error) {
+		client, err := tunnel.Connect(ctx, tunnel.ClientConfig{
+			Conn:         qc.Conn,
+			Authority:    c.authority,
+			Token:        c.token,
+			SetupTimeout: c.connectTimeout,
+			MaxMTU:       c.mtu,
+			SetMTU:       func(mtu int) error { return dev.SetMTU(mtu) },
+			Logger:       logger,
+		})
+		if re, ok := errors.AsType[*tunnel.RefusedError](err); ok && (re.Status == 401 || re.Status == 403) {
+			return nil, fmt.Errorf("%v: check --token-file or the client certificate", err)
+		}
+		return client, err
+	}
+	client, err := connect(qc)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if re, ok := errors.AsType[*tunnel.RefusedError](err); ok && (re.Status == 401 || re.Status == 403) {
-			return fmt.Errorf("%v: check --token-file or the client certificate", err)
-		}
 		return err
 	}
-	defer client.Close()
+	defer func() { client.Close() }()
 
 	routing.Routes = c.routes
 	if len(routing.Routes) == 0 {
@@ -261,13 +269,88 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	fmt.Fprintf(cmd.OutOrStdout(), "up: server=%s addresses=%s tun=%s\n", c.server, joinPrefixes(client.Addresses()), c.tun)
 	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", routing.Routes, "offloads", dev.Offloads(), "udp_gso", qc.ConnectionState().GSO)
 
-	runErr := client.Run(ctx, dev)
-	dev.Close()
-	if runErr != nil {
-		return fmt.Errorf("tunnel down: %w", runErr)
+	t := tunnel.NewTunnel(dev)
+	defer dev.Close()
+	// Reconnects dial the address the first dial reached (the TLS name
+	// stays in c.tls): with the kill switch on, a name could not be
+	// resolved again.
+	redial := *c
+	redial.server = qc.RemoteAddr().String()
+	for {
+		runErr := t.Serve(ctx, client)
+		if ctx.Err() != nil {
+			logger.Info("tunnel down")
+			return nil
+		}
+		if !c.reconnect {
+			return fmt.Errorf("tunnel down: %w", runErr)
+		}
+		lost := time.Now()
+		logger.Warn("tunnel lost, reconnecting", "err", runErr)
+		status.setReconnecting()
+		qc.Close()
+		client.Close()
+		nqc, nclient, err := reconnectLoop(ctx, &redial, routingFwMark(routing), client.Addresses(), connect, logger)
+		if err != nil {
+			if ctx.Err() != nil {
+				logger.Info("tunnel down")
+				return nil
+			}
+			return fmt.Errorf("tunnel down: %w", err)
+		}
+		qc, client = nqc, nclient
+		status.setClient(client)
+		logger.Info("tunnel back", "after", time.Since(lost).Round(time.Millisecond).String(), "dropped_while_down", t.Dropped())
 	}
-	logger.Info("tunnel down")
-	return nil
+}
+
+// Reconnect backoff: the first attempt at once, then doubling up to
+// maxReconnectDelay, each delay ±25% so that a fleet does not return in step.
+const (
+	firstReconnectDelay = 200 * time.Millisecond
+	maxReconnectDelay   = 3 * time.Second
+)
+
+// reconnectLoop dials and opens a session until it succeeds or ctx is
+// done. It gives up at once when the server refuses the credentials or
+// assigns other addresses than want (the TUN, routes and firewall hold
+// those).
+func reconnectLoop(ctx context.Context, c *upConfig, mark uint32, want []netip.Prefix,
+	connect func(*quicio.ClientConn) (*tunnel.Client, error), logger *slog.Logger,
+) (*quicio.ClientConn, *tunnel.Client, error) {
+	delay := time.Duration(0)
+	for attempt := 1; ; attempt++ {
+		if delay > 0 {
+			jittered := delay*3/4 + rand.N(delay/2)
+			select {
+			case <-ctx.Done():
+				return nil, nil, ctx.Err()
+			case <-time.After(jittered):
+			}
+		}
+		delay = min(max(2*delay, firstReconnectDelay), maxReconnectDelay)
+		qc, err := c.dial(ctx, c.tls, mark, logger)
+		if err != nil {
+			logger.Info("reconnect failed", "attempt", attempt, "err", err)
+			continue
+		}
+		client, err := connect(qc)
+		if err != nil {
+			qc.Close()
+			if _, refused := errors.AsType[*tunnel.RefusedError](err); refused && strings.Contains(err.Error(), "--token-file") {
+				return nil, nil, err
+			}
+			logger.Info("reconnect failed", "attempt", attempt, "err", err)
+			continue
+		}
+		if !slices.Equal(client.Addresses(), want) {
+			client.Close()
+			qc.Close()
+			return nil, nil, fmt.Errorf("server assigned %s after reconnecting, not %s (its lease expired or it restarted): run masque up again",
+				joinPrefixes(client.Addresses()), joinPrefixes(want))
+		}
+		return qc, client, nil
+	}
 }
 
 // lanPrefixes returns the networks of the host's interfaces other than
