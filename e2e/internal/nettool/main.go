@@ -126,6 +126,7 @@ func tcpSend(args []string) error {
 	total := fs.Int64("bytes", 1<<20, "bytes to send")
 	seed := fs.Uint64("seed", 1, "PRNG seed of the payload")
 	timeout := fs.Duration("timeout", 120*time.Second, "give up after this long")
+	rate := fs.Int64("rate", 0, "bytes per second at most (0: as fast as possible)")
 	fs.Parse(args)
 
 	ctx, cancel := signalContext(*timeout)
@@ -141,8 +142,16 @@ func tcpSend(args []string) error {
 	rng := rand.New(rand.NewChaCha8([32]byte{byte(*seed), byte(*seed >> 8), byte(*seed >> 16), byte(*seed >> 24)}))
 	h := sha256.New()
 	buf := make([]byte, 256<<10)
+	if *rate > 0 {
+		buf = buf[:min(int64(len(buf)), max(*rate/10, 1))] // ten writes a second
+	}
 	var sent int64
 	for sent < *total {
+		if *rate > 0 {
+			if ahead := time.Duration(float64(sent)/float64(*rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+				time.Sleep(ahead)
+			}
+		}
 		b := buf[:min(int64(len(buf)), *total-sent)]
 		for i := 0; i+8 <= len(b); i += 8 {
 			binary.LittleEndian.PutUint64(b[i:], rng.Uint64())

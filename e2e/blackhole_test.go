@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// blackhole drops the QUIC flow in the server namespace, both ways, until
+// the returned function is called.
+func blackhole(t *testing.T, tp *topo) (restore func()) {
+	t.Helper()
+	for _, cmd := range []string{
+		"add table inet e2e_blackhole",
+		"add chain inet e2e_blackhole in { type filter hook input priority -10 ; }",
+		"add chain inet e2e_blackhole out { type filter hook output priority -10 ; }",
+		"add rule inet e2e_blackhole in udp dport 4433 drop",
+		"add rule inet e2e_blackhole out udp sport 4433 drop",
+	} {
+		if r := runIn(t, tp.server, 10*time.Second, append([]string{"nft"}, strings.Fields(cmd)...)...); r.code != 0 {
+			t.Fatalf("nft %s: %s", cmd, r.stderr)
+		}
+	}
+	done := false
+	restore = func() {
+		if !done {
+			done = true
+			runIn(t, tp.server, 10*time.Second, "nft", "delete", "table", "inet", "e2e_blackhole")
+		}
+	}
+	t.Cleanup(restore)
+	return restore
+}
+
+// TestBlackhole: a 10 s blackhole in the middle of a TCP transfer is
+// ridden out by QUIC and TCP (same session, transfer intact); a 35 s one
+// outlasts QUIC's 30 s idle timeout, the client declares the tunnel lost,
+// and it is back within 5 s of the path returning, without a manual step.
+func TestBlackhole(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t)
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+
+	// 10 s: 40 MB at 2 MB/s takes 20 s, the blackhole sits in its middle.
+	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "90s")
+	sendDone := make(chan result, 1)
+	go func() {
+		r, _ := runInErr(tp.client, 90*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100",
+			"-bytes", strconv.Itoa(40<<20), "-rate", strconv.Itoa(2<<20), "-timeout", "80s")
+		sendDone <- r
+	}()
+	time.Sleep(5 * time.Second)
+	restore := blackhole(t, tp)
+	time.Sleep(10 * time.Second)
+	restore()
+	send := <-sendDone
+	if send.code != 0 {
+		t.Fatalf("tcpsend across a 10 s blackhole: exit %d\n%s%s", send.code, send.stdout, send.stderr)
+	}
+	if !sink.wait(10 * time.Second) {
+		t.Fatal("tcpsink did not finish")
+	}
+	var sent, got struct {
+		Bytes  int64  `json:"bytes"`
+		SHA256 string `json:"sha256"`
+	}
+	lastJSON(t, "tcpsend", send.stdout, &sent)
+	lastJSON(t, "tcpsink", sink.stdout.String(), &got)
+	if got != sent || sent.Bytes != 40<<20 {
+		t.Errorf("across a 10 s blackhole the target got %+v, the client sent %+v", got, sent)
+	}
+	if st := c.status(t); st.Reconnects != 0 || st.State != "up" {
+		t.Errorf("after a 10 s blackhole: state %q, %d reconnects; want up, 0 (the session rides it out)", st.State, st.Reconnects)
+	}
+
+	// 35 s: longer than the idle timeout.
+	restore = blackhole(t, tp)
+	deadline := time.Now().Add(45 * time.Second)
+	for c.status(t).State != "reconnecting" {
+		if time.Now().After(deadline) {
+			t.Fatal("client did not declare the tunnel lost within 45 s of a blackhole")
+		}
+		time.Sleep(time.Second)
+	}
+	restore()
+	returned := time.Now()
+	for {
+		if r := ping(t, tp.client, targetIP4, 1); r.received == 1 {
+			break
+		}
+		if time.Since(returned) > 15*time.Second {
+			t.Fatalf("no traffic 15 s after the path returned; client log:\n%s", tail(c.stderr.String(), 2000))
+		}
+	}
+	back := time.Since(returned)
+	t.Logf("tunnel back %v after the path returned", back.Round(time.Millisecond))
+	if back > 5*time.Second {
+		t.Errorf("back after %v, want ≤ 5 s", back.Round(time.Millisecond))
+	}
+	if st := c.status(t); st.Reconnects != 1 || st.State != "up" {
+		t.Errorf("after the long blackhole: state %q, %d reconnects; want up, 1", st.State, st.Reconnects)
+	}
+}
