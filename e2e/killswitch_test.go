@@ -63,3 +63,40 @@ func TestKillSwitchBlocksInjectedRoute(t *testing.T) {
 		t.Errorf("kill switch table left after masque up exited:\n%s", tables)
 	}
 }
+
+// TestKillSwitchIPv4OnlyTunnel: on a dual-stack host, a tunnel with only an
+// IPv4 address routes no IPv6; the kill switch blocks IPv6 instead of
+// letting it out of the physical interface. Without it (the control) IPv6
+// to the target does leave c0.
+func TestKillSwitchIPv4OnlyTunnel(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t, "--pool6", "off")
+	filter := "ip6 and not (src net fe80::/10 or dst net ff02::/16 or (icmp6 and ip6[40] >= 133 and ip6[40] <= 137))"
+	leaked := func(extra ...string) []string {
+		c := tp.startClient(t, tp.client, tokenAuth("alice"), extra...)
+		if c.up.addr6().IsValid() {
+			t.Fatalf("the server without an IPv6 pool assigned %v", c.up.addr6())
+		}
+		dump := startProc(t, tp.client, "tcpdump", "tcpdump", "-i", "c0", "-Q", "out", "-n", "-l", "-U", "-p", filter)
+		if _, err := dump.waitLine(dump.stderr, 10*time.Second, func(l string) bool { return strings.Contains(l, "listening on") }); err != nil {
+			t.Fatalf("tcpdump: %v\n%s", err, dump.stderr.String())
+		}
+		ping(t, tp.client, targetIP6, 3)
+		if r := ping(t, tp.client, targetIP4, 3); r.received != 3 {
+			t.Errorf("IPv4 through the IPv4-only tunnel: %d of 3 answered", r.received)
+		}
+		time.Sleep(300 * time.Millisecond)
+		dump.stop(5 * time.Second)
+		c.signal(syscall.SIGINT)
+		if !c.wait(10 * time.Second) {
+			t.Fatal("masque up did not exit on SIGINT")
+		}
+		return nonEmptyLines(dump.stdout.String())
+	}
+	if got := leaked("--kill-switch=false"); len(got) == 0 {
+		t.Fatal("control: without the kill switch no IPv6 left c0: the capture does not work")
+	}
+	if got := leaked(); len(got) > 0 {
+		t.Errorf("%d IPv6 packets left c0 beside an IPv4-only tunnel with the kill switch on:\n%s", len(got), tail(strings.Join(got, "\n"), 3000))
+	}
+}
