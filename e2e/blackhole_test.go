@@ -7,26 +7,31 @@ import (
 	"time"
 )
 
-// blackhole drops the QUIC flow in the server namespace, both ways, until
-// the returned function is called.
+// blackhole drops the QUIC flow both ways until the returned function is
+// called: on input, in the server namespace (towards masqued) and in the
+// client namespace (towards masque up), so that it looks like a dead path.
+// (Dropping on output would fail the sender's sendmsg with EPERM, which
+// quic-go takes as a fatal socket error: no network does that.)
 func blackhole(t *testing.T, tp *topo) (restore func()) {
 	t.Helper()
-	for _, cmd := range []string{
-		"add table inet e2e_blackhole",
-		"add chain inet e2e_blackhole in { type filter hook input priority -10 ; }",
-		"add chain inet e2e_blackhole out { type filter hook output priority -10 ; }",
-		"add rule inet e2e_blackhole in udp dport 4433 drop",
-		"add rule inet e2e_blackhole out udp sport 4433 drop",
-	} {
-		if r := runIn(t, tp.server, 10*time.Second, append([]string{"nft"}, strings.Fields(cmd)...)...); r.code != 0 {
-			t.Fatalf("nft %s: %s", cmd, r.stderr)
+	for _, side := range []struct{ ns, match string }{{tp.server, "udp dport 4433"}, {tp.client, "udp sport 4433"}} {
+		for _, cmd := range []string{
+			"add table inet e2e_blackhole",
+			"add chain inet e2e_blackhole in { type filter hook input priority -10 ; }",
+			"add rule inet e2e_blackhole in " + side.match + " drop",
+		} {
+			if r := runIn(t, side.ns, 10*time.Second, append([]string{"nft"}, strings.Fields(cmd)...)...); r.code != 0 {
+				t.Fatalf("nft %s: %s", cmd, r.stderr)
+			}
 		}
 	}
 	done := false
 	restore = func() {
 		if !done {
 			done = true
-			runIn(t, tp.server, 10*time.Second, "nft", "delete", "table", "inet", "e2e_blackhole")
+			for _, ns := range []string{tp.server, tp.client} {
+				runIn(t, ns, 10*time.Second, "nft", "delete", "table", "inet", "e2e_blackhole")
+			}
 		}
 	}
 	t.Cleanup(restore)
