@@ -193,8 +193,14 @@ func (tp *topo) startClientArgv(t *testing.T, ns, stateDir string, argv []string
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.server != serverAddr {
-		t.Errorf("up line server = %q, want %q", u.server, serverAddr)
+	wantServer := serverAddr
+	for i, a := range argv[:len(argv)-1] {
+		if a == "--server" {
+			wantServer = argv[i+1] // the last one counts
+		}
+	}
+	if u.server != wantServer {
+		t.Errorf("up line server = %q, want %q", u.server, wantServer)
 	}
 	pool4 := netip.MustParsePrefix("100.64.0.0/16")
 	pool6 := netip.MustParsePrefix("fd6d:6173:7175:6500::/64")

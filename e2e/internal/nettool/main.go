@@ -34,6 +34,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -58,6 +59,8 @@ func main() {
 		err = udpCount(args)
 	case "get":
 		err = get(args)
+	case "udprelay":
+		err = udpRelay(args)
 	default:
 		err = fmt.Errorf("unknown mode %q", mode)
 	}
@@ -410,4 +413,114 @@ func get(args []string) error {
 	}
 	_, err = io.Copy(os.Stdout, resp.Body)
 	return err
+}
+
+// udpRelay relays one UDP client to a server through a socket of its own,
+// duplicating and reordering datagrams at random both ways: with
+// probability -dup a datagram is sent twice, with probability -reorder it
+// is held back and sent after the next one (or after -hold if none comes).
+// It prints counters as JSON when it exits.
+func udpRelay(args []string) error {
+	fs := flag.NewFlagSet("udprelay", flag.ExitOnError)
+	listen := fs.String("listen", "", "address the client sends to")
+	to := fs.String("to", "", "server address")
+	dup := fs.Float64("dup", 0, "probability of duplicating a datagram")
+	reorder := fs.Float64("reorder", 0, "probability of holding a datagram back behind the next one")
+	hold := fs.Duration("hold", 5*time.Millisecond, "longest a held datagram waits")
+	timeout := fs.Duration("timeout", 5*time.Minute, "exit after this long")
+	fs.Parse(args)
+
+	ctx, cancel := signalContext(*timeout)
+	defer cancel()
+	front, err := net.ListenPacket("udp", *listen)
+	if err != nil {
+		return err
+	}
+	defer front.Close()
+	server, err := net.ResolveUDPAddr("udp", *to)
+	if err != nil {
+		return err
+	}
+	back, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return err
+	}
+	defer back.Close()
+	context.AfterFunc(ctx, func() { front.Close(); back.Close() })
+
+	var mu sync.Mutex
+	var client net.Addr
+	var relayed, duplicated, reordered atomic.Uint64
+	// pump copies from src to whatever dst returns, duplicating and
+	// reordering. One held datagram per direction at most.
+	pump := func(read func([]byte) (int, error), write func([]byte) error) {
+		rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+		var held []byte
+		timer := time.AfterFunc(time.Hour, func() {})
+		var hmu sync.Mutex
+		flushHeld := func() {
+			hmu.Lock()
+			if held != nil {
+				write(held)
+				held = nil
+			}
+			hmu.Unlock()
+		}
+		buf := make([]byte, 65536)
+		for {
+			n, err := read(buf)
+			if err != nil {
+				return
+			}
+			d := append([]byte(nil), buf[:n]...)
+			relayed.Add(1)
+			if rng.Float64() < *reorder {
+				flushHeld()
+				hmu.Lock()
+				held = d
+				hmu.Unlock()
+				reordered.Add(1)
+				timer.Stop()
+				timer = time.AfterFunc(*hold, flushHeld)
+				continue
+			}
+			write(d)
+			if rng.Float64() < *dup {
+				write(d)
+				duplicated.Add(1)
+			}
+			flushHeld()
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		pump(func(b []byte) (int, error) {
+			n, from, err := front.ReadFrom(b)
+			if err == nil {
+				mu.Lock()
+				client = from
+				mu.Unlock()
+			}
+			return n, err
+		}, func(b []byte) error { _, err := back.WriteTo(b, server); return err })
+	})
+	wg.Go(func() {
+		pump(func(b []byte) (int, error) {
+			n, _, err := back.ReadFrom(b)
+			return n, err
+		}, func(b []byte) error {
+			mu.Lock()
+			to := client
+			mu.Unlock()
+			if to == nil {
+				return nil
+			}
+			_, err := front.WriteTo(b, to)
+			return err
+		})
+	})
+	ready()
+	wg.Wait()
+	printJSON(map[string]uint64{"relayed": relayed.Load(), "duplicated": duplicated.Load(), "reordered": reordered.Load()})
+	return nil
 }
