@@ -41,6 +41,8 @@ type State struct {
 	// Sysctls maps a sysctl key, as SetSysctl takes it, to the value to
 	// restore.
 	Sysctls map[string]string `json:"sysctls,omitempty"`
+	// ResolvConf is the resolver configuration to restore.
+	ResolvConf *ResolvConf `json:"resolv_conf,omitempty"`
 }
 
 // Validate reports every problem in s at once, joined with [errors.Join].
@@ -77,6 +79,11 @@ func (s *State) Validate() error {
 		}
 		if strings.ContainsRune(s.Sysctls[k], 0) {
 			errs = append(errs, fmt.Errorf("sysctls[%s]: value contains NUL", k))
+		}
+	}
+	if s.ResolvConf != nil {
+		if err := s.ResolvConf.validate(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -229,6 +236,11 @@ func Undo(s *State) error {
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Sysctls)) {
 		if _, err := SetSysctl(k, s.Sysctls[k]); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if s.ResolvConf != nil {
+		if err := s.ResolvConf.Restore(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -52,6 +52,9 @@ type ClientConfig struct {
 	// changes: the smaller of MaxMTU and the datagram budget, which grows
 	// as QUIC's path MTU discovery finds room.
 	SetMTU func(mtu int) error
+	// OnDNS, if set, is called (from the capsule reader) with the DNS
+	// servers each DNS_ASSIGN names.
+	OnDNS func([]netip.Addr)
 	// Logger receives lifecycle logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -338,6 +341,9 @@ func (c *Client) readCapsules() error {
 			c.dns = dns
 			c.mu.Unlock()
 			c.log.Info("dns configuration received", "servers", dns)
+			if c.cfg.OnDNS != nil && len(dns) > 0 {
+				c.cfg.OnDNS(dns)
+			}
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,6 +46,7 @@ type upOptions struct {
 	killSwitch, killSwitchSet bool
 	allowLAN                  bool
 	reconnect                 bool
+	acceptDNS                 bool
 }
 
 // upConfig is a validated upOptions.
@@ -87,6 +89,7 @@ wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down do
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for crash-recovery state and the status socket")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.killSwitch, "kill-switch", true, "drop every packet that would leave outside the tunnel (default on for a full tunnel, off with --route)")
+	f.BoolVar(&o.acceptDNS, "accept-dns", true, "point /etc/resolv.conf at the DNS servers the server sends while the tunnel is up")
 	f.BoolVar(&o.reconnect, "reconnect", true, "when the tunnel is lost, keep the TUN, routes and kill switch and reconnect with backoff (false: exit)")
 	f.BoolVar(&o.allowLAN, "allow-lan", false, "with the kill switch, still let the directly connected networks be reached")
 	cmd.PreRun = func(cmd *cobra.Command, _ []string) { o.killSwitchSet = cmd.Flags().Changed("kill-switch") }
@@ -183,6 +186,16 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 	defer func() { qc.Close() }()
 	var dev *tun.Device // created once the addresses are known
+	// DNS configurations from the server, latest first, applied once the
+	// state file records what to restore.
+	dnsUpdates := make(chan []netip.Addr, 1)
+	onDNS := func(servers []netip.Addr) {
+		select {
+		case <-dnsUpdates:
+		default:
+		}
+		dnsUpdates <- servers
+	}
 	connect := func(qc *quicio.ClientConn) (*tunnel.Client, error) {
 		client, err := tunnel.Connect(ctx, tunnel.ClientConfig{
 			Conn:         qc.Conn,
@@ -191,6 +204,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			SetupTimeout: c.connectTimeout,
 			MaxMTU:       c.mtu,
 			SetMTU:       func(mtu int) error { return dev.SetMTU(mtu) },
+			OnDNS:        onDNS,
 			Logger:       logger,
 		})
 		if re, ok := errors.AsType[*tunnel.RefusedError](err); ok && (re.Status == 401 || re.Status == 403) {
@@ -227,12 +241,41 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	if err := tun.WriteState(statePath, st); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
+	var stMu sync.Mutex // st: the DNS goroutine adds to it
+	dnsDone := make(chan struct{})
+	stopDNS := make(chan struct{})
 	defer func() {
+		close(stopDNS)
+		<-dnsDone
+		stMu.Lock()
+		defer stMu.Unlock()
 		if err := tun.Undo(st); err != nil {
 			retErr = errors.Join(retErr, err)
 			return
 		}
 		_ = tun.RemoveState(statePath)
+	}()
+	go func() {
+		defer close(dnsDone)
+		for {
+			var servers []netip.Addr
+			select {
+			case <-stopDNS:
+				return
+			case servers = <-dnsUpdates:
+			}
+			if !c.acceptDNS {
+				continue
+			}
+			stMu.Lock()
+			err := applyDNS(st, statePath, c.stateDir, servers)
+			stMu.Unlock()
+			if err != nil {
+				logger.Warn("dns not applied", "err", err)
+			} else {
+				logger.Info("dns applied", "servers", servers)
+			}
+		}
 	}()
 	// The kill switch goes up before any route moves traffic, and stays
 	// until the routes are gone (Undo deletes its table).
@@ -351,6 +394,18 @@ func reconnectLoop(ctx context.Context, c *upConfig, mark uint32, want []netip.P
 		}
 		return qc, client, nil
 	}
+}
+
+// applyDNS records in the state file that /etc/resolv.conf is about to
+// change (once), then points it at servers.
+func applyDNS(st *tun.State, statePath, stateDir string, servers []netip.Addr) error {
+	if st.ResolvConf == nil {
+		st.ResolvConf = &tun.ResolvConf{Path: "/etc/resolv.conf", Backup: filepath.Join(stateDir, "resolv.conf.orig")}
+		if err := tun.WriteState(statePath, st); err != nil {
+			return fmt.Errorf("write state: %w", err)
+		}
+	}
+	return st.ResolvConf.Apply(servers)
 }
 
 // lanPrefixes returns the networks of the host's interfaces other than
