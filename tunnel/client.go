@@ -442,17 +442,15 @@ func (c *Client) Run(ctx context.Context, dev Device) error {
 //	dev.Read ─► Tunnel.runReader ─► Client.sendBatch ─► conn.SendDatagram ─► server
 //	server ─► conn.ReceiveDatagram ─► Client.runDown ─(rxRing)─► runTUNWriter ─► dev.Write
 type Tunnel struct {
-	dev  Device
-	cur  atomic.Pointer[Client]
-	idle atomic.Uint64 // packets read while no session was served
+	dev   Device
+	cur   atomic.Pointer[Client]
+	idle  atomic.Uint64 // packets read while no session was served
+	start sync.Once     // the reader starts with the first session
 }
 
-// NewTunnel starts reading dev. The reader exits when dev is closed.
-func NewTunnel(dev Device) *Tunnel {
-	t := &Tunnel{dev: dev}
-	go t.runReader()
-	return t
-}
+// NewTunnel returns a Tunnel on dev. Its reader starts with the first
+// Serve and exits when dev is closed.
+func NewTunnel(dev Device) *Tunnel { return &Tunnel{dev: dev} }
 
 // Dropped returns how many packets were read while no session was served.
 func (t *Tunnel) Dropped() uint64 { return t.idle.Load() }
@@ -461,11 +459,12 @@ func (t *Tunnel) Dropped() uint64 { return t.idle.Load() }
 // ctx is done (it then returns nil) or the session ends (it returns why).
 // One session is served at a time.
 func (t *Tunnel) Serve(ctx context.Context, c *Client) error {
+	t.cur.Store(c)
+	t.start.Do(func() { go t.runReader() })
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
 	wg.Go(func() { errc <- c.runDown(t.dev) })
 	wg.Go(func() { c.runMTU(ctx) })
-	t.cur.Store(c)
 	var err error
 	select {
 	case <-ctx.Done():
