@@ -250,8 +250,6 @@ type dgramMux struct {
 	mu      sync.Mutex // guards the fields below; held while a sink runs
 	sinks   map[quic.StreamID]datagramSink
 	pending []datagramSink // sinks holding packets for flush
-
-	drain bool // run's own: some sink held packets at the last delivery
 }
 
 func newDgramMux(c *quic.Conn, cnt *counters) *dgramMux {
@@ -310,36 +308,40 @@ func (m *dgramMux) forget(id quic.StreamID) {
 	}
 }
 
-// run reads datagrams until the connection ends. While datagrams are
-// queued it reads without blocking; when the queue is empty it flushes the
-// sinks, so batches are as large as the burst that arrived.
+// run reads datagrams until the connection ends. It waits for the first
+// datagram of a burst without the lock, then holds the lock while it
+// drains what is queued without blocking, and flushes the sinks when the
+// queue is empty: one lock per burst, and batches as large as the burst.
 func (m *dgramMux) run() {
-	ctx := context.Background()
 	for {
-		rctx := ctx
-		if m.drain {
-			rctx = drainCtx
+		d, err := m.conn.ReceiveDatagram(context.Background())
+		m.mu.Lock()
+		ok := true
+		for ok && err == nil && d != nil {
+			ok = m.handle(d)
+			d, err = m.conn.ReceiveDatagram(drainCtx)
 		}
-		d, err := m.conn.ReceiveDatagram(rctx)
-		if err != nil {
-			m.flushAll()
+		m.flushLocked()
+		m.mu.Unlock()
+		if !ok || err != nil {
 			return
-		}
-		if d == nil {
-			m.flushAll()
-			continue
-		}
-		qsid, n, err := quicvarint.Parse(d)
-		if err != nil || qsid > maxQuarterStreamID {
-			// RFC 9297 §2.1: a malformed datagram is a connection error.
-			m.conn.CloseWithError(quic.ApplicationErrorCode(errCodeH3DatagramError), "malformed HTTP datagram")
-			m.flushAll()
-			return
-		}
-		if !m.dispatch(quic.StreamID(qsid*4), d[n:]) {
-			m.counters.drop(dropUnknownStream)
 		}
 	}
+}
+
+// handle parses one datagram's quarter stream ID and passes the payload to
+// its sink. A malformed ID closes the connection (RFC 9297 §2.1) and
+// returns false. The caller holds m.mu.
+func (m *dgramMux) handle(d []byte) bool {
+	qsid, n, err := quicvarint.Parse(d)
+	if err != nil || qsid > maxQuarterStreamID {
+		m.conn.CloseWithError(quic.ApplicationErrorCode(errCodeH3DatagramError), "malformed HTTP datagram")
+		return false
+	}
+	if !m.dispatchLocked(quic.StreamID(qsid*4), d[n:]) {
+		m.counters.drop(dropUnknownStream)
+	}
+	return true
 }
 
 // dispatch hands d to the sink of stream id and reports whether there was
@@ -347,6 +349,10 @@ func (m *dgramMux) run() {
 func (m *dgramMux) dispatch(id quic.StreamID, d []byte) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.dispatchLocked(id, d)
+}
+
+func (m *dgramMux) dispatchLocked(id quic.StreamID, d []byte) bool {
 	s := m.sinks[id]
 	if s == nil {
 		return false
@@ -354,17 +360,20 @@ func (m *dgramMux) dispatch(id quic.StreamID, d []byte) bool {
 	if s.deliver(d) && !slices.Contains(m.pending, s) {
 		m.pending = append(m.pending, s)
 	}
-	m.drain = len(m.pending) > 0
 	return true
 }
 
+// flushAll flushes every sink that holds packets.
 func (m *dgramMux) flushAll() {
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.flushLocked()
+}
+
+func (m *dgramMux) flushLocked() {
 	for i, s := range m.pending {
 		s.flush()
 		m.pending[i] = nil
 	}
 	m.pending = m.pending[:0]
-	m.drain = false
-	m.mu.Unlock()
 }
