@@ -33,6 +33,19 @@ type rxBatch struct {
 	bufs [recvBatch][]byte
 }
 
+// recycle returns b's buffers to the pool and empties it.
+func (b *rxBatch) recycle() {
+	for i := range b.arrs {
+		if b.arrs[i] == nil {
+			break
+		}
+		putBuf(b.arrs[i])
+		b.arrs[i] = nil
+		b.bufs[i] = nil
+	}
+	b.n = 0
+}
+
 // rxPipe is a session's receive state. cur is touched only by the
 // connection's dgramMux (under its lock) and, after the session left the
 // mux, by the session itself.
@@ -113,15 +126,7 @@ func (ss *session) runTUNWriter(full <-chan *rxBatch, free chan<- *rxBatch) {
 		if b.n > 0 {
 			ss.srv.writeTUN(b.bufs[:b.n])
 		}
-		for i := range b.arrs {
-			if b.arrs[i] == nil {
-				break
-			}
-			putBuf(b.arrs[i])
-			b.arrs[i] = nil
-			b.bufs[i] = nil
-		}
-		b.n = 0
+		b.recycle()
 		free <- b
 	}
 }

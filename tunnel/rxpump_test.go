@@ -28,15 +28,7 @@ func newRxTestSession(t testing.TB) *session {
 // recycleRxBatch does to b what runTUNWriter does after the write: the
 // buffers go back to the pool and the batch back to ss.rx.free.
 func recycleRxBatch(ss *session, b *rxBatch) {
-	for i := range b.arrs {
-		if b.arrs[i] == nil {
-			break
-		}
-		putBuf(b.arrs[i])
-		b.arrs[i] = nil
-		b.bufs[i] = nil
-	}
-	b.n = 0
+	b.recycle()
 	ss.rx.free <- b
 }
 
