@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -149,7 +148,7 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	tr := &http3.Transport{EnableDatagrams: true}
 	raw := tr.NewRawClientConn(cfg.Conn)
 	settings := make(chan peerSettings, 1)
-	go acceptServerUni(cfg.Conn, settings)
+	go acceptUniStreams(cfg.Conn, http3.ErrCodeIDError, func(ps peerSettings) { settings <- ps })
 	var ps peerSettings
 	select {
 	case ps = <-settings:
@@ -218,58 +217,6 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	}
 	c.started = time.Now()
 	return c, nil
-}
-
-// acceptServerUni reads the server's unidirectional streams: the control
-// stream's SETTINGS go to settings (once); QPACK streams are drained; push
-// streams (never allowed: no MAX_PUSH_ID is sent) and unknown types are
-// refused. It returns when the connection ends.
-func acceptServerUni(c *quic.Conn, settings chan<- peerSettings) {
-	var ctrl atomic.Bool
-	for {
-		str, err := c.AcceptUniStream(context.Background())
-		if err != nil {
-			return
-		}
-		go func() {
-			r := bufio.NewReaderSize(str, 512)
-			typ, err := quicvarint.Read(r)
-			if err != nil {
-				return
-			}
-			closeConn := func(code http3.ErrCode, msg string) {
-				c.CloseWithError(quic.ApplicationErrorCode(code), msg)
-			}
-			switch typ {
-			case streamTypeControl:
-				if !ctrl.CompareAndSwap(false, true) {
-					closeConn(http3.ErrCodeStreamCreationError, "duplicate control stream")
-					return
-				}
-				ps, err := readSettings(r)
-				if err != nil {
-					if se, ok := errors.AsType[*settingsError](err); ok {
-						closeConn(se.code, se.msg)
-					} else {
-						closeConn(http3.ErrCodeClosedCriticalStream, "")
-					}
-					return
-				}
-				settings <- ps
-				// GOAWAY and the like: the session ends with its stream.
-				io.Copy(io.Discard, r)
-				if c.Context().Err() == nil {
-					closeConn(http3.ErrCodeClosedCriticalStream, "control stream closed")
-				}
-			case streamTypeQPACKEncoder, streamTypeQPACKDecoder:
-				io.Copy(io.Discard, r)
-			case streamTypePush:
-				closeConn(http3.ErrCodeIDError, "push stream without MAX_PUSH_ID")
-			default:
-				str.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
-			}
-		}()
-	}
 }
 
 // readCapsules reads the request stream's capsules until it ends and

@@ -43,7 +43,6 @@ type h3conn struct {
 	conn     *quic.Conn
 	mux      *dgramMux
 	handlers sync.WaitGroup // request handlers still running
-	ctrlSeen atomic.Bool    // the client's control stream arrived
 }
 
 // serveH3 serves HTTP/3 on c until the connection ends.
@@ -65,7 +64,7 @@ func (s *Server) serveH3(c *quic.Conn) error {
 	}
 	var wg sync.WaitGroup
 	wg.Go(hc.mux.run)
-	wg.Go(func() { s.acceptUni(hc) })
+	wg.Go(func() { acceptUniStreams(c, http3.ErrCodeStreamCreationError, nil) })
 	for {
 		str, err := c.AcceptStream(context.Background())
 		if err != nil {
@@ -83,15 +82,64 @@ func (s *Server) serveH3(c *quic.Conn) error {
 	return nil
 }
 
-// acceptUni reads the client's unidirectional streams (RFC 9114 §6.2) until
-// the connection ends.
-func (s *Server) acceptUni(hc *h3conn) {
+// acceptUniStreams reads the peer's unidirectional streams (RFC 9114
+// §6.2) until the connection ends. The control stream's SETTINGS go to
+// onSettings (nil: checked and dropped); the stream must then stay open,
+// and its end closes the connection. QPACK streams are drained: http3's
+// QPACK uses no dynamic table. A push stream is refused with pushCode
+// (H3_STREAM_CREATION_ERROR from a client, which may not push;
+// H3_ID_ERROR from a server, as we send no MAX_PUSH_ID). Reserved and
+// unknown types are ignored (§6.2.3).
+func acceptUniStreams(c *quic.Conn, pushCode http3.ErrCode, onSettings func(peerSettings)) {
+	var ctrlSeen atomic.Bool
 	for {
-		str, err := hc.conn.AcceptUniStream(context.Background())
+		str, err := c.AcceptUniStream(context.Background())
 		if err != nil {
 			return
 		}
-		go s.handleUni(hc, str)
+		go serveUniStream(c, str, &ctrlSeen, pushCode, onSettings)
+	}
+}
+
+func serveUniStream(c *quic.Conn, str *quic.ReceiveStream, ctrlSeen *atomic.Bool, pushCode http3.ErrCode, onSettings func(peerSettings)) {
+	r := bufio.NewReaderSize(str, 512)
+	typ, err := quicvarint.Read(r)
+	if err != nil {
+		return
+	}
+	closeConn := func(code http3.ErrCode, msg string) {
+		c.CloseWithError(quic.ApplicationErrorCode(code), msg)
+	}
+	switch typ {
+	case streamTypeControl:
+		if !ctrlSeen.CompareAndSwap(false, true) {
+			closeConn(http3.ErrCodeStreamCreationError, "duplicate control stream")
+			return
+		}
+		ps, err := readSettings(r)
+		if err != nil {
+			if se, ok := errors.AsType[*settingsError](err); ok {
+				closeConn(se.code, se.msg)
+			} else {
+				closeConn(http3.ErrCodeClosedCriticalStream, "")
+			}
+			return
+		}
+		if onSettings != nil {
+			onSettings(ps)
+		}
+		// The rest (GOAWAY, MAX_PUSH_ID, PRIORITY_UPDATE) asks nothing of
+		// us: sessions end with their streams.
+		io.Copy(io.Discard, r)
+		if c.Context().Err() == nil {
+			closeConn(http3.ErrCodeClosedCriticalStream, "control stream closed")
+		}
+	case streamTypeQPACKEncoder, streamTypeQPACKDecoder:
+		io.Copy(io.Discard, r)
+	case streamTypePush:
+		closeConn(pushCode, "unexpected push stream")
+	default:
+		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
 	}
 }
 
@@ -112,48 +160,7 @@ const (
 	errCodeH3MissingSetting = 0x10a
 )
 
-func (s *Server) handleUni(hc *h3conn, str *quic.ReceiveStream) {
-	r := bufio.NewReaderSize(str, 512)
-	typ, err := quicvarint.Read(r)
-	if err != nil {
-		return
-	}
-	closeConn := func(code http3.ErrCode, msg string) {
-		hc.conn.CloseWithError(quic.ApplicationErrorCode(code), msg)
-	}
-	switch typ {
-	case streamTypeControl:
-		if !hc.ctrlSeen.CompareAndSwap(false, true) {
-			closeConn(http3.ErrCodeStreamCreationError, "duplicate control stream")
-			return
-		}
-		if _, err := readSettings(r); err != nil {
-			var se *settingsError
-			if errors.As(err, &se) {
-				closeConn(se.code, se.msg)
-			} else {
-				closeConn(http3.ErrCodeClosedCriticalStream, "")
-			}
-			return
-		}
-		// The rest of the control stream (GOAWAY, MAX_PUSH_ID, PRIORITY_UPDATE)
-		// asks nothing of a server that does not push; it must stay open.
-		io.Copy(io.Discard, r)
-		if hc.conn.Context().Err() == nil {
-			closeConn(http3.ErrCodeClosedCriticalStream, "control stream closed")
-		}
-	case streamTypeQPACKEncoder, streamTypeQPACKDecoder:
-		// Our QPACK (http3's) uses no dynamic table: nothing to read.
-		io.Copy(io.Discard, r)
-	case streamTypePush:
-		closeConn(http3.ErrCodeStreamCreationError, "client opened a push stream")
-	default:
-		// Reserved and unknown types are ignored (RFC 9114 §6.2.3).
-		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
-	}
-}
-
-// peerSettings is what a client's SETTINGS frame says that we look at.
+// peerSettings is what a peer's SETTINGS frame says that we look at.
 type peerSettings struct {
 	datagram, extendedConnect bool
 }
