@@ -207,8 +207,8 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			OnDNS:        onDNS,
 			Logger:       logger,
 		})
-		if re, ok := errors.AsType[*tunnel.RefusedError](err); ok && (re.Status == 401 || re.Status == 403) {
-			return nil, fmt.Errorf("%v: check --token-file or the client certificate", err)
+		if refusedCredentials(err) {
+			return nil, fmt.Errorf("%w: check --token-file or the client certificate", err)
 		}
 		return client, err
 	}
@@ -347,6 +347,13 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 }
 
+// refusedCredentials reports whether the server refused the tunnel for
+// our credentials (401 or 403): retrying cannot help.
+func refusedCredentials(err error) bool {
+	re, ok := errors.AsType[*tunnel.RefusedError](err)
+	return ok && (re.Status == 401 || re.Status == 403)
+}
+
 // Reconnect backoff: the first attempt at once, then doubling up to
 // maxReconnectDelay, each delay ±25% so that a fleet does not return in step.
 const (
@@ -380,7 +387,7 @@ func reconnectLoop(ctx context.Context, c *upConfig, mark uint32, want []netip.P
 		client, err := connect(qc)
 		if err != nil {
 			qc.Close()
-			if _, refused := errors.AsType[*tunnel.RefusedError](err); refused && strings.Contains(err.Error(), "--token-file") {
+			if refusedCredentials(err) {
 				return nil, nil, err
 			}
 			logger.Info("reconnect failed", "attempt", attempt, "err", err)
