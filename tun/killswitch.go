@@ -49,9 +49,4 @@ func (c *KillSwitchConfig) Validate() error {
 // requests). It covers IPv4 and IPv6 alike, so a tunnel without IPv6
 // blocks IPv6 rather than leaking it, and a route injected on a physical
 // interface cannot pull traffic out. Close deletes the table.
-type KillSwitch struct {
-	nat NAT // the table's owner: namespace fd and idempotent Close
-}
-
-// Table returns the name of the inet table.
-func (k *KillSwitch) Table() string { return k.nat.table }
+type KillSwitch struct{ nftTable }

@@ -19,20 +19,11 @@ func NewKillSwitch(cfg KillSwitchConfig) (*KillSwitch, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("kill switch: %w", err)
 	}
-	nsFD, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	k := &KillSwitch{}
+	c, t, err := k.begin(cfg.Table)
 	if err != nil {
-		return nil, fmt.Errorf("kill switch: open network namespace: %w", err)
-	}
-	k := &KillSwitch{nat: NAT{table: cfg.Table, nsFD: nsFD}}
-	c, err := k.nat.conn()
-	if err != nil {
-		unix.Close(nsFD)
 		return nil, fmt.Errorf("kill switch: %w", err)
 	}
-	t := &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
-	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
 	drop := nftables.ChainPolicyDrop
 	ch := c.AddChain(&nftables.Chain{
 		Name:     "output",
@@ -45,8 +36,7 @@ func NewKillSwitch(cfg KillSwitchConfig) (*KillSwitch, error) {
 	for _, e := range killSwitchRules(cfg) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(e, &expr.Verdict{Kind: expr.VerdictAccept})})
 	}
-	if err := c.Flush(); err != nil {
-		unix.Close(nsFD)
+	if err := k.commit(c); err != nil {
 		return nil, fmt.Errorf("kill switch: create table %s: %w", cfg.Table, err)
 	}
 	return k, nil
@@ -118,9 +108,4 @@ func killSwitchRules(cfg KillSwitchConfig) [][]expr.Any {
 
 // Close deletes the kill switch's table; one that is gone already is no
 // error. Close is idempotent.
-func (k *KillSwitch) Close() error {
-	if err := k.nat.Close(); err != nil {
-		return fmt.Errorf("kill switch: %w", err)
-	}
-	return nil
-}
+func (k *KillSwitch) Close() error { return k.close("kill switch") }

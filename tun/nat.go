@@ -14,11 +14,10 @@ const maxTableNameLen = 255
 // natChain is the name of the postrouting chain in a NAT table.
 const natChain = "postrouting"
 
-// NAT is a server's source NAT: an nftables table of its own, of family
-// inet, that masquerades the tunnel clients' packets as they leave the
-// host. It lives in the network namespace of the thread that created it,
-// and Close deletes it there, whatever thread calls Close.
-type NAT struct {
+// nftTable is an inet nftables table this process created. It lives in
+// the network namespace of the thread that created it, and close deletes
+// it there, whatever thread calls close.
+type nftTable struct {
 	table string
 	nsFD  int // the namespace's fd, or -1
 
@@ -27,7 +26,12 @@ type NAT struct {
 }
 
 // Table returns the name of the inet table.
-func (n *NAT) Table() string { return n.table }
+func (t *nftTable) Table() string { return t.table }
+
+// NAT is a server's source NAT: an nftables table of its own, of family
+// inet, that masquerades the tunnel clients' packets as they leave the
+// host. Close deletes it in the namespace it was created in.
+type NAT struct{ nftTable }
 
 func validateNAT(table, egress, tunName string, sources []netip.Prefix) error {
 	var errs []error

@@ -24,24 +24,11 @@ func NewNAT(table, egress, tunName string, sources []netip.Prefix) (*NAT, error)
 	if err := validateNAT(table, egress, tunName, sources); err != nil {
 		return nil, fmt.Errorf("create nat table %s: %w", table, err)
 	}
-	nsFD, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	n := &NAT{}
+	c, t, err := n.begin(table)
 	if err != nil {
-		return nil, fmt.Errorf("create nat table %s: open network namespace: %w", table, err)
-	}
-	n := &NAT{table: table, nsFD: nsFD}
-	c, err := n.conn()
-	if err != nil {
-		unix.Close(nsFD)
 		return nil, fmt.Errorf("create nat table %s: %w", table, err)
 	}
-
-	// "add table; delete table; add table" in one batch replaces a leftover
-	// table without a window, and never fails for want of one: adding an
-	// existing table without NLM_F_EXCL is a no-op.
-	t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
-	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
 	ch := c.AddChain(&nftables.Chain{
 		Name:     natChain,
 		Table:    t,
@@ -52,11 +39,43 @@ func NewNAT(table, egress, tunName string, sources []netip.Prefix) (*NAT, error)
 	for _, p := range sources {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: masqueradeExprs(p.Masked(), egress, tunName)})
 	}
-	if err := c.Flush(); err != nil {
-		unix.Close(nsFD)
+	if err := n.commit(c); err != nil {
 		return nil, fmt.Errorf("create nat table %s: %w", table, err)
 	}
 	return n, nil
+}
+
+// begin opens the calling thread's network namespace and starts a batch
+// that (re)creates the inet table name: "add table; delete table; add
+// table" replaces a leftover of a crash without a window, and never fails
+// for want of one, as adding an existing table without NLM_F_EXCL is a
+// no-op. The caller adds chains and rules, then calls commit.
+func (t *nftTable) begin(name string) (*nftables.Conn, *nftables.Table, error) {
+	nsFD, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open network namespace: %w", err)
+	}
+	t.table, t.nsFD = name, nsFD
+	c, err := t.conn()
+	if err != nil {
+		unix.Close(nsFD)
+		return nil, nil, err
+	}
+	nt := &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
+	c.AddTable(nt)
+	c.DelTable(nt)
+	c.AddTable(nt)
+	return c, nt, nil
+}
+
+// commit sends the batch begin started, atomically.
+func (t *nftTable) commit(c *nftables.Conn) error {
+	if err := c.Flush(); err != nil {
+		unix.Close(t.nsFD)
+		t.nsFD = -1
+		return err
+	}
+	return nil
 }
 
 // masqueradeExprs builds
@@ -113,32 +132,36 @@ func ifname(name string) []byte {
 	return b
 }
 
-// conn returns an nftables connection to the NAT's namespace.
-func (n *NAT) conn() (*nftables.Conn, error) {
-	if n.nsFD <= 0 { // fd 0 is stdin, not a namespace: a NAT not made by NewNAT
+// conn returns an nftables connection to the table's namespace.
+func (t *nftTable) conn() (*nftables.Conn, error) {
+	if t.nsFD <= 0 { // fd 0 is stdin, not a namespace: a table not made by begin
 		return nftables.New()
 	}
-	return nftables.New(nftables.WithNetNSFd(n.nsFD))
+	return nftables.New(nftables.WithNetNSFd(t.nsFD))
+}
+
+// close deletes the table; one that is gone already is no error. close is
+// idempotent; what names the table's owner in errors.
+func (t *nftTable) close(what string) error {
+	t.closeOnce.Do(func() {
+		c, err := t.conn()
+		if err == nil {
+			err = deleteTable(c, t.table)
+		}
+		if t.nsFD > 0 {
+			unix.Close(t.nsFD)
+			t.nsFD = -1
+		}
+		if err != nil {
+			t.closeErr = fmt.Errorf("close %s: %w", what, err)
+		}
+	})
+	return t.closeErr
 }
 
 // Close deletes the NAT's table; a table that is gone already is no
 // error. Close is idempotent.
-func (n *NAT) Close() error {
-	n.closeOnce.Do(func() {
-		c, err := n.conn()
-		if err == nil {
-			err = deleteTable(c, n.table)
-		}
-		if n.nsFD > 0 {
-			unix.Close(n.nsFD)
-			n.nsFD = -1
-		}
-		if err != nil {
-			n.closeErr = fmt.Errorf("close nat: %w", err)
-		}
-	})
-	return n.closeErr
-}
+func (n *NAT) Close() error { return n.close("nat") }
 
 // DeleteTable deletes the nftables table "inet <table>" in the calling
 // thread's network namespace; a table that does not exist is no error.
