@@ -16,8 +16,6 @@ import (
 func TestKillSwitchBlocksInjectedRoute(t *testing.T) {
 	tp := newTopo(t, false)
 	tp.startServer(t)
-	filter := "not (udp and host " + serverIP4 + " and port 4433) and not arp and " +
-		"not (ip6 and (src net fe80::/10 or dst net ff02::/16 or (icmp6 and ip6[40] >= 133 and ip6[40] <= 137)))"
 	inject := func(add bool) {
 		verb := "add"
 		if !add {
@@ -29,10 +27,7 @@ func TestKillSwitchBlocksInjectedRoute(t *testing.T) {
 	leaks := func(extra ...string) ([]string, string) {
 		c := tp.startClient(t, tp.client, tokenAuth("alice"), extra...)
 		inject(true)
-		dump := startProc(t, tp.client, "tcpdump", "tcpdump", "-i", "c0", "-n", "-l", "-U", "-p", filter)
-		if _, err := dump.waitLine(dump.stderr, 10*time.Second, func(l string) bool { return strings.Contains(l, "listening on") }); err != nil {
-			t.Fatalf("tcpdump: %v\n%s", err, dump.stderr.String())
-		}
+		dump := startCapture(t, tp.client, leakFilter, false)
 		p4 := ping(t, tp.client, targetIP4, 3)
 		p6 := ping(t, tp.client, targetIP6, 3)
 		time.Sleep(300 * time.Millisecond)
@@ -77,10 +72,7 @@ func TestKillSwitchIPv4OnlyTunnel(t *testing.T) {
 		if c.up.addr6().IsValid() {
 			t.Fatalf("the server without an IPv6 pool assigned %v", c.up.addr6())
 		}
-		dump := startProc(t, tp.client, "tcpdump", "tcpdump", "-i", "c0", "-Q", "out", "-n", "-l", "-U", "-p", filter)
-		if _, err := dump.waitLine(dump.stderr, 10*time.Second, func(l string) bool { return strings.Contains(l, "listening on") }); err != nil {
-			t.Fatalf("tcpdump: %v\n%s", err, dump.stderr.String())
-		}
+		dump := startCapture(t, tp.client, filter, true)
 		ping(t, tp.client, targetIP6, 3)
 		if r := ping(t, tp.client, targetIP4, 3); r.received != 3 {
 			t.Errorf("IPv4 through the IPv4-only tunnel: %d of 3 answered", r.received)

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -346,4 +347,75 @@ func checkErrorLine(t *testing.T, what, stderr, prefix string, wantAny ...string
 		}
 	}
 	t.Errorf("%s: error %q mentions none of %q", what, strings.Join(lines, " "), wantAny)
+}
+
+// tcpResult is what nettool tcpsend and tcpsink print.
+type tcpResult struct {
+	Bytes   int64   `json:"bytes"`
+	SHA256  string  `json:"sha256"`
+	Seconds float64 `json:"seconds"`
+	Peer    string  `json:"peer"`
+}
+
+// checkTransfer checks a finished tcpsend run against its tcpsink: the
+// sender exited 0 having sent size bytes, and the sink got exactly those
+// (SHA-256 equal). It returns both results.
+func checkTransfer(t *testing.T, what string, send result, sink *proc, size int64) (sent, got tcpResult) {
+	t.Helper()
+	if send.code != 0 {
+		t.Fatalf("%s: tcpsend: exit %d after %v\nstdout: %s\nstderr: %s", what, send.code, send.took, send.stdout, send.stderr)
+	}
+	if !sink.wait(10 * time.Second) {
+		t.Fatalf("%s: tcpsink did not finish after the sender did", what)
+	}
+	lastJSON(t, "tcpsend", send.stdout, &sent)
+	lastJSON(t, "tcpsink", sink.stdout.String(), &got)
+	if sent.Bytes != size || got.Bytes != sent.Bytes || got.SHA256 != sent.SHA256 {
+		t.Errorf("%s: target received %d bytes sha256 %s, sender sent %d bytes sha256 %s (want %d bytes)", what, got.Bytes, got.SHA256, sent.Bytes, sent.SHA256, size)
+	}
+	return sent, got
+}
+
+// leakFilter is what must not leave the client's c0 while a tunnel is up:
+// everything but the QUIC flow to the server and link-scope control
+// traffic (ARP, IPv6 neighbour discovery, which may use global addresses,
+// and MLD: link-local source, link-local multicast destination).
+const leakFilter = "not (udp and host " + serverIP4 + " and port 4433) and not arp and " +
+	"not (ip6 and (src net fe80::/10 or dst net ff02::/16 or (icmp6 and ip6[40] >= 133 and ip6[40] <= 137)))"
+
+// startCapture runs tcpdump on c0 in ns with filter, on outgoing packets
+// only if outOnly, and returns once it listens; its stdout has a line per
+// packet.
+func startCapture(t *testing.T, ns, filter string, outOnly bool) *proc {
+	t.Helper()
+	argv := []string{"tcpdump", "-i", "c0", "-n", "-l", "-U", "-p"}
+	if outOnly {
+		argv = append(argv, "-Q", "out")
+	}
+	dump := startProc(t, ns, "tcpdump", append(argv, filter)...)
+	if _, err := dump.waitLine(dump.stderr, 10*time.Second, func(l string) bool { return strings.Contains(l, "listening on") }); err != nil {
+		t.Fatalf("tcpdump: %v\n%s", err, dump.stderr.String())
+	}
+	return dump
+}
+
+// nftInputDrop creates the table inet name in ns with an input chain whose
+// one rule applies match (nft syntax ending in a verdict, e.g. "udp dport
+// 4433 drop") and returns a function that deletes it; the test's cleanup
+// calls it too.
+func nftInputDrop(t *testing.T, ns, name, match string) (remove func()) {
+	t.Helper()
+	for _, cmd := range []string{
+		"add table inet " + name,
+		"add chain inet " + name + " in { type filter hook input priority -10 ; }",
+		"add rule inet " + name + " in " + match,
+	} {
+		if r := runIn(t, ns, 10*time.Second, append([]string{"nft"}, strings.Fields(cmd)...)...); r.code != 0 {
+			t.Fatalf("nft %s: %s", cmd, r.stderr)
+		}
+	}
+	var once sync.Once
+	remove = func() { once.Do(func() { runIn(t, ns, 10*time.Second, "nft", "delete", "table", "inet", name) }) }
+	t.Cleanup(remove)
+	return remove
 }

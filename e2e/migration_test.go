@@ -77,21 +77,7 @@ func TestClientAddressChange(t *testing.T) {
 		t.Errorf("address change stalled the tunnel %v (%d replies); want ≤ 1 s\n%s", p.gap.Round(time.Millisecond), p.n, tail(p.out, 2000))
 	}
 	send := <-sendDone
-	if send.code != 0 {
-		t.Fatalf("tcpsend across the address change: exit %d\n%s%s", send.code, send.stdout, send.stderr)
-	}
-	if !sink.wait(10 * time.Second) {
-		t.Fatal("tcpsink did not finish")
-	}
-	var sent, got struct {
-		Bytes  int64  `json:"bytes"`
-		SHA256 string `json:"sha256"`
-	}
-	lastJSON(t, "tcpsend", send.stdout, &sent)
-	lastJSON(t, "tcpsink", sink.stdout.String(), &got)
-	if got != sent || sent.Bytes != 16<<20 {
-		t.Errorf("across the address change the target got %+v, the client sent %+v", got, sent)
-	}
+	checkTransfer(t, "across the address change", send, sink, 16<<20)
 	if st := c.status(t); st.Reconnects != 0 || st.State != "up" {
 		t.Errorf("after the address change: state %q, %d reconnects; want up, 0 (the same session)", st.State, st.Reconnects)
 	}

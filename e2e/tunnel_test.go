@@ -119,28 +119,7 @@ func TestTCPTransfer(t *testing.T) {
 		}
 		sink := startTool(t, tp.target, "tcpsink", "-listen", tc.listen, "-timeout", "130s")
 		send := runIn(t, tp.client, 130*time.Second, env.nettool, "tcpsend", "-to", tc.to, "-bytes", strconv.FormatInt(tc.size, 10), "-timeout", "120s")
-		if send.code != 0 {
-			t.Errorf("%s: tcpsend: exit %d after %v\nstdout: %s\nstderr: %s", tc.name, send.code, send.took, send.stdout, send.stderr)
-			continue
-		}
-		if !sink.wait(10 * time.Second) {
-			t.Errorf("%s: tcpsink did not finish after the sender did", tc.name)
-			continue
-		}
-		var sent, got struct {
-			Bytes   int64   `json:"bytes"`
-			SHA256  string  `json:"sha256"`
-			Seconds float64 `json:"seconds"`
-			Peer    string  `json:"peer"`
-		}
-		lastJSON(t, "tcpsend", send.stdout, &sent)
-		lastJSON(t, "tcpsink", sink.stdout.String(), &got)
-		if sent.Bytes != tc.size {
-			t.Errorf("%s: sender sent %d bytes, want %d", tc.name, sent.Bytes, tc.size)
-		}
-		if got.Bytes != sent.Bytes || got.SHA256 != sent.SHA256 {
-			t.Errorf("%s: target received %d bytes sha256 %s, sender sent %d bytes sha256 %s", tc.name, got.Bytes, got.SHA256, sent.Bytes, sent.SHA256)
-		}
+		sent, got := checkTransfer(t, tc.name, send, sink, tc.size)
 		if host, _, _ := net.SplitHostPort(got.Peer); host != tc.peer {
 			t.Errorf("%s: target saw the connection from %s, want the server's egress address %s (NAT)", tc.name, got.Peer, tc.peer)
 		}
@@ -675,21 +654,8 @@ func TestNoLeak(t *testing.T) {
 	}
 	tp := newTopo(t, false)
 	srv := tp.startServer(t)
-	// Everything on c0 except the QUIC flow to the server and link-scope
-	// control traffic: ARP, IPv6 neighbour discovery (ICMPv6 133-137, which
-	// may use global addresses) and MLD (link-local source, link-local
-	// multicast destination).
-	filter := "not (udp and host " + serverIP4 + " and port 4433) and not arp and " +
-		"not (ip6 and (src net fe80::/10 or dst net ff02::/16 or (icmp6 and ip6[40] >= 133 and ip6[40] <= 137)))"
-	startDump := func() *proc {
-		dump := startProc(t, tp.client, "tcpdump", "tcpdump", "-i", "c0", "-n", "-l", "-U", "-p", filter)
-		if _, err := dump.waitLine(dump.stderr, 10*time.Second, func(l string) bool { return strings.Contains(l, "listening on") }); err != nil {
-			t.Fatalf("tcpdump: %v\n%s", err, dump.stderr.String())
-		}
-		return dump
-	}
 	// Control: without the tunnel the same capture sees the pings.
-	dump := startDump()
+	dump := startCapture(t, tp.client, leakFilter, false)
 	ping(t, tp.client, targetIP4, 1)
 	ping(t, tp.client, targetIP6, 1)
 	time.Sleep(300 * time.Millisecond)
@@ -699,7 +665,7 @@ func TestNoLeak(t *testing.T) {
 	}
 
 	tp.startClient(t, tp.client, tokenAuth("alice"))
-	dump = startDump()
+	dump = startCapture(t, tp.client, leakFilter, false)
 	startTool(t, tp.target, "udpecho", "-listen", ":9000")
 	checkPing(t, tp.client, 3)
 	for _, to := range []string{targetIP4 + ":9000", "[" + targetIP6 + "]:9000"} {
