@@ -65,10 +65,13 @@ type RefusedError struct {
 	ProxyStatus string // the Proxy-Status header, if any
 }
 
-func (e *RefusedError) Error() string {
-	s := fmt.Sprintf("server refused the tunnel: %d %s", e.Status, strings.ToLower(http.StatusText(e.Status)))
-	if e.ProxyStatus != "" {
-		s += " (" + e.ProxyStatus + ")"
+func (e *RefusedError) Error() string { return refusedText("tunnel", e.Status, e.ProxyStatus) }
+
+// refusedText describes a server's non-2xx answer to a request for what.
+func refusedText(what string, status int, proxyStatus string) string {
+	s := fmt.Sprintf("server refused the %s: %d %s", what, status, strings.ToLower(http.StatusText(status)))
+	if proxyStatus != "" {
+		s += " (" + proxyStatus + ")"
 	}
 	return s
 }

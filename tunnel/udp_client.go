@@ -22,7 +22,6 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,13 +55,7 @@ type UDPRefusedError struct {
 	ProxyStatus string // the Proxy-Status header, if any
 }
 
-func (e *UDPRefusedError) Error() string {
-	s := fmt.Sprintf("server refused the flow: %d %s", e.Status, strings.ToLower(http.StatusText(e.Status)))
-	if e.ProxyStatus != "" {
-		s += " (" + e.ProxyStatus + ")"
-	}
-	return s
-}
+func (e *UDPRefusedError) Error() string { return refusedText("flow", e.Status, e.ProxyStatus) }
 
 // UDPForward is one local listener and the target its datagrams go to.
 type UDPForward struct {
