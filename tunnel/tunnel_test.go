@@ -136,14 +136,25 @@ type testClient struct {
 	cancel context.CancelFunc
 }
 
-func (ts *testServer) connect(t *testing.T, token string) (*testClient, error) {
+// dialTest opens a QUIC connection to a test server at addr (certificate
+// for "localhost") and closes it at the end of the test.
+func dialTest(t testing.TB, addr string, tc *tls.Config) *quicio.ClientConn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	qc, err := quicio.Dial(ctx, quicio.DialConfig{Addr: ts.addr, TLSConfig: ts.tls, ServerName: "localhost"})
+	qc, err := quicio.Dial(ctx, quicio.DialConfig{Addr: addr, TLSConfig: tc, ServerName: "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { qc.Close() })
+	return qc
+}
+
+func (ts *testServer) connect(t *testing.T, token string) (*testClient, error) {
+	t.Helper()
+	qc := dialTest(t, ts.addr, ts.tls)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	c, err := Connect(ctx, ClientConfig{Conn: qc.Conn, Authority: ts.addr, Token: token})
 	if err != nil {
 		qc.Close()
@@ -440,13 +451,7 @@ func TestTunnelShutdownEndsClientSession(t *testing.T) {
 // client: our server must serve it like any RFC 9484 client.
 func dialConnectIPGo(t *testing.T, ts *testServer) *connectip.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	qc, err := quicio.Dial(ctx, quicio.DialConfig{Addr: ts.addr, TLSConfig: ts.tls, ServerName: "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.Close() })
+	qc := dialTest(t, ts.addr, ts.tls)
 	h3 := (&http3.Transport{EnableDatagrams: true}).NewClientConn(qc.Conn)
 	tmpl := uritemplate.MustNew("https://" + ts.addr + ipPath(ipScope{}))
 	req, err := connectip.NewRequest(context.Background(), tmpl)

@@ -136,14 +136,7 @@ func startUDPServer(t testing.TB, ucfg UDPConfig) *udpTestServer {
 
 func (ts *udpTestServer) dial(t testing.TB) *quicio.ClientConn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	qc, err := quicio.Dial(ctx, quicio.DialConfig{Addr: ts.addr, TLSConfig: ts.tls, ServerName: "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.Close() })
-	return qc
+	return dialTest(t, ts.addr, ts.tls)
 }
 
 // udpSelfSigned is selfSigned for tests and benchmarks.
