@@ -39,7 +39,7 @@ type testServer struct {
 	dev  *tuntest.ChannelTUN
 }
 
-func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+func selfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -89,16 +89,25 @@ func startServer(t *testing.T) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := tuntest.NewChannelTUN()
-	srv, err := NewServer(ServerConfig{
+	ts := serveTest(t, ServerConfig{
 		Auth:         &policy.Authenticator{Tokens: toks},
 		Pool4:        p4,
 		Pool6:        p6,
 		Destinations: dests,
-		Device:       dev.TUN(),
 		DNS:          []netip.Addr{netip.MustParseAddr("198.18.2.53")},
 		Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
+	return ts
+}
+
+// serveTest runs a Server with cfg (its Device a channel TUN) behind a
+// quicio.Server on 127.0.0.1, with a self-signed certificate for
+// "localhost", and stops both at the end of the test.
+func serveTest(t testing.TB, cfg ServerConfig) *testServer {
+	t.Helper()
+	dev := tuntest.NewChannelTUN()
+	cfg.Device = dev.TUN()
+	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

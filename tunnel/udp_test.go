@@ -3,16 +3,10 @@ package tunnel
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -28,7 +22,6 @@ import (
 	"github.com/quic-go/quic-go/http3"
 	"github.com/yosida95/uritemplate/v3"
 	"go.uber.org/goleak"
-	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
 
 // These tests run CONNECT-UDP through a real Server behind a real
@@ -92,80 +85,23 @@ func startUDPServer(t testing.TB, ucfg UDPConfig) *udpTestServer {
 	if ucfg.Lookup == nil {
 		ucfg.Lookup = fakeLookup
 	}
-	dev := tuntest.NewChannelTUN()
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if _, ok := t.(*testing.B); ok {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	srv, err := NewServer(ServerConfig{
+	ts := serveTest(t, ServerConfig{
 		Auth:         &policy.Authenticator{Tokens: toks},
 		Pool4:        p4,
 		Destinations: dests,
-		Device:       dev.TUN(),
 		UDP:          ucfg,
 		Logger:       logger,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, pool := udpSelfSigned(t)
-	qs, err := quicio.NewServer(quicio.Config{
-		Addr:      "127.0.0.1:0",
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
-	}, srv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- qs.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		qs.Shutdown(ctx)
-		<-served
-		srv.Close()
-		dev.TUN().Close()
-		<-srv.TUNDone()
-	})
-	return &udpTestServer{
-		addr: qs.Addr().String(),
-		tls:  &tls.Config{RootCAs: pool, NextProtos: []string{http3.NextProtoH3}},
-		srv:  srv,
-	}
+	return &udpTestServer{addr: ts.addr, tls: ts.tls, srv: ts.srv}
 }
 
 func (ts *udpTestServer) dial(t testing.TB) *quicio.ClientConn {
 	t.Helper()
 	return dialTest(t, ts.addr, ts.tls)
-}
-
-// udpSelfSigned is selfSigned for tests and benchmarks.
-func udpSelfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		DNSNames:     []string{"localhost"},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
 }
 
 // masqueDial opens a flow with masque-go's client, as a third-party client
