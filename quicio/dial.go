@@ -90,9 +90,19 @@ func Dial(ctx context.Context, cfg DialConfig) (*ClientConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open socket: %w", err)
 	}
+	peer := addrOf(raddr)
+	pmtu := func() int { return routeMTU(peer, cfg.FwMark) }
+	if qc.InitialPacketSize == 0 {
+		qc.InitialPacketSize = initialPacketSize(pmtu(), clientPaths.isSmall(peer))
+	}
 	tr := &quic.Transport{Conn: pc, ConnectionIDLength: ConnIDLen}
 	c, err := tr.Dial(ctx, raddr, tlsConf, qc)
 	if err != nil {
+		// A handshake that never completes may be one whose packets are
+		// too large for the path: the next attempt starts small.
+		if handshakeTimedOut(err) && qc.InitialPacketSize > MinPacketSize {
+			clientPaths.remember(peer)
+		}
 		tr.Close()
 		pc.Close()
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -100,5 +110,10 @@ func Dial(ctx context.Context, cfg DialConfig) (*ClientConn, error) {
 		}
 		return nil, fmt.Errorf("connect to %s: %w", cfg.Addr, err)
 	}
+	go func() {
+		if err := watchPath(c, pmtu, clientPaths); err != nil && cfg.Logger != nil {
+			cfg.Logger.Warn("path MTU shrank: connection closed, the next starts small", "reason", err)
+		}
+	}()
 	return &ClientConn{Conn: c, tr: tr, pc: pc}, nil
 }

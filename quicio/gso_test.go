@@ -20,6 +20,7 @@ type sizeRelay struct {
 	mu       sync.Mutex
 	client   net.Addr
 	up, down map[int]int // packet size → count
+	maxSize  int         // drop packets larger than this (0: none)
 }
 
 func newSizeRelay(t *testing.T, server net.Addr) *sizeRelay {
@@ -39,6 +40,10 @@ func newSizeRelay(t *testing.T, server net.Addr) *sizeRelay {
 				return
 			}
 			r.mu.Lock()
+			if r.maxSize > 0 && n > r.maxSize {
+				r.mu.Unlock()
+				continue
+			}
 			to := r.server
 			if from.String() == server.String() {
 				r.down[n]++
@@ -58,6 +63,14 @@ func newSizeRelay(t *testing.T, server net.Addr) *sizeRelay {
 		<-done
 	})
 	return r
+}
+
+// dropAbove makes the relay drop packets larger than n bytes, silently,
+// both ways (0: none).
+func (r *sizeRelay) dropAbove(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.maxSize = n
 }
 
 // reset forgets the sizes seen so far (the padded handshake packets are as

@@ -147,6 +147,7 @@ type Server struct {
 	mu      sync.Mutex // guards the fields below
 	conns   map[*quic.Conn]struct{}
 	sources map[netip.Addr]int
+	paths   *pathMemory // peers whose path shrank (pathmtu.go)
 	closing bool
 }
 
@@ -158,6 +159,8 @@ type handshake struct {
 	done atomic.Bool
 	s    *Server
 }
+
+func (h *handshake) finished() bool { return h.done.Load() }
 
 func (h *handshake) finish() {
 	if h.done.CompareAndSwap(false, true) {
@@ -177,6 +180,7 @@ func NewServer(cfg Config, app Application) (*Server, error) {
 		log:     cfg.Logger.With("component", "quicio"),
 		conns:   make(map[*quic.Conn]struct{}),
 		sources: make(map[netip.Addr]int),
+		paths:   newPathMemory(),
 	}
 	tr := &quic.Transport{
 		ConnectionIDGenerator: &connIDGenerator{serverID: cfg.ServerID},
@@ -209,6 +213,9 @@ func NewServer(cfg Config, app Application) (*Server, error) {
 	}
 	tr.Conn = conn
 	qc := quicConfig(cfg.QUICConfig, false)
+	if qc.InitialPacketSize == 0 && qc.GetConfigForClient == nil {
+		qc.GetConfigForClient = s.configForClient(qc)
+	}
 	ln, err := tr.Listen(cfg.TLSConfig, qc)
 	if err != nil {
 		conn.Close()
@@ -263,6 +270,11 @@ func (s *Server) connContext(ctx context.Context, info *quic.ClientInfo) (contex
 	h := &handshake{s: s}
 	s.handshaking.Add(1)
 	context.AfterFunc(ctx, func() {
+		// A handshake that timed out may have sent packets too large for
+		// the path: this peer's next connection starts small.
+		if !h.finished() && handshakeTimedOut(context.Cause(ctx)) {
+			s.paths.remember(src)
+		}
 		h.finish()
 		s.mu.Lock()
 		if s.sources[src]--; s.sources[src] <= 0 {
@@ -271,6 +283,18 @@ func (s *Server) connContext(ctx context.Context, info *quic.ClientInfo) (contex
 		s.mu.Unlock()
 	})
 	return context.WithValue(ctx, handshakeKey{}, h), nil
+}
+
+// configForClient returns quic-go's per-connection configuration hook:
+// qc with the initial packet size this peer's path takes (pathmtu.go).
+func (s *Server) configForClient(qc *quic.Config) func(*quic.ClientInfo) (*quic.Config, error) {
+	return func(info *quic.ClientInfo) (*quic.Config, error) {
+		peer := addrOf(info.RemoteAddr)
+		c := qc.Clone()
+		c.GetConfigForClient = nil
+		c.InitialPacketSize = initialPacketSize(routeMTU(peer, 0), s.paths.isSmall(peer))
+		return c, nil
+	}
 }
 
 func addrOf(a net.Addr) netip.Addr {
@@ -338,6 +362,12 @@ func (s *Server) runWorker(c *quic.Conn) {
 		}
 	}
 	if err == nil {
+		peer := addrOf(c.RemoteAddr())
+		go func() {
+			if err := watchPath(c, func() int { return routeMTU(peer, 0) }, s.paths); err != nil {
+				log.Info("path MTU shrank: connection closed, the next starts small", "reason", err)
+			}
+		}()
 		err = s.app.ServeConn(c.Context(), c)
 	}
 	c.CloseWithError(codeNoError, "")

@@ -2,7 +2,10 @@
 
 package quicio
 
-import "errors"
+import (
+	"errors"
+	"net/netip"
+)
 
 func applySocketOptions(fd int, opts socketOptions) error {
 	if opts.mark != 0 {
@@ -10,3 +13,6 @@ func applySocketOptions(fd int, opts socketOptions) error {
 	}
 	return nil
 }
+
+// routeMTU is unknown (0) off Linux.
+func routeMTU(netip.Addr, uint32) int { return 0 }

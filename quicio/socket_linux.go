@@ -2,6 +2,7 @@ package quicio
 
 import (
 	"fmt"
+	"net/netip"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,4 +24,37 @@ func applySocketOptions(fd int, opts socketOptions) error {
 		}
 	}
 	return nil
+}
+
+// routeMTU returns the largest UDP payload that the kernel's route to dst
+// carries, as a socket with mark would use it: the route's MTU, including a
+// path MTU learnt from ICMP, minus the IP and UDP headers; 0 if unknown.
+func routeMTU(dst netip.Addr, mark uint32) int {
+	dst = dst.Unmap()
+	if !dst.IsValid() || dst.Zone() != "" {
+		return 0
+	}
+	family, level, opt, hdr := unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU, 40+8
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: 9, Addr: dst.As16()}
+	if dst.Is4() {
+		family, level, opt, hdr = unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU, 20+8
+		sa = &unix.SockaddrInet4{Port: 9, Addr: dst.As4()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	if mark != 0 && unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)) != nil {
+		return 0
+	}
+	// A UDP connect only looks the route up: nothing is sent.
+	if unix.Connect(fd, sa) != nil {
+		return 0
+	}
+	mtu, err := unix.GetsockoptInt(fd, level, opt)
+	if err != nil || mtu <= hdr {
+		return 0
+	}
+	return mtu - hdr
 }
