@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,10 +29,12 @@ const Headroom = 16
 // IPv6 to guarantee.
 const DefaultMTU = 1280
 
-// MinMTU and MaxMTU bound [Config.MTU].
+// MinMTU and MaxMTU bound [Config.MTU]; a link with an IPv6 address needs
+// at least MinIPv6MTU (the kernel turns IPv6 off on a smaller one).
 const (
-	MinMTU = 1280
-	MaxMTU = 65535
+	MinMTU     = 576
+	MinIPv6MTU = 1280
+	MaxMTU     = 65535
 )
 
 // closeWait bounds how long Close waits for wireguard-go's listener
@@ -65,6 +68,8 @@ func (c *Config) Validate() error {
 	}
 	if c.MTU != 0 && (c.MTU < MinMTU || c.MTU > MaxMTU) {
 		errs = append(errs, fmt.Errorf("mtu: %d out of range %d..%d", c.MTU, MinMTU, MaxMTU))
+	} else if c.MTU != 0 && c.MTU < MinIPv6MTU && slices.ContainsFunc(c.Addrs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		errs = append(errs, fmt.Errorf("mtu: %d below %d, which IPv6 needs", c.MTU, MinIPv6MTU))
 	}
 	seen := make(map[netip.Addr]bool, len(c.Addrs))
 	for i, p := range c.Addrs {

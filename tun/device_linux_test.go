@@ -466,7 +466,7 @@ func TestSetMTU(t *testing.T) {
 	if got, err := d.MTU(); err != nil || got != 1420 {
 		t.Errorf("MTU() = %d, %v; want 1420", got, err)
 	}
-	for _, bad := range []int{0, 1279, MaxMTU + 1} {
+	for _, bad := range []int{0, MinMTU - 1, MaxMTU + 1} {
 		if err := d.SetMTU(bad); err == nil {
 			t.Errorf("SetMTU(%d) = nil, want an error", bad)
 		}

@@ -28,6 +28,9 @@ const DefaultClientMTU = 1400
 // carries IPv6 must support (RFC 9484 §10.1).
 const minIPv6MTU = 1280
 
+// minIPv4MTU is the IPv4 minimum datagram size every host accepts (RFC 791).
+const minIPv4MTU = 576
+
 // DefaultSetupTimeout bounds how long Connect waits for the server's
 // response and its address assignment.
 const DefaultSetupTimeout = 10 * time.Second
@@ -93,7 +96,8 @@ type Client struct {
 	// every datagram (RFC 9297 §2.1, RFC 9484 §6).
 	dgramPrefix []byte
 
-	addresses []netip.Prefix // assigned at setup (RFC 9484 §4.7.1)
+	lease     []netip.Prefix // assigned at setup (RFC 9484 §4.7.1)
+	addresses []netip.Prefix // those of lease the session uses (set by Connect)
 	stats     clientCounters
 	started   time.Time
 	budget    atomic.Int64 // largest inner packet a datagram carries now
@@ -209,14 +213,27 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 			return fail(ctx.Err())
 		}
 	}
+	c.addresses = c.lease
 	if len(c.addresses) == 0 {
 		c.Close()
 		return nil, errors.New("connect-ip: server assigned no address")
 	}
 	c.probeBudget()
 	if c.hasIPv6() && c.budget.Load() < minIPv6MTU {
-		c.Close()
-		return nil, fmt.Errorf("connect-ip: the path carries inner packets of at most %d bytes, below the 1280 IPv6 needs (RFC 9484 §10.1)", c.budget.Load())
+		// A connection that started small (quicio: the path shrank
+		// before) grows with path MTU discovery: give it a moment.
+		c.WaitMTU(ctx, minIPv6MTU, ipv6MTUWait)
+	}
+	if budget := c.budget.Load(); c.hasIPv6() && budget < minIPv6MTU {
+		// RFC 9484 §10.1: IPv6 needs 1280-byte packets; a tunnel that
+		// cannot carry them must not carry IPv6.
+		c.addresses = slices.DeleteFunc(slices.Clone(c.lease), func(p netip.Prefix) bool { return p.Addr().Is6() })
+		if len(c.addresses) == 0 {
+			c.Close()
+			return nil, fmt.Errorf("connect-ip: the path carries inner packets of at most %d bytes, below the 1280 IPv6 needs (RFC 9484 §10.1), and the server assigned no IPv4 address", budget)
+		}
+		c.log.Warn("the path carries inner packets of at most this size, below the 1280 IPv6 needs (RFC 9484 §10.1): IPv4 only",
+			"max_inner_packet", budget, "ipv4", c.addresses)
 	}
 	c.started = time.Now()
 	return c, nil
@@ -259,14 +276,14 @@ func (c *Client) readCapsules() error {
 			prefixes := slices.DeleteFunc(all, func(p netip.Prefix) bool { return p.Addr().IsUnspecified() })
 			assigned := false
 			c.addrOnce.Do(func() {
-				c.addresses = prefixes
+				c.lease = prefixes
 				assigned = true
 				close(c.gotAddrs)
 			})
-			if !assigned && !slices.Equal(prefixes, c.addresses) {
+			if !assigned && !slices.Equal(prefixes, c.lease) {
 				// The TUN's addresses and routes follow the first
 				// assignment; packets keep that source.
-				c.log.Warn("server changed the assigned addresses; keeping the first", "assigned", prefixes, "kept", c.addresses)
+				c.log.Warn("server changed the assigned addresses; keeping the first", "assigned", prefixes, "kept", c.lease)
 			}
 		case capsuleRouteAdvertisement:
 			routes, err := parseRouteAdvertisement(b)
@@ -327,8 +344,39 @@ func (c *Client) MTU() int {
 	return min(c.cfg.MaxMTU, int(c.budget.Load()))
 }
 
-// Addresses returns the addresses the server assigned.
+// Addresses returns the assigned addresses the session uses: all of the
+// lease, or its IPv4 part when the path cannot carry IPv6's 1280-byte
+// packets.
 func (c *Client) Addresses() []netip.Prefix { return c.addresses }
+
+// minMTU is the smallest MTU runMTU sets on the TUN: IPv6's 1280 if the
+// lease has an IPv6 address (the TUN may carry it from an earlier session;
+// on a smaller link the kernel would delete it), else IPv4's 576.
+func (c *Client) minMTU() int {
+	if slices.ContainsFunc(c.lease, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		return minIPv6MTU
+	}
+	return minIPv4MTU
+}
+
+// Lease returns the addresses the server assigned.
+func (c *Client) Lease() []netip.Prefix { return c.lease }
+
+// ipv6MTUWait bounds how long Connect waits for path MTU discovery to make
+// room for IPv6's 1280-byte packets.
+const ipv6MTUWait = 3 * time.Second
+
+// WaitMTU waits until the tunnel carries inner packets of want bytes (path
+// MTU discovery raises the budget of a connection that started small), at
+// most d or until ctx is done, and returns the budget then.
+func (c *Client) WaitMTU(ctx context.Context, want int, d time.Duration) int {
+	deadline := time.Now().Add(d)
+	for c.probeBudget() < want && time.Now().Before(deadline) && ctx.Err() == nil && c.cfg.Conn.Context().Err() == nil {
+		c.nudge() // quic-go sends its probes alongside other packets
+		time.Sleep(20 * time.Millisecond)
+	}
+	return int(c.budget.Load())
+}
 
 // Routes returns the routes the server advertised, as prefixes.
 func (c *Client) Routes() []netip.Prefix {
@@ -499,9 +547,14 @@ func (c *Client) sendBatch(dev Device, b *readBatch, n int) {
 			continue
 		}
 		if !c.ownAddr(h.src) {
-			if h.src.IsLinkLocalUnicast() || h.src.IsUnspecified() {
+			switch {
+			case h.src.IsLinkLocalUnicast() || h.src.IsUnspecified():
 				c.stats.drops[dropLinkLocal].Add(1)
-			} else {
+			case len(c.addresses) < len(c.lease):
+				// IPv6 is leased but off: the path cannot carry its
+				// 1280-byte packets.
+				c.stats.drops[dropTooBig].Add(1)
+			default:
 				c.stats.drops[dropSourceSpoof].Add(1)
 			}
 			continue
@@ -634,7 +687,7 @@ func (c *Client) runMTU(ctx context.Context) {
 			c.nudge()
 		}
 		c.probeBudget()
-		if mtu := c.MTU(); mtu != last && mtu >= minIPv6MTU {
+		if mtu := c.MTU(); mtu != last && mtu >= c.minMTU() {
 			if err := c.cfg.SetMTU(mtu); err != nil {
 				c.log.Warn("set tun mtu", "mtu", mtu, "err", err)
 				return

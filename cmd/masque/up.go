@@ -291,7 +291,11 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 	// The TUN starts at what a datagram carries now; Run raises it towards
 	// --mtu as QUIC's path MTU discovery finds room.
-	dev, err = tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), tun.MinMTU), Addrs: client.Addresses()})
+	minMTU := tun.MinMTU
+	if slices.ContainsFunc(client.Addresses(), func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		minMTU = tun.MinIPv6MTU
+	}
+	dev, err = tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), minMTU), Addrs: client.Addresses()})
 	if err != nil {
 		return fmt.Errorf("create TUN %s: %w", c.tun, err)
 	}
@@ -333,7 +337,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		status.setReconnecting()
 		qc.Close()
 		client.Close()
-		nqc, nclient, err := reconnectLoop(ctx, &redial, routingFwMark(routing), client.Addresses(), connect, logger)
+		nqc, nclient, err := reconnectLoop(ctx, &redial, routingFwMark(routing), client.Lease(), connect, logger)
 		if err != nil {
 			if ctx.Err() != nil {
 				logger.Info("tunnel down")
@@ -342,6 +346,13 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			return fmt.Errorf("tunnel down: %w", err)
 		}
 		qc, client = nqc, nclient
+		// A connection that starts small (its path shrank) grows with
+		// path MTU discovery; until it carries what the TUN lets in,
+		// large packets would get Packet Too Big, which hosts remember
+		// for minutes.
+		if mtu, err := dev.MTU(); err == nil {
+			client.WaitMTU(ctx, min(mtu, c.mtu), 2*time.Second)
+		}
 		status.setClient(client)
 		logger.Info("tunnel back", "after", time.Since(lost).Round(time.Millisecond).String(), "dropped_while_down", t.Dropped())
 	}
@@ -393,11 +404,11 @@ func reconnectLoop(ctx context.Context, c *upConfig, mark uint32, want []netip.P
 			logger.Info("reconnect failed", "attempt", attempt, "err", err)
 			continue
 		}
-		if !slices.Equal(client.Addresses(), want) {
+		if !slices.Equal(client.Lease(), want) {
 			client.Close()
 			qc.Close()
 			return nil, nil, fmt.Errorf("server assigned %s after reconnecting, not %s (its lease expired or it restarted): run masque up again",
-				joinPrefixes(client.Addresses()), joinPrefixes(want))
+				joinPrefixes(client.Lease()), joinPrefixes(want))
 		}
 		return qc, client, nil
 	}
