@@ -156,8 +156,16 @@ func (ss *session) runSend() {
 				continue
 			}
 			s.counters.drop(dropTooBig)
+			// The error goes back into the TUN towards the packet's
+			// sender, from the address the packet was for: the
+			// gateway address is the server's own, and the kernel
+			// drops a packet that arrives with a local source
+			// (martian). Conntrack relates the error to the flow and
+			// NAT rewrites it with the flow, so the sender sees it
+			// from the address it talks to.
 			pkt := buf[Headroom:]
-			if from := s.gatewayFor(pkt); from.IsValid() {
+			if h, ok := parseIPHeader(pkt); ok {
+				from := h.dst
 				m := appendICMPError(icmpBuf[:Headroom], pkt, icmpTooBig, mtu, from)
 				if len(m) > Headroom {
 					icmpBufs[0] = m
