@@ -368,14 +368,23 @@ const ipv6MTUWait = 3 * time.Second
 
 // WaitMTU waits until the tunnel carries inner packets of want bytes (path
 // MTU discovery raises the budget of a connection that started small), at
-// most d or until ctx is done, and returns the budget then.
+// most d, until ctx is done, or until the budget stopped growing (no growth
+// for 20 smoothed RTTs: four of quic-go's probe intervals), and returns the
+// budget then.
 func (c *Client) WaitMTU(ctx context.Context, want int, d time.Duration) int {
-	deadline := time.Now().Add(d)
-	for c.probeBudget() < want && time.Now().Before(deadline) && ctx.Err() == nil && c.cfg.Conn.Context().Err() == nil {
+	start := time.Now()
+	last, grew := c.probeBudget(), start
+	for last < want && time.Since(start) < d && ctx.Err() == nil && c.cfg.Conn.Context().Err() == nil {
+		if stall := 20*c.cfg.Conn.ConnectionStats().SmoothedRTT + 200*time.Millisecond; time.Since(grew) > stall {
+			break
+		}
 		c.nudge() // quic-go sends its probes alongside other packets
 		time.Sleep(20 * time.Millisecond)
+		if b := c.probeBudget(); b > last {
+			last, grew = b, time.Now()
+		}
 	}
-	return int(c.budget.Load())
+	return last
 }
 
 // Routes returns the routes the server advertised, as prefixes.
