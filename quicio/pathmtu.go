@@ -141,18 +141,18 @@ func packetSize(c *quic.Conn) int {
 	return 0
 }
 
-// Loss watch: over the last lossWindow seconds, at least lossMinPackets
-// packets lost, at least lossRatio of those sent, and in at least
-// lossSeconds of those seconds packets both lost and received: a path that
-// carries the peer's small packets and loses ours, again and again. A
-// congested path loses far less (QUIC's congestion controller backs off). A
-// dead one delivers nothing; when it comes back, the losses it caused are
-// declared at once, in one second, so they do not count either.
+// Loss watch. When a path starts to drop large packets, the next second
+// loses a burst of them (every full-size packet in flight) while the peer
+// still answers the small ones; then the flows inside back off and little
+// is sent. So the sign is one second with at least lossMinPackets lost, at
+// least lossRatio of what was sent in it, and packets received. A congested path loses far less (QUIC's congestion controller
+// backs off). A dead path that comes back also has its losses declared in
+// one burst, but before it there were seconds in which we sent and heard
+// nothing: no second in the lossQuiet before the burst may be one.
 const (
-	lossWindow     = 3
 	lossMinPackets = 8
 	lossRatio      = 0.3
-	lossSeconds    = 2
+	lossQuiet      = 5 // seconds
 )
 
 // pathWatch holds the state of one connection's watch.
@@ -160,7 +160,7 @@ type pathWatch struct {
 	c    *quic.Conn
 	pmtu func() int // the kernel's path MTU as a UDP payload, 0: unknown
 	prev quic.ConnectionStats
-	hist [lossWindow]struct{ sent, lost, rcvd uint64 }
+	hist [lossQuiet + 1]struct{ sent, lost, rcvd uint64 } // per second, hist[n%len] is the latest
 	n    int
 }
 
@@ -172,23 +172,24 @@ func (w *pathWatch) check() error {
 		return &errPathShrank{fmt.Sprintf("the route to the peer carries %d-byte packets, %d in use", p, size)}
 	}
 	st := w.c.ConnectionStats()
-	w.hist[w.n%lossWindow] = struct{ sent, lost, rcvd uint64 }{
+	cur := &w.hist[w.n%len(w.hist)]
+	*cur = struct{ sent, lost, rcvd uint64 }{
 		st.PacketsSent - w.prev.PacketsSent, st.PacketsLost - w.prev.PacketsLost, st.PacketsReceived - w.prev.PacketsReceived,
 	}
 	w.prev = st
 	w.n++
-	var sent, lost uint64
-	both := 0
-	for _, h := range w.hist {
-		sent, lost = sent+h.sent, lost+h.lost
-		if h.lost > 0 && h.rcvd > 0 {
-			both++
+	if cur.lost < lossMinPackets || cur.rcvd == 0 || w.n < 2 {
+		return nil
+	}
+	if float64(cur.lost) < lossRatio*float64(cur.sent) {
+		return nil
+	}
+	for i := 2; i <= min(w.n, len(w.hist)); i++ {
+		if h := w.hist[(w.n-i)%len(w.hist)]; h.sent > 0 && h.rcvd == 0 {
+			return nil // the path was dead, not narrow
 		}
 	}
-	if both >= lossSeconds && lost >= lossMinPackets && float64(lost) >= lossRatio*float64(sent) {
-		return &errPathShrank{fmt.Sprintf("%d of %d packets lost in %d s while the peer still answers", lost, sent, lossWindow)}
-	}
-	return nil
+	return &errPathShrank{fmt.Sprintf("%d packets lost in a second in which %d were sent and the peer still answered", cur.lost, cur.sent)}
 }
 
 // watchPath checks c's path every second until c ends. When the path no
