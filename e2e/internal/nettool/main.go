@@ -7,6 +7,7 @@
 //
 //	tcpsink  -listen ADDR [-timeout D]           accept one connection, hash everything read
 //	tcpsend  -to ADDR -bytes N [-seed S]         send N deterministic bytes, hash them
+//	         (-reverse on both: the sink sends, the dialer reads)
 //	udpecho  -listen ADDR [-timeout D]           echo every datagram to its sender
 //	udpping  -to ADDR -n N -tag T [-pps R]       send tagged datagrams, check the echoes byte for byte
 //	udpcount -listen ADDR [-timeout D]           count datagrams per tag until SIGTERM or timeout
@@ -96,6 +97,10 @@ func tcpSink(args []string) error {
 	fs := flag.NewFlagSet("tcpsink", flag.ExitOnError)
 	listen := fs.String("listen", ":9100", "listen address")
 	timeout := fs.Duration("timeout", 150*time.Second, "give up after this long")
+	reverse := fs.Bool("reverse", false, "send -bytes (as tcpsend does) instead of reading")
+	total := fs.Int64("bytes", 1<<20, "bytes to send with -reverse")
+	seed := fs.Uint64("seed", 1, "PRNG seed of the payload with -reverse")
+	rate := fs.Int64("rate", 0, "bytes per second at most with -reverse (0: as fast as possible)")
 	fs.Parse(args)
 
 	ctx, cancel := signalContext(*timeout)
@@ -113,14 +118,29 @@ func tcpSink(args []string) error {
 	}
 	defer c.Close()
 	context.AfterFunc(ctx, func() { c.Close() })
+	var res TCPResult
+	if *reverse {
+		res, err = sendStream(c, *total, *seed, *rate)
+	} else {
+		res, err = readStream(c)
+	}
+	if err != nil {
+		return err
+	}
+	res.Peer = c.RemoteAddr().String()
+	printJSON(res)
+	return nil
+}
+
+// readStream hashes everything c delivers until EOF.
+func readStream(c net.Conn) (TCPResult, error) {
 	start := time.Now()
 	h := sha256.New()
 	n, err := io.CopyBuffer(h, c, make([]byte, 256<<10))
 	if err != nil {
-		return fmt.Errorf("read after %d bytes: %w", n, err)
+		return TCPResult{}, fmt.Errorf("read after %d bytes: %w", n, err)
 	}
-	printJSON(TCPResult{Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), Seconds: time.Since(start).Seconds(), Peer: c.RemoteAddr().String()})
-	return nil
+	return TCPResult{Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), Seconds: time.Since(start).Seconds()}, nil
 }
 
 func tcpSend(args []string) error {
@@ -130,6 +150,7 @@ func tcpSend(args []string) error {
 	seed := fs.Uint64("seed", 1, "PRNG seed of the payload")
 	timeout := fs.Duration("timeout", 120*time.Second, "give up after this long")
 	rate := fs.Int64("rate", 0, "bytes per second at most (0: as fast as possible)")
+	reverse := fs.Bool("reverse", false, "read what the peer (tcpsink -reverse) sends instead of sending")
 	fs.Parse(args)
 
 	ctx, cancel := signalContext(*timeout)
@@ -141,21 +162,38 @@ func tcpSend(args []string) error {
 	}
 	defer c.Close()
 	context.AfterFunc(ctx, func() { c.Close() })
+	var res TCPResult
+	if *reverse {
+		res, err = readStream(c)
+	} else {
+		res, err = sendStream(c, *total, *seed, *rate)
+	}
+	if err != nil {
+		return err
+	}
+	printJSON(res)
+	return nil
+}
+
+// sendStream writes total deterministic bytes (seeded) to c, at most rate
+// bytes a second, hashing them, then half-closes and waits for the peer to
+// close, so that the time covers delivery.
+func sendStream(c net.Conn, total int64, seed uint64, rate int64) (TCPResult, error) {
 	start := time.Now()
-	rng := rand.New(rand.NewChaCha8([32]byte{byte(*seed), byte(*seed >> 8), byte(*seed >> 16), byte(*seed >> 24)}))
+	rng := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16), byte(seed >> 24)}))
 	h := sha256.New()
 	buf := make([]byte, 256<<10)
-	if *rate > 0 {
-		buf = buf[:min(int64(len(buf)), max(*rate/10, 1))] // ten writes a second
+	if rate > 0 {
+		buf = buf[:min(int64(len(buf)), max(rate/10, 1))] // ten writes a second
 	}
 	var sent int64
-	for sent < *total {
-		if *rate > 0 {
-			if ahead := time.Duration(float64(sent)/float64(*rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+	for sent < total {
+		if rate > 0 {
+			if ahead := time.Duration(float64(sent)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
 				time.Sleep(ahead)
 			}
 		}
-		b := buf[:min(int64(len(buf)), *total-sent)]
+		b := buf[:min(int64(len(buf)), total-sent)]
 		for i := 0; i+8 <= len(b); i += 8 {
 			binary.LittleEndian.PutUint64(b[i:], rng.Uint64())
 		}
@@ -163,18 +201,16 @@ func tcpSend(args []string) error {
 		n, err := c.Write(b)
 		sent += int64(n)
 		if err != nil {
-			return fmt.Errorf("write after %d bytes: %w", sent, err)
+			return TCPResult{}, fmt.Errorf("write after %d bytes: %w", sent, err)
 		}
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		if err := tc.CloseWrite(); err != nil {
-			return err
+			return TCPResult{}, err
 		}
-		// Wait for the sink to close, so that "seconds" covers delivery.
 		io.Copy(io.Discard, c)
 	}
-	printJSON(TCPResult{Bytes: sent, SHA256: hex.EncodeToString(h.Sum(nil)), Seconds: time.Since(start).Seconds()})
-	return nil
+	return TCPResult{Bytes: sent, SHA256: hex.EncodeToString(h.Sum(nil)), Seconds: time.Since(start).Seconds()}, nil
 }
 
 func udpEcho(args []string) error {
