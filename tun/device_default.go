@@ -18,6 +18,10 @@ func deleteTUNLink(name string) error {
 	return fmt.Errorf("delete link %s: %w", name, errors.ErrUnsupported)
 }
 
+func lookupLink(name string) (linkInfo, error) {
+	return linkInfo{}, fmt.Errorf("look up link %s: %w", name, errors.ErrUnsupported)
+}
+
 // MTU returns the link's current MTU.
 func (d *Device) MTU() (int, error) { return d.Device.MTU() }
 

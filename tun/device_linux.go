@@ -197,6 +197,29 @@ func deleteTUNLink(name string) error {
 	return nil
 }
 
+// lookupLink says whether a link called name exists and, if it does,
+// whether it is a TUN that some process still has open. A non-persistent
+// TUN, like ours, vanishes with its last file descriptor, so one that
+// exists is held open. A persistent one counts as held when it reports
+// attached queues (multi-queue TUNs only) or has a carrier, which a TUN
+// has only while a queue is attached; a persistent TUN that a process
+// holds but keeps down cannot be told from a detached one.
+func lookupLink(name string) (linkInfo, error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok {
+			return linkInfo{}, nil
+		}
+		return linkInfo{}, fmt.Errorf("look up link %s: %w", name, err)
+	}
+	li := linkInfo{exists: true, kind: link.Type()}
+	if tt, ok := link.(*netlink.Tuntap); ok && tt.Mode == netlink.TUNTAP_MODE_TUN {
+		li.tun = true
+		li.attached = tt.NonPersist || tt.Queues+tt.DisabledQueues > 0 || tt.RawFlags&unix.IFF_LOWER_UP != 0
+	}
+	return li, nil
+}
+
 // prefixIPNet converts p for netlink, keeping the address bits beyond the
 // prefix length (an interface address) as they are.
 func prefixIPNet(p netip.Prefix) *net.IPNet {

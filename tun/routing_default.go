@@ -19,3 +19,7 @@ func (r *Routing) Apply() error {
 func (r *Routing) Remove() error {
 	return fmt.Errorf("remove routing: %w", errors.ErrUnsupported)
 }
+
+func (r *Routing) installed() (rules, routes int, err error) {
+	return 0, 0, fmt.Errorf("list rules: %w", errors.ErrUnsupported)
+}

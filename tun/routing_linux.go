@@ -140,6 +140,31 @@ func (r *Routing) Remove() error {
 	return nil
 }
 
+// installed counts, in both address families, the rules that Remove
+// would delete and the routes in Table.
+func (r *Routing) installed() (rules, routes int, err error) {
+	if err := errors.Join(r.validateIDs()...); err != nil {
+		return 0, 0, err
+	}
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		rs, err := netlink.RuleList(fam)
+		if err != nil {
+			return 0, 0, fmt.Errorf("list rules: %w", err)
+		}
+		for i := range rs {
+			if r.ownsRule(&rs[i]) {
+				rules++
+			}
+		}
+		rts, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: r.table()}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return 0, 0, fmt.Errorf("list routes in table %d: %w", r.table(), err)
+		}
+		routes += len(rts)
+	}
+	return rules, routes, nil
+}
+
 // rules returns the rules of family fam that Apply installs.
 func (r *Routing) rules(fam int) []*netlink.Rule {
 	suppress := netlink.NewRule()
