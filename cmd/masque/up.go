@@ -172,12 +172,51 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		return errors.New("up: needs root (CAP_NET_ADMIN) to create the TUN device and routes")
 	}
 	statePath := filepath.Join(c.stateDir, "state.json")
-	if err := recoverLeftovers(statePath, logger); err != nil {
+	// st records the host changes: it is written before each change, and
+	// Undo reverses it when the run ends. blocked: a corrupt state file
+	// made this run start with the kill switch up (see blocked.go); until
+	// up, the run keeps it whatever happens.
+	st, blocked, err := recoverLeftovers(c, statePath, logger)
+	if err != nil {
 		return err
 	}
+	var (
+		stMu    sync.Mutex  // guards st once the DNS goroutine runs
+		stopDNS = func() {} // stops the DNS goroutine, once started
+		written = blocked   // st is on disk: there is something to undo
+		up      bool        // the tunnel came up
+	)
+	defer func() {
+		stopDNS()
+		stMu.Lock()
+		defer stMu.Unlock()
+		if !written {
+			return
+		}
+		if blocked && !up {
+			retErr = keepBlocked(c.stateDir, statePath, st, retErr)
+			return
+		}
+		if err := tun.Undo(st); err != nil {
+			retErr = errors.Join(retErr, err)
+			return
+		}
+		_ = tun.RemoveState(statePath)
+	}()
 
 	routing := &tun.Routing{Link: c.tun}
-	qc, err := c.dial(ctx, c.tls, routingFwMark(routing), logger)
+	dialCfg := c
+	if blocked {
+		// The kill switch lets only marked packets out: look the server's
+		// name up from marked sockets, then dial its address under the
+		// name.
+		pinned, err := pinServer(ctx, c, routingFwMark(routing))
+		if err != nil {
+			return err
+		}
+		dialCfg = pinned
+	}
+	qc, err := dialCfg.dial(ctx, dialCfg.tls, routingFwMark(routing), logger)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -234,33 +273,27 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 
 	// Crash safety: record what is about to change before changing it.
-	st := &tun.State{Version: tun.StateVersion, PID: os.Getpid(), Tun: c.tun, Routing: routing}
-	if killSwitch {
-		st.NFTables = []string{tun.DefaultKillSwitchTable}
+	st.Tun = c.tun
+	st.Routing = routing
+	if killSwitch && !slices.Contains(st.NFTables, tun.DefaultKillSwitchTable) {
+		st.NFTables = append(st.NFTables, tun.DefaultKillSwitchTable)
 	}
 	if err := tun.WriteState(statePath, st); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
-	var stMu sync.Mutex // st: the DNS goroutine adds to it
+	written = true
 	dnsDone := make(chan struct{})
-	stopDNS := make(chan struct{})
-	defer func() {
-		close(stopDNS)
+	dnsStop := make(chan struct{})
+	stopDNS = func() {
+		close(dnsStop)
 		<-dnsDone
-		stMu.Lock()
-		defer stMu.Unlock()
-		if err := tun.Undo(st); err != nil {
-			retErr = errors.Join(retErr, err)
-			return
-		}
-		_ = tun.RemoveState(statePath)
-	}()
+	}
 	go func() {
 		defer close(dnsDone)
 		for {
 			var servers []netip.Addr
 			select {
-			case <-stopDNS:
+			case <-dnsStop:
 				return
 			case servers = <-dnsUpdates:
 			}
@@ -278,16 +311,14 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		}
 	}()
 	// The kill switch goes up before any route moves traffic, and stays
-	// until the routes are gone (Undo deletes its table).
+	// until the routes are gone (Undo deletes its table). After a corrupt
+	// state file it replaces the blocking one, the same table, atomically.
 	if killSwitch {
-		allow := slices.Clone(c.excludes)
-		if c.allowLAN {
-			allow = append(allow, lanPrefixes(c.tun)...)
-		}
-		if _, err := tun.NewKillSwitch(tun.KillSwitchConfig{Tun: c.tun, FwMark: routingFwMark(routing), Allow: allow}); err != nil {
+		ks := killSwitchConfig(c, routingFwMark(routing))
+		if _, err := tun.NewKillSwitch(ks); err != nil {
 			return err
 		}
-		logger.Info("kill switch on", "allow", allow)
+		logger.Info("kill switch on", "allow", ks.Allow)
 	}
 	// The TUN starts at what a datagram carries now; Run raises it towards
 	// --mtu as QUIC's path MTU discovery finds room.
@@ -303,6 +334,25 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	if err := routing.Apply(); err != nil {
 		return fmt.Errorf("routes: %w", err)
 	}
+
+	if blocked && !killSwitch {
+		// The tunnel is up: the blocking state has served its purpose and
+		// the user asked for no kill switch. Delete first, then record:
+		// a crash in between leaves a state naming a table that is gone,
+		// which Undo takes in its stride.
+		if err := tun.DeleteTable(tun.DefaultKillSwitchTable); err != nil {
+			return err
+		}
+		stMu.Lock()
+		st.NFTables = slices.DeleteFunc(st.NFTables, func(t string) bool { return t == tun.DefaultKillSwitchTable })
+		err := tun.WriteState(statePath, st)
+		stMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("write state: %w", err)
+		}
+		logger.Info("kill switch off: the tunnel is up")
+	}
+	up = true
 
 	status := newStatusServer(c, client, routing.Routes)
 	status.killSwitch = killSwitch
@@ -321,7 +371,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	// Reconnects dial the address the first dial reached (the TLS name
 	// stays in c.tls): with the kill switch on, a name could not be
 	// resolved again.
-	redial := *c
+	redial := *dialCfg
 	redial.server = qc.RemoteAddr().String()
 	for {
 		runErr := t.Serve(ctx, client)
@@ -418,7 +468,7 @@ func reconnectLoop(ctx context.Context, c *upConfig, mark uint32, want []netip.P
 // change (once), then points it at servers.
 func applyDNS(st *tun.State, statePath, stateDir string, servers []netip.Addr) error {
 	if st.ResolvConf == nil {
-		st.ResolvConf = &tun.ResolvConf{Path: "/etc/resolv.conf", Backup: filepath.Join(stateDir, "resolv.conf.orig")}
+		st.ResolvConf = resolvConf(stateDir)
 		if err := tun.WriteState(statePath, st); err != nil {
 			return fmt.Errorf("write state: %w", err)
 		}
@@ -503,23 +553,33 @@ func dialError(addr string, timeout time.Duration, err error) error {
 }
 
 // recoverLeftovers undoes what a crashed masque left behind, refusing if
-// the owner is still running.
-func recoverLeftovers(statePath string, logger *slog.Logger) error {
-	st, err := tun.ReadState(statePath)
+// the owner is still running, and returns the state for this run. After
+// a corrupt state file that state is blocked: the kill switch is up and
+// recorded (startBlocked).
+func recoverLeftovers(c *upConfig, statePath string, logger *slog.Logger) (st *tun.State, blocked bool, err error) {
+	fresh := &tun.State{Version: tun.StateVersion, PID: os.Getpid()}
+	old, err := tun.ReadState(statePath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return fresh, false, nil
+	}
+	if isCorrupt(err) {
+		st, err := startBlocked(c, statePath, err, logger)
+		return st, err == nil, err
 	}
 	if err != nil {
-		return fmt.Errorf("state file %s: %v (remove it, or run masque down)", statePath, err)
+		return nil, false, fmt.Errorf("state file %s: %v (remove it, or run masque down)", statePath, err)
 	}
-	if st.PID > 0 && st.PID != os.Getpid() && processAlive(st.PID) {
-		return fmt.Errorf("masque is already running as pid %d (state %s)", st.PID, statePath)
+	if old.PID > 0 && old.PID != os.Getpid() && processAlive(old.PID) {
+		return nil, false, fmt.Errorf("masque is already running as pid %d (state %s)", old.PID, statePath)
 	}
-	logger.Warn("undoing leftovers of a crashed run", "pid", st.PID)
-	if err := tun.Undo(st); err != nil {
-		return fmt.Errorf("undo leftovers: %w", err)
+	logger.Warn("undoing leftovers of a crashed run", "pid", old.PID)
+	if err := tun.Undo(old); err != nil {
+		return nil, false, fmt.Errorf("undo leftovers: %w", err)
 	}
-	return tun.RemoveState(statePath)
+	if err := tun.RemoveState(statePath); err != nil {
+		return nil, false, err
+	}
+	return fresh, false, nil
 }
 
 func processAlive(pid int) bool {
