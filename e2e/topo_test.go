@@ -198,7 +198,10 @@ var stateCommands = []struct {
 	{"IPv6 rules", func(ns string) []string { return []string{"ip", "-n", ns, "-6", "rule", "show"} }},
 	{"IPv4 routes (all tables)", func(ns string) []string { return []string{"ip", "-n", ns, "-4", "route", "show", "table", "all"} }},
 	{"IPv6 routes (all tables)", func(ns string) []string { return []string{"ip", "-n", ns, "-6", "route", "show", "table", "all"} }},
-	{"nftables tables", func(ns string) []string { return []string{"ip", "netns", "exec", ns, "nft", "list", "tables"} }},
+	// The whole ruleset, not just the table names: after a crash and masque
+	// down it must equal what it was before masque up, chain for chain and
+	// rule for rule.
+	{"nftables ruleset", func(ns string) []string { return []string{"ip", "netns", "exec", ns, "nft", "list", "ruleset"} }},
 }
 
 func snapshot(ns string) (nsState, error) {
@@ -231,22 +234,13 @@ func snapshot(ns string) (nsState, error) {
 	return st, nil
 }
 
-// diff describes how st differs from base, "" if it does not.
+// diff describes how st differs from base, "" if it does not. Lines
+// count as often as they occur: a ruleset repeats its "}" lines.
 func (st nsState) diff(base nsState) string {
 	var b strings.Builder
 	for _, c := range stateCommands {
 		got, want := st.aspects[c.aspect], base.aspects[c.aspect]
-		var added, removed []string
-		for _, l := range got {
-			if !slices.Contains(want, l) {
-				added = append(added, l)
-			}
-		}
-		for _, l := range want {
-			if !slices.Contains(got, l) {
-				removed = append(removed, l)
-			}
-		}
+		added, removed := lineDiff(got, want), lineDiff(want, got)
 		if len(added)+len(removed) == 0 {
 			continue
 		}
@@ -261,7 +255,25 @@ func (st nsState) diff(base nsState) string {
 	return b.String()
 }
 
-// checkClean reports (t.Errorf) every link, rule, route and nftables table in
+// lineDiff returns the lines of a that b lacks, each as often as a has it
+// more often than b.
+func lineDiff(a, b []string) []string {
+	n := map[string]int{}
+	for _, l := range b {
+		n[l]++
+	}
+	var out []string
+	for _, l := range a {
+		if n[l] > 0 {
+			n[l]--
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// checkClean reports (t.Errorf) every link, rule, route and nftables line in
 // ns that differs from the state right after set-up, and reports whether ns
 // was clean.
 func (tp *topo) checkClean(ns string) bool {
