@@ -26,6 +26,7 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v dbus-daemon >/dev/null || need+=(dbus) # tun/resolvedtest: a private system bus
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # go test -race needs cgo
 if ((${#need[@]})); then
 	section "installing ${need[*]}"
