@@ -43,6 +43,8 @@ type State struct {
 	Sysctls map[string]string `json:"sysctls,omitempty"`
 	// ResolvConf is the resolver configuration to restore.
 	ResolvConf *ResolvConf `json:"resolv_conf,omitempty"`
+	// Resolved is the link whose DNS settings systemd-resolved holds.
+	Resolved *ResolvedLink `json:"resolved,omitempty"`
 }
 
 // Validate reports every problem in s at once, joined with [errors.Join].
@@ -83,6 +85,11 @@ func (s *State) Validate() error {
 	}
 	if s.ResolvConf != nil {
 		if err := s.ResolvConf.validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.Resolved != nil {
+		if err := s.Resolved.validate(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -207,18 +214,25 @@ func RemoveState(path string) error {
 	return nil
 }
 
-// Undo reverses everything s names, in this order: it removes the policy
+// Undo reverses everything s names, in this order: it has
+// systemd-resolved drop the TUN's DNS settings (while the link still
+// exists, so that its index cannot name another), removes the policy
 // routing, deletes the TUN link if it still exists (a link of that name
 // that is not a TUN is left alone and reported), deletes each nftables
 // table and restores each sysctl (sysctls that no longer exist, such as
-// those of a deleted link, are skipped). What is already gone is no
-// error, so Undo is idempotent; it carries on past failures and returns
-// them joined with [errors.Join].
+// those of a deleted link, are skipped) and restores resolv.conf. What is
+// already gone is no error, so Undo is idempotent; it carries on past
+// failures and returns them joined with [errors.Join].
 //
 // Undo does not check whether process s.PID is still running; callers
 // that might be undoing the changes of a live process check that first.
 func Undo(s *State) error {
 	var errs []error
+	if s.Resolved != nil {
+		if err := s.Resolved.Revert(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if s.Routing != nil {
 		if err := s.Routing.Remove(); err != nil {
 			errs = append(errs, err)

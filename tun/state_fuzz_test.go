@@ -18,6 +18,8 @@ func FuzzReadState(f *testing.F) {
 	f.Add([]byte(`{"version":1,"pid":7,"routing":{},"sysctls":{},"nft_tables":[]}`))
 	f.Add([]byte(`{"version":1,"pid":7,"routing":{"table":254}}`))
 	f.Add([]byte(`{"version":1,"pid":7,"sysctls":{"../x":"1"}}`))
+	f.Add([]byte(`{"version":1,"pid":7,"tun":"masque0","resolved":{"link":"masque0","ifindex":12},` +
+		`"resolv_conf":{"path":"/etc/resolv.conf","backup":"/run/masque/resolv.conf.orig"}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := ParseState(b)
 		if err != nil {

@@ -142,6 +142,10 @@ func TestParseState(t *testing.T) {
 		{name: "sysctl escape", in: `{"version":1,"pid":7,"sysctls":{"../../etc/passwd":"x"}}`, wantErr: `sysctls: invalid sysctl key "../../etc/passwd"`},
 		{name: "sysctl absolute", in: `{"version":1,"pid":7,"sysctls":{"/etc/passwd":"x"}}`, wantErr: `sysctls: invalid sysctl key "/etc/passwd"`},
 		{name: "sysctl unclean", in: `{"version":1,"pid":7,"sysctls":{"net/../../x":"x"}}`, wantErr: "invalid sysctl key"},
+		{name: "resolved", in: `{"version":1,"pid":7,"resolved":{"link":"masque0","ifindex":12}}`,
+			want: &State{Version: 1, PID: 7, Resolved: &ResolvedLink{Link: "masque0", Ifindex: 12}}},
+		{name: "resolved without index", in: `{"version":1,"pid":7,"resolved":{"link":"masque0"}}`, wantErr: "resolved: ifindex 0 out of range"},
+		{name: "resolved bad link", in: `{"version":1,"pid":7,"resolved":{"link":"../x","ifindex":3}}`, wantErr: "resolved: link: invalid interface name"},
 		{name: "all problems at once", in: `{"version":3,"pid":-2,"tun":"."}`, wantErr: "version: 3 unsupported, want 1\npid: -2 negative\ntun: invalid interface name"},
 	}
 	for _, tt := range tests {
