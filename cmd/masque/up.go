@@ -47,6 +47,7 @@ type upOptions struct {
 	allowLAN                  bool
 	reconnect                 bool
 	acceptDNS                 bool
+	dnsMode                   string
 }
 
 // upConfig is a validated upOptions.
@@ -89,7 +90,8 @@ wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down do
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for crash-recovery state and the status socket")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.killSwitch, "kill-switch", true, "drop every packet that would leave outside the tunnel (default on for a full tunnel, off with --route)")
-	f.BoolVar(&o.acceptDNS, "accept-dns", true, "point /etc/resolv.conf at the DNS servers the server sends while the tunnel is up")
+	f.BoolVar(&o.acceptDNS, "accept-dns", true, "point the host's resolver at the DNS servers the server sends while the tunnel is up")
+	f.StringVar(&o.dnsMode, "dns-mode", dnsAuto, "how --accept-dns applies them: auto (systemd-resolved where it manages DNS, else resolv.conf), resolved or file (/etc/resolv.conf)")
 	f.BoolVar(&o.reconnect, "reconnect", true, "when the tunnel is lost, keep the TUN, routes and kill switch and reconnect with backoff (false: exit)")
 	f.BoolVar(&o.allowLAN, "allow-lan", false, "with the kill switch, still let the directly connected networks be reached")
 	cmd.PreRun = func(cmd *cobra.Command, _ []string) { o.killSwitchSet = cmd.Flags().Changed("kill-switch") }
@@ -124,6 +126,11 @@ func (o *upOptions) validate() (*upConfig, error) {
 	}
 	if o.tun == "" || len(o.tun) > 15 {
 		errs = append(errs, fmt.Errorf("--tun %q: want 1-15 characters", o.tun))
+	}
+	switch o.dnsMode {
+	case dnsAuto, dnsResolved, dnsFile:
+	default:
+		errs = append(errs, fmt.Errorf("--dns-mode %q: want auto, resolved or file", o.dnsMode))
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
@@ -229,11 +236,20 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	// state file records what to restore.
 	dnsUpdates := make(chan []netip.Addr, 1)
 	onDNS := func(servers []netip.Addr) {
-		select {
-		case <-dnsUpdates:
-		default:
+		if !c.acceptDNS {
+			return
 		}
-		dnsUpdates <- servers
+		for {
+			select {
+			case dnsUpdates <- servers:
+				return
+			default: // full: the older configuration gives way
+			}
+			select {
+			case <-dnsUpdates:
+			default:
+			}
+		}
 	}
 	connect := func(qc *quicio.ClientConn) (*tunnel.Client, error) {
 		client, err := tunnel.Connect(ctx, tunnel.ClientConfig{
@@ -282,34 +298,6 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		return fmt.Errorf("write state: %w", err)
 	}
 	written = true
-	dnsDone := make(chan struct{})
-	dnsStop := make(chan struct{})
-	stopDNS = func() {
-		close(dnsStop)
-		<-dnsDone
-	}
-	go func() {
-		defer close(dnsDone)
-		for {
-			var servers []netip.Addr
-			select {
-			case <-dnsStop:
-				return
-			case servers = <-dnsUpdates:
-			}
-			if !c.acceptDNS {
-				continue
-			}
-			stMu.Lock()
-			err := applyDNS(st, statePath, c.stateDir, servers)
-			stMu.Unlock()
-			if err != nil {
-				logger.Warn("dns not applied", "err", err)
-			} else {
-				logger.Info("dns applied", "servers", servers)
-			}
-		}
-	}()
 	// The kill switch goes up before any route moves traffic, and stays
 	// until the routes are gone (Undo deletes its table). After a corrupt
 	// state file it replaces the blocking one, the same table, atomically.
@@ -368,6 +356,26 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 
 	t := tunnel.NewTunnel(dev)
 	defer dev.Close()
+
+	// DNS settings for systemd-resolved belong to the TUN's link, so
+	// applying waits for the TUN (updates meanwhile wait in dnsUpdates),
+	// and they are reverted before dev.Close deletes the link (resolved
+	// would forget them then anyway). Until runDNS returns it alone
+	// touches st.
+	dnsCtx, cancelDNS := context.WithCancel(ctx)
+	var dnsWG sync.WaitGroup
+	if c.acceptDNS {
+		dnsWG.Go(func() { runDNS(dnsCtx, st, statePath, c.dnsConfig(), dnsUpdates, logger) })
+	}
+	stopDNS = func() { cancelDNS(); dnsWG.Wait() }
+	defer func() {
+		stopDNS()
+		if st.Resolved != nil {
+			if err := st.Resolved.Revert(); err != nil {
+				retErr = errors.Join(retErr, err)
+			}
+		}
+	}()
 	// Reconnects dial the address the first dial reached (the TLS name
 	// stays in c.tls): with the kill switch on, a name could not be
 	// resolved again.
@@ -462,18 +470,6 @@ func reconnectLoop(ctx context.Context, c *upConfig, mark uint32, want []netip.P
 		}
 		return qc, client, nil
 	}
-}
-
-// applyDNS records in the state file that /etc/resolv.conf is about to
-// change (once), then points it at servers.
-func applyDNS(st *tun.State, statePath, stateDir string, servers []netip.Addr) error {
-	if st.ResolvConf == nil {
-		st.ResolvConf = resolvConf(stateDir)
-		if err := tun.WriteState(statePath, st); err != nil {
-			return fmt.Errorf("write state: %w", err)
-		}
-	}
-	return st.ResolvConf.Apply(servers)
 }
 
 // lanPrefixes returns the networks of the host's interfaces other than

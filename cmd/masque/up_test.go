@@ -30,6 +30,7 @@ func validUp(t *testing.T) upOptions {
 		mtu:      defaultMTU,
 		stateDir: t.TempDir(),
 		logLevel: "info",
+		dnsMode:  dnsAuto,
 	}
 }
 
@@ -125,9 +126,10 @@ func TestUpValidateErrors(t *testing.T) {
 		{"connect timeout", func(o *upOptions) { o.connectTimeout = 0 }, []string{"--connect-timeout"}},
 		{"negative connect timeout", func(o *upOptions) { o.connectTimeout = -time.Second }, []string{"--connect-timeout"}},
 		{"log level", func(o *upOptions) { o.logLevel = "loud" }, []string{"--log-level"}},
+		{"DNS mode", func(o *upOptions) { o.dnsMode = "resolvconf" }, []string{`--dns-mode "resolvconf"`, "auto, resolved or file"}},
 		{"everything at once", func(o *upOptions) {
 			*o = upOptions{routes: []string{"x"}, excludes: []string{"y"}, mtu: 1, logLevel: "z"}
-		}, []string{"--server is required", "need --token-file", `--route "x"`, `--exclude "y"`, "--mtu 1", "--tun", "--connect-timeout", "--log-level"}},
+		}, []string{"--server is required", "need --token-file", `--route "x"`, `--exclude "y"`, "--mtu 1", "--tun", "--connect-timeout", "--log-level", "--dns-mode"}},
 		{"missing token file", func(o *upOptions) { o.tokenFile = missing }, []string{"--token-file"}},
 		{"empty token file", func(o *upOptions) { o.tokenFile = empty }, []string{"--token-file", "one token"}},
 		{"two tokens", func(o *upOptions) { o.tokenFile = twoTokens }, []string{"--token-file", "one token"}},
