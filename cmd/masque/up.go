@@ -376,11 +376,17 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			}
 		}
 	}()
-	// Reconnects dial the address the first dial reached (the TLS name
-	// stays in c.tls): with the kill switch on, a name could not be
-	// resolved again.
+	// Reconnects dial the address the first dial reached, under the name
+	// the first dial checked the certificate for: with the kill switch on,
+	// a name could not be resolved again.
 	redial := *dialCfg
 	redial.server = qc.RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(dialCfg.server); err == nil && dialCfg.tls.ServerName == "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			redial.tls = dialCfg.tls.Clone()
+			redial.tls.ServerName = host
+		}
+	}
 	for {
 		runErr := t.Serve(ctx, client)
 		if ctx.Err() != nil {
