@@ -172,12 +172,20 @@ func (w *pathWatch) check() error {
 		return &errPathShrank{fmt.Sprintf("the route to the peer carries %d-byte packets, %d in use", p, size)}
 	}
 	st := w.c.ConnectionStats()
-	cur := &w.hist[w.n%len(w.hist)]
-	*cur = struct{ sent, lost, rcvd uint64 }{
-		st.PacketsSent - w.prev.PacketsSent, st.PacketsLost - w.prev.PacketsLost, st.PacketsReceived - w.prev.PacketsReceived,
-	}
+	w.record(st.PacketsSent-w.prev.PacketsSent, st.PacketsLost-w.prev.PacketsLost, st.PacketsReceived-w.prev.PacketsReceived)
 	w.prev = st
+	return w.lossVerdict()
+}
+
+// record adds one second's packet counts.
+func (w *pathWatch) record(sent, lost, rcvd uint64) {
+	w.hist[w.n%len(w.hist)] = struct{ sent, lost, rcvd uint64 }{sent, lost, rcvd}
 	w.n++
+}
+
+// lossVerdict applies the loss watch to the seconds recorded.
+func (w *pathWatch) lossVerdict() error {
+	cur := w.hist[(w.n-1+len(w.hist))%len(w.hist)]
 	if cur.lost < lossMinPackets || cur.rcvd == 0 || w.n < 2 {
 		return nil
 	}

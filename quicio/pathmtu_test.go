@@ -197,3 +197,59 @@ func TestHandshakeTimeoutRemembered(t *testing.T) {
 		t.Errorf("after %v the server's path is not remembered as small", err)
 	}
 }
+
+// TestLossVerdict: which per-second histories (sent, lost, received) read
+// as a path that shrank.
+func TestLossVerdict(t *testing.T) {
+	type sec = [3]uint64
+	for _, tc := range []struct {
+		name string
+		hist []sec // oldest first
+		want bool
+	}{
+		{"large packets start vanishing mid-transfer", []sec{{1800, 0, 1800}, {1850, 0, 1795}, {368, 180, 185}}, true},
+		{"steady black hole, peer answering", []sec{{100, 50, 50}, {104, 50, 54}}, true},
+		{"first second of the watch", []sec{{368, 180, 185}}, false},
+		{"5% random loss", []sec{{1800, 90, 1700}, {1800, 95, 1700}, {1800, 85, 1700}}, false},
+		{"congestion: 10% loss", []sec{{4000, 400, 3000}, {4000, 410, 3000}}, false},
+		{"a few losses", []sec{{20, 0, 20}, {10, 7, 3}}, false},
+		{"idle", []sec{{0, 0, 0}, {0, 0, 0}, {4, 0, 3}}, false},
+		{"burst but the peer is silent", []sec{{1800, 0, 1800}, {368, 180, 0}}, false},
+		// A dead path that comes back: seconds in which we sent and heard
+		// nothing, then every loss declared at once.
+		{"dead path back", []sec{{1800, 0, 1800}, {300, 0, 0}, {5, 0, 0}, {0, 0, 0}, {3, 200, 2}}, false},
+		{"dead path back after 5 silent seconds (taken for a shrink: one needless reconnect)", []sec{{300, 0, 0}, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}, {3, 200, 2}}, true},
+		{"idle, then a transfer into a narrower path", []sec{{0, 0, 0}, {1, 0, 1}, {0, 0, 0}, {60, 40, 3}}, true},
+	} {
+		w := &pathWatch{}
+		for _, h := range tc.hist {
+			w.record(h[0], h[1], h[2])
+		}
+		if got := w.lossVerdict() != nil; got != tc.want {
+			t.Errorf("%s: shrank = %v, want %v (%v)", tc.name, got, tc.want, w.lossVerdict())
+		}
+	}
+}
+
+// FuzzLossVerdict: any history of per-second counts (three uint16 per
+// second) gives a verdict without panicking, and never one without at
+// least lossMinPackets lost and packets received in the latest second.
+func FuzzLossVerdict(f *testing.F) {
+	f.Add([]byte{0x07, 0x08, 0, 0, 0x07, 0x03, 0x01, 0x70, 0, 0xb4, 0, 0xb9})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		w := &pathWatch{}
+		var last [3]uint64
+		for ; len(b) >= 6; b = b[6:] {
+			for i := range last {
+				last[i] = uint64(b[2*i])<<8 | uint64(b[2*i+1])
+			}
+			w.record(last[0], last[1], last[2])
+		}
+		if w.n == 0 {
+			return
+		}
+		if err := w.lossVerdict(); err != nil && (last[1] < lossMinPackets || last[2] == 0) {
+			t.Errorf("verdict %v with %d lost and %d received in the latest second", err, last[1], last[2])
+		}
+	})
+}
