@@ -388,7 +388,13 @@ const leakFilter = "not (udp and host " + serverIP4 + " and port 4433) and not a
 // packet.
 func startCapture(t *testing.T, ns, filter string, outOnly bool) *proc {
 	t.Helper()
-	argv := []string{"tcpdump", "-i", "c0", "-n", "-l", "-U", "-p"}
+	return startCaptureOn(t, ns, "c0", filter, outOnly)
+}
+
+// startCaptureOn is startCapture on the interface dev.
+func startCaptureOn(t *testing.T, ns, dev, filter string, outOnly bool) *proc {
+	t.Helper()
+	argv := []string{"tcpdump", "-i", dev, "-n", "-l", "-U", "-p"}
 	if outOnly {
 		argv = append(argv, "-Q", "out")
 	}

@@ -8,16 +8,26 @@ import (
 	"time"
 )
 
-// TestServerRestartReconnect: masqued dies (SIGKILL) and comes back with the
-// same state directory, hence the same stateless-reset key. While it is
-// down nothing leaves the client outside the tunnel. The client keeps its
-// TUN, routes and kill switch, notices at its next packet (the new server
-// answers it with a stateless reset), reconnects by itself, gets the same
-// addresses back, and the tunnel carries traffic again within 5 s.
+// TestServerRestartReconnect: masqued dies (SIGKILL) and stays down for
+// 30 s, past QUIC's idle timeout, then comes back with the same state
+// directory, hence the same stateless-reset key. While it is down the
+// client keeps its TUN, routes and kill switch: TCP, UDP, DNS and ICMP
+// from the client, to the target and to the client's own LAN (its gateway
+// and former resolver), IPv4 and IPv6, put not one packet on c0 besides
+// the client's attempts to reach the server. Once the server is back the
+// client reconnects by itself, gets the same addresses back, and the
+// tunnel carries traffic again within 5 s.
 func TestServerRestartReconnect(t *testing.T) {
 	tp := newTopo(t, false)
 	stateDir := t.TempDir()
 	srv := tp.startServer(t, "--state-dir", stateDir)
+	outside := []string{targetIP4, targetIP6, lanIP4, lanIP6}
+
+	// Control: without a tunnel every kind of probe leaves c0.
+	dump := startCapture(t, tp.client, leakFilter, true)
+	probeOutside(t, tp.client, outside...)
+	checkCaptureSeesAll(t, "control without a tunnel", stopCapture(dump))
+
 	c := tp.startClient(t, tp.client, tokenAuth("alice"))
 	checkPing(t, tp.client, 3)
 	before := c.status(t)
@@ -30,40 +40,58 @@ func TestServerRestartReconnect(t *testing.T) {
 	if !srv.wait(5 * time.Second) {
 		t.Fatal("masqued survived SIGKILL")
 	}
-	// While the server is down the client reconnects in vain: not one packet
-	// may leave c0 other than its attempts to reach the server.
-	// Outgoing only: the dead server's ICMP port unreachable coming in is
-	// no leak.
-	dump := startCapture(t, tp.client, leakFilter, true)
-	for _, dst := range []string{targetIP4, targetIP6, serverIP4} {
-		if r := ping(t, tp.client, dst, 3); r.received != 0 {
-			t.Errorf("ping %s answered while the server was down: %s", dst, r.out)
+	killed := time.Now()
+	// While the server is down: not one packet may leave c0 other than the
+	// client's attempts to reach it. Outgoing only: the dead server's ICMP
+	// port unreachable coming in is no leak. The client cannot tell a dead
+	// server from a slow path until QUIC's idle timeout (30 s), so the
+	// probes run for 30 s and until it has been reconnecting for 3 s.
+	dump = startCapture(t, tp.client, leakFilter, true)
+	answered := map[string]int{}
+	rounds := 0
+	var noticed time.Duration
+	for ; rounds < 100; rounds++ {
+		for k, n := range probeOutside(t, tp.client, outside...) {
+			answered[k] += n
+		}
+		down := time.Since(killed)
+		if noticed == 0 {
+			if st := c.status(t); st.State == "reconnecting" {
+				noticed = down
+				if !st.KillSwitch {
+					t.Errorf("status while reconnecting: kill switch off")
+				}
+			}
+		}
+		if down >= 30*time.Second && noticed != 0 && down-noticed >= 3*time.Second {
+			break
+		}
+		if down > 60*time.Second {
+			t.Fatalf("client not reconnecting 60 s after the server died; status %+v", c.status(t))
 		}
 	}
-	// (The client cannot tell a dead server from a slow path until QUIC's
-	// idle timeout; a restarted one it learns of from the stateless reset.)
-	time.Sleep(300 * time.Millisecond)
-	dump.stop(5 * time.Second)
-	if leaked := nonEmptyLines(dump.stdout.String()); len(leaked) > 0 {
-		t.Errorf("%d packets left c0 outside the tunnel while reconnecting:\n%s", len(leaked), tail(strings.Join(leaked, "\n"), 3000))
+	if c.exited() {
+		t.Fatalf("masque up exited while the server was down: %s", c.exitString())
+	}
+	if tables := runIn(t, tp.client, 10*time.Second, "nft", "list", "tables").stdout; !strings.Contains(tables, "masque_killswitch") {
+		t.Errorf("no kill switch table while reconnecting:\n%s", tables)
+	}
+	leaked := stopCapture(dump)
+	t.Logf("server down %v (client noticed after %v), %d probe rounds; answered: %s", time.Since(killed).Round(time.Second), noticed.Round(time.Second), rounds+1, kindsString(answered))
+	checkNoLeak(t, "while reconnecting", leaked)
+	for _, k := range probeKinds {
+		if answered[k] != 0 {
+			t.Errorf("%d %s probes answered while the server was down, want 0", answered[k], k)
+		}
 	}
 
 	tp.startServer(t, "--state-dir", stateDir)
-	restarted := time.Now()
-
-	// Ping until the tunnel carries traffic again (each ping also gives the
-	// client a packet to send, which draws the stateless reset).
-	var back time.Duration
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if r := ping(t, tp.client, targetIP4, 1); r.received == 1 {
-			back = time.Since(restarted)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no ping through the tunnel 20 s after the server came back; client log:\n%s", tail(c.stderr.String(), 3000))
-		}
+	// Ping until the tunnel carries traffic again.
+	back, ok := untilReply(t, tp.client, targetIP4, 20*time.Second)
+	if !ok {
+		t.Fatalf("no ping through the tunnel 20 s after the server came back; client log:\n%s", tail(c.stderr.String(), 3000))
 	}
-	t.Logf("tunnel carried traffic again %v after the server restarted", back.Round(time.Millisecond))
+	t.Logf("tunnel carried traffic again %v after the server restarted (down %v)", back.Round(time.Millisecond), time.Since(killed).Round(time.Second))
 	if back > 5*time.Second {
 		t.Errorf("reconnect took %v, want ≤ 5 s", back.Round(time.Millisecond))
 	}
