@@ -405,6 +405,43 @@ func startCaptureOn(t *testing.T, ns, dev, filter string, outOnly bool) *proc {
 	return dump
 }
 
+// captureTimes returns when each of tcpdump's packet lines was captured
+// (tcpdump prints the local time of day); ref is a moment after the
+// capture, which gives the date.
+func captureTimes(t *testing.T, lines []string, ref time.Time) []time.Time {
+	t.Helper()
+	var out []time.Time
+	for _, l := range lines {
+		f, _, _ := strings.Cut(l, " ")
+		tod, err := time.ParseInLocation("15:04:05.000000", f, time.Local)
+		if err != nil {
+			t.Fatalf("tcpdump line without a time of day: %q", l)
+		}
+		ts := time.Date(ref.Year(), ref.Month(), ref.Day(), tod.Hour(), tod.Minute(), tod.Second(), tod.Nanosecond(), time.Local)
+		if ts.After(ref.Add(time.Hour)) {
+			ts = ts.AddDate(0, 0, -1) // captured before midnight
+		}
+		out = append(out, ts)
+	}
+	return out
+}
+
+// longestSilence returns the longest time in [from, to] without a packet
+// of times (sorted), counting from from to the first packet and from the
+// last one to to.
+func longestSilence(times []time.Time, from, to time.Time) time.Duration {
+	var longest time.Duration
+	last := from
+	for _, ts := range times {
+		if ts.Before(from) || ts.After(to) {
+			continue
+		}
+		longest = max(longest, ts.Sub(last))
+		last = ts
+	}
+	return max(longest, to.Sub(last))
+}
+
 // nftInputDrop creates the table inet name in ns with an input chain whose
 // one rule applies match (nft syntax ending in a verdict, e.g. "udp dport
 // 4433 drop") and returns a function that deletes it; the test's cleanup
