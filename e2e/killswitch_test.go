@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -8,14 +9,25 @@ import (
 )
 
 // TestKillSwitchBlocksInjectedRoute: a more specific route on the physical
-// interface pulls traffic out of a full tunnel, the classic leak; with the
-// kill switch (on by default for a full tunnel) not one packet leaves c0
-// outside the tunnel's own flow, IPv4 or IPv6, and the table is gone once
-// the client stops. The control run with --kill-switch=false shows that
-// the injected routes do leak, so the capture can see a leak.
+// interface pulls traffic out of a full tunnel, the classic leak; and the
+// resolver the host used before the tunnel (its LAN gateway) stays
+// reachable outside it through the LAN route, the classic DNS leak. With
+// the kill switch (on by default for a full tunnel) not one packet of TCP,
+// UDP, DNS or ICMP leaves c0 outside the tunnel's own flow, IPv4 or IPv6,
+// while the DNS servers that masqued pushes answer through the tunnel; the
+// table is gone once the client stops. The control run with
+// --kill-switch=false shows that every kind leaks, so the capture can see
+// a leak.
 func TestKillSwitchBlocksInjectedRoute(t *testing.T) {
 	tp := newTopo(t, false)
-	tp.startServer(t)
+	// The tunnel's DNS server sits beside the target; the host's own
+	// resolver is its LAN gateway.
+	const tunnelDNS4, tunnelDNS6 = "198.18.2.53", "2001:db8:2::53"
+	mustRun(t, "ip", "-n", tp.target, "addr", "add", tunnelDNS4+"/32", "dev", "t0")
+	mustRun(t, "ip", "-n", tp.target, "addr", "add", tunnelDNS6+"/128", "dev", "t0", "nodad")
+	serveDNS(t, tp.target, tunnelDNS4+":53", map[string]netip.Addr{"www.masque.test.": netip.MustParseAddr(targetIP4)})
+	resolvConf(t, tp.client, lanIP4)
+	tp.startServer(t, "--dns", tunnelDNS4, "--dns", tunnelDNS6)
 	inject := func(add bool) {
 		verb := "add"
 		if !add {
@@ -24,35 +36,43 @@ func TestKillSwitchBlocksInjectedRoute(t *testing.T) {
 		mustRun(t, "ip", "-n", tp.client, "route", verb, targetIP4+"/32", "via", serverIP4, "dev", "c0")
 		mustRun(t, "ip", "-n", tp.client, "-6", "route", verb, targetIP6+"/128", "via", "2001:db8:1::2", "dev", "c0")
 	}
-	leaks := func(extra ...string) ([]string, string) {
+	leaks := func(extra ...string) (leaked []string, answered map[string]int, tables string) {
 		c := tp.startClient(t, tp.client, tokenAuth("alice"), extra...)
+		waitUntil(t, "resolv.conf pointed at the tunnel's DNS servers", 10*time.Second, func() bool {
+			return strings.Contains(runIn(t, tp.client, 10*time.Second, "cat", "/etc/resolv.conf").stdout, "nameserver "+tunnelDNS4)
+		})
 		inject(true)
 		dump := startCapture(t, tp.client, leakFilter, false)
-		p4 := ping(t, tp.client, targetIP4, 3)
-		p6 := ping(t, tp.client, targetIP6, 3)
-		time.Sleep(300 * time.Millisecond)
-		dump.stop(5 * time.Second)
-		tables := runIn(t, tp.client, 10*time.Second, "nft", "list", "tables").stdout
+		answered = probeOutside(t, tp.client, targetIP4, targetIP6, lanIP4, lanIP6)
+		// The system resolver now asks the tunnel's DNS server, through
+		// the tunnel.
+		lookup := runIn(t, tp.client, 15*time.Second, "getent", "ahostsv4", "www.masque.test")
+		leaked = stopCapture(dump)
+		t.Logf("%v: probes to the injected routes and the LAN resolver answered: %s", extra, kindsString(answered))
+		if !strings.Contains(lookup.stdout, targetIP4) {
+			t.Errorf("%v: getent ahostsv4 www.masque.test through the tunnel's DNS server: exit %d, %q, want %s", extra, lookup.code, lookup.stdout, targetIP4)
+		}
+		tables = runIn(t, tp.client, 10*time.Second, "nft", "list", "tables").stdout
 		inject(false)
 		c.signal(syscall.SIGINT) // masque up restores everything
 		if !c.wait(10 * time.Second) {
 			t.Fatal("masque up did not exit on SIGINT")
 		}
-		return nonEmptyLines(dump.stdout.String()), p4.out + p6.out + "\n" + tables
+		return leaked, answered, tables
 	}
 
-	got, _ := leaks("--kill-switch=false")
-	if len(got) == 0 {
-		t.Fatal("control: without the kill switch the injected routes leaked nothing: the capture does not work")
-	}
-	t.Logf("control: %d packets left c0 through the injected routes without the kill switch", len(got))
+	got, _, _ := leaks("--kill-switch=false")
+	checkCaptureSeesAll(t, "control without the kill switch", got)
 
-	got, out := leaks()
-	if len(got) > 0 {
-		t.Errorf("%d packets left c0 outside the tunnel with the kill switch on:\n%s", len(got), tail(strings.Join(got, "\n"), 3000))
+	got, answered, tables := leaks()
+	checkNoLeak(t, "kill switch on, injected routes and the LAN resolver", got)
+	for _, k := range probeKinds {
+		if answered[k] != 0 {
+			t.Errorf("kill switch on: %d %s probes outside the tunnel answered, want 0", answered[k], k)
+		}
 	}
-	if !strings.Contains(out, "masque_killswitch") {
-		t.Errorf("no kill switch table while the tunnel was up:\n%s", out)
+	if !strings.Contains(tables, "masque_killswitch") {
+		t.Errorf("no kill switch table while the tunnel was up:\n%s", tables)
 	}
 	if tables := runIn(t, tp.client, 10*time.Second, "nft", "list", "tables").stdout; strings.Contains(tables, "masque_killswitch") {
 		t.Errorf("kill switch table left after masque up exited:\n%s", tables)
@@ -60,9 +80,10 @@ func TestKillSwitchBlocksInjectedRoute(t *testing.T) {
 }
 
 // TestKillSwitchIPv4OnlyTunnel: on a dual-stack host, a tunnel with only an
-// IPv4 address routes no IPv6; the kill switch blocks IPv6 instead of
-// letting it out of the physical interface. Without it (the control) IPv6
-// to the target does leave c0.
+// IPv4 address routes no IPv6; the kill switch blocks IPv6 (TCP, UDP, DNS
+// and ICMPv6, to the target and to the LAN) instead of letting it out of
+// the physical interface. Without it (the control) every kind does leave
+// c0.
 func TestKillSwitchIPv4OnlyTunnel(t *testing.T) {
 	tp := newTopo(t, false)
 	tp.startServer(t, "--pool6", "off")
@@ -73,22 +94,18 @@ func TestKillSwitchIPv4OnlyTunnel(t *testing.T) {
 			t.Fatalf("the server without an IPv6 pool assigned %v", c.up.addr6())
 		}
 		dump := startCapture(t, tp.client, filter, true)
-		ping(t, tp.client, targetIP6, 3)
+		answered := probeOutside(t, tp.client, targetIP6, lanIP6)
 		if r := ping(t, tp.client, targetIP4, 3); r.received != 3 {
 			t.Errorf("IPv4 through the IPv4-only tunnel: %d of 3 answered", r.received)
 		}
-		time.Sleep(300 * time.Millisecond)
-		dump.stop(5 * time.Second)
+		got := stopCapture(dump)
+		t.Logf("%v: IPv6 probes answered: %s", extra, kindsString(answered))
 		c.signal(syscall.SIGINT)
 		if !c.wait(10 * time.Second) {
 			t.Fatal("masque up did not exit on SIGINT")
 		}
-		return nonEmptyLines(dump.stdout.String())
+		return got
 	}
-	if got := leaked("--kill-switch=false"); len(got) == 0 {
-		t.Fatal("control: without the kill switch no IPv6 left c0: the capture does not work")
-	}
-	if got := leaked(); len(got) > 0 {
-		t.Errorf("%d IPv6 packets left c0 beside an IPv4-only tunnel with the kill switch on:\n%s", len(got), tail(strings.Join(got, "\n"), 3000))
-	}
+	checkCaptureSeesAll(t, "control without the kill switch", leaked("--kill-switch=false"))
+	checkNoLeak(t, "IPv6 beside an IPv4-only tunnel, kill switch on", leaked())
 }

@@ -53,7 +53,7 @@ func probeOutside(t *testing.T, ns string, dsts ...string) map[string]int {
 		wg.Go(func() {
 			var ok bool
 			err := inNetns(ns, func() error {
-				c, err := net.DialTimeout("tcp", net.JoinHostPort(dst, "80"), 700*time.Millisecond)
+				c, err := net.DialTimeout("tcp", net.JoinHostPort(dst, "80"), 1500*time.Millisecond)
 				if err == nil {
 					c.Close()
 				}
@@ -87,7 +87,7 @@ func probeOutside(t *testing.T, ns string, dsts ...string) map[string]int {
 }
 
 // udpProbe sends p from a socket in ns connected to addr and reports
-// whether anything came back within 700 ms: a datagram, or the ICMP port
+// whether anything came back within 1.5 s: a datagram, or the ICMP port
 // unreachable that a connected socket reads as ECONNREFUSED. A send that
 // fails (EPERM from a firewall) is no answer.
 func udpProbe(ns, addr string, p []byte) (answered bool, err error) {
@@ -100,7 +100,7 @@ func udpProbe(ns, addr string, p []byte) (answered bool, err error) {
 		if _, err := c.Write(p); err != nil {
 			return nil
 		}
-		c.SetReadDeadline(time.Now().Add(700 * time.Millisecond))
+		c.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
 		_, err = c.Read(make([]byte, 1500))
 		answered = err == nil || errors.Is(err, syscall.ECONNREFUSED)
 		return nil

@@ -647,27 +647,32 @@ func TestSplitTunnel(t *testing.T) {
 
 // TestNoLeak: with a full tunnel up, nothing but the tunnel's own QUIC flow
 // (and neighbour discovery) leaves the client's physical interface while the
-// client talks to the target over IPv4 and IPv6.
+// client talks to the target over IPv4 and IPv6: TCP, UDP, DNS and ICMP.
 func TestNoLeak(t *testing.T) {
 	if _, err := exec.LookPath("tcpdump"); err != nil {
 		t.Fatal("tcpdump not installed (scripts/test.sh installs it)")
 	}
 	tp := newTopo(t, false)
 	srv := tp.startServer(t)
-	// Control: without the tunnel the same capture sees the pings.
+	// Control: without the tunnel the same capture sees every kind of
+	// probe.
 	dump := startCapture(t, tp.client, leakFilter, false)
-	ping(t, tp.client, targetIP4, 1)
-	ping(t, tp.client, targetIP6, 1)
-	time.Sleep(300 * time.Millisecond)
-	dump.stop(5 * time.Second)
-	if n := len(nonEmptyLines(dump.stdout.String())); n < 2 {
-		t.Fatalf("control capture without the tunnel saw %d packets, want ≥ 2: the capture does not work\n%s", n, dump.stderr.String())
-	}
+	probeOutside(t, tp.client, targetIP4, targetIP6)
+	checkCaptureSeesAll(t, "control without the tunnel", stopCapture(dump))
 
 	tp.startClient(t, tp.client, tokenAuth("alice"))
 	dump = startCapture(t, tp.client, leakFilter, false)
 	startTool(t, tp.target, "udpecho", "-listen", ":9000")
 	checkPing(t, tp.client, 3)
+	// TCP, UDP, DNS and ICMP to the target are all answered (a refusal
+	// counts), through the tunnel.
+	answered := probeOutside(t, tp.client, targetIP4, targetIP6)
+	t.Logf("probes through the tunnel answered: %s", kindsString(answered))
+	for _, k := range probeKinds {
+		if answered[k] < 2 {
+			t.Errorf("%d of 2 %s probes through the tunnel answered, want both", answered[k], k)
+		}
+	}
 	for _, to := range []string{targetIP4 + ":9000", "[" + targetIP6 + "]:9000"} {
 		r, err := udpExchange(tp.client, to, "L", 200, 1000)
 		if err != nil {
