@@ -401,7 +401,10 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		status.setReconnecting()
 		qc.Close()
 		client.Close()
-		nqc, nclient, err := reconnectLoop(ctx, &redial, routingFwMark(routing), client.Lease(), connect, logger)
+		dial := func(ctx context.Context) (*quicio.ClientConn, error) {
+			return redial.dial(ctx, redial.tls, routingFwMark(routing), logger)
+		}
+		nqc, nclient, err := reconnectLoop(ctx, dial, client.Lease(), connect, logger)
 		if err != nil {
 			if ctx.Err() != nil {
 				logger.Info("tunnel down")
@@ -431,6 +434,13 @@ func refusedCredentials(err error) bool {
 
 // Reconnect backoff: the first attempt at once, then doubling up to
 // maxReconnectDelay, each delay ±25% so that a fleet does not return in step.
+// A delay counts from the start of the previous attempt, not from its end:
+// a dial that times out has retransmitted its Initial with exponential
+// backoff (RFC 9002 §6.2.1) and has already been silent for its last
+// seconds (from 6.2 s to 10 s with quic-go's 200 ms first PTO and the
+// default --connect-timeout). Waiting up to 3.75 s more on top of that
+// left the path unprobed for up to 7.5 s, so a path that returned then was
+// used only 7.5 s later; issue 6 wants the tunnel back within 5 s.
 const (
 	firstReconnectDelay = 200 * time.Millisecond
 	maxReconnectDelay   = 3 * time.Second
@@ -440,21 +450,28 @@ const (
 // done. It gives up at once when the server refuses the credentials or
 // assigns other addresses than want (the TUN, routes and firewall hold
 // those).
-func reconnectLoop(ctx context.Context, c *upConfig, mark uint32, want []netip.Prefix,
+func reconnectLoop(ctx context.Context, dial func(context.Context) (*quicio.ClientConn, error), want []netip.Prefix,
 	connect func(*quicio.ClientConn) (*tunnel.Client, error), logger *slog.Logger,
 ) (*quicio.ClientConn, *tunnel.Client, error) {
 	delay := time.Duration(0)
+	var started time.Time // of the previous attempt
 	for attempt := 1; ; attempt++ {
 		if delay > 0 {
 			jittered := delay*3/4 + rand.N(delay/2)
-			select {
-			case <-ctx.Done():
-				return nil, nil, ctx.Err()
-			case <-time.After(jittered):
+			if wait := time.Until(started.Add(jittered)); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return nil, nil, ctx.Err()
+				case <-time.After(wait):
+				}
 			}
 		}
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		started = time.Now()
 		delay = min(max(2*delay, firstReconnectDelay), maxReconnectDelay)
-		qc, err := c.dial(ctx, c.tls, mark, logger)
+		qc, err := dial(ctx)
 		if err != nil {
 			logger.Info("reconnect failed", "attempt", attempt, "err", err)
 			continue

@@ -1,16 +1,21 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/masque-vpn/masque/quicio"
 )
 
 // validUp returns options that validate, with a token file in dir.
@@ -236,4 +241,51 @@ func TestFamiliesWith(t *testing.T) {
 	if got := familiesWith(nil, []netip.Prefix{p("100.64.0.2/32")}); len(got) != 0 {
 		t.Errorf("familiesWith(no routes) = %v", got)
 	}
+}
+
+// TestReconnectSchedule: dials that fail at once are spaced by the growing
+// backoff delays (±25%), but after a dial that timed out, which has
+// already waited longer than any delay, the next starts at once: the path
+// is never left unprobed for the delay on top of the dial's own silent
+// tail.
+func TestReconnectSchedule(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		// How long each attempt's dial takes before it fails.
+		took := []time.Duration{0, 0, 0, 0, 0, 0, defaultConnectTimeout, defaultConnectTimeout, 0}
+		var starts, ends []time.Time
+		dial := func(context.Context) (*quicio.ClientConn, error) {
+			i := len(starts)
+			starts = append(starts, time.Now())
+			if i == len(took)-1 {
+				cancel()
+			}
+			time.Sleep(took[i])
+			ends = append(ends, time.Now())
+			return nil, errors.New("connect: timeout")
+		}
+		_, _, err := reconnectLoop(ctx, dial, nil, nil, slog.New(slog.DiscardHandler))
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("reconnectLoop() = %v, want context.Canceled", err)
+		}
+		if len(starts) != len(took) {
+			t.Fatalf("%d attempts, want %d", len(starts), len(took))
+		}
+		// Attempts 2-7 follow fast failures: 200 ms, 400 ms, … 3 s, ±25%.
+		delay := firstReconnectDelay
+		for i := 1; i <= 6; i++ {
+			got := starts[i].Sub(starts[i-1])
+			if lo, hi := delay*3/4, delay*5/4; got < lo || got > hi {
+				t.Errorf("attempt %d started %v after attempt %d, want %v ±25%%", i+1, got, i, delay)
+			}
+			delay = min(2*delay, maxReconnectDelay)
+		}
+		// Attempts 8 and 9 follow timeouts longer than the delay.
+		for i := 7; i <= 8; i++ {
+			if got := starts[i].Sub(ends[i-1]); got != 0 {
+				t.Errorf("attempt %d started %v after attempt %d timed out, want at once", i+1, got, i)
+			}
+		}
+	})
 }
