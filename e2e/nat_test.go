@@ -23,15 +23,16 @@ import (
 // test's cleanup deletes the table.
 func natQUIC(t *testing.T, ns, ports string) {
 	t.Helper()
-	for _, cmd := range []string{
+	// One nft run is one transaction: no packet meets the chain flushed
+	// and leaves without NAT.
+	script := strings.Join([]string{
 		"add table ip e2e_nat",
 		"add chain ip e2e_nat post { type nat hook postrouting priority 100 ; }",
 		"flush chain ip e2e_nat post",
 		"add rule ip e2e_nat post ip daddr " + serverIP4 + " udp dport 4433 counter snat to " + clientIP4 + ":" + ports,
-	} {
-		if r := runIn(t, ns, 10*time.Second, append([]string{"nft"}, strings.Fields(cmd)...)...); r.code != 0 {
-			t.Fatalf("nft %s: %s", cmd, r.stderr)
-		}
+	}, " ; ")
+	if r := runIn(t, ns, 10*time.Second, append([]string{"nft"}, strings.Fields(script)...)...); r.code != 0 {
+		t.Fatalf("nft %s: %s", script, r.stderr)
 	}
 	t.Cleanup(func() { runIn(t, ns, 10*time.Second, "nft", "delete", "table", "ip", "e2e_nat") })
 }
