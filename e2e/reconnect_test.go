@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -106,6 +107,48 @@ func TestServerRestartReconnect(t *testing.T) {
 	if log := c.stderr.String(); !strings.Contains(log, "tunnel lost, reconnecting") || !strings.Contains(log, "tunnel back") {
 		t.Errorf("client log does not say it lost and regained the tunnel:\n%s", tail(log, 2000))
 	}
+	if c.exited() {
+		t.Fatalf("masque up exited: %s", c.exitString())
+	}
+}
+
+// TestServerRestartDuringTransfer: masqued dies (SIGKILL) in the middle of
+// a TCP upload and comes straight back with the same state directory. The
+// client learns of the restart from the new server's stateless reset at
+// its next packet, reconnects with the same lease, and the TCP flow, which
+// only saw a pause, completes intact.
+func TestServerRestartDuringTransfer(t *testing.T) {
+	tp := newTopo(t, false)
+	stateDir := t.TempDir()
+	srv := tp.startServer(t, "--state-dir", stateDir)
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+
+	const size = 24 << 20 // 12 s at 2 MB/s
+	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "60s")
+	sendDone := make(chan result, 1)
+	go func() {
+		r, _ := runInErr(tp.client, 60*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100",
+			"-bytes", strconv.Itoa(size), "-rate", strconv.Itoa(2<<20), "-timeout", "55s")
+		sendDone <- r
+	}()
+	time.Sleep(3 * time.Second)
+	srv.wantExit0 = false
+	srv.signal(syscall.SIGKILL)
+	if !srv.wait(5 * time.Second) {
+		t.Fatal("masqued survived SIGKILL")
+	}
+	tp.startServer(t, "--state-dir", stateDir)
+	restarted := time.Now()
+	waitUntil(t, "the client to reconnect", 10*time.Second, func() bool {
+		st := c.status(t)
+		return st.State == "up" && st.Reconnects == 1
+	})
+	t.Logf("client reconnected %v after the server restarted", time.Since(restarted).Round(time.Millisecond))
+	if d := time.Since(restarted); d > 5*time.Second {
+		t.Errorf("reconnect took %v, want ≤ 5 s", d.Round(time.Millisecond))
+	}
+	sent, _ := checkTransfer(t, "upload across a server restart", <-sendDone, sink, size)
+	t.Logf("%d MB across the restart arrived intact, %.1f s in all", sent.Bytes>>20, sent.Seconds)
 	if c.exited() {
 		t.Fatalf("masque up exited: %s", c.exitString())
 	}
