@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"sync/atomic"
 )
 
 const (
@@ -23,7 +24,9 @@ const (
 // tokens are kept. A nil *Tokens holds no tokens. Tokens is immutable after
 // parsing and safe for concurrent use.
 type Tokens struct {
-	entries []tokenEntry
+	// entries is swapped whole by Replace (SIGHUP reload), so that a
+	// Lookup sees either the old set or the new one.
+	entries atomic.Pointer[[]tokenEntry]
 }
 
 type tokenEntry struct {
@@ -41,6 +44,7 @@ type tokenEntry struct {
 // number. Errors never contain a token.
 func ParseTokens(r io.Reader) (*Tokens, error) {
 	t := &Tokens{}
+	var entries []tokenEntry
 	firstLine := make(map[[sha256.Size]byte]int) // digest -> line it first appeared on
 	var errs []error
 	sc := bufio.NewScanner(r)
@@ -76,7 +80,7 @@ func ParseTokens(r io.Reader) (*Tokens, error) {
 			continue
 		}
 		firstLine[d] = n
-		t.entries = append(t.entries, tokenEntry{digest: d, id: Identity(id)})
+		entries = append(entries, tokenEntry{digest: d, id: Identity(id)})
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
@@ -87,6 +91,7 @@ func ParseTokens(r io.Reader) (*Tokens, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	t.entries.Store(&entries)
 	return t, nil
 }
 
@@ -112,10 +117,25 @@ func LoadTokens(path string) (*Tokens, error) {
 
 // Len returns the number of tokens.
 func (t *Tokens) Len() int {
+	return len(t.load())
+}
+
+func (t *Tokens) load() []tokenEntry {
 	if t == nil {
-		return 0
+		return nil
 	}
-	return len(t.entries)
+	if e := t.entries.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// Replace makes t accept exactly the tokens of other from now on (a
+// reload); lookups in flight finish against the old set. Sessions
+// authenticated before are not affected.
+func (t *Tokens) Replace(other *Tokens) {
+	e := other.load()
+	t.entries.Store(&e)
 }
 
 // Lookup returns the identity that token belongs to. It compares the
@@ -123,20 +143,21 @@ func (t *Tokens) Len() int {
 // time, so neither the position of a match nor the length of any stored
 // token leaks through timing.
 func (t *Tokens) Lookup(token string) (Identity, bool) {
-	if t == nil || len(t.entries) == 0 {
+	entries := t.load()
+	if len(entries) == 0 {
 		return "", false
 	}
 	d := sha256.Sum256([]byte(token))
 	idx, found := 0, 0
-	for i := range t.entries {
-		eq := subtle.ConstantTimeCompare(d[:], t.entries[i].digest[:])
+	for i := range entries {
+		eq := subtle.ConstantTimeCompare(d[:], entries[i].digest[:])
 		idx = subtle.ConstantTimeSelect(eq, i, idx)
 		found |= eq
 	}
 	if found == 0 {
 		return "", false
 	}
-	return t.entries[idx].id, true
+	return entries[idx].id, true
 }
 
 // validToken reports whether s is 16-512 visible ASCII characters.

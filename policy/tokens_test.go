@@ -238,3 +238,43 @@ func FuzzParseTokens(f *testing.F) {
 		}
 	})
 }
+
+// TestTokensReplace: a reload swaps the whole set at once; lookups running
+// meanwhile see the old set or the new one, never a mix or a crash.
+func TestTokensReplace(t *testing.T) {
+	const (
+		aliceTok = "alice-token-0123456789"
+		carolTok = "carol-token-0123456789"
+	)
+	toks, err := ParseTokens(strings.NewReader("alice " + aliceTok + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := ParseTokens(strings.NewReader("carol " + carolTok + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 10000 {
+			a, okA := toks.Lookup(aliceTok)
+			c, okC := toks.Lookup(carolTok)
+			if okA && a != "alice" || okC && c != "carol" {
+				t.Errorf("lookup during a reload: %q %v, %q %v", a, okA, c, okC)
+				return
+			}
+		}
+	}()
+	toks.Replace(next)
+	<-done
+	if _, ok := toks.Lookup(aliceTok); ok {
+		t.Error("alice's token still accepted after the reload removed it")
+	}
+	if id, ok := toks.Lookup(carolTok); !ok || id != "carol" {
+		t.Errorf("carol's token after the reload: %q, %v", id, ok)
+	}
+	if n := toks.Len(); n != 1 {
+		t.Errorf("Len after the reload = %d, want 1", n)
+	}
+}

@@ -391,11 +391,20 @@ func runServer(ctx context.Context, s *settings) (retErr error) {
 	logger.Info("tunnel ready", "tun", s.Tun, "addresses", tunAddrs, "egress", s.Egress)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- qs.Serve() }()
-	select {
-	case err := <-serveErr:
-		qs.Close()
-		return err
-	case <-ctx.Done():
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case err := <-serveErr:
+			qs.Close()
+			return err
+		case <-hup:
+			reloadTokens(s, m, logger)
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	logger.Info("shutting down", "drain_timeout", s.DrainTimeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), s.DrainTimeout)
@@ -406,6 +415,23 @@ func runServer(ctx context.Context, s *settings) (retErr error) {
 	<-serveErr
 	logger.Info("stopped")
 	return nil
+}
+
+// reloadTokens re-reads the tokens file (SIGHUP): new requests are
+// checked against it; sessions already up stay. A file that does not parse
+// changes nothing.
+func reloadTokens(s *settings, m *material, logger *slog.Logger) {
+	if s.Tokens == "" || m.auth.Tokens == nil {
+		logger.Info("reload: no tokens file to reload")
+		return
+	}
+	toks, err := policy.LoadTokens(s.Tokens)
+	if err != nil {
+		logger.Error("reload: tokens unchanged", "err", err)
+		return
+	}
+	m.auth.Tokens.Replace(toks)
+	logger.Info("reload: tokens reloaded", "path", s.Tokens, "tokens", toks.Len())
 }
 
 func trimNL(b []byte) []byte {
