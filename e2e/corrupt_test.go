@@ -286,3 +286,47 @@ func TestCorruptStateUpFails(t *testing.T) {
 	}
 	tp.checkClean(tp.client)
 }
+
+// TestCrashedKillSwitchStaysUp: a masque up killed with its kill switch up
+// left the host blocked. The next masque up keeps it blocked until its own
+// tunnel is up (its kill switch replaces the old one before anything else
+// is undone): while the server is held back, not one packet leaves c0.
+func TestCrashedKillSwitchStaysUp(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t)
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+	crash(t, c)
+	if !hasKillSwitch(ruleset(t, tp.client)) {
+		t.Fatal("the crashed client left no kill switch: nothing to keep")
+	}
+	release := nftInputDrop(t, tp.server, "mqe_hold", "udp dport 4433 drop")
+	p := startProc(t, tp.client, "masque up after a crash",
+		clientArgv(c.stateDir, tokenAuth("alice"), "--connect-timeout", "60s")...)
+	p.grace = 10 * time.Second
+	p.wantExit0 = true
+	if _, err := p.waitLine(p.stderr, 15*time.Second, func(l string) bool {
+		return strings.Contains(l, "level=WARN") && strings.Contains(l, "left the kill switch up")
+	}); err != nil {
+		t.Fatalf("no warning about the crashed run's kill switch: %v\nstderr:\n%s", err, p.stderr.String())
+	}
+	if rs := ruleset(t, tp.client); !hasKillSwitch(rs) {
+		t.Errorf("no kill switch while masque up waits for the server after a crash:\n%s", rs)
+	}
+	checkBlocked(t, tp.client, "after a crash, tunnel not up yet")
+	if lines := nonEmptyLines(p.stdout.String()); len(lines) > 0 {
+		t.Fatalf("masque up printed %q while the server was held back: the check above ran too late", lines)
+	}
+	release()
+	if _, err := p.waitLine(p.stdout, 60*time.Second, func(l string) bool { return strings.HasPrefix(l, "up: ") }); err != nil {
+		t.Fatalf("masque up: %v\nstderr:\n%s", err, tail(p.stderr.String(), 4000))
+	}
+	checkPing(t, tp.client, 2)
+	p.signal(syscall.SIGINT)
+	if !p.wait(10 * time.Second) {
+		t.Fatal("masque up did not exit on SIGINT")
+	}
+	if p.exitCode() != 0 {
+		t.Errorf("masque up after SIGINT: %s, want exit 0\nstderr:\n%s", p.exitString(), tail(p.stderr.String(), 2000))
+	}
+	tp.checkClean(tp.client)
+}

@@ -152,7 +152,7 @@ func stillBlocked(stateDir string, err error) error {
 	if stateDir != defaultStateDir {
 		down += " --state-dir " + stateDir
 	}
-	return fmt.Errorf("%w; the host stays blocked by the kill switch (nftables table inet %s) because masque up started from a corrupt state file: %s unblocks it",
+	return fmt.Errorf("%w; the host stays blocked by the kill switch (nftables table inet %s) because masque up started blocked (a corrupt state file, or a crashed run that left it up): %s unblocks it",
 		err, tun.DefaultKillSwitchTable, down)
 }
 

@@ -180,9 +180,10 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 	statePath := filepath.Join(c.stateDir, "state.json")
 	// st records the host changes: it is written before each change, and
-	// Undo reverses it when the run ends. blocked: a corrupt state file
-	// made this run start with the kill switch up (see blocked.go); until
-	// up, the run keeps it whatever happens.
+	// Undo reverses it when the run ends. blocked: a corrupt state file,
+	// or a crashed run that left its kill switch up, made this run start
+	// with the kill switch up (see blocked.go); until up, the run keeps it
+	// whatever happens.
 	st, blocked, err := recoverLeftovers(c, statePath, logger)
 	if err != nil {
 		return err
@@ -573,8 +574,9 @@ func dialError(addr string, timeout time.Duration, err error) error {
 
 // recoverLeftovers undoes what a crashed masque left behind, refusing if
 // the owner is still running, and returns the state for this run. After
-// a corrupt state file that state is blocked: the kill switch is up and
-// recorded (startBlocked).
+// a corrupt state file (startBlocked), or a crashed run that left the kill
+// switch up when this run wants one too, that state is blocked: the kill
+// switch is up and recorded.
 func recoverLeftovers(c *upConfig, statePath string, logger *slog.Logger) (st *tun.State, blocked bool, err error) {
 	fresh := &tun.State{Version: tun.StateVersion, PID: os.Getpid()}
 	old, err := tun.ReadState(statePath)
@@ -592,8 +594,31 @@ func recoverLeftovers(c *upConfig, statePath string, logger *slog.Logger) (st *t
 		return nil, false, fmt.Errorf("masque is already running as pid %d (state %s)", old.PID, statePath)
 	}
 	logger.Warn("undoing leftovers of a crashed run", "pid", old.PID)
+	// A crashed run that had the kill switch up left the host blocked. If
+	// this run wants a kill switch too, the host stays blocked until its
+	// tunnel is up: its kill switch replaces the old one in one atomic
+	// batch before the rest is undone, and the run starts blocked.
+	wantKS := c.killSwitch
+	if !c.killSwitchSet {
+		wantKS = len(c.routes) == 0
+	}
+	keep := wantKS && slices.Contains(old.NFTables, tun.DefaultKillSwitchTable)
+	if keep {
+		if _, err := tun.NewKillSwitch(killSwitchConfig(c, routingFwMark(&tun.Routing{}))); err != nil {
+			return nil, false, fmt.Errorf("keep the kill switch of the crashed run: %w", err)
+		}
+		old.NFTables = slices.DeleteFunc(slices.Clone(old.NFTables), func(t string) bool { return t == tun.DefaultKillSwitchTable })
+		fresh.NFTables = []string{tun.DefaultKillSwitchTable}
+	}
 	if err := tun.Undo(old); err != nil {
 		return nil, false, fmt.Errorf("undo leftovers: %w", err)
+	}
+	if keep {
+		if err := tun.WriteState(statePath, fresh); err != nil {
+			return nil, false, stillBlocked(c.stateDir, err)
+		}
+		logger.Warn("the crashed run left the kill switch up: all traffic stays blocked until the tunnel is up")
+		return fresh, true, nil
 	}
 	if err := tun.RemoveState(statePath); err != nil {
 		return nil, false, err
