@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"strconv"
 	"testing"
 	"time"
 )
@@ -29,19 +28,12 @@ func TestBlackhole(t *testing.T) {
 	c := tp.startClient(t, tp.client, tokenAuth("alice"))
 
 	// 10 s: 40 MB at 2 MB/s takes 20 s, the blackhole sits in its middle.
-	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "90s")
-	sendDone := make(chan result, 1)
-	go func() {
-		r, _ := runInErr(tp.client, 90*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100",
-			"-bytes", strconv.Itoa(40<<20), "-rate", strconv.Itoa(2<<20), "-timeout", "80s")
-		sendDone <- r
-	}()
+	x := startTransfer(t, tp, tp.client, 9100, 40<<20, 2<<20, false, 80*time.Second)
 	time.Sleep(5 * time.Second)
 	restore := blackhole(t, tp)
 	time.Sleep(10 * time.Second)
 	restore()
-	send := <-sendDone
-	checkTransfer(t, "across a 10 s blackhole", send, sink, 40<<20)
+	x.check(t, "across a 10 s blackhole")
 	if st := c.status(t); st.Reconnects != 0 || st.State != "up" {
 		t.Errorf("after a 10 s blackhole: state %q, %d reconnects; want up, 0 (the session rides it out)", st.State, st.Reconnects)
 	}

@@ -462,3 +462,40 @@ func nftInputDrop(t *testing.T, ns, name, match string) (remove func()) {
 	t.Cleanup(remove)
 	return remove
 }
+
+// transfer is a paced TCP transfer between the client namespace and the
+// target, running in the background (nettool tcpsend / tcpsink).
+type transfer struct {
+	peer *proc // the target's end
+	done chan result
+	size int64
+}
+
+// startTransfer sends size bytes at rate bytes a second between ns and the
+// target's port: up (ns to the target) or down (the target to ns, with
+// -reverse). It gives up after limit.
+func startTransfer(t *testing.T, tp *topo, ns string, port int, size, rate int64, down bool, limit time.Duration) *transfer {
+	t.Helper()
+	addr := targetIP4 + ":" + strconv.Itoa(port)
+	sinkArgs := []string{"tcpsink", "-listen", addr, "-timeout", (limit + 10*time.Second).String()}
+	sendArgs := []string{env.nettool, "tcpsend", "-to", addr, "-timeout", limit.String()}
+	pace := []string{"-bytes", strconv.FormatInt(size, 10), "-rate", strconv.FormatInt(rate, 10)}
+	if down {
+		sinkArgs = append(append(sinkArgs, "-reverse"), pace...)
+		sendArgs = append(sendArgs, "-reverse")
+	} else {
+		sendArgs = append(sendArgs, pace...)
+	}
+	x := &transfer{peer: startTool(t, tp.target, sinkArgs...), done: make(chan result, 1), size: size}
+	go func() {
+		r, _ := runInErr(ns, limit+10*time.Second, sendArgs...)
+		x.done <- r
+	}()
+	return x
+}
+
+// check waits for the transfer and checks it arrived whole (checkTransfer).
+func (x *transfer) check(t *testing.T, what string) (sent, got tcpResult) {
+	t.Helper()
+	return checkTransfer(t, what, <-x.done, x.peer, x.size)
+}

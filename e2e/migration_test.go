@@ -43,23 +43,8 @@ func TestClientAddressChange(t *testing.T) {
 	checkPing(t, tp.client, 2)
 	sysctl(t, tp.client, "net.ipv4.conf.all.promote_secondaries=1", "net.ipv4.conf.c0.promote_secondaries=1")
 
-	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "60s")
-	sendDone := make(chan result, 1)
-	go func() {
-		r, _ := runInErr(tp.client, 60*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100",
-			"-bytes", strconv.Itoa(16<<20), "-rate", strconv.Itoa(2<<20), "-timeout", "50s")
-		sendDone <- r
-	}()
-	type gaps struct {
-		n   int
-		gap time.Duration
-		out string
-	}
-	pinged := make(chan gaps, 1)
-	go func() {
-		n, g, out := pingGaps(t, tp.client, targetIP4, 6*time.Second)
-		pinged <- gaps{n, g, out}
-	}()
+	x := startTransfer(t, tp, tp.client, 9100, 16<<20, 2<<20, false, 50*time.Second)
+	pinged := startPingGaps(t, tp.client, targetIP4, 6*time.Second)
 	time.Sleep(2 * time.Second)
 	const newIP = "198.18.1.9"
 	mustRun(t, "ip", "-n", tp.client, "addr", "add", newIP+"/24", "dev", "c0")
@@ -76,12 +61,28 @@ func TestClientAddressChange(t *testing.T) {
 	if p.gap > time.Second || p.n < 40 {
 		t.Errorf("address change stalled the tunnel %v (%d replies); want ≤ 1 s\n%s", p.gap.Round(time.Millisecond), p.n, tail(p.out, 2000))
 	}
-	send := <-sendDone
-	checkTransfer(t, "across the address change", send, sink, 16<<20)
+	x.check(t, "across the address change")
 	if st := c.status(t); st.Reconnects != 0 || st.State != "up" {
 		t.Errorf("after the address change: state %q, %d reconnects; want up, 0 (the same session)", st.State, st.Reconnects)
 	}
 	if sessions := srv.sessions(t); sessions != 1 {
 		t.Errorf("masqued has %v sessions, want the one it had", sessions)
 	}
+}
+
+// pingGapsResult is what pingGaps measured.
+type pingGapsResult struct {
+	n   int
+	gap time.Duration
+	out string
+}
+
+// startPingGaps runs pingGaps in the background.
+func startPingGaps(t *testing.T, ns, addr string, d time.Duration) <-chan pingGapsResult {
+	ch := make(chan pingGapsResult, 1)
+	go func() {
+		n, g, out := pingGaps(t, ns, addr, d)
+		ch <- pingGapsResult{n, g, out}
+	}()
+	return ch
 }

@@ -87,24 +87,13 @@ func TestPathMTUShrinks(t *testing.T) {
 
 	const size = 24 << 20
 	const rate = 3 << 20 // 8 s each way
-	upSink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "90s")
-	downSrc := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9101", "-timeout", "90s",
-		"-reverse", "-bytes", strconv.Itoa(size), "-rate", strconv.Itoa(rate))
-	up := make(chan result, 1)
-	down := make(chan result, 1)
-	go func() {
-		r, _ := runInErr(tp.client, 90*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100", "-bytes", strconv.Itoa(size), "-rate", strconv.Itoa(rate), "-timeout", "80s")
-		up <- r
-	}()
-	go func() {
-		r, _ := runInErr(tp.client, 90*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9101", "-reverse", "-timeout", "80s")
-		down <- r
-	}()
+	up := startTransfer(t, tp, tp.client, 9100, size, rate, false, 80*time.Second)
+	down := startTransfer(t, tp, tp.client, 9101, size, rate, true, 80*time.Second)
 	time.Sleep(3 * time.Second)
 	tp.setLinkMTU(t, 1280)
 	shrunk := time.Now()
-	checkTransfer(t, "upload across the MTU drop", <-up, upSink, size)
-	checkTransfer(t, "download across the MTU drop", <-down, downSrc, size)
+	up.check(t, "upload across the MTU drop")
+	down.check(t, "download across the MTU drop")
 	t.Logf("both transfers done %v after the MTU dropped", time.Since(shrunk).Round(time.Millisecond))
 
 	st := c.status(t)
@@ -142,19 +131,8 @@ func TestPathBlackholesLargePackets(t *testing.T) {
 
 	const size = 16 << 20
 	const rate = 2 << 20
-	upSink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "60s")
-	downSrc := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9101", "-timeout", "60s",
-		"-reverse", "-bytes", strconv.Itoa(size), "-rate", strconv.Itoa(rate))
-	up := make(chan result, 1)
-	down := make(chan result, 1)
-	go func() {
-		r, _ := runInErr(tp.client, 60*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100", "-bytes", strconv.Itoa(size), "-rate", strconv.Itoa(rate), "-timeout", "55s")
-		up <- r
-	}()
-	go func() {
-		r, _ := runInErr(tp.client, 60*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9101", "-reverse", "-timeout", "55s")
-		down <- r
-	}()
+	up := startTransfer(t, tp, tp.client, 9100, size, rate, false, 55*time.Second)
+	down := startTransfer(t, tp, tp.client, 9101, size, rate, true, 55*time.Second)
 	time.Sleep(2 * time.Second)
 	// IP packets over 1328 bytes (UDP payloads over 1300) arriving on the
 	// link. A wire drops packet by packet, but a veth hands a UDP GSO
@@ -165,8 +143,8 @@ func TestPathBlackholesLargePackets(t *testing.T) {
 		nftInputDrop(t, l.ns, "e2e_mtu", "iifname "+l.dev+" meta length > 1328 drop")
 	}
 	start := time.Now()
-	checkTransfer(t, "upload across the black hole", <-up, upSink, size)
-	checkTransfer(t, "download across the black hole", <-down, downSrc, size)
+	up.check(t, "upload across the black hole")
+	down.check(t, "download across the black hole")
 	t.Logf("both transfers done %v after large packets started vanishing", time.Since(start).Round(time.Millisecond))
 	st := c.status(t)
 	if st.Reconnects < 1 || st.State != "up" {

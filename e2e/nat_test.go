@@ -155,23 +155,8 @@ func TestNATRebinding(t *testing.T) {
 	dump := startCaptureOn(t, tp.server, "s0", "udp and host "+clientIP4+" and port 4433", false)
 
 	// 16 MB at 2 MB/s takes 8 s; the rebinding comes 2 s in.
-	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "60s")
-	sendDone := make(chan result, 1)
-	go func() {
-		r, _ := runInErr(tp.client, 60*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100",
-			"-bytes", strconv.Itoa(16<<20), "-rate", strconv.Itoa(2<<20), "-timeout", "50s")
-		sendDone <- r
-	}()
-	type gaps struct {
-		n   int
-		gap time.Duration
-		out string
-	}
-	pinged := make(chan gaps, 1)
-	go func() {
-		n, g, out := pingGaps(t, tp.client, targetIP4, 6*time.Second)
-		pinged <- gaps{n, g, out}
-	}()
+	x := startTransfer(t, tp, tp.client, 9100, 16<<20, 2<<20, false, 50*time.Second)
+	pinged := startPingGaps(t, tp.client, targetIP4, 6*time.Second)
 	time.Sleep(2 * time.Second)
 	natQUIC(t, tp.client, "40001")
 	if n := flushQUICFlows(t, tp.client); n != 1 {
@@ -183,8 +168,7 @@ func TestNATRebinding(t *testing.T) {
 	if p.gap > time.Second || p.n < 40 {
 		t.Errorf("the rebinding stalled the tunnel %v (%d replies); want ≤ 1 s\n%s", p.gap.Round(time.Millisecond), p.n, tail(p.out, 2000))
 	}
-	send := <-sendDone
-	checkTransfer(t, "across the NAT rebinding", send, sink, 16<<20)
+	x.check(t, "across the NAT rebinding")
 	if st := c.status(t); st.Reconnects != 0 || st.State != "up" {
 		t.Errorf("after the rebinding: state %q, %d reconnects; want up, 0 (the same session)", st.State, st.Reconnects)
 	}

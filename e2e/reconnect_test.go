@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -124,13 +123,7 @@ func TestServerRestartDuringTransfer(t *testing.T) {
 	c := tp.startClient(t, tp.client, tokenAuth("alice"))
 
 	const size = 24 << 20 // 12 s at 2 MB/s
-	sink := startTool(t, tp.target, "tcpsink", "-listen", targetIP4+":9100", "-timeout", "60s")
-	sendDone := make(chan result, 1)
-	go func() {
-		r, _ := runInErr(tp.client, 60*time.Second, env.nettool, "tcpsend", "-to", targetIP4+":9100",
-			"-bytes", strconv.Itoa(size), "-rate", strconv.Itoa(2<<20), "-timeout", "55s")
-		sendDone <- r
-	}()
+	x := startTransfer(t, tp, tp.client, 9100, size, 2<<20, false, 55*time.Second)
 	time.Sleep(3 * time.Second)
 	srv.wantExit0 = false
 	srv.signal(syscall.SIGKILL)
@@ -147,7 +140,7 @@ func TestServerRestartDuringTransfer(t *testing.T) {
 	if d := time.Since(restarted); d > 5*time.Second {
 		t.Errorf("reconnect took %v, want ≤ 5 s", d.Round(time.Millisecond))
 	}
-	sent, _ := checkTransfer(t, "upload across a server restart", <-sendDone, sink, size)
+	sent, _ := x.check(t, "upload across a server restart")
 	t.Logf("%d MB across the restart arrived intact, %.1f s in all", sent.Bytes>>20, sent.Seconds)
 	if c.exited() {
 		t.Fatalf("masque up exited: %s", c.exitString())
