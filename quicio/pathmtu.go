@@ -122,10 +122,6 @@ func closedForPathMTU(c *quic.Conn) bool {
 	return ok && ae.ErrorCode == CodePathMTU
 }
 
-// probeBuf is larger than any QUIC datagram: offering it to SendDatagram
-// only asks quic-go for the current limit; nothing is sent or copied.
-var probeBuf [1 << 16]byte
-
 // handshakeTimedOut reports whether err ends a handshake that got no answer.
 func handshakeTimedOut(err error) bool {
 	_, idle := errors.AsType[*quic.IdleTimeoutError](err)
@@ -133,10 +129,23 @@ func handshakeTimedOut(err error) bool {
 	return idle || hs || errors.Is(err, context.DeadlineExceeded)
 }
 
+// probeBuf is larger than any QUIC datagram: offering it to SendDatagram
+// only asks quic-go for the current limit; nothing is sent or copied.
+var probeBuf [1 << 16]byte
+
+// MaxDatagramPayload returns the largest DATAGRAM payload c sends now (it
+// grows with path MTU discovery), 0 if c sends none.
+func MaxDatagramPayload(c *quic.Conn) int {
+	if e, ok := errors.AsType[*quic.DatagramTooLargeError](c.SendDatagram(probeBuf[:])); ok {
+		return int(e.MaxDatagramPayloadSize)
+	}
+	return 0
+}
+
 // packetSize returns the QUIC packet size c uses now.
 func packetSize(c *quic.Conn) int {
-	if e, ok := errors.AsType[*quic.DatagramTooLargeError](c.SendDatagram(probeBuf[:])); ok {
-		return int(e.MaxDatagramPayloadSize) + DatagramOverhead
+	if n := MaxDatagramPayload(c); n > 0 {
+		return n + DatagramOverhead
 	}
 	return 0
 }

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/masque-vpn/masque/quicio"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
@@ -324,16 +325,11 @@ func (c *Client) hasIPv6() bool {
 	return false
 }
 
-// probeBuf is larger than any QUIC datagram: offering it to SendDatagram
-// only asks quic-go for the current budget; nothing is sent or copied.
-var probeBuf [1 << 16]byte
-
 // probeBudget updates budget from quic-go's current datagram size limit,
 // which grows with path MTU discovery.
 func (c *Client) probeBudget() int {
-	err := c.cfg.Conn.SendDatagram(probeBuf[:])
-	if e, ok := errors.AsType[*quic.DatagramTooLargeError](err); ok {
-		c.budget.Store(e.MaxDatagramPayloadSize - int64(len(c.dgramPrefix)))
+	if n := quicio.MaxDatagramPayload(c.cfg.Conn); n > 0 {
+		c.budget.Store(int64(n - len(c.dgramPrefix)))
 	}
 	return int(c.budget.Load())
 }
