@@ -89,44 +89,40 @@ func checkCorruptCopy(t *testing.T, stateDir string, garbage []byte) {
 	}
 }
 
-// TestCorruptStateUpStartsBlocked: after a SIGKILL, a masque up that finds
-// its state file corrupt blocks the host before anything else (while the
-// server is unreachable, not one packet leaves c0), keeps the file as
-// state.json.corrupt, then comes up and carries traffic; stopped, it leaves
-// the namespace as it found it. With --kill-switch=false the blocking
-// state ends once the tunnel is up.
-func TestCorruptStateUpStartsBlocked(t *testing.T) {
-	tp := newTopo(t, false)
-	tp.startServer(t)
-	// The crashed client runs without a kill switch, so that a kill switch
-	// seen later is the new run's.
-	stateDir := crashCorrupted(t, tp, truncatedState, "--kill-switch=false")
-	if hasKillSwitch(ruleset(t, tp.client)) {
-		t.Fatal("the crashed client left a kill switch although it ran without one")
-	}
-
-	// Hold the server back, so that the new run is caught before its
-	// tunnel is up. QUIC retransmits its Initial with backoff, hence the
-	// generous --connect-timeout.
+// startHeldBack starts masque up with stateDir while the server's port is
+// held back (dropped), waits for the warning line that contains warn, and
+// checks that the host is blocked meanwhile: the kill switch is up and not
+// one ping leaves c0. It returns the process and the function that
+// releases the server.
+func startHeldBack(t *testing.T, tp *topo, stateDir, warn, what string) (*proc, func()) {
+	t.Helper()
+	// QUIC retransmits its Initial with backoff, hence the generous
+	// --connect-timeout.
 	release := nftInputDrop(t, tp.server, "mqe_hold", "udp dport 4433 drop")
-	p := startProc(t, tp.client, "masque up after a corrupt state",
+	p := startProc(t, tp.client, "masque up "+what,
 		clientArgv(stateDir, tokenAuth("alice"), "--connect-timeout", "60s")...)
 	p.grace = 10 * time.Second
 	p.wantExit0 = true
 	if _, err := p.waitLine(p.stderr, 15*time.Second, func(l string) bool {
-		return strings.Contains(l, "level=WARN") && strings.Contains(l, "state file corrupt")
+		return strings.Contains(l, "level=WARN") && strings.Contains(l, warn)
 	}); err != nil {
-		t.Fatalf("no warning about the corrupt state file: %v\nstderr:\n%s", err, p.stderr.String())
+		t.Fatalf("masque up %s: no warning %q: %v\nstderr:\n%s", what, warn, err, p.stderr.String())
 	}
 	if rs := ruleset(t, tp.client); !hasKillSwitch(rs) {
-		t.Errorf("no kill switch while masque up waits for the server after a corrupt state file:\n%s", rs)
+		t.Errorf("no kill switch while masque up %s waits for the server:\n%s", what, rs)
 	}
-	checkBlocked(t, tp.client, "corrupt state, tunnel not up yet")
-	checkCorruptCopy(t, stateDir, truncatedState)
+	checkBlocked(t, tp.client, what+", tunnel not up yet")
 	if lines := nonEmptyLines(p.stdout.String()); len(lines) > 0 {
-		t.Fatalf("masque up printed %q while the server was held back: the check above ran too late", lines)
+		t.Fatalf("masque up printed %q while the server was held back: the checks above ran too late", lines)
 	}
+	return p, release
+}
 
+// finishHeldBack releases the server for p (startHeldBack), waits for the
+// tunnel, checks that it carries traffic with the kill switch up, stops p
+// and checks that the client namespace is as it was.
+func finishHeldBack(t *testing.T, tp *topo, p *proc, release func()) {
+	t.Helper()
 	release()
 	if _, err := p.waitLine(p.stdout, 60*time.Second, func(l string) bool { return strings.HasPrefix(l, "up: ") }); err != nil {
 		t.Fatalf("masque up: %v\nstderr:\n%s", err, tail(p.stderr.String(), 4000))
@@ -145,6 +141,29 @@ func TestCorruptStateUpStartsBlocked(t *testing.T) {
 	if !tp.checkClean(tp.client) {
 		t.FailNow()
 	}
+}
+
+// TestCorruptStateUpStartsBlocked: after a SIGKILL, a masque up that finds
+// its state file corrupt blocks the host before anything else (while the
+// server is unreachable, not one packet leaves c0), keeps the file as
+// state.json.corrupt, then comes up and carries traffic; stopped, it leaves
+// the namespace as it found it. With --kill-switch=false the blocking
+// state ends once the tunnel is up.
+func TestCorruptStateUpStartsBlocked(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t)
+	// The crashed client runs without a kill switch, so that a kill switch
+	// seen later is the new run's.
+	stateDir := crashCorrupted(t, tp, truncatedState, "--kill-switch=false")
+	if hasKillSwitch(ruleset(t, tp.client)) {
+		t.Fatal("the crashed client left a kill switch although it ran without one")
+	}
+
+	// Hold the server back, so that the new run is caught before its
+	// tunnel is up.
+	p, release := startHeldBack(t, tp, stateDir, "state file corrupt", "after a corrupt state")
+	checkCorruptCopy(t, stateDir, truncatedState)
+	finishHeldBack(t, tp, p, release)
 
 	// --kill-switch=false: blocked until up, open afterwards.
 	stateDir = crashCorrupted(t, tp, zeroedState, "--kill-switch=false")
@@ -299,34 +318,6 @@ func TestCrashedKillSwitchStaysUp(t *testing.T) {
 	if !hasKillSwitch(ruleset(t, tp.client)) {
 		t.Fatal("the crashed client left no kill switch: nothing to keep")
 	}
-	release := nftInputDrop(t, tp.server, "mqe_hold", "udp dport 4433 drop")
-	p := startProc(t, tp.client, "masque up after a crash",
-		clientArgv(c.stateDir, tokenAuth("alice"), "--connect-timeout", "60s")...)
-	p.grace = 10 * time.Second
-	p.wantExit0 = true
-	if _, err := p.waitLine(p.stderr, 15*time.Second, func(l string) bool {
-		return strings.Contains(l, "level=WARN") && strings.Contains(l, "left the kill switch up")
-	}); err != nil {
-		t.Fatalf("no warning about the crashed run's kill switch: %v\nstderr:\n%s", err, p.stderr.String())
-	}
-	if rs := ruleset(t, tp.client); !hasKillSwitch(rs) {
-		t.Errorf("no kill switch while masque up waits for the server after a crash:\n%s", rs)
-	}
-	checkBlocked(t, tp.client, "after a crash, tunnel not up yet")
-	if lines := nonEmptyLines(p.stdout.String()); len(lines) > 0 {
-		t.Fatalf("masque up printed %q while the server was held back: the check above ran too late", lines)
-	}
-	release()
-	if _, err := p.waitLine(p.stdout, 60*time.Second, func(l string) bool { return strings.HasPrefix(l, "up: ") }); err != nil {
-		t.Fatalf("masque up: %v\nstderr:\n%s", err, tail(p.stderr.String(), 4000))
-	}
-	checkPing(t, tp.client, 2)
-	p.signal(syscall.SIGINT)
-	if !p.wait(10 * time.Second) {
-		t.Fatal("masque up did not exit on SIGINT")
-	}
-	if p.exitCode() != 0 {
-		t.Errorf("masque up after SIGINT: %s, want exit 0\nstderr:\n%s", p.exitString(), tail(p.stderr.String(), 2000))
-	}
-	tp.checkClean(tp.client)
+	p, release := startHeldBack(t, tp, c.stateDir, "left the kill switch up", "after a crash")
+	finishHeldBack(t, tp, p, release)
 }

@@ -56,18 +56,7 @@ func TestClientAddressChange(t *testing.T) {
 		mustRun(t, "ip", "-n", tp.client, "route", "replace", "default", "via", serverIP4)
 	}()
 
-	p := <-pinged
-	t.Logf("address change: %d replies in 6 s, longest gap %v", p.n, p.gap.Round(time.Millisecond))
-	if p.gap > time.Second || p.n < 40 {
-		t.Errorf("address change stalled the tunnel %v (%d replies); want ≤ 1 s\n%s", p.gap.Round(time.Millisecond), p.n, tail(p.out, 2000))
-	}
-	x.check(t, "across the address change")
-	if st := c.status(t); st.Reconnects != 0 || st.State != "up" {
-		t.Errorf("after the address change: state %q, %d reconnects; want up, 0 (the same session)", st.State, st.Reconnects)
-	}
-	if sessions := srv.sessions(t); sessions != 1 {
-		t.Errorf("masqued has %v sessions, want the one it had", sessions)
-	}
+	checkPathFollowed(t, "the address change", pinged, x, c, srv)
 }
 
 // pingGapsResult is what pingGaps measured.
@@ -85,4 +74,24 @@ func startPingGaps(t *testing.T, ns, addr string, d time.Duration) <-chan pingGa
 		ch <- pingGapsResult{n, g, out}
 	}()
 	return ch
+}
+
+// checkPathFollowed checks what a change of the client's path (address,
+// NAT port) must leave: replies to the pings never paused for more than a
+// second, the transfer arrived whole, and the session is the one there
+// was.
+func checkPathFollowed(t *testing.T, what string, pinged <-chan pingGapsResult, x *transfer, c *client, srv *server) {
+	t.Helper()
+	p := <-pinged
+	t.Logf("%s: %d ping replies in 6 s, longest gap %v", what, p.n, p.gap.Round(time.Millisecond))
+	if p.gap > time.Second || p.n < 40 {
+		t.Errorf("%s stalled the tunnel %v (%d replies); want ≤ 1 s\n%s", what, p.gap.Round(time.Millisecond), p.n, tail(p.out, 2000))
+	}
+	x.check(t, "across "+what)
+	if st := c.status(t); st.Reconnects != 0 || st.State != "up" {
+		t.Errorf("after %s: state %q, %d reconnects; want up, 0 (the same session)", what, st.State, st.Reconnects)
+	}
+	if n := srv.sessions(t); n != 1 {
+		t.Errorf("masqued has %v sessions, want the one it had", n)
+	}
 }
