@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -65,11 +66,19 @@ func (s *Server) serveH3(c *quic.Conn) error {
 	var wg sync.WaitGroup
 	wg.Go(hc.mux.run)
 	wg.Go(func() { acceptUniStreams(c, http3.ErrCodeStreamCreationError, nil) })
+	// A peer that opens no request stream in time is closed: it holds a
+	// connection slot and its buffers for nothing.
+	noRequest := time.AfterFunc(s.cfg.RequestTimeout, func() {
+		s.counters.idleConns.Add(1)
+		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "no request within "+s.cfg.RequestTimeout.String())
+	})
+	defer noRequest.Stop()
 	for {
 		str, err := c.AcceptStream(context.Background())
 		if err != nil {
 			break
 		}
+		noRequest.Stop()
 		id := str.StreamID()
 		hc.mux.expect(id)
 		hc.handlers.Go(func() {

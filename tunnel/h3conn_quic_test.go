@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
 )
 
@@ -114,5 +115,37 @@ func TestDatagramForUnknownStreamIsDropped(t *testing.T) {
 	}
 	if ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(c.Context())); !ok || !ae.Remote || ae.ErrorCode != errCodeH3DatagramError {
 		t.Errorf("connection closed with %v, want application error %#x", context.Cause(c.Context()), errCodeH3DatagramError)
+	}
+}
+
+// TestRequestTimeout: a connection that opens no request within
+// RequestTimeout is closed (H3_NO_ERROR) and counted; one whose session is
+// up stays open past it.
+func TestRequestTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	ts := startServer(t, func(c *ServerConfig) { c.RequestTimeout = timeout })
+	idle := dialTest(t, ts.addr, ts.tls)
+	busy, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case <-idle.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("a connection without a request still open after 5 s (RequestTimeout %v)", timeout)
+	}
+	took := time.Since(start)
+	ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(idle.Context()))
+	if !ok || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) {
+		t.Errorf("idle connection closed by %v, want the server's H3_NO_ERROR", context.Cause(idle.Context()))
+	}
+	t.Logf("idle connection closed after %v: %v", took.Round(time.Millisecond), ae)
+	if got := ts.srv.counters.idleConns.Load(); got != 1 {
+		t.Errorf("idle connections counted: %d, want 1", got)
+	}
+	time.Sleep(2 * timeout)
+	if err := busy.qc.Context().Err(); err != nil {
+		t.Errorf("the connection with a session was closed too: %v", context.Cause(busy.qc.Context()))
 	}
 }

@@ -48,6 +48,7 @@ type counters struct {
 	txPackets, txBytes atomic.Uint64 // towards the peer (datagrams sent)
 	rxPackets, rxBytes atomic.Uint64 // from the peer (datagrams received)
 	icmpSent           atomic.Uint64
+	idleConns          atomic.Uint64 // connections closed for sending no request
 	sessions           atomic.Int64
 	sessionsTotal      atomic.Uint64
 	refused            [numRefusals]atomic.Uint64
@@ -89,6 +90,8 @@ var (
 		"CONNECT-IP sessions open now.", nil, nil)
 	descSessionsTotal = prometheus.NewDesc("masque_tunnel_sessions_total",
 		"CONNECT-IP sessions opened since start.", nil, nil)
+	descIdleConns = prometheus.NewDesc("masque_tunnel_idle_connections_closed_total",
+		"QUIC connections closed because they sent no request in time (RequestTimeout).", nil, nil)
 	descRefused = prometheus.NewDesc("masque_tunnel_refused_requests_total",
 		"CONNECT-IP requests refused, by reason.", []string{"reason"}, nil)
 )
@@ -99,7 +102,7 @@ type collector struct{ c *counters }
 var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused} {
+	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns} {
 		ch <- d
 	}
 	describeUDP(ch)
@@ -117,6 +120,7 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descICMP, prometheus.CounterValue, float64(c.icmpSent.Load()))
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(c.sessions.Load()))
 	ch <- prometheus.MustNewConstMetric(descSessionsTotal, prometheus.CounterValue, float64(c.sessionsTotal.Load()))
+	ch <- prometheus.MustNewConstMetric(descIdleConns, prometheus.CounterValue, float64(c.idleConns.Load()))
 	for r := range numRefusals {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(c.refused[r].Load()), refusalNames[r])
 	}

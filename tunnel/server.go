@@ -27,6 +27,11 @@ import (
 // DefaultMaxSessionsPerConn caps CONNECT-IP sessions on one QUIC connection.
 const DefaultMaxSessionsPerConn = 4
 
+// DefaultRequestTimeout is how long a connection may go without its first
+// request before the server closes it: an unauthenticated peer gets no
+// more of the server than the handshake and this wait.
+const DefaultRequestTimeout = 5 * time.Second
+
 // ServerConfig configures a [Server].
 type ServerConfig struct {
 	// Auth authenticates every request. Required.
@@ -51,6 +56,9 @@ type ServerConfig struct {
 	// MaxSessionsPerConn caps sessions per QUIC connection
 	// (DefaultMaxSessionsPerConn).
 	MaxSessionsPerConn int
+	// RequestTimeout closes a connection that has sent no request this
+	// long after the handshake (DefaultRequestTimeout).
+	RequestTimeout time.Duration
 	// UDP configures CONNECT-UDP (RFC 9298), served next to CONNECT-IP with
 	// the same Auth and Destinations.
 	UDP UDPConfig
@@ -126,6 +134,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	if cfg.MaxSessionsPerConn == 0 {
 		cfg.MaxSessionsPerConn = DefaultMaxSessionsPerConn
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -68,7 +68,7 @@ func selfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
 }
 
-func startServer(t *testing.T) *testServer {
+func startServer(t *testing.T, opts ...func(*ServerConfig)) *testServer {
 	t.Helper()
 	toks, err := policy.ParseTokens(strings.NewReader("alice " + testToken + "\nbob " + testToken + "-bob\n"))
 	if err != nil {
@@ -89,15 +89,18 @@ func startServer(t *testing.T) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := serveTest(t, ServerConfig{
+	cfg := ServerConfig{
 		Auth:         &policy.Authenticator{Tokens: toks},
 		Pool4:        p4,
 		Pool6:        p6,
 		Destinations: dests,
 		DNS:          []netip.Addr{netip.MustParseAddr("198.18.2.53")},
 		Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	return ts
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return serveTest(t, cfg)
 }
 
 // serveTest runs a Server with cfg (its Device a channel TUN) behind a
