@@ -70,6 +70,12 @@ type UDPForwarderConfig struct {
 	// Conn is an established QUIC connection to the server, with datagrams.
 	// The forwarder does not close it.
 	Conn *quic.Conn
+	// Redial, if set, opens a new connection to the server when a flow
+	// needs one and the current connection has ended (the server restarted,
+	// or closed a connection that had no flow for a while): Run then
+	// carries on instead of returning ErrUDPConnLost. The caller owns, and
+	// closes, every connection Redial returns.
+	Redial func(ctx context.Context) (*quic.Conn, error)
 	// Template is the server's CONNECT-UDP URI template (RFC 9298 §2),
 	// with the variables target_host and target_port. Empty means the
 	// default template on Authority.
@@ -99,7 +105,8 @@ type UDPForwarder struct {
 	cfg     UDPForwarderConfig
 	log     *slog.Logger
 	tmpl    *uritemplate.Template
-	h3      *http3.ClientConn
+	conn    atomic.Pointer[udpServerConn] // the connection flows are opened on
+	dialMu  sync.Mutex                    // one redial at a time
 	fwds    []*udpListener
 	started time.Time
 	stats   udpClientCounters
@@ -132,6 +139,7 @@ type udpClientCounters struct {
 	drops                    [numUDPDrops]atomic.Uint64
 	maxPayload               atomic.Int64 // largest UDP payload that fits, as last learnt; 0 unknown
 	lastRefusal              atomic.Pointer[string]
+	redials                  atomic.Uint64
 }
 
 // NewUDPForwarder validates cfg and opens the listening sockets. Close it
@@ -200,9 +208,43 @@ func NewUDPForwarder(cfg UDPForwarderConfig) (*UDPForwarder, error) {
 		pc.SetWriteBuffer(udpSocketBuffer)
 		f.fwds = append(f.fwds, &udpListener{fwd: fw, host: host, port: port, pc: pc})
 	}
-	tr := &http3.Transport{EnableDatagrams: true}
-	f.h3 = tr.NewClientConn(cfg.Conn)
+	f.conn.Store(newUDPServerConn(cfg.Conn))
 	return f, nil
+}
+
+// udpServerConn is one QUIC connection to the server with its HTTP/3
+// client side.
+type udpServerConn struct {
+	qc *quic.Conn
+	h3 *http3.ClientConn
+}
+
+func newUDPServerConn(qc *quic.Conn) *udpServerConn {
+	tr := &http3.Transport{EnableDatagrams: true}
+	return &udpServerConn{qc: qc, h3: tr.NewClientConn(qc)}
+}
+
+// serverConn returns the connection to open a flow on: the current one,
+// or, when that has ended and Redial is set, a new one.
+func (f *UDPForwarder) serverConn(ctx context.Context) (*udpServerConn, error) {
+	c := f.conn.Load()
+	if c.qc.Context().Err() == nil || f.cfg.Redial == nil {
+		return c, nil
+	}
+	f.dialMu.Lock()
+	defer f.dialMu.Unlock()
+	if c = f.conn.Load(); c.qc.Context().Err() == nil {
+		return c, nil // another flow redialled first
+	}
+	qc, err := f.cfg.Redial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reconnect: %w", err)
+	}
+	c = newUDPServerConn(qc)
+	f.conn.Store(c)
+	f.stats.redials.Add(1)
+	f.log.Info("reconnected to the server")
+	return c, nil
 }
 
 func hasVars(t *uritemplate.Template, names ...string) bool {
@@ -239,19 +281,23 @@ func (f *UDPForwarder) ListenAddrs() []netip.AddrPort {
 // ended.
 var ErrUDPConnLost = errors.New("connection to the server lost")
 
-// Run forwards until ctx is done (it returns nil) or the connection to the
-// server ends (it returns an error wrapping ErrUDPConnLost). When Run
-// returns, the sockets are closed, every flow is closed and every goroutine
-// has exited.
+// Run forwards until ctx is done (it returns nil) or, without Redial, the
+// connection to the server ends (it returns an error wrapping
+// ErrUDPConnLost). When Run returns, the sockets are closed, every flow is
+// closed and every goroutine has exited.
 func (f *UDPForwarder) Run(ctx context.Context) error {
 	for _, l := range f.fwds {
 		f.wg.Go(func() { f.runListener(l) })
 	}
 	f.wg.Go(func() { f.runReaper(ctx) })
+	var lost <-chan struct{} // nil with Redial: a lost connection is redialled
+	if f.cfg.Redial == nil {
+		lost = f.cfg.Conn.Context().Done()
+	}
 	var err error
 	select {
 	case <-ctx.Done():
-	case <-f.cfg.Conn.Context().Done():
+	case <-lost:
 		err = fmt.Errorf("%w: %v", ErrUDPConnLost, context.Cause(f.cfg.Conn.Context()))
 	}
 	f.Close()
@@ -368,11 +414,15 @@ func (f *UDPForwarder) runReaper(ctx context.Context) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var expired []*udpClientFlow
+	var lost <-chan struct{}
+	if f.cfg.Redial == nil {
+		lost = f.cfg.Conn.Context().Done()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-f.cfg.Conn.Context().Done():
+		case <-lost:
 			return
 		case now := <-t.C:
 			ns := now.UnixNano()
@@ -414,6 +464,7 @@ type UDPForwarderStats struct {
 	Drops                map[string]uint64
 	MaxPayload           int // largest UDP payload that fit when last learnt; 0 unknown
 	LastRefusal          string
+	Redials              uint64 // connections opened after the first was lost
 	RTT, Uptime          time.Duration
 	Forwards             []UDPForwardStats
 	IdleTimeout          time.Duration
@@ -437,7 +488,8 @@ func (f *UDPForwarder) Stats() UDPForwarderStats {
 		RxDatagrams:  f.stats.rxDatagrams.Load(),
 		RxBytes:      f.stats.rxBytes.Load(),
 		MaxPayload:   int(f.stats.maxPayload.Load()),
-		RTT:          f.cfg.Conn.ConnectionStats().SmoothedRTT,
+		RTT:          f.conn.Load().qc.ConnectionStats().SmoothedRTT,
+		Redials:      f.stats.redials.Load(),
 		Drops:        make(map[string]uint64),
 		IdleTimeout:  f.cfg.IdleTimeout,
 		MaxFlows:     f.cfg.MaxFlows,
@@ -664,12 +716,16 @@ func (f *UDPForwarder) Check(ctx context.Context) error {
 func (f *UDPForwarder) dial(flowCtx context.Context, host, port string) (*http3.RequestStream, *http.Response, error) {
 	ctx, cancel := context.WithTimeout(flowCtx, f.cfg.SetupTimeout)
 	defer cancel()
+	c, err := f.serverConn(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	select {
-	case <-f.h3.ReceivedSettings():
+	case <-c.h3.ReceivedSettings():
 	case <-ctx.Done():
 		return nil, nil, errors.New("no HTTP/3 settings from the server")
 	}
-	if s := f.h3.Settings(); !s.EnableExtendedConnect || !s.EnableDatagrams {
+	if s := c.h3.Settings(); !s.EnableExtendedConnect || !s.EnableDatagrams {
 		return nil, nil, errors.New("server does not support extended CONNECT with datagrams")
 	}
 	raw, err := f.tmpl.Expand(uritemplate.Values{
@@ -694,7 +750,7 @@ func (f *UDPForwarder) dial(flowCtx context.Context, host, port string) (*http3.
 	if f.cfg.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+f.cfg.Token)
 	}
-	str, err := f.h3.OpenRequestStream(ctx)
+	str, err := c.h3.OpenRequestStream(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open request stream: %v", err)
 	}

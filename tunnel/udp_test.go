@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/masque-vpn/masque/quicio"
 	"github.com/prometheus/client_golang/prometheus"
 	masque "github.com/quic-go/masque-go"
+	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/yosida95/uritemplate/v3"
 	"go.uber.org/goleak"
@@ -64,7 +66,7 @@ func fakeLookup(ctx context.Context, host string) ([]netip.Addr, error) {
 	}
 }
 
-func startUDPServer(t testing.TB, ucfg UDPConfig) *udpTestServer {
+func startUDPServer(t testing.TB, ucfg UDPConfig, opts ...func(*ServerConfig)) *udpTestServer {
 	t.Helper()
 	toks, err := policy.ParseTokens(strings.NewReader("alice " + testToken + "\nbob " + testToken + "-bob\n"))
 	if err != nil {
@@ -89,13 +91,17 @@ func startUDPServer(t testing.TB, ucfg UDPConfig) *udpTestServer {
 	if _, ok := t.(*testing.B); ok {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	ts := serveTest(t, ServerConfig{
+	cfg := ServerConfig{
 		Auth:         &policy.Authenticator{Tokens: toks},
 		Pool4:        p4,
 		Destinations: dests,
 		UDP:          ucfg,
 		Logger:       logger,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	ts := serveTest(t, cfg)
 	return &udpTestServer{addr: ts.addr, tls: ts.tls, srv: ts.srv}
 }
 
@@ -582,6 +588,44 @@ func TestUDPForwarderIdle(t *testing.T) {
 	}
 	if st := f.Stats(); st.FlowsTotal != 2 {
 		t.Errorf("flows opened = %d, want 2", st.FlowsTotal)
+	}
+}
+
+// TestUDPForwarderRedials: a forwarder with Redial outlives its
+// connection. The server closes the first connection for carrying no
+// request within RequestTimeout; the next local datagram opens a new
+// connection and its flow, and Run keeps going.
+func TestUDPForwarderRedials(t *testing.T) {
+	checkLeaks(t)
+	const timeout = 200 * time.Millisecond
+	ts := startUDPServer(t, UDPConfig{}, func(c *ServerConfig) { c.RequestTimeout = timeout })
+	echo := startEcho(t, nil)
+	first := ts.dial(t)
+	var dials atomic.Int32
+	f := startForwarder(t, first, UDPForwarderConfig{Authority: ts.addr,
+		Redial: func(ctx context.Context) (*quic.Conn, error) {
+			dials.Add(1)
+			return ts.dial(t).Conn, nil
+		},
+		Forwards: []UDPForward{{Listen: "127.0.0.1:0", Target: echo.String()}}})
+	select {
+	case <-first.Conn.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server did not close a connection without a request")
+	}
+	c := dialLocal(t, f.ListenAddrs()[0])
+	for i := range 3 {
+		msg := []byte(fmt.Sprint("after the loss ", i))
+		if got := exchange(t, c, msg); !bytes.Equal(got, msg) {
+			t.Fatalf("echo %d = %q, want %q", i, got, msg)
+		}
+	}
+	st := f.Stats()
+	if n := dials.Load(); n != 1 || st.Redials != 1 || st.FlowsTotal != 1 {
+		t.Errorf("redials %d (stats %d), flows opened %d; want 1, 1, 1", n, st.Redials, st.FlowsTotal)
+	}
+	if got := ts.srv.counters.idleConns.Load(); got != 1 {
+		t.Errorf("connections closed for want of a request = %d, want 1", got)
 	}
 }
 

@@ -17,7 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/masque-vpn/masque/quicio"
 	"github.com/masque-vpn/masque/tunnel"
+	"github.com/quic-go/quic-go"
 	"github.com/spf13/cobra"
 )
 
@@ -196,9 +198,31 @@ func runUDP(ctx context.Context, cmd *cobra.Command, c *udpConfig) error {
 		}
 		return err
 	}
-	defer qc.Close()
+	// A lost connection (a server restart, or the server closing a
+	// connection that carried no flow for a while) is redialled when the
+	// next flow needs it.
+	conns := []*quicio.ClientConn{qc}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	redial := func(ctx context.Context) (*quic.Conn, error) {
+		nc, err := c.dial(ctx, c.tls, 0, logger)
+		if err != nil {
+			return nil, err
+		}
+		// Only the forwarder's dial path calls this, one at a time; the
+		// connections before are over.
+		for _, old := range conns {
+			old.Close()
+		}
+		conns = append(conns[:0], nc)
+		return nc.Conn, nil
+	}
 	fwd, err := tunnel.NewUDPForwarder(tunnel.UDPForwarderConfig{
 		Conn:         qc.Conn,
+		Redial:       redial,
 		Template:     c.template,
 		Authority:    c.authority,
 		Token:        c.token,

@@ -62,6 +62,7 @@ func (s *udpStatusServer) status() Status {
 		RxPackets:     st.RxDatagrams,
 		RTTms:         float64(st.RTT.Microseconds()) / 1000,
 		UptimeSeconds: st.Uptime.Seconds(),
+		Reconnects:    int(st.Redials),
 		UDP:           u,
 	}
 	if len(st.Drops) > 0 {
@@ -99,6 +100,9 @@ func printUDPStatus(out io.Writer, st *Status) {
 	}
 	if u.LastRefusal != "" {
 		fmt.Fprintf(out, "refused:   %s\n", u.LastRefusal)
+	}
+	if st.Reconnects > 0 {
+		fmt.Fprintf(out, "reconnects: %d\n", st.Reconnects)
 	}
 	fmt.Fprintf(out, "rtt:       %.2f ms\n", st.RTTms)
 	fmt.Fprintf(out, "uptime:    %s\n", (time.Duration(st.UptimeSeconds) * time.Second).String())
