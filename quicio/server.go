@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 )
 
 // Defaults for a zero Config.
@@ -20,6 +21,11 @@ const (
 	DefaultMaxConns          = 10000
 	DefaultMaxConnsPerSource = 64
 	DefaultRetryThreshold    = 128
+	// DefaultMaxHandshakeRate bounds the handshakes started per second. A
+	// TLS 1.3 handshake costs the server about 0.5 ms of CPU (key exchange,
+	// certificate signature, the QUIC packets), so 1000 a second keeps a
+	// flood of address-validated peers to about half a core.
+	DefaultMaxHandshakeRate = 1000
 	DefaultIdleTimeout       = 30 * time.Second
 	DefaultHandshakeTimeout  = 10 * time.Second
 	// DefaultInitialPacketSize is the QUIC packet size used from the first
@@ -60,6 +66,12 @@ type Config struct {
 	// peers must first prove their address with a Retry
 	// (DefaultRetryThreshold). Negative means always ask for Retry.
 	RetryThreshold int
+	// MaxHandshakeRate caps the handshakes started per second
+	// (DefaultMaxHandshakeRate), with bursts of a fifth of a second's worth
+	// (at least 16). Once half of the burst is spent, new peers are asked
+	// for a Retry first; an address-validated peer over the rate is refused
+	// with CONNECTION_REFUSED before any crypto. Negative means no limit.
+	MaxHandshakeRate int
 	// SocketBuffer is the UDP buffer size (DefaultSocketBuffer).
 	SocketBuffer int
 	// Hooks are optional lifetime callbacks.
@@ -77,6 +89,9 @@ func (c *Config) populate() {
 	}
 	if c.RetryThreshold == 0 {
 		c.RetryThreshold = DefaultRetryThreshold
+	}
+	if c.MaxHandshakeRate == 0 {
+		c.MaxHandshakeRate = DefaultMaxHandshakeRate
 	}
 	if c.SocketBuffer == 0 {
 		c.SocketBuffer = DefaultSocketBuffer
@@ -107,6 +122,12 @@ func (c *Config) Validate() error {
 	if c.MaxConnsPerSource < 0 {
 		errs = append(errs, fmt.Errorf("max_conns_per_source: %d is negative", c.MaxConnsPerSource))
 	}
+	if c.RetryThreshold < -1 {
+		errs = append(errs, fmt.Errorf("retry_threshold: %d (want -1 for always, or a count)", c.RetryThreshold))
+	}
+	if c.MaxHandshakeRate < -1 {
+		errs = append(errs, fmt.Errorf("max_handshake_rate: %d (want -1 for no limit, or a rate)", c.MaxHandshakeRate))
+	}
 	return errors.Join(errs...)
 }
 
@@ -117,6 +138,7 @@ type Stats struct {
 	Handshaking     int64  // handshakes in flight
 	RejectedBusy    uint64 // over MaxConns
 	RejectedSource  uint64 // over MaxConnsPerSource
+	RejectedRate    uint64 // over MaxHandshakeRate
 	RetriesAsked    uint64 // VerifySourceAddress said yes
 	RejectedByHooks uint64 // OnEstablished refused
 }
@@ -139,8 +161,9 @@ type Server struct {
 	handshaking atomic.Int64
 	active      atomic.Int64
 	stats       struct {
-		accepted, busy, source, retries, hooks atomic.Uint64
+		accepted, busy, source, rate, retries, hooks atomic.Uint64
 	}
+	handshakes *rate.Limiter // nil: no limit
 
 	workers sync.WaitGroup
 
@@ -181,6 +204,9 @@ func NewServer(cfg Config, app Application) (*Server, error) {
 		conns:   make(map[*quic.Conn]struct{}),
 		sources: make(map[netip.Addr]int),
 		paths:   newPathMemory(),
+	}
+	if cfg.MaxHandshakeRate > 0 {
+		s.handshakes = rate.NewLimiter(rate.Limit(cfg.MaxHandshakeRate), handshakeBurst(cfg.MaxHandshakeRate))
 	}
 	tr := &quic.Transport{
 		ConnectionIDGenerator: &connIDGenerator{serverID: cfg.ServerID},
@@ -236,23 +262,33 @@ func (s *Server) Stats() Stats {
 		Handshaking:     s.handshaking.Load(),
 		RejectedBusy:    s.stats.busy.Load(),
 		RejectedSource:  s.stats.source.Load(),
+		RejectedRate:    s.stats.rate.Load(),
 		RetriesAsked:    s.stats.retries.Load(),
 		RejectedByHooks: s.stats.hooks.Load(),
 	}
 }
 
+// handshakeBurst is the limiter's bucket for rate handshakes a second: a
+// fifth of a second's worth, at least 16.
+func handshakeBurst(rate int) int { return max(rate/5, 16) }
+
 // verifySourceAddress asks for a Retry only under handshake load: a Retry
 // costs every peer a round trip, so it is kept for when the server has to
-// defend its handshake CPU against spoofed floods.
+// defend its handshake CPU against spoofed floods. Load is many handshakes
+// in flight, or a handshake rate that has spent half of its burst.
 func (s *Server) verifySourceAddress(net.Addr) bool {
-	if s.cfg.RetryThreshold < 0 || s.handshaking.Load() >= int64(s.cfg.RetryThreshold) {
+	if s.cfg.RetryThreshold < 0 || s.handshaking.Load() >= int64(s.cfg.RetryThreshold) ||
+		(s.handshakes != nil && s.handshakes.Tokens() < float64(s.handshakes.Burst())/2) {
 		s.stats.retries.Add(1)
 		return true
 	}
 	return false
 }
 
-var errTooManyFromSource = errors.New("too many connections from this address")
+var (
+	errTooManyFromSource = errors.New("too many connections from this address")
+	errHandshakeRate     = errors.New("over the handshake rate")
+)
 
 // connContext runs when quic-go creates a connection for a new peer, before
 // any crypto: it enforces the per-source limit and starts handshake tracking.
@@ -263,6 +299,13 @@ func (s *Server) connContext(ctx context.Context, info *quic.ClientInfo) (contex
 		s.mu.Unlock()
 		s.stats.source.Add(1)
 		return nil, errTooManyFromSource
+	}
+	// Checked after the per-source limit, so that one source over its
+	// limit spends none of everyone's handshake budget.
+	if s.handshakes != nil && !s.handshakes.Allow() {
+		s.mu.Unlock()
+		s.stats.rate.Add(1)
+		return nil, errHandshakeRate
 	}
 	s.sources[src]++
 	s.mu.Unlock()

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 )
 
@@ -302,6 +303,8 @@ func TestConfigValidate(t *testing.T) {
 		{"no certificate", func(c *Config) { c.TLSConfig = &tls.Config{} }, []string{"tls: no certificate"}},
 		{"negative max conns", func(c *Config) { c.MaxConns = -1 }, []string{"max_conns: -1"}},
 		{"negative max conns per source", func(c *Config) { c.MaxConnsPerSource = -2 }, []string{"max_conns_per_source: -2"}},
+		{"retry threshold below -1", func(c *Config) { c.RetryThreshold = -2 }, []string{"retry_threshold: -2"}},
+		{"handshake rate below -1", func(c *Config) { c.MaxHandshakeRate = -5 }, []string{"max_handshake_rate: -5"}},
 		{"everything at once", func(c *Config) {
 			*c = Config{Addr: "nowhere", MaxConns: -1, MaxConnsPerSource: -1}
 		}, []string{"addr:", "tls: no configuration", "max_conns: -1", "max_conns_per_source: -1"}},
@@ -677,4 +680,70 @@ func TestServerStatelessReset(t *testing.T) {
 	// Control: a server with a fresh key cannot reset the connection, so the
 	// fast failure above is the persisted key's doing.
 	t.Run("other state dir", func(t *testing.T) { run(t, t.TempDir(), false) })
+}
+
+// TestServerHandshakeRate: over MaxHandshakeRate the server first asks
+// for Retry (once half the burst is spent), then refuses address-validated
+// peers with CONNECTION_REFUSED; connections already up are unaffected.
+// The counters reach the Prometheus collector.
+func TestServerHandshakeRate(t *testing.T) {
+	app := newFakeApp(true)
+	ts := startServer(t, Config{MaxHandshakeRate: 1}, app) // burst 16
+	burst := handshakeBurst(1)
+	start := time.Now()
+	var ok, refused int
+	var first *ClientConn
+	for range burst + 8 {
+		c, err := dial(t, ts.Addr())
+		if err != nil {
+			te, isTE := errors.AsType[*quic.TransportError](err)
+			if !isTE || te.ErrorCode != quic.ConnectionRefused || !te.Remote {
+				t.Fatalf("Dial over the handshake rate = %v, want CONNECTION_REFUSED from the server", err)
+			}
+			refused++
+			continue
+		}
+		recvConn(t, app.served)
+		if first == nil {
+			first = c
+		}
+		ok++
+	}
+	took := time.Since(start)
+	// The bucket refills at 1 a second while the loop runs.
+	if maxOK := burst + 1 + int(took/time.Second); ok < burst || ok > maxOK || refused == 0 {
+		t.Errorf("%d dials in %v: %d connected, %d refused; want %d..%d connected and the rest refused", burst+8, took, ok, refused, burst, maxOK)
+	}
+	st := ts.Stats()
+	if st.RejectedRate == 0 || st.RetriesAsked < uint64(burst/2) {
+		t.Errorf("Stats() = %+v, want handshake-rate refusals and at least %d Retries (every dial after half the burst)", st, burst/2)
+	}
+	echo(t, first.Conn, "still served")
+	t.Logf("%d connected, %d refused in %v; %d Retries asked", ok, refused, took.Round(time.Millisecond), st.RetriesAsked)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(ts.Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += "/" + l.GetValue()
+			}
+			if c := m.GetCounter(); c != nil {
+				got[key] = c.GetValue()
+			} else {
+				got[key] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	if got["masque_quic_connections_refused_total/handshake_rate"] != float64(st.RejectedRate) ||
+		got["masque_quic_retries_total"] != float64(st.RetriesAsked) ||
+		got["masque_quic_connections_accepted_total"] != float64(ok) {
+		t.Errorf("metrics %v do not match Stats() %+v with %d accepted", got, st, ok)
+	}
 }
