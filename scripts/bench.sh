@@ -503,7 +503,11 @@ MASQUED_PID= MASQUE_PID=
 # masqued_start: masqued in the server namespace; client pools from the
 # test ranges too (not its defaults 100.64.0.0/16 and a ULA).
 masqued_start() { # masqued_start [extra masqued flags...]
+	# The scaling runs hold many sessions of one token and open sessions
+	# as fast as they can: lift the per-identity and handshake-rate caps,
+	# which exist for hostile load, so that they measure capacity.
 	ip netns exec "$S" "$WORK/masqued" run --listen 198.18.1.2:4433 \
+		--max-sessions-per-identity 100000 --max-handshake-rate -1 \
 		--cert "$WORK/pki/server.crt" --key "$WORK/pki/server.key" \
 		--tokens "$WORK/tokens" --egress "$NETNS_EGRESS" --state-dir "$WORK/server-state" \
 		--pool4 198.18.64.0/18 --pool6 2001:db8:64::/64 \

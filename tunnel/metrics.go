@@ -64,7 +64,8 @@ const (
 	refuseAuth refusal = iota
 	refuseBadRequest
 	refusePoolExhausted
-	refuseForbidden
+	refuseConnLimit
+	refuseIdentityLimit
 	refuseShuttingDown
 	numRefusals
 )
@@ -73,7 +74,8 @@ var refusalNames = [numRefusals]string{
 	refuseAuth:          "unauthenticated",
 	refuseBadRequest:    "bad_request",
 	refusePoolExhausted: "pool_exhausted",
-	refuseForbidden:     "forbidden",
+	refuseConnLimit:     "conn_session_limit",
+	refuseIdentityLimit: "identity_session_limit",
 	refuseShuttingDown:  "shutting_down",
 }
 

@@ -24,8 +24,16 @@ import (
 	"github.com/yosida95/uritemplate/v3"
 )
 
-// DefaultMaxSessionsPerConn caps CONNECT-IP sessions on one QUIC connection.
-const DefaultMaxSessionsPerConn = 4
+// Defaults for the session limits of a zero ServerConfig.
+const (
+	// DefaultMaxSessionsPerConn caps CONNECT-IP sessions on one QUIC
+	// connection.
+	DefaultMaxSessionsPerConn = 4
+	// DefaultMaxSessionsPerIdentity caps one identity's CONNECT-IP sessions
+	// over all its connections: a few devices sharing a token, not a
+	// leaked token holding the whole pool.
+	DefaultMaxSessionsPerIdentity = 16
+)
 
 // DefaultRequestTimeout is how long a connection may go without its first
 // request before the server closes it: an unauthenticated peer gets no
@@ -56,6 +64,9 @@ type ServerConfig struct {
 	// MaxSessionsPerConn caps sessions per QUIC connection
 	// (DefaultMaxSessionsPerConn).
 	MaxSessionsPerConn int
+	// MaxSessionsPerIdentity caps one identity's sessions over all its
+	// connections (DefaultMaxSessionsPerIdentity).
+	MaxSessionsPerIdentity int
 	// RequestTimeout closes a connection that has sent no request this
 	// long after the handshake (DefaultRequestTimeout).
 	RequestTimeout time.Duration
@@ -92,6 +103,15 @@ func (c *ServerConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("routes[%d]: %s is not a masked prefix", i, r))
 		}
 	}
+	if c.MaxSessionsPerConn < 0 {
+		errs = append(errs, fmt.Errorf("max_sessions_per_conn: %d is negative", c.MaxSessionsPerConn))
+	}
+	if c.MaxSessionsPerIdentity < 0 {
+		errs = append(errs, fmt.Errorf("max_sessions_per_identity: %d is negative", c.MaxSessionsPerIdentity))
+	}
+	if c.RequestTimeout < 0 {
+		errs = append(errs, fmt.Errorf("request_timeout: %v is negative", c.RequestTimeout))
+	}
 	errs = append(errs, c.UDP.validate()...)
 	return errors.Join(errs...)
 }
@@ -121,6 +141,7 @@ type Server struct {
 	sessions map[*session]struct{}
 	conns    map[*quic.Conn]*h3conn
 	perConn  map[*quic.Conn]int
+	perID    map[policy.Identity]int
 	closing  bool
 }
 
@@ -135,6 +156,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxSessionsPerConn == 0 {
 		cfg.MaxSessionsPerConn = DefaultMaxSessionsPerConn
 	}
+	if cfg.MaxSessionsPerIdentity == 0 {
+		cfg.MaxSessionsPerIdentity = DefaultMaxSessionsPerIdentity
+	}
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
@@ -148,6 +172,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sessions: make(map[*session]struct{}),
 		conns:    make(map[*quic.Conn]*h3conn),
 		perConn:  make(map[*quic.Conn]int),
+		perID:    make(map[policy.Identity]int),
 		tunDone:  make(chan struct{}),
 	}
 	routes := cfg.Routes
@@ -335,22 +360,32 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	}
 	if conn != nil && s.perConn[conn] >= s.cfg.MaxSessionsPerConn {
 		s.mu.Unlock()
-		log.Info("request refused", "reason", "too many sessions on connection")
-		s.refuse(w, refuseForbidden, http.StatusTooManyRequests, "")
+		log.Info("request refused", "reason", "too many sessions on connection", "limit", s.cfg.MaxSessionsPerConn)
+		s.refuse(w, refuseConnLimit, http.StatusTooManyRequests, "connection_limit_reached")
+		return
+	}
+	if s.perID[id] >= s.cfg.MaxSessionsPerIdentity {
+		s.mu.Unlock()
+		log.Info("request refused", "reason", "too many sessions for identity", "limit", s.cfg.MaxSessionsPerIdentity)
+		s.refuse(w, refuseIdentityLimit, http.StatusTooManyRequests, "connection_limit_reached")
 		return
 	}
 	if conn != nil {
 		s.perConn[conn]++
 	}
+	s.perID[id]++
 	s.mu.Unlock()
 	defer func() {
+		s.mu.Lock()
 		if conn != nil {
-			s.mu.Lock()
 			if s.perConn[conn]--; s.perConn[conn] <= 0 {
 				delete(s.perConn, conn)
 			}
-			s.mu.Unlock()
 		}
+		if s.perID[id]--; s.perID[id] <= 0 {
+			delete(s.perID, id)
+		}
+		s.mu.Unlock()
 	}()
 
 	ss := &session{srv: s, id: s.nextID.Add(1), identity: id, scope: scope}

@@ -10,11 +10,10 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
-	connectip "github.com/quic-go/connect-ip-go"
-	"github.com/yosida95/uritemplate/v3"
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -22,7 +21,9 @@ import (
 
 	"github.com/masque-vpn/masque/policy"
 	"github.com/masque-vpn/masque/quicio"
+	connectip "github.com/quic-go/connect-ip-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/yosida95/uritemplate/v3"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
 
@@ -549,5 +550,75 @@ func TestTunnelHonoursAddressRequest(t *testing.T) {
 	}
 	if got := ts.srv.counters.drops[dropNoSession].Load(); got != before+1 {
 		t.Errorf("no_session drops = %d, want %d", got, before+1)
+	}
+}
+
+// TestSessionLimits: sessions per connection and per identity are capped;
+// a request over either cap is refused with 429 connection_limit_reached
+// and counted under its own reason, other identities are unaffected, and
+// a slot is free again once a session ends.
+func TestSessionLimits(t *testing.T) {
+	ts := startServer(t, func(c *ServerConfig) {
+		c.MaxSessionsPerConn = 1
+		c.MaxSessionsPerIdentity = 2
+	})
+	want429 := func(what string, err error) {
+		t.Helper()
+		re, ok := errors.AsType[*RefusedError](err)
+		if !ok || re.Status != http.StatusTooManyRequests || !strings.Contains(re.ProxyStatus, "connection_limit_reached") {
+			t.Fatalf("%s: %v, want 429 with connection_limit_reached", what, err)
+		}
+	}
+	// Two requests on one connection, with connect-ip-go's client.
+	qc := dialTest(t, ts.addr, ts.tls)
+	cc, err := (&connectip.Transport{}).NewClientConn(qc.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := uritemplate.MustNew("https://" + ts.addr + IPPathPrefix + "*/*/")
+	var rsps []*http.Response
+	for range 2 {
+		req, err := connectip.NewRequest(context.Background(), tmpl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header().Set("Authorization", "Bearer "+testToken)
+		c, rsp, err := cc.Dial(req)
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+		rsps = append(rsps, rsp)
+	}
+	if rsps[0] == nil || rsps[0].StatusCode != http.StatusOK || rsps[1] == nil || rsps[1].StatusCode != http.StatusTooManyRequests ||
+		!strings.Contains(rsps[1].Header.Get("Proxy-Status"), "connection_limit_reached") {
+		t.Fatalf("two sessions on one connection: %s %q then %s %q, want 200 then 429 connection_limit_reached", rsps[0].Status, rsps[0].Header.Get("Proxy-Status"), rsps[1].Status, rsps[1].Header.Get("Proxy-Status"))
+	}
+	a2, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ts.connect(t, testToken)
+	want429("alice's third session", err)
+	if _, err := ts.connect(t, testToken+"-bob"); err != nil {
+		t.Fatalf("bob while alice is at her cap: %v", err)
+	}
+	r := &ts.srv.counters.refused
+	if c, i := r[refuseConnLimit].Load(), r[refuseIdentityLimit].Load(); c != 1 || i != 1 {
+		t.Errorf("refusals: conn_session_limit %d, identity_session_limit %d; want 1 and 1", c, i)
+	}
+	if got := gatherValue(t, ts.srv, "masque_tunnel_refused_requests_total", "identity_session_limit"); got != 1 {
+		t.Errorf(`masque_tunnel_refused_requests_total{reason="identity_session_limit"} = %v, want 1`, got)
+	}
+	a2.qc.Close()
+	waitFor(t, "alice's slot to be released", 5*time.Second, func() bool {
+		ts.srv.mu.Lock()
+		defer ts.srv.mu.Unlock()
+		return ts.srv.perID["alice"] == 1
+	})
+	if _, err := ts.connect(t, testToken); err != nil {
+		t.Errorf("alice after one of her sessions ended: %v", err)
+	}
+	if got := ts.srv.Sessions(); got != 3 {
+		t.Errorf("sessions = %d, want 3 (alice 2, bob 1)", got)
 	}
 }

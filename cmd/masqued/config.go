@@ -51,10 +51,18 @@ type Config struct {
 	LeaseTime           string   `json:"lease_time,omitempty"`
 	MaxConns            int      `json:"max_conns,omitempty"`
 	MaxSessionsPerConn  int      `json:"max_sessions_per_conn,omitempty"`
-	Metrics             string   `json:"metrics,omitempty"`
-	Pprof               bool     `json:"pprof,omitempty"`
-	LogLevel            string   `json:"log_level,omitempty"`
-	DrainTimeout        string   `json:"drain_timeout,omitempty"`
+
+	// Admission; zero values mean quicio's and tunnel's defaults.
+	MaxConnsPerSource      int    `json:"max_conns_per_source,omitempty"`
+	MaxHandshakeRate       int    `json:"max_handshake_rate,omitempty"` // -1: no limit
+	RetryThreshold         int    `json:"retry_threshold,omitempty"`    // -1: always ask for Retry
+	MaxSessionsPerIdentity int    `json:"max_sessions_per_identity,omitempty"`
+	RequestTimeout         string `json:"request_timeout,omitempty"`
+
+	Metrics      string `json:"metrics,omitempty"`
+	Pprof        bool   `json:"pprof,omitempty"`
+	LogLevel     string `json:"log_level,omitempty"`
+	DrainTimeout string `json:"drain_timeout,omitempty"`
 
 	// CONNECT-UDP (RFC 9298); zero values mean tunnel's defaults.
 	UDPIdleTimeout         string              `json:"udp_idle_timeout,omitempty"`
@@ -125,9 +133,13 @@ type settings struct {
 	MaxConns            int
 	MaxSessionsPerConn  int
 	Metrics             string
-	Pprof               bool
-	LogLevel            string
-	DrainTimeout        time.Duration
+
+	MaxConnsPerSource, MaxHandshakeRate, RetryThreshold int // 0: quicio's defaults
+	MaxSessionsPerIdentity                              int // 0: tunnel's default
+	RequestTimeout                                      time.Duration
+	Pprof                                               bool
+	LogLevel                                            string
+	DrainTimeout                                        time.Duration
 
 	UDPIdleTimeout, UDPResolveTimeout          time.Duration    // 0: tunnel's defaults
 	UDPMaxFlowsPerConn, UDPMaxFlowsPerIdentity int              // 0: tunnel's defaults
@@ -202,6 +214,7 @@ func (c *Config) resolve() (*settings, error) {
 	if s.MaxSessionsPerConn < 0 {
 		bad("max_sessions_per_conn", "%d is negative", s.MaxSessionsPerConn)
 	}
+	resolveAdmission(c, s, bad)
 	resolveUDP(c, s, bad)
 	switch s.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -223,6 +236,25 @@ func (c *Config) resolve() (*settings, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// resolveAdmission fills the admission limits of s from c.
+func resolveAdmission(c *Config, s *settings, bad func(string, string, ...any)) {
+	s.MaxConnsPerSource, s.MaxHandshakeRate, s.RetryThreshold = c.MaxConnsPerSource, c.MaxHandshakeRate, c.RetryThreshold
+	s.MaxSessionsPerIdentity = c.MaxSessionsPerIdentity
+	if s.MaxConnsPerSource < 0 {
+		bad("max_conns_per_source", "%d is negative", s.MaxConnsPerSource)
+	}
+	if s.MaxHandshakeRate < -1 {
+		bad("max_handshake_rate", "%d: want a rate per second, or -1 for no limit", s.MaxHandshakeRate)
+	}
+	if s.RetryThreshold < -1 {
+		bad("retry_threshold", "%d: want a number of handshakes, or -1 to always ask for Retry", s.RetryThreshold)
+	}
+	if s.MaxSessionsPerIdentity < 0 {
+		bad("max_sessions_per_identity", "%d is negative", s.MaxSessionsPerIdentity)
+	}
+	s.RequestTimeout = parseDuration("request_timeout", c.RequestTimeout, 0, bad)
 }
 
 // resolveUDP fills the CONNECT-UDP settings of s from c.

@@ -51,6 +51,13 @@ func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
 	f.StringArrayVar(&c.Routes, "route", nil, "route to advertise to clients (repeatable; default all of each pool's family)")
 	f.StringArrayVar(&c.Allow, "allow", nil, "destination prefix clients may reach even if denied by default (repeatable)")
 	f.StringArrayVar(&c.Deny, "deny", nil, "destination prefix clients must not reach (repeatable)")
+	f.IntVar(&c.MaxConns, "max-conns", 0, "concurrent QUIC connections (default 10000)")
+	f.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 0, "concurrent QUIC connections from one IP address, handshakes included (default 64)")
+	f.IntVar(&c.MaxHandshakeRate, "max-handshake-rate", 0, "QUIC handshakes started per second; over half of it new peers must answer a Retry first, over it they are refused; -1 for no limit (default 1000)")
+	f.IntVar(&c.RetryThreshold, "retry-threshold", 0, "handshakes in flight above which new peers must answer a Retry first; -1 for always (default 128)")
+	f.IntVar(&c.MaxSessionsPerConn, "max-sessions-per-conn", 0, "CONNECT-IP sessions per QUIC connection (default 4)")
+	f.IntVar(&c.MaxSessionsPerIdentity, "max-sessions-per-identity", 0, "CONNECT-IP sessions per identity over all its connections (default 16)")
+	f.StringVar(&c.RequestTimeout, "request-timeout", "", "close a connection that sends no request this long after its handshake (default 5s)")
 	f.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics")
 	f.BoolVar(&c.Pprof, "pprof", false, "also serve Go profiles at /debug/pprof/ on the metrics listener (debugging; keep that listener private)")
 	f.StringVar(&c.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
@@ -84,6 +91,13 @@ func mergeFlags(cmd *cobra.Command, file, flagged *Config) {
 	set("route", func() { file.Routes = flagged.Routes })
 	set("allow", func() { file.Allow = flagged.Allow })
 	set("deny", func() { file.Deny = flagged.Deny })
+	set("max-conns", func() { file.MaxConns = flagged.MaxConns })
+	set("max-conns-per-source", func() { file.MaxConnsPerSource = flagged.MaxConnsPerSource })
+	set("max-handshake-rate", func() { file.MaxHandshakeRate = flagged.MaxHandshakeRate })
+	set("retry-threshold", func() { file.RetryThreshold = flagged.RetryThreshold })
+	set("max-sessions-per-conn", func() { file.MaxSessionsPerConn = flagged.MaxSessionsPerConn })
+	set("max-sessions-per-identity", func() { file.MaxSessionsPerIdentity = flagged.MaxSessionsPerIdentity })
+	set("request-timeout", func() { file.RequestTimeout = flagged.RequestTimeout })
 	set("metrics", func() { file.Metrics = flagged.Metrics })
 	set("pprof", func() { file.Pprof = flagged.Pprof })
 	set("log-level", func() { file.LogLevel = flagged.LogLevel })
@@ -331,16 +345,18 @@ func runServer(ctx context.Context, s *settings) (retErr error) {
 	defer nat.Close()
 
 	app, err := tunnel.NewServer(tunnel.ServerConfig{
-		Auth:               m.auth,
-		Pool4:              pool4,
-		Pool6:              pool6,
-		Destinations:       dests,
-		Device:             dev,
-		Routes:             s.Routes,
-		DNS:                s.DNS,
-		Port:               int(s.Listen.Port()),
-		MaxSessionsPerConn: s.MaxSessionsPerConn,
-		Logger:             logger,
+		Auth:                   m.auth,
+		Pool4:                  pool4,
+		Pool6:                  pool6,
+		Destinations:           dests,
+		Device:                 dev,
+		Routes:                 s.Routes,
+		DNS:                    s.DNS,
+		Port:                   int(s.Listen.Port()),
+		MaxSessionsPerConn:     s.MaxSessionsPerConn,
+		MaxSessionsPerIdentity: s.MaxSessionsPerIdentity,
+		RequestTimeout:         s.RequestTimeout,
+		Logger:                 logger,
 		UDP: tunnel.UDPConfig{
 			Rules:               s.UDPRules,
 			IdleTimeout:         s.UDPIdleTimeout,
@@ -359,11 +375,14 @@ func runServer(ctx context.Context, s *settings) (retErr error) {
 	}()
 
 	qs, err := quicio.NewServer(quicio.Config{
-		Addr:      s.Listen.String(),
-		TLSConfig: m.tls,
-		StateDir:  s.StateDir,
-		MaxConns:  s.MaxConns,
-		Logger:    logger,
+		Addr:              s.Listen.String(),
+		TLSConfig:         m.tls,
+		StateDir:          s.StateDir,
+		MaxConns:          s.MaxConns,
+		MaxConnsPerSource: s.MaxConnsPerSource,
+		MaxHandshakeRate:  s.MaxHandshakeRate,
+		RetryThreshold:    s.RetryThreshold,
+		Logger:            logger,
 	}, app)
 	if err != nil {
 		return err
@@ -372,7 +391,7 @@ func runServer(ctx context.Context, s *settings) (retErr error) {
 	var metricsSrv *http.Server
 	if s.Metrics != "" {
 		reg := prometheus.NewRegistry()
-		reg.MustRegister(app.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg.MustRegister(app.Collector(), qs.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		if s.Pprof {
