@@ -22,6 +22,7 @@ var env struct {
 	masque      string
 	nettool     string
 	spoofclient string
+	connectload string
 
 	certDir   string            // ca.crt, server.crt/key, <client>.crt/key
 	tokens    string            // the server's tokens file
@@ -84,6 +85,7 @@ func setup(dir string) error {
 	env.masque = filepath.Join(bin, "masque")
 	env.nettool = filepath.Join(bin, "nettool")
 	env.spoofclient = filepath.Join(bin, "spoofclient")
+	env.connectload = filepath.Join(bin, "connectload")
 
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -100,6 +102,7 @@ func setup(dir string) error {
 		append(append([]string{"build", "-buildvcs=false"}, race...), "-o", env.masque, "./cmd/masque"),
 		{"build", "-buildvcs=false", "-o", env.nettool, "./e2e/internal/nettool"},
 		{"build", "-buildvcs=false", "-o", env.spoofclient, "./e2e/internal/spoofclient"},
+		{"build", "-buildvcs=false", "-o", env.connectload, "./e2e/internal/connectload"},
 	}
 	for _, args := range builds {
 		cmd := exec.Command(goBin, args...)

@@ -11,6 +11,13 @@
 //	-mode idle   open -n sessions with -c workers, print a "ready" line,
 //	             hold them (QUIC keep-alives) until SIGINT/SIGTERM or
 //	             -duration, then close them and print a "done" line.
+//	-mode flood  start -rate QUIC handshakes a second, round robin over
+//	             the -local addresses, for -duration, at most -c at once
+//	             (attempts over that are skipped and counted); each gives
+//	             up after -timeout. No request is sent: this is the
+//	             handshake flood of a hostile peer. With the server's
+//	             answers dropped in front of the tool, it plays a flood
+//	             from spoofed addresses.
 //
 // The server limits concurrent connections per source address, so -local
 // spreads the sessions over several local addresses (one UDP socket and
@@ -57,9 +64,11 @@ func main() {
 type report struct {
 	Event    string         `json:"event"` // "ready" (idle mode) or "done"
 	Mode     string         `json:"mode"`
-	OK       int64          `json:"ok"`     // sessions established
-	Failed   int64          `json:"failed"` // sessions that failed
-	Open     int64          `json:"open"`   // sessions open now (idle mode)
+	OK       int64          `json:"ok"`                 // sessions established
+	Failed   int64          `json:"failed"`             // sessions that failed
+	Open     int64          `json:"open"`               // sessions open now (idle mode)
+	Attempts int64          `json:"attempts,omitempty"` // handshakes started (flood mode)
+	Skipped  int64          `json:"skipped,omitempty"`  // attempts not started: -c in flight (flood mode)
 	Seconds  float64        `json:"seconds"`
 	Rate     float64        `json:"rate"` // established sessions per second
 	P50ms    float64        `json:"p50_ms"`
@@ -105,15 +114,19 @@ func run() error {
 	caFile := flag.String("ca", "", "CA certificate file")
 	tokenFile := flag.String("token-file", "", "file holding the bearer token")
 	local := flag.String("local", "", "local addresses to dial from: comma-separated addresses or FIRST-LAST ranges (default: any)")
-	mode := flag.String("mode", "churn", "churn or idle")
+	mode := flag.String("mode", "churn", "churn, idle or flood")
+	rate := flag.Int("rate", 100, "flood: handshakes started per second")
 	n := flag.Int("n", 100, "sessions: the total for churn (0: until -duration), the number to hold for idle")
 	workers := flag.Int("c", 16, "concurrent dials")
 	duration := flag.Duration("duration", 30*time.Second, "churn: how long to run; idle: the longest time to hold the sessions")
 	timeout := flag.Duration("timeout", 10*time.Second, "limit for one session to be established")
 	flag.Parse()
 
-	if *mode != "churn" && *mode != "idle" {
-		return fmt.Errorf("-mode %q: want churn or idle", *mode)
+	if *mode != "churn" && *mode != "idle" && *mode != "flood" {
+		return fmt.Errorf("-mode %q: want churn, idle or flood", *mode)
+	}
+	if *mode == "flood" && (*rate < 1 || *rate > 100000) {
+		return fmt.Errorf("-rate %d: want 1-100000", *rate)
 	}
 	if *workers < 1 || *n < 0 || (*mode == "idle" && *n == 0) {
 		return errors.New("-c must be at least 1 and -n positive")
@@ -195,6 +208,12 @@ func run() error {
 		l.churn(ctx, *n, *workers)
 		return enc.Encode(l.report("done", *mode, 0, time.Since(start), *workers, *duration))
 	}
+	if *mode == "flood" {
+		attempts, skipped := l.flood(ctx, *rate, *workers)
+		r := l.report("done", *mode, 0, time.Since(start), *workers, *duration)
+		r.Attempts, r.Skipped = attempts, skipped
+		return enc.Encode(r)
+	}
 
 	sessions := l.openIdle(ctx, *n, *workers)
 	if err := enc.Encode(l.report("ready", *mode, int64(len(sessions)), time.Since(start), *workers, *duration)); err != nil {
@@ -231,6 +250,61 @@ func (l *loader) churn(ctx context.Context, n, workers int) {
 		})
 	}
 	wg.Wait()
+}
+
+// flood starts rate handshakes a second until ctx ends, at most inFlight
+// at once, and waits for those started. A handshake that completes is
+// counted ok and closed at once.
+func (l *loader) flood(ctx context.Context, rate, inFlight int) (attempts, skipped int64) {
+	sem := make(chan struct{}, inFlight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	start := time.Now()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return attempts, skipped
+		case now := <-tick.C:
+		due:
+			for want := int64(now.Sub(start).Seconds() * float64(rate)); attempts+skipped < want; {
+				select {
+				case sem <- struct{}{}:
+				default:
+					skipped++
+					continue
+				}
+				attempts++
+				tr := l.trs[l.next.Add(1)%uint64(len(l.trs))]
+				wg.Go(func() {
+					defer func() { <-sem }()
+					l.handshake(ctx, tr)
+				})
+				if ctx.Err() != nil {
+					break due
+				}
+			}
+		}
+	}
+}
+
+// handshake runs one QUIC handshake on tr and records its outcome.
+func (l *loader) handshake(ctx context.Context, tr *quic.Transport) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.timeout)
+	defer cancel()
+	begin := time.Now()
+	qc, err := tr.Dial(dctx, l.raddr, l.tlsConf, l.quicConf)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		l.fail++
+		l.errs[errorKey(err)]++
+		return
+	}
+	qc.CloseWithError(0, "")
+	l.ok++
+	l.latencies = append(l.latencies, time.Since(begin))
 }
 
 // openIdle opens n sessions with workers and returns those established.
