@@ -134,6 +134,7 @@ type Server struct {
 	dns      []connectip.DNSConfiguration
 	nextID   atomic.Uint64
 	udp      *udpProxy
+	dests    atomic.Pointer[policy.Destinations] // cfg.Destinations until SetPolicy
 
 	tunDone chan struct{}
 
@@ -199,6 +200,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(IPPathPrefix, s.serveIP)
+	s.dests.Store(cfg.Destinations)
 	s.udp = newUDPProxy(cfg.UDP, cfg.Auth, cfg.Destinations, cfg.Port, cfg.Logger, &s.counters.udp)
 	s.udp.muxOf = func(c *quic.Conn) *dgramMux {
 		if hc := s.h3connOf(c); hc != nil {
@@ -221,6 +223,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 
 // Collector returns the server's metrics for a Prometheus registry.
 func (s *Server) Collector() prometheus.Collector { return collector{&s.counters} }
+
+// SetPolicy replaces the destination policy and the CONNECT-UDP rules
+// (nil: no allow-lists, no anonymous access), as on a reload. Sessions stay
+// up: CONNECT-IP packets are checked against the new policy from the next
+// packet on; new CONNECT-UDP requests are decided by it, and open flows
+// whose target it refuses are closed (their count is returned). dests must
+// not be nil.
+func (s *Server) SetPolicy(dests *policy.Destinations, rules *policy.UDPRules) (flowsClosed int) {
+	s.dests.Store(dests)
+	return s.udp.setPolicy(dests, rules)
+}
 
 // Sessions returns the number of open CONNECT-IP sessions.
 func (s *Server) Sessions() int { return int(s.counters.sessions.Load()) }

@@ -318,7 +318,7 @@ func (ss *session) checkInbound(d []byte, dst []byte) (int, bool) {
 		c.drop(dropSourceSpoof)
 		return 0, false
 	}
-	if !ss.scope.allows(h.dst, h.proto) || ss.srv.cfg.Destinations.Check(h.dst) != policy.ReasonNone {
+	if !ss.scope.allows(h.dst, h.proto) || ss.srv.dests.Load().Check(h.dst) != policy.ReasonNone {
 		c.drop(dropDestDenied)
 		ss.sendICMP(pkt, icmpAdminProhibited, 0)
 		return 0, false

@@ -28,6 +28,7 @@ func newCheckSession(t testing.TB, scope ipScope) *session {
 		t.Fatalf("NewDestinations: %v", err)
 	}
 	srv := &Server{cfg: ServerConfig{Destinations: d}}
+	srv.dests.Store(d)
 	ss := &session{srv: srv, id: 1, scope: scope}
 	ss.addr.Store(&sessionAddrs{v4: sessAddr4, v6: sessAddr6})
 	return ss

@@ -121,7 +121,8 @@ type udpProxy struct {
 	muxOf    func(*quic.Conn) *dgramMux
 	cfg      UDPConfig
 	auth     *policy.Authenticator
-	dests    *policy.Destinations
+	dests    atomic.Pointer[policy.Destinations] // replaced by setPolicy
+	rules    atomic.Pointer[policy.UDPRules]     // nil: no allow-lists, no anonymous access
 	port     int
 	log      *slog.Logger
 	counters *udpCounters
@@ -137,14 +138,53 @@ type udpProxy struct {
 
 func newUDPProxy(cfg UDPConfig, auth *policy.Authenticator, dests *policy.Destinations, port int, log *slog.Logger, c *udpCounters) *udpProxy {
 	cfg.populate()
-	return &udpProxy{
-		cfg: cfg, auth: auth, dests: dests, port: port,
+	p := &udpProxy{
+		cfg: cfg, auth: auth, port: port,
 		log:      log.With("component", "connect-udp"),
 		counters: c,
 		flows:    make(map[*udpFlow]struct{}),
 		perConn:  make(map[*quic.Conn]int),
 		perID:    make(map[policy.Identity]int),
 	}
+	p.dests.Store(dests)
+	p.rules.Store(cfg.Rules)
+	return p
+}
+
+// setPolicy replaces the destination policy and the rules: new requests
+// are decided by them, and open flows they would refuse now are closed.
+// It returns how many flows it closed.
+func (p *udpProxy) setPolicy(dests *policy.Destinations, rules *policy.UDPRules) int {
+	p.dests.Store(dests)
+	p.rules.Store(rules)
+	p.mu.Lock()
+	flows := make([]*udpFlow, 0, len(p.flows))
+	for f := range p.flows {
+		flows = append(flows, f)
+	}
+	p.mu.Unlock()
+	closed := 0
+	for _, f := range flows {
+		if !p.allowed(dests, rules, f.identity, f.target, f.addr) {
+			f.close(flowEndPolicy)
+			closed++
+		}
+	}
+	return closed
+}
+
+// allowed reports whether identity may have a flow to t at addr under
+// dests and rules.
+func (p *udpProxy) allowed(dests *policy.Destinations, rules *policy.UDPRules, id policy.Identity, t udpTarget, addr netip.Addr) bool {
+	if dests.Check(addr).Denied() {
+		return false
+	}
+	if id == anonymous {
+		anon, ok := rules.Anonymous()
+		return ok && anon.Allows(t.name, addr, t.port)
+	}
+	allow, restricted := rules.For(id)
+	return !restricted || allow.Allows(t.name, addr, t.port)
 }
 
 // proxyStatus is the content of a Proxy-Status field (RFC 9209 §2).
@@ -220,11 +260,12 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 		chains = r.TLS.VerifiedChains
 	}
 	id, err := p.auth.Authenticate(r.Header.Get("Authorization"), chains)
-	allow, restricted := p.cfg.Rules.For(id)
+	rules := p.rules.Load()
+	allow, restricted := rules.For(id)
 	if err != nil {
 		// Requests without any credentials may be served to an operator's
 		// anonymous allow-list; wrong credentials never are.
-		anon, ok := p.cfg.Rules.Anonymous()
+		anon, ok := rules.Anonymous()
 		none := r.Header.Get("Authorization") == "" && len(chains) == 0
 		if !ok || !none || !errors.Is(err, policy.ErrNoCredentials) {
 			log.Info("udp request refused", "reason", "unauthenticated", "err", err)
@@ -282,6 +323,7 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	uc.SetReadBuffer(udpSocketBuffer)
 
 	f := newUDPFlow(p, uc, p.nextID.Add(1))
+	f.identity, f.target, f.addr = id, target, addr
 	if !p.register(f) {
 		uc.Close()
 		p.refuse(w, udpRefuseShuttingDown, http.StatusServiceUnavailable, proxyStatus{})
@@ -350,9 +392,10 @@ func (p *udpProxy) resolve(ctx context.Context, t udpTarget, allow policy.UDPAll
 	// Policy decides on what we would dial, never on the name (DESIGN.md
 	// "Security invariants").
 	var firstDenied policy.Reason
+	dests := p.dests.Load()
 	for _, a := range addrs {
 		a = a.Unmap().WithZone("")
-		if r := p.dests.Check(a); r.Denied() {
+		if r := dests.Check(a); r.Denied() {
 			if firstDenied == policy.ReasonNone {
 				firstDenied = r
 			}

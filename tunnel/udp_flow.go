@@ -19,11 +19,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/masque-vpn/masque/policy"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
@@ -38,6 +40,7 @@ const (
 	flowEndShutdown                // the server is shutting down
 	flowEndConn                    // the QUIC connection or the stream failed
 	flowEndSocket                  // the UDP socket failed
+	flowEndPolicy                  // a policy reload refuses its target
 )
 
 func (e flowEnd) String() string {
@@ -50,6 +53,8 @@ func (e flowEnd) String() string {
 		return "shutdown"
 	case flowEndConn:
 		return "connection_lost"
+	case flowEndPolicy:
+		return "policy_changed"
 	default:
 		return "socket_error"
 	}
@@ -69,6 +74,11 @@ type udpFlow struct {
 	uc  *net.UDPConn
 	str *http3.Stream // set before run
 	log *slog.Logger  // set before run
+
+	// What the policy decided on, to decide again on a reload.
+	identity policy.Identity
+	target   udpTarget
+	addr     netip.Addr // the target's address the socket is connected to
 
 	// in carries the client's datagrams from the connection's dgramMux to
 	// runUp; a full queue drops (queue_full), as UDP would.

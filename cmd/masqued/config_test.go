@@ -354,3 +354,28 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestNeedsRestart: a reload names the changed settings it cannot apply,
+// and none of those it applies.
+func TestNeedsRestart(t *testing.T) {
+	c := validConfig()
+	old, err := c.resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Deny = []string{"198.18.9.0/24"}
+	c.AllowClientToClient = true
+	c.MTU = 1300
+	c.Listen = "[::]:8443"
+	c.MaxSessionsPerIdentity = 3
+	nw, err := c.resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"listen", "mtu", "max_sessions_per_identity"}, needsRestart(old, nw)); diff != "" {
+		t.Errorf("needsRestart mismatch (-want +got):\n%s", diff)
+	}
+	if got := needsRestart(old, old); len(got) != 0 {
+		t.Errorf("needsRestart of the same settings = %v, want none", got)
+	}
+}

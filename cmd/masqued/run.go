@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -144,7 +145,9 @@ func newRunCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runServer(ctx, s)
+			// SIGHUP reads the file again, with the same flags on top.
+			reload := func() (*settings, error) { return loadSettings(cmd, &c, path) }
+			return runServer(ctx, s, reload)
 		},
 	}
 	serverFlags(cmd, &c, &path)
@@ -242,7 +245,7 @@ func hostAddrs() []netip.Addr {
 	return out
 }
 
-func runServer(ctx context.Context, s *settings) (retErr error) {
+func runServer(ctx context.Context, s *settings, reload func() (*settings, error)) (retErr error) {
 	logger := newLogger(s.LogLevel)
 	log.SetFlags(0)
 	log.SetOutput(tunnel.NewLibraryLogWriter(logger, time.Second))
@@ -262,14 +265,12 @@ func runServer(ctx context.Context, s *settings) (retErr error) {
 
 	var pool4, pool6 *policy.Pool
 	var tunAddrs, pools []netip.Prefix
-	serverAddrs := hostAddrs()
 	if s.Pool4.IsValid() {
 		if pool4, err = policy.NewPool(s.Pool4, s.LeaseTime); err != nil {
 			return usagef("pool4: %v", err)
 		}
 		tunAddrs = append(tunAddrs, netip.PrefixFrom(pool4.Gateway(), s.Pool4.Bits()))
 		pools = append(pools, s.Pool4)
-		serverAddrs = append(serverAddrs, pool4.Gateway())
 	}
 	if s.Pool6.IsValid() {
 		if pool6, err = policy.NewPool(s.Pool6, s.LeaseTime); err != nil {
@@ -277,15 +278,17 @@ func runServer(ctx context.Context, s *settings) (retErr error) {
 		}
 		tunAddrs = append(tunAddrs, netip.PrefixFrom(pool6.Gateway(), s.Pool6.Bits()))
 		pools = append(pools, s.Pool6)
-		serverAddrs = append(serverAddrs, pool6.Gateway())
 	}
-	dests, err := policy.NewDestinations(policy.DestinationsConfig{
-		ServerAddrs:         serverAddrs,
-		ClientPrefixes:      pools,
-		AllowClientToClient: s.AllowClientToClient,
-		Allow:               s.Allow,
-		Deny:                s.Deny,
-	})
+	gateways := func() []netip.Addr {
+		var gw []netip.Addr
+		for _, p := range []*policy.Pool{pool4, pool6} {
+			if p != nil {
+				gw = append(gw, p.Gateway())
+			}
+		}
+		return gw
+	}()
+	dests, err := destinations(s, gateways)
 	if err != nil {
 		return usagef("destinations: %v", err)
 	}
@@ -420,7 +423,7 @@ wait:
 			qs.Close()
 			return err
 		case <-hup:
-			reloadTokens(s, m, logger)
+			reloadConfig(s, reload, m, app, gateways, logger)
 		case <-ctx.Done():
 			break wait
 		}
@@ -436,21 +439,111 @@ wait:
 	return nil
 }
 
-// reloadTokens re-reads the tokens file (SIGHUP): new requests are
-// checked against it; sessions already up stay. A file that does not parse
-// changes nothing.
-func reloadTokens(s *settings, m *material, logger *slog.Logger) {
-	if s.Tokens == "" || m.auth.Tokens == nil {
-		logger.Info("reload: no tokens file to reload")
-		return
+// destinations builds the destination policy of s: the defaults, this
+// host's addresses and the pools' gateways (the server's own), the pools
+// unless clients may reach each other, and the operator's allow and deny.
+func destinations(s *settings, gateways []netip.Addr) (*policy.Destinations, error) {
+	pools := make([]netip.Prefix, 0, 2)
+	for _, p := range []netip.Prefix{s.Pool4, s.Pool6} {
+		if p.IsValid() {
+			pools = append(pools, p)
+		}
 	}
-	toks, err := policy.LoadTokens(s.Tokens)
+	return policy.NewDestinations(policy.DestinationsConfig{
+		ServerAddrs:         append(hostAddrs(), gateways...),
+		ClientPrefixes:      pools,
+		AllowClientToClient: s.AllowClientToClient,
+		Allow:               s.Allow,
+		Deny:                s.Deny,
+	})
+}
+
+// reloadConfig is SIGHUP: it reads the configuration again (file, then the
+// same flags) and applies what can change without dropping a session: the
+// tokens file, the destination policy (allow, deny,
+// allow_client_to_client; also this host's addresses, read afresh) and the
+// CONNECT-UDP rules. Sessions stay up and follow the new policy from
+// their next packet; CONNECT-UDP flows it refuses are closed. A
+// configuration or tokens file that does not load changes nothing. Other
+// changed settings are named in the log: they take a restart.
+func reloadConfig(s *settings, reload func() (*settings, error), m *material, app *tunnel.Server, gateways []netip.Addr, logger *slog.Logger) {
+	ns, err := reload()
 	if err != nil {
-		logger.Error("reload: tokens unchanged", "err", err)
+		logger.Error("reload: nothing changed", "err", err)
 		return
 	}
-	m.auth.Tokens.Replace(toks)
-	logger.Info("reload: tokens reloaded", "path", s.Tokens, "tokens", toks.Len())
+	var toks *policy.Tokens
+	if ns.Tokens != "" {
+		if m.auth.Tokens == nil {
+			logger.Error("reload: nothing changed", "err", "tokens: a tokens file added to a running server takes a restart")
+			return
+		}
+		if toks, err = policy.LoadTokens(ns.Tokens); err != nil {
+			logger.Error("reload: nothing changed", "err", err)
+			return
+		}
+	} else if m.auth.Tokens != nil {
+		logger.Error("reload: nothing changed", "err", "tokens: removing the tokens file takes a restart")
+		return
+	}
+	dests, err := destinations(ns, gateways)
+	if err != nil {
+		logger.Error("reload: nothing changed", "err", fmt.Errorf("destinations: %w", err))
+		return
+	}
+	if toks != nil {
+		m.auth.Tokens.Replace(toks)
+	}
+	closed := app.SetPolicy(dests, ns.UDPRules)
+	s.Tokens, s.Allow, s.Deny, s.AllowClientToClient, s.UDPRules = ns.Tokens, ns.Allow, ns.Deny, ns.AllowClientToClient, ns.UDPRules
+	attrs := []any{"allow", len(ns.Allow), "deny", len(ns.Deny), "allow_client_to_client", ns.AllowClientToClient, "udp_flows_closed", closed}
+	if toks != nil {
+		attrs = append(attrs, "tokens", toks.Len())
+	}
+	logger.Info("reload: configuration applied", attrs...)
+	if restart := needsRestart(s, ns); len(restart) > 0 {
+		logger.Warn("reload: changed settings take a restart", "settings", strings.Join(restart, ","))
+	}
+}
+
+// needsRestart names the settings that differ between the running server's
+// and a reloaded configuration and that a reload does not apply.
+func needsRestart(old, new *settings) []string {
+	var out []string
+	diff := func(name string, changed bool) {
+		if changed {
+			out = append(out, name)
+		}
+	}
+	diff("listen", old.Listen != new.Listen)
+	diff("cert", old.Cert != new.Cert)
+	diff("key", old.Key != new.Key)
+	diff("client_ca", old.ClientCA != new.ClientCA)
+	diff("pool4", old.Pool4 != new.Pool4)
+	diff("pool6", old.Pool6 != new.Pool6)
+	diff("egress", old.Egress != new.Egress)
+	diff("state_dir", old.StateDir != new.StateDir)
+	diff("tun", old.Tun != new.Tun)
+	diff("mtu", old.MTU != new.MTU)
+	diff("dns", !slices.Equal(old.DNS, new.DNS))
+	diff("routes", !slices.Equal(old.Routes, new.Routes))
+	diff("lease_time", old.LeaseTime != new.LeaseTime)
+	diff("max_conns", old.MaxConns != new.MaxConns)
+	diff("max_sessions_per_conn", old.MaxSessionsPerConn != new.MaxSessionsPerConn)
+	diff("max_conns_per_source", old.MaxConnsPerSource != new.MaxConnsPerSource)
+	diff("max_handshake_rate", old.MaxHandshakeRate != new.MaxHandshakeRate)
+	diff("retry_threshold", old.RetryThreshold != new.RetryThreshold)
+	diff("max_sessions_per_identity", old.MaxSessionsPerIdentity != new.MaxSessionsPerIdentity)
+	diff("request_timeout", old.RequestTimeout != new.RequestTimeout)
+	diff("metrics", old.Metrics != new.Metrics)
+	diff("pprof", old.Pprof != new.Pprof)
+	diff("log_level", old.LogLevel != new.LogLevel)
+	diff("drain_timeout", old.DrainTimeout != new.DrainTimeout)
+	diff("udp_idle_timeout", old.UDPIdleTimeout != new.UDPIdleTimeout)
+	diff("udp_resolve_timeout", old.UDPResolveTimeout != new.UDPResolveTimeout)
+	diff("udp_max_flows_per_conn", old.UDPMaxFlowsPerConn != new.UDPMaxFlowsPerConn)
+	diff("udp_max_flows_per_identity", old.UDPMaxFlowsPerIdentity != new.UDPMaxFlowsPerIdentity)
+	return out
 }
 
 func trimNL(b []byte) []byte {
