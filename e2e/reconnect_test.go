@@ -146,3 +146,47 @@ func TestServerRestartDuringTransfer(t *testing.T) {
 		t.Fatalf("masque up exited: %s", c.exitString())
 	}
 }
+
+// TestServerDrainDuringTransfer: a rolling restart. masqued gets SIGTERM
+// during an upload: it stops accepting, ends every session cleanly and
+// exits within its drain timeout, having undone its changes; the client
+// sees the end at once (no idle timeout), and reconnects to the server
+// started in its place. The upload arrives intact.
+func TestServerDrainDuringTransfer(t *testing.T) {
+	tp := newTopo(t, false)
+	stateDir := t.TempDir()
+	srv := tp.startServer(t, "--state-dir", stateDir, "--drain-timeout", "3s")
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+
+	const size = 24 << 20 // 12 s at 2 MB/s
+	x := startTransfer(t, tp, tp.client, 9100, size, 2<<20, false, 55*time.Second)
+	time.Sleep(3 * time.Second)
+	took, killed := srv.stop(10 * time.Second)
+	if killed || srv.exitCode() != 0 {
+		t.Fatalf("masqued after SIGTERM: %s after %v (killed %v), want exit 0 within the 3 s drain", srv.exitString(), took, killed)
+	}
+	t.Logf("masqued drained and exited 0 %v after SIGTERM", took.Round(time.Millisecond))
+	if took > 3*time.Second {
+		t.Errorf("drain took %v, longer than --drain-timeout 3s", took.Round(time.Millisecond))
+	}
+	if !strings.Contains(srv.stderr.String(), "session down") {
+		t.Errorf("masqued did not end the session before exiting:\n%s", tail(srv.stderr.String(), 2000))
+	}
+	tp.checkClean(tp.server)
+	// The client saw the end: it is reconnecting now, not waiting for an
+	// idle timeout.
+	waitUntil(t, "the client to notice the drain", 2*time.Second, func() bool { return c.status(t).State != "up" })
+
+	tp.startServer(t, "--state-dir", stateDir)
+	restarted := time.Now()
+	waitUntil(t, "the client to reconnect", 10*time.Second, func() bool {
+		st := c.status(t)
+		return st.State == "up" && st.Reconnects == 1
+	})
+	t.Logf("client reconnected %v after the new server started", time.Since(restarted).Round(time.Millisecond))
+	sent, _ := x.check(t, "upload across a drained restart")
+	t.Logf("%d MB across the drain and restart arrived intact, %.1f s in all", sent.Bytes>>20, sent.Seconds)
+	if c.exited() {
+		t.Fatalf("masque up exited: %s", c.exitString())
+	}
+}
