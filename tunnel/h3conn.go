@@ -66,29 +66,73 @@ func (s *Server) serveH3(c *quic.Conn) error {
 	var wg sync.WaitGroup
 	wg.Go(hc.mux.run)
 	wg.Go(func() { acceptUniStreams(c, http3.ErrCodeStreamCreationError, nil) })
-	// A peer that opens no request stream in time is closed: it holds a
-	// connection slot and its buffers for nothing.
-	noRequest := time.AfterFunc(s.cfg.RequestTimeout, func() {
+	// A connection without a request in progress for RequestTimeout is
+	// closed: after the handshake, or after its last request ended (a
+	// refused one, say a 401). A peer that is not using the server holds
+	// no slot and no buffers of it for longer than that.
+	idle := newIdleCloser(s.cfg.RequestTimeout, func() {
 		s.counters.idleConns.Add(1)
-		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "no request within "+s.cfg.RequestTimeout.String())
+		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "no request for "+s.cfg.RequestTimeout.String())
 	})
-	defer noRequest.Stop()
+	defer idle.stop()
 	for {
 		str, err := c.AcceptStream(context.Background())
 		if err != nil {
 			break
 		}
-		noRequest.Stop()
+		idle.begin()
 		id := str.StreamID()
 		hc.mux.expect(id)
 		hc.handlers.Go(func() {
 			raw.HandleRequestStream(str)
 			hc.mux.forget(id)
+			idle.end()
 		})
 	}
 	hc.handlers.Wait()
 	wg.Wait()
 	return nil
+}
+
+// idleCloser calls its function once no request has been in progress for
+// its timeout.
+type idleCloser struct {
+	d     time.Duration
+	mu    sync.Mutex // guards the fields below
+	t     *time.Timer
+	open  int // requests in progress
+	ended bool
+}
+
+// newIdleCloser starts the clock: no request is in progress yet.
+func newIdleCloser(d time.Duration, f func()) *idleCloser {
+	return &idleCloser{d: d, t: time.AfterFunc(d, f)}
+}
+
+// begin notes a request that started.
+func (ic *idleCloser) begin() {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	ic.open++
+	ic.t.Stop()
+}
+
+// end notes a request that ended; the clock starts again if it was the
+// last.
+func (ic *idleCloser) end() {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	if ic.open--; ic.open == 0 && !ic.ended {
+		ic.t.Reset(ic.d)
+	}
+}
+
+// stop stops the clock for good.
+func (ic *idleCloser) stop() {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	ic.ended = true
+	ic.t.Stop()
 }
 
 // acceptUniStreams reads the peer's unidirectional streams (RFC 9114

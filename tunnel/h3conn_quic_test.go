@@ -148,4 +148,27 @@ func TestRequestTimeout(t *testing.T) {
 	if err := busy.qc.Context().Err(); err != nil {
 		t.Errorf("the connection with a session was closed too: %v", context.Cause(busy.qc.Context()))
 	}
+
+	// A connection whose only request was refused is closed as well, the
+	// timeout after the refusal.
+	refused := dialTest(t, ts.addr, ts.tls)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = Connect(ctx, ClientConfig{Conn: refused.Conn, Authority: ts.addr, Token: "not-a-valid-token-at-all"})
+	if re, ok := errors.AsType[*RefusedError](err); !ok || re.Status != 401 {
+		t.Fatalf("Connect with a wrong token = %v, want a 401 refusal", err)
+	}
+	start = time.Now()
+	select {
+	case <-refused.Conn.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("a connection whose request was refused still open after 5 s (RequestTimeout %v)", timeout)
+	}
+	t.Logf("connection closed %v after its request was refused", time.Since(start).Round(time.Millisecond))
+	if got := ts.srv.counters.idleConns.Load(); got != 2 {
+		t.Errorf("idle connections counted: %d, want 2", got)
+	}
+	if err := busy.qc.Context().Err(); err != nil {
+		t.Errorf("the connection with a session was closed: %v", context.Cause(busy.qc.Context()))
+	}
 }

@@ -35,9 +35,9 @@ const (
 	DefaultMaxSessionsPerIdentity = 16
 )
 
-// DefaultRequestTimeout is how long a connection may go without its first
-// request before the server closes it: an unauthenticated peer gets no
-// more of the server than the handshake and this wait.
+// DefaultRequestTimeout is how long a connection may go without a request
+// in progress before the server closes it: an unauthenticated peer gets no
+// more of the server than the handshake, the response and this wait.
 const DefaultRequestTimeout = 5 * time.Second
 
 // ServerConfig configures a [Server].
@@ -67,8 +67,9 @@ type ServerConfig struct {
 	// MaxSessionsPerIdentity caps one identity's sessions over all its
 	// connections (DefaultMaxSessionsPerIdentity).
 	MaxSessionsPerIdentity int
-	// RequestTimeout closes a connection that has sent no request this
-	// long after the handshake (DefaultRequestTimeout).
+	// RequestTimeout closes a connection that has had no request in
+	// progress this long: after the handshake, or after its last request
+	// (session, flow or refusal) ended (DefaultRequestTimeout).
 	RequestTimeout time.Duration
 	// UDP configures CONNECT-UDP (RFC 9298), served next to CONNECT-IP with
 	// the same Auth and Destinations.
