@@ -9,13 +9,15 @@
 //
 // It prints one JSON object: the assigned prefixes, the routes the server
 // advertised and how many packets of each tag it handed to WritePacket.
+//
+// With -probe it sends, instead, packets from its assigned addresses to a
+// list of destinations and counts what comes back for each (probe.go).
 package main
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -58,6 +60,11 @@ type result struct {
 	Sent     map[string]int `json:"sent"`    // accepted by WritePacket
 	Dropped  map[string]int `json:"dropped"` // dropped by connect-ip-go's client-side checks
 	Status   int            `json:"status"`
+
+	// Probe mode only (probe.go).
+	Probes   map[string]*probeResult `json:"probes,omitempty"`
+	ICMPFrom map[string]int          `json:"icmp_from,omitempty"` // sources of the ICMP errors received
+	Other    int                     `json:"other,omitempty"`     // packets received that match no probe
 }
 
 func run() error {
@@ -72,6 +79,13 @@ func run() error {
 	n := flag.Int("n", 100, "datagrams per tag")
 	interval := flag.Duration("interval", time.Millisecond, "pause between datagrams")
 	timeout := flag.Duration("timeout", 30*time.Second, "overall timeout")
+	var po probeOptions
+	flag.StringVar(&po.dsts, "probe", "", "comma-separated destination addresses: probe them instead of sending spoofed datagrams")
+	flag.StringVar(&po.kinds, "kinds", "udp", "probe packets to send to each destination: comma-separated udp, tcp, echo")
+	flag.IntVar(&po.udpPort, "udp-port", 9200, "destination port of the udp probes")
+	flag.IntVar(&po.tcpPort, "tcp-port", 9201, "destination port of the tcp probes (SYNs; a SYN-ACK is answered with an ACK)")
+	flag.IntVar(&po.pps, "pps", 1000, "probe packets per second, all destinations together")
+	flag.DurationVar(&po.wait, "wait", time.Second, "how long to keep counting after the last probe")
 	flag.Parse()
 
 	drops := &dropCounter{}
@@ -187,6 +201,14 @@ func run() error {
 			src6 = p.Addr()
 		}
 	}
+	if po.dsts != "" {
+		if err := runProbes(conn, drops, po, *n, src4, src6, &res); err != nil {
+			return err
+		}
+		b, _ := json.Marshal(res)
+		fmt.Println(string(b))
+		return nil
+	}
 	type flow struct {
 		tag      string
 		src, dst netip.AddrPort
@@ -252,59 +274,6 @@ func covers(routes []connectip.IPRoute, a netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// buildUDP appends an IPv4 or IPv6 packet carrying one UDP datagram with
-// correct header and UDP checksums.
-func buildUDP(b []byte, src, dst netip.AddrPort, data []byte) []byte {
-	udpLen := 8 + len(data)
-	udp := make([]byte, 8, udpLen)
-	binary.BigEndian.PutUint16(udp[0:], src.Port())
-	binary.BigEndian.PutUint16(udp[2:], dst.Port())
-	binary.BigEndian.PutUint16(udp[4:], uint16(udpLen))
-	udp = append(udp, data...)
-
-	var pseudo []byte
-	if src.Addr().Is4() {
-		s, d := src.Addr().As4(), dst.Addr().As4()
-		pseudo = append(append(pseudo, s[:]...), d[:]...)
-		pseudo = append(pseudo, 0, 17)
-		pseudo = binary.BigEndian.AppendUint16(pseudo, uint16(udpLen))
-	} else {
-		s, d := src.Addr().As16(), dst.Addr().As16()
-		pseudo = append(append(pseudo, s[:]...), d[:]...)
-		pseudo = binary.BigEndian.AppendUint32(pseudo, uint32(udpLen))
-		pseudo = append(pseudo, 0, 0, 0, 17)
-	}
-	sum := checksum(append(pseudo, udp...))
-	if sum == 0 {
-		sum = 0xffff
-	}
-	binary.BigEndian.PutUint16(udp[6:], sum)
-
-	if src.Addr().Is4() {
-		h := make([]byte, 20)
-		h[0] = 0x45
-		binary.BigEndian.PutUint16(h[2:], uint16(20+udpLen))
-		binary.BigEndian.PutUint16(h[4:], 0x1234)
-		h[6] = 0x40 // DF
-		h[8] = 64
-		h[9] = 17
-		s, d := src.Addr().As4(), dst.Addr().As4()
-		copy(h[12:], s[:])
-		copy(h[16:], d[:])
-		binary.BigEndian.PutUint16(h[10:], checksum(h))
-		return append(append(b, h...), udp...)
-	}
-	h := make([]byte, 40)
-	h[0] = 0x60
-	binary.BigEndian.PutUint16(h[4:], uint16(udpLen))
-	h[6] = 17
-	h[7] = 64
-	s, d := src.Addr().As16(), dst.Addr().As16()
-	copy(h[8:], s[:])
-	copy(h[24:], d[:])
-	return append(append(b, h...), udp...)
 }
 
 func checksum(b []byte) uint16 {
