@@ -1,0 +1,368 @@
+package e2e
+
+// Isolation over CONNECT-IP (issue 7): what a client may not reach through
+// the server, and what becomes of the packets it sends there anyway.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Pool addresses of the server's default pools (startClient checks that
+// clients get addresses from them).
+const (
+	gateway4  = "100.64.0.1"
+	gateway6  = "fd6d:6173:7175:6500::1"
+	serverTUN = "masqued0"
+)
+
+// probeOutput is spoofclient's output in probe mode.
+type probeOutput struct {
+	Assigned []string                `json:"assigned"`
+	Dropped  map[string]int          `json:"dropped"`
+	Probes   map[string]*probeCounts `json:"probes"`
+	ICMPFrom map[string]int          `json:"icmp_from"`
+	Other    int                     `json:"other"`
+}
+
+// probeCounts are spoofclient's counts for one probed destination.
+type probeCounts struct {
+	Sent    map[string]int `json:"sent"`    // by kind: udp, tcp, echo
+	ICMP    map[string]int `json:"icmp"`    // errors quoting a probe, by "type/code"
+	Replies map[string]int `json:"replies"` // packets from the destination, by kind
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// runProbes runs spoofclient in probe mode from the client namespace as
+// carol and returns its output.
+func runProbes(t *testing.T, tp *topo, args ...string) probeOutput {
+	t.Helper()
+	argv := append([]string{env.spoofclient, "-server", serverAddr, "-ca", env.certDir + "/ca.crt", "-token", env.token["carol"]}, args...)
+	r := runIn(t, tp.client, 60*time.Second, argv...)
+	if r.code != 0 {
+		t.Fatalf("spoofclient: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, tail(r.stderr, 3000))
+	}
+	var out probeOutput
+	lastJSON(t, "spoofclient", r.stdout, &out)
+	return out
+}
+
+// countUDP counts the datagrams that a socket bound to addr in ns receives
+// until the test ends. The socket has SO_REUSEADDR, as the sockets of
+// countGroupUDP do: those are bound to the wildcard address and the same
+// port.
+func countUDP(t *testing.T, ns, addr string) *atomic.Int64 {
+	t.Helper()
+	var pc *net.UDPConn
+	err := inNetns(ns, func() error {
+		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			})
+			return errors.Join(err, serr)
+		}}
+		c, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			return err
+		}
+		pc = c.(*net.UDPConn)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("listen udp %s in %s: %v", addr, ns, err)
+	}
+	return countDatagrams(t, pc)
+}
+
+// countGroupUDP counts the datagrams to group:port that a socket in ns
+// receives after joining group on the interface ifName.
+func countGroupUDP(t *testing.T, ns, ifName, group string, port int) *atomic.Int64 {
+	t.Helper()
+	var pc *net.UDPConn
+	err := inNetns(ns, func() error {
+		ifi, err := net.InterfaceByName(ifName)
+		if err != nil {
+			return err
+		}
+		network := "udp4"
+		if strings.Contains(group, ":") {
+			network = "udp6"
+		}
+		pc, err = net.ListenMulticastUDP(network, ifi, &net.UDPAddr{IP: net.ParseIP(group), Port: port})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("join %s on %s in %s: %v", group, ifName, ns, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return countDatagrams(t, pc)
+}
+
+func countDatagrams(t *testing.T, pc *net.UDPConn) *atomic.Int64 {
+	var n atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b := make([]byte, 65536)
+		for {
+			if _, _, err := pc.ReadFromUDPAddrPort(b); err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue
+			}
+			n.Add(1)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+	return &n
+}
+
+// countAccepts counts the TCP connections that a listener bound to addr in
+// ns accepts until the test ends; it closes each at once.
+func countAccepts(t *testing.T, ns, addr string) *atomic.Int64 {
+	t.Helper()
+	var ln net.Listener
+	err := inNetns(ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen tcp %s in %s: %v", addr, ns, err)
+	}
+	var n atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue
+			}
+			n.Add(1)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return &n
+}
+
+// captureDsts counts tcpdump's packet lines by destination address (tcpdump
+// -n prints "TIME IP SRC[.PORT] > DST[.PORT]: ...").
+func captureDsts(lines []string) map[string]int {
+	out := map[string]int{}
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) < 5 || f[3] != ">" {
+			out["?"]++
+			continue
+		}
+		dst := strings.TrimSuffix(f[4], ":")
+		if f[1] == "IP" && strings.Count(dst, ".") == 4 || f[1] == "IP6" && strings.Contains(dst, ".") {
+			dst = dst[:strings.LastIndexByte(dst, '.')] // the port
+		}
+		if a, err := netip.ParseAddr(dst); err == nil {
+			dst = a.String()
+		}
+		out[dst]++
+	}
+	return out
+}
+
+// metricDelta is how much the sample of name with labels grew from before to
+// after (absent counts as 0).
+func metricDelta(before, after, name string, labels ...string) float64 {
+	return metricOr0(after, name, labels...) - metricOr0(before, name, labels...)
+}
+
+// serverConfig writes a masqued configuration file holding json and returns
+// its path.
+func serverConfig(t *testing.T, json string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "masqued.json")
+	if err := os.WriteFile(p, []byte(json), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestDeniedTargets: over CONNECT-IP, the destinations that policy denies
+// by default (the server's loopback, its own addresses on every interface
+// and in the pools, the metadata service, link-local, multicast and
+// broadcast) are refused: a hostile client (spoofclient, which puts any
+// packet into its session, also to addresses its own kernel would keep
+// local) sends UDP, TCP SYN and echo probes to each, and none is written
+// into the server's TUN (tcpdump there), none hits a UDP or TCP listener
+// bound to the address in the server namespace, none is answered; every
+// one is counted as destination_denied, and each unicast one is answered by
+// ICMP administratively prohibited from the server's gateway address.
+// Multicast and broadcast get no ICMP error (RFC 1812 §4.3.2.7, RFC 4443
+// §2.4 (e)). The same probes to the target arrive (listener hits, accepted
+// connections, echo replies): the probes work.
+//
+// Listeners bound to loopback could not see a leak anyway (the kernel drops
+// a packet to 127.0.0.0/8 or ::1 that arrives on another interface as
+// martian); the capture on the TUN is what proves that none got through.
+func TestDeniedTargets(t *testing.T) {
+	const n = 10 // probes of each kind per destination
+	tp := newTopo(t, false)
+	srv := tp.startServer(t)
+
+	type probe struct {
+		addr    string
+		reason  string
+		listen  bool // a UDP and a TCP listener are bound to it in the server namespace
+		noICMP  bool // multicast and broadcast: no ICMP error expected
+		control bool // the target: must arrive
+	}
+	probes := []probe{
+		{addr: "127.0.0.1", reason: "loopback", listen: true},
+		{addr: "::1", reason: "loopback", listen: true},
+		{addr: serverIP4, reason: "server address (toward the client)", listen: true},
+		{addr: "2001:db8:1::2", reason: "server address (toward the client)", listen: true},
+		{addr: egressIP4, reason: "server address (egress)", listen: true},
+		{addr: "2001:db8:2::1", reason: "server address (egress)", listen: true},
+		{addr: gateway4, reason: "server address (TUN gateway)", listen: true},
+		{addr: gateway6, reason: "server address (TUN gateway)", listen: true},
+		{addr: "169.254.169.254", reason: "metadata"},
+		{addr: "fd00:ec2::254", reason: "metadata"},
+		{addr: "169.254.1.1", reason: "link-local"},
+		{addr: "fe80::1", reason: "link-local"},
+		{addr: "224.0.0.251", reason: "multicast", noICMP: true},
+		{addr: "ff02::fb", reason: "multicast", noICMP: true},
+		{addr: "255.255.255.255", reason: "broadcast", noICMP: true},
+		{addr: targetIP4, control: true},
+		{addr: targetIP6, control: true},
+	}
+	udpHits := map[string]*atomic.Int64{}
+	tcpHits := map[string]*atomic.Int64{}
+	for _, p := range probes {
+		ns := tp.server
+		if p.control {
+			ns = tp.target
+		}
+		if p.listen || p.control {
+			hp := net.JoinHostPort(p.addr, "9200")
+			udpHits[p.addr] = countUDP(t, ns, hp)
+			tcpHits[p.addr] = countAccepts(t, ns, net.JoinHostPort(p.addr, "9201"))
+		}
+	}
+	// Listeners that would see leaked multicast and broadcast datagrams:
+	// group members on the TUN, and a socket bound to the broadcast address.
+	// (Go binds a group member to the wildcard address, so the IPv4 one
+	// would count leaked broadcast datagrams too.)
+	udpHits["224.0.0.251"] = countGroupUDP(t, tp.server, serverTUN, "224.0.0.251", 9200)
+	udpHits["ff02::fb"] = countGroupUDP(t, tp.server, serverTUN, "ff02::fb", 9200)
+	udpHits["255.255.255.255"] = countUDP(t, tp.server, "255.255.255.255:9200")
+
+	// Everything masqued writes into its TUN from a client (the gateway
+	// addresses are the server's own replies going the other way).
+	dump := startCaptureOn(t, tp.server, serverTUN, "(src net 100.64.0.0/16 and not src host "+gateway4+") or (src net fd6d:6173:7175:6500::/64 and not src host "+gateway6+")", false)
+
+	var dsts []string
+	for _, p := range probes {
+		dsts = append(dsts, p.addr)
+	}
+	before := srv.metrics(t)
+	out := runProbes(t, tp, "-probe", strings.Join(dsts, ","), "-kinds", "udp,tcp,echo", "-n", strconv.Itoa(n), "-pps", "500", "-wait", "1s")
+	after := srv.metrics(t)
+	dump.stop(5 * time.Second)
+	tunDsts := captureDsts(nonEmptyLines(dump.stdout.String()))
+	t.Logf("spoofclient assigned %v; ICMP errors from %v; unmatched packets %d; dropped client-side %v", out.Assigned, out.ICMPFrom, out.Other, out.Dropped)
+	t.Logf("written into the server TUN, by destination: %v", tunDsts)
+
+	deniedSent, unicastSent := 0, 0
+	for _, p := range probes {
+		key := netip.MustParseAddr(p.addr).String()
+		c := out.Probes[key]
+		if c == nil {
+			t.Errorf("spoofclient reported nothing for %s", key)
+			continue
+		}
+		sent := sum(c.Sent)
+		hits := ""
+		var udp, tcp int64
+		if h := udpHits[p.addr]; h != nil {
+			udp = h.Load()
+			hits += fmt.Sprintf(", UDP listener hits %d", udp)
+		}
+		if h := tcpHits[p.addr]; h != nil {
+			tcp = h.Load()
+			hits += fmt.Sprintf(", TCP connections accepted %d", tcp)
+		}
+		t.Logf("%-16s %-36s sent %v, ICMP errors %v, replies %v, in server TUN %d%s", key, p.reason, c.Sent, c.ICMP, c.Replies, tunDsts[key], hits)
+		for _, k := range []string{"udp", "tcp", "echo"} {
+			if c.Sent[k] != n {
+				t.Errorf("%s: spoofclient put %d %s probes into the tunnel, want %d (else the test proves nothing)", key, c.Sent[k], k, n)
+			}
+		}
+		if p.control {
+			if udp != int64(n) || tcp != int64(n) || c.Replies["echo"] != n {
+				t.Errorf("control %s: target got %d UDP probes and accepted %d connections, %d echo replies came back; want %d each", key, udp, tcp, c.Replies["echo"], n)
+			}
+			if got := sum(c.ICMP); got != 0 {
+				t.Errorf("control %s: %d ICMP errors (%v), want 0", key, got, c.ICMP)
+			}
+			continue
+		}
+		deniedSent += sent
+		if tunDsts[key] != 0 {
+			t.Errorf("%s (%s): %d packets written into the server TUN, want 0", key, p.reason, tunDsts[key])
+		}
+		if udp != 0 || tcp != 0 {
+			t.Errorf("%s (%s): %d UDP listener hits and %d accepted TCP connections in the server namespace, want 0", key, p.reason, udp, tcp)
+		}
+		if r := sum(c.Replies); r != 0 {
+			t.Errorf("%s (%s): %d replies (%v), want 0", key, p.reason, r, c.Replies)
+		}
+		want := map[string]int{}
+		if !p.noICMP {
+			unicastSent += sent
+			code := "3/13" // ICMP destination unreachable, communication administratively prohibited
+			if netip.MustParseAddr(p.addr).Is6() {
+				code = "1/1" // ICMPv6 destination unreachable, administratively prohibited
+			}
+			want[code] = sent
+		}
+		if fmt.Sprint(c.ICMP) != fmt.Sprint(want) {
+			t.Errorf("%s (%s): ICMP errors %v, want %v", key, p.reason, c.ICMP, want)
+		}
+	}
+	for from := range out.ICMPFrom {
+		if from != gateway4 && from != gateway6 {
+			t.Errorf("ICMP errors came from %s (%v), want only the gateway addresses %s and %s", from, out.ICMPFrom, gateway4, gateway6)
+		}
+	}
+	denied := metricDelta(before, after, "masque_tunnel_dropped_packets_total", `reason="destination_denied"`)
+	icmp := metricDelta(before, after, "masque_tunnel_icmp_errors_sent_total")
+	t.Logf("destination_denied drops +%v for %d denied probes; ICMP errors sent +%v for %d unicast ones", denied, deniedSent, icmp, unicastSent)
+	if denied != float64(deniedSent) {
+		t.Errorf("masque_tunnel_dropped_packets_total{reason=\"destination_denied\"} grew by %v, want %d (the denied probes sent)", denied, deniedSent)
+	}
+	if icmp != float64(unicastSent) {
+		t.Errorf("masque_tunnel_icmp_errors_sent_total grew by %v, want %d (the unicast denied probes)", icmp, unicastSent)
+	}
+}
