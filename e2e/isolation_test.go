@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -365,4 +366,205 @@ func TestDeniedTargets(t *testing.T) {
 	if icmp != float64(unicastSent) {
 		t.Errorf("masque_tunnel_icmp_errors_sent_total grew by %v, want %d (the unicast denied probes)", icmp, unicastSent)
 	}
+}
+
+// pingErrorsRE finds ping(8)'s count of ICMP errors received ("+5 errors").
+var pingErrorsRE = regexp.MustCompile(`\+(\d+) errors`)
+
+// pingThrough is ping without a deadline (-w), which would make iputils
+// ping stop at the first ICMP error: it sends all count echo requests,
+// 0.2 s apart, and waits 1 s for the last answer.
+func pingThrough(t *testing.T, ns, addr string, count int) (pr pingResult, errors int) {
+	t.Helper()
+	r := runIn(t, ns, 30*time.Second, "ping", "-n", "-c", strconv.Itoa(count), "-i", "0.2", "-W", "1", addr)
+	pr.out = r.stdout + r.stderr
+	if m := pingCountRE.FindStringSubmatch(r.stdout); m != nil {
+		pr.sent, _ = strconv.Atoi(m[1])
+		pr.received, _ = strconv.Atoi(m[2])
+	}
+	if m := pingErrorsRE.FindStringSubmatch(r.stdout); m != nil {
+		errors, _ = strconv.Atoi(m[1])
+	}
+	return pr, errors
+}
+
+// adminProhibited matches ICMP and ICMPv6 destination unreachable,
+// administratively prohibited (ICMPv4 type 3 code 13, ICMPv6 type 1 code 1),
+// in tcpdump's syntax.
+const adminProhibited = "(icmp and icmp[0] == 3 and icmp[1] == 13) or (icmp6 and ip6[40] == 1 and ip6[41] == 1)"
+
+// TestClientToClient: a client cannot reach another client's address
+// unless policy allows it, ICMP errors included. Client A sends UDP
+// datagrams, pings and ICMP port unreachable errors (crafted on a raw
+// socket, quoting a datagram from B to A) to client B's tunnel addresses,
+// IPv4 and IPv6. By default none arrives at B (a UDP listener bound to B's
+// address, tcpdump on B's TUN, ping's replies) and the server counts each
+// as destination_denied; A gets ICMP administratively prohibited for every
+// datagram and ping (tcpdump on A's TUN, ping's error count) but not for
+// its ICMP errors, which are never answered with another (RFC 1812
+// §4.3.2.7, RFC 4443 §2.4 (e)). With allow_client_to_client in the server's
+// configuration, the same packets all arrive and none is refused: the test
+// sees what it counts.
+func TestClientToClient(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		name := "denied"
+		if allow {
+			name = "allowed"
+		}
+		t.Run(name, func(t *testing.T) { clientToClient(t, allow) })
+	}
+}
+
+func clientToClient(t *testing.T, allow bool) {
+	const n = 10 // UDP datagrams and pings per address family
+	tp := newTopo(t, true)
+	var extra []string
+	if allow {
+		extra = []string{"--config", serverConfig(t, `{"allow_client_to_client": true}`)}
+	}
+	srv := tp.startServer(t, extra...)
+	a := tp.startClient(t, tp.client, tokenAuth("alice"))
+	b := tp.startClient(t, tp.client2, tokenAuth("bob"))
+	a4, a6, b4, b6 := a.up.addr4(), a.up.addr6(), b.up.addr4(), b.up.addr6()
+	if !a6.IsValid() || !b6.IsValid() {
+		t.Fatalf("clients need an IPv6 address each: A %v, B %v", a.up.addresses, b.up.addresses)
+	}
+	t.Logf("client A %v %v, client B %v %v", a4, a6, b4, b6)
+
+	atB := map[netip.Addr]*atomic.Int64{
+		b4: countUDP(t, tp.client2, netip.AddrPortFrom(b4, 9200).String()),
+		b6: countUDP(t, tp.client2, netip.AddrPortFrom(b6, 9200).String()),
+	}
+	intoB := startCaptureOn(t, tp.client2, b.up.tun, "src host "+a4.String()+" or src host "+a6.String(), false)
+	refusedA := startCaptureOn(t, tp.client, a.up.tun, adminProhibited, false)
+
+	before := srv.metrics(t)
+	sent := map[netip.Addr]int{}
+	for _, dst := range []netip.Addr{b4, b6} {
+		// An unconnected socket: ICMP errors are not reported to it, so
+		// that no send fails because of the previous one's error.
+		pc := listenUDPIn(t, tp.client, ":0")
+		for i := range n {
+			if _, err := pc.WriteToUDPAddrPort(fmt.Appendf(nil, "c2c|%d", i), netip.AddrPortFrom(dst, 9200)); err != nil {
+				t.Errorf("send to %v: %v", dst, err)
+				continue
+			}
+			sent[dst]++
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	icmpErrs := 0
+	for _, dst := range []netip.Addr{b4, b6} {
+		icmpErrs += sendICMPErrors(t, tp.client, dst, n)
+	}
+	pings := map[netip.Addr]pingResult{}
+	pingErrs := map[netip.Addr]int{}
+	for _, dst := range []netip.Addr{b4, b6} {
+		pings[dst], pingErrs[dst] = pingThrough(t, tp.client, dst.String(), n)
+	}
+	time.Sleep(300 * time.Millisecond) // the last packets land
+	after := srv.metrics(t)
+	intoB.stop(5 * time.Second)
+	refusedA.stop(5 * time.Second)
+	arrived := len(nonEmptyLines(intoB.stdout.String()))
+	refused := len(nonEmptyLines(refusedA.stdout.String()))
+	denied := metricDelta(before, after, "masque_tunnel_dropped_packets_total", `reason="destination_denied"`)
+	icmp := metricDelta(before, after, "masque_tunnel_icmp_errors_sent_total")
+
+	total := 0
+	for _, dst := range []netip.Addr{b4, b6} {
+		p, errs := pings[dst], pingErrs[dst]
+		t.Logf("to B's %v: UDP sent %d, received by B's listener %d; pings sent %d, answered %d, ICMP errors %d", dst, sent[dst], atB[dst].Load(), p.sent, p.received, errs)
+		total += sent[dst] + p.sent
+		if sent[dst] != n || p.sent != n {
+			t.Errorf("to %v: sent %d datagrams and %d pings, want %d each (else the test proves nothing)\n%s", dst, sent[dst], p.sent, n, p.out)
+		}
+		wantUDP, wantReplies, wantErrs := int64(0), 0, p.sent
+		if allow {
+			wantUDP, wantReplies, wantErrs = int64(sent[dst]), p.sent, 0
+		}
+		if got := atB[dst].Load(); got != wantUDP {
+			t.Errorf("B's listener on %v received %d of A's %d datagrams, want %d", dst, got, sent[dst], wantUDP)
+		}
+		if p.received != wantReplies || errs != wantErrs {
+			t.Errorf("ping %v from A: %d of %d answered, %d ICMP errors; want %d answered, %d errors\n%s", dst, p.received, p.sent, errs, wantReplies, wantErrs, p.out)
+		}
+	}
+	if icmpErrs != 2*n {
+		t.Errorf("A sent %d ICMP errors to B, want %d (else the test proves nothing)", icmpErrs, 2*n)
+	}
+	t.Logf("A sent %d datagrams and pings and %d ICMP errors to B; packets from A on B's TUN: %d; ICMP administratively prohibited on A's TUN: %d; server: destination_denied +%v, ICMP errors sent +%v", total, icmpErrs, arrived, refused, denied, icmp)
+	wantArrived, wantDenied, wantRefused := 0, total+icmpErrs, total
+	if allow {
+		wantArrived, wantDenied, wantRefused = total+icmpErrs, 0, 0
+	}
+	if arrived != wantArrived {
+		t.Errorf("%d packets from A appeared on B's TUN, want %d", arrived, wantArrived)
+	}
+	if refused != wantRefused {
+		t.Errorf("A received %d ICMP administratively prohibited errors, want %d", refused, wantRefused)
+	}
+	if denied != float64(wantDenied) || icmp != float64(wantRefused) {
+		t.Errorf("server: destination_denied grew by %v and ICMP errors sent by %v, want %d and %d", denied, icmp, wantDenied, wantRefused)
+	}
+}
+
+// sendICMPErrors sends count ICMP (ICMPv6) port unreachable errors from ns
+// to dst on a raw socket, each quoting a UDP datagram from dst:9200 to
+// 198.18.9.9:40000 (2001:db8:9::9), and returns how many the kernel took.
+func sendICMPErrors(t *testing.T, ns string, dst netip.Addr, count int) int {
+	t.Helper()
+	network, laddr := "ip4:icmp", "0.0.0.0"
+	if dst.Is6() {
+		network, laddr = "ip6:ipv6-icmp", "::"
+	}
+	var pc net.PacketConn
+	if err := inNetns(ns, func() error {
+		var err error
+		pc, err = net.ListenPacket(network, laddr)
+		return err
+	}); err != nil {
+		t.Fatalf("raw socket %s in %s: %v", network, ns, err)
+	}
+	defer pc.Close()
+	msg := icmpPortUnreachable(dst)
+	sent := 0
+	for range count {
+		if _, err := pc.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+			t.Errorf("send ICMP error to %v: %v", dst, err)
+			continue
+		}
+		sent++
+		time.Sleep(5 * time.Millisecond)
+	}
+	return sent
+}
+
+// icmpPortUnreachable returns an ICMP (type 3 code 3) or ICMPv6 (type 1
+// code 4) port unreachable message quoting a UDP datagram from quotedSrc
+// to a documentation address. The kernel computes the ICMPv6 checksum of a
+// raw socket; the ICMP checksum is computed here.
+func icmpPortUnreachable(quotedSrc netip.Addr) []byte {
+	udp := []byte{0x23, 0xf0, 0x9c, 0x40, 0, 8, 0, 0} // 9200 → 40000, length 8, no checksum
+	if quotedSrc.Is6() {
+		ip := make([]byte, 40)
+		ip[0], ip[5], ip[6], ip[7] = 0x60, 8, 17, 64
+		s, d := quotedSrc.As16(), netip.MustParseAddr("2001:db8:9::9").As16()
+		copy(ip[8:], s[:])
+		copy(ip[24:], d[:])
+		return append(append([]byte{1, 4, 0, 0, 0, 0, 0, 0}, ip...), udp...)
+	}
+	ip := []byte{0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0}
+	s, d := quotedSrc.As4(), netip.MustParseAddr("198.18.9.9").As4()
+	ip = append(append(ip, s[:]...), d[:]...)
+	m := append(append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, ip...), udp...)
+	var sum uint32
+	for i := 0; i+1 < len(m); i += 2 {
+		sum += uint32(m[i])<<8 | uint32(m[i+1])
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	m[2], m[3] = byte(^sum>>8), byte(^sum)
+	return m
 }
