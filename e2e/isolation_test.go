@@ -568,3 +568,118 @@ func icmpPortUnreachable(quotedSrc netip.Addr) []byte {
 	m[2], m[3] = byte(^sum>>8), byte(^sum)
 	return m
 }
+
+// cpuTime returns the CPU time (user + system) that process pid has used,
+// from /proc/PID/stat, in the kernel's USER_HZ ticks of 10 ms.
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command name, field 2, is in parentheses and may hold spaces;
+	// utime and stime are fields 14 and 15.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		t.Fatalf("/proc/%d/stat: too few fields: %q", pid, s)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%d/stat: bad utime %q or stime %q", pid, f[11], f[12])
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// TestRoutingLoop: a packet for an address of the client pool that no
+// session holds does not loop. With allow_client_to_client (so that
+// policy lets it pass), a client sends a burst of 10,000 datagrams in 2 s
+// to unassigned addresses of both pools; the server's kernel routes them
+// back into the TUN (tcpdump sees them leave the kernel there), masqued
+// finds no session for them and drops each one once, counted as
+// no_session: the count is at most the number sent (plus the kernel's own
+// multicast into the TUN), where a loop would count each packet again on
+// every pass until its TTL (hop limit) ran out, and ICMP Time Exceeded
+// would come back (none does). masqued then goes quiet: in the 3 s after
+// the burst it uses less than 0.1 s of CPU, so nothing spins.
+//
+// The loop cannot form because masqued hands a session only packets for
+// that session's own address and takes from it only packets from that
+// address; a masqued that wrote packets without a session back into its
+// TUN fails every count here.
+func TestRoutingLoop(t *testing.T) {
+	const (
+		n     = 5000 // datagrams per destination
+		quiet = 3 * time.Second
+	)
+	unassigned := []string{"100.64.0.200", "fd6d:6173:7175:6500::200"}
+	tp := newTopo(t, false)
+	srv := tp.startServer(t, "--config", serverConfig(t, `{"allow_client_to_client": true}`))
+	pid := srv.cmd.Process.Pid
+	// What the kernel sends into the TUN toward the unassigned addresses,
+	// i.e. what masqued reads back.
+	// masqued writes GRO-coalesced datagrams into the TUN and the kernel
+	// routes them back as GSO packets, so this counts fewer packets than
+	// datagrams.
+	back := startCaptureOn(t, tp.server, serverTUN, "dst host "+unassigned[0]+" or dst host "+unassigned[1], true)
+	// The kernel's own packets into the TUN that no session owns either
+	// (IPv6 multicast listener reports after the TUN came up).
+	kernel := startCaptureOn(t, tp.server, serverTUN, "ip multicast or ip6 multicast", true)
+
+	before := srv.metrics(t)
+	cpu0 := cpuTime(t, pid)
+	start := time.Now()
+	out := runProbes(t, tp, "-probe", strings.Join(unassigned, ","), "-kinds", "udp", "-n", strconv.Itoa(n), "-pps", strconv.Itoa(n), "-wait", "500ms")
+	burst := time.Since(start)
+	cpu1 := cpuTime(t, pid)
+	mid := srv.metrics(t)
+	time.Sleep(quiet)
+	cpu2 := cpuTime(t, pid)
+	after := srv.metrics(t)
+	back.stop(5 * time.Second)
+	kernel.stop(5 * time.Second)
+	backLines := len(nonEmptyLines(back.stdout.String()))
+	kernelLines := len(nonEmptyLines(kernel.stdout.String()))
+
+	sent := 0
+	for _, a := range unassigned {
+		c := out.Probes[a]
+		if c == nil {
+			t.Fatalf("spoofclient reported nothing for %s", a)
+		}
+		t.Logf("to %s: sent %v, ICMP errors back %v, replies %v", a, c.Sent, c.ICMP, c.Replies)
+		if c.Sent["udp"] != n {
+			t.Errorf("%s: spoofclient put %d datagrams into the tunnel, want %d", a, c.Sent["udp"], n)
+		}
+		sent += c.Sent["udp"]
+		// ICMP Time Exceeded: a packet that looped until its TTL (hop
+		// limit) ran out.
+		te := c.ICMP["11/0"]
+		if strings.Contains(a, ":") {
+			te = c.ICMP["3/0"]
+		}
+		if te != 0 {
+			t.Errorf("%s: %d ICMP Time Exceeded came back, want 0 (the packets looped)", a, te)
+		}
+	}
+	noSession := metricDelta(before, after, "masque_tunnel_dropped_packets_total", `reason="no_session"`)
+	noSessionQuiet := metricDelta(mid, after, "masque_tunnel_dropped_packets_total", `reason="no_session"`)
+	denied := metricDelta(before, after, "masque_tunnel_dropped_packets_total", `reason="destination_denied"`)
+	t.Logf("burst: %d datagrams in %v (with the 0.5 s wait); routed back into the TUN by the kernel: %d packets; kernel's own multicast into the TUN: %d; no_session drops +%v (+%v after the burst); destination_denied +%v; other packets to the client (IPv6 redirects): %d",
+		sent, burst.Round(time.Millisecond), backLines, kernelLines, noSession, noSessionQuiet, denied, out.Other)
+	t.Logf("masqued CPU: %v during the burst, %v in the %v after it", cpu1-cpu0, cpu2-cpu1, quiet)
+
+	if hi := sent + kernelLines; noSession > float64(hi) || noSession < 0.95*float64(sent) {
+		t.Errorf("no_session drops grew by %v for %d datagrams sent and %d multicast packets of the kernel's, want each dropped once (between %d and %d)", noSession, sent, kernelLines, int(0.95*float64(sent)), hi)
+	}
+	if denied != 0 {
+		t.Errorf("destination_denied grew by %v, want 0 (allow_client_to_client lets the datagrams reach the kernel)", denied)
+	}
+	if backLines == 0 || backLines > sent {
+		t.Errorf("the kernel routed %d packets back into the TUN, want between 1 and %d (each datagram once at most)", backLines, sent)
+	}
+	if used := cpu2 - cpu1; used >= 100*time.Millisecond {
+		t.Errorf("masqued used %v of CPU in the %v after the burst, want < 100ms: something spins", used, quiet)
+	}
+}
