@@ -19,10 +19,10 @@ const (
 	ReasonNone          Reason = iota // "none": allowed
 	ReasonLoopback                    // "loopback": 127.0.0.0/8, ::1
 	ReasonLinkLocal                   // "link_local": 169.254.0.0/16, fe80::/10
-	ReasonMulticast                   // "multicast": 224.0.0.0/4, ff00::/8, 255.255.255.255
+	ReasonMulticast                   // "multicast": 224.0.0.0/4, ff00::/8, 255.255.255.255, the server's directed broadcasts
 	ReasonMetadata                    // "metadata": cloud metadata services, 169.254.169.254, fd00:ec2::254
 	ReasonUnspecified                 // "unspecified": 0.0.0.0/8, ::, and the invalid Addr
-	ReasonServerAddress               // "server_address": one of the server's own addresses
+	ReasonServerAddress               // "server_address": one of the server's own addresses, or a subnet-router anycast address of its prefixes
 	ReasonOtherClient                 // "other_client": inside a client address pool
 	ReasonOperatorDeny                // "operator_deny": in DestinationsConfig.Deny
 	numReasons
@@ -74,6 +74,15 @@ var defaultDenies = []struct {
 type DestinationsConfig struct {
 	// ServerAddrs are the server host's own addresses.
 	ServerAddrs []netip.Addr
+	// ServerPrefixes are the server host's interface addresses with their
+	// prefix lengths, as "ip addr" shows them (198.18.2.1/24, not masked).
+	// Each address is refused like ServerAddrs, and so are the other
+	// addresses that the host takes as its own for the prefix: the IPv4
+	// directed broadcast address of a prefix up to /30 (RFC 919;
+	// ReasonMulticast, like the limited broadcast), and the IPv6
+	// subnet-router anycast address of a prefix up to /126 (RFC 4291
+	// §2.6.1, which a forwarding Linux host joins; ReasonServerAddress).
+	ServerPrefixes []netip.Prefix
 	// ClientPrefixes are the client address pools. Destinations inside them
 	// are refused with ReasonOtherClient unless AllowClientToClient is set.
 	ClientPrefixes []netip.Prefix
@@ -89,8 +98,8 @@ type DestinationsConfig struct {
 //
 // By default everything is allowed except loopback, link-local, multicast
 // and broadcast, cloud metadata services, unspecified addresses, the
-// server's own addresses and, unless AllowClientToClient, other clients'
-// addresses. The operator adds denies with Deny and exceptions with Allow.
+// server's own addresses (with the broadcast and anycast addresses of its
+// prefixes) and, unless AllowClientToClient, other clients' addresses. The operator adds denies with Deny and exceptions with Allow.
 //
 // The most specific (longest) matching prefix decides. Among equally long
 // prefixes an operator Deny beats an Allow, and an Allow beats a default
@@ -132,6 +141,15 @@ func NewDestinations(cfg DestinationsConfig) (*Destinations, error) {
 		}
 		a = a.Unmap().WithZone("")
 		add(netip.PrefixFrom(a, a.BitLen()), ReasonServerAddress, rankDefault(ReasonServerAddress))
+	}
+	for i, p := range cfg.ServerPrefixes {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("ServerPrefixes[%d]: invalid prefix", i))
+			continue
+		}
+		for _, r := range serverPrefixRules(p) {
+			add(r.prefix, r.reason, rankDefault(r.reason))
+		}
 	}
 	for i, p := range cfg.ClientPrefixes {
 		if valid("ClientPrefixes", i, p) && !cfg.AllowClientToClient {
@@ -187,6 +205,30 @@ func (d *Destinations) Check(dst netip.Addr) Reason {
 	default:
 		return ReasonUnspecified
 	}
+}
+
+// serverPrefixRules returns the single-address rules for the server's
+// interface address p (address and prefix length): the address, and its
+// prefix's directed broadcast (IPv4) or subnet-router anycast (IPv6)
+// address.
+func serverPrefixRules(p netip.Prefix) []rule {
+	a := p.Addr().WithZone("")
+	bits := p.Bits()
+	if a.Is4In6() {
+		a, bits = a.Unmap(), max(bits-96, 0)
+	}
+	host := func(b netip.Addr) netip.Prefix { return netip.PrefixFrom(b, b.BitLen()) }
+	rules := []rule{{prefix: host(a), reason: ReasonServerAddress}}
+	switch {
+	case a.Is4() && bits <= 30:
+		b := a.As4()
+		v := binary.BigEndian.Uint32(b[:]) | uint32(1<<(32-bits)-1)
+		bcast := netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v)))
+		rules = append(rules, rule{prefix: host(bcast), reason: ReasonMulticast})
+	case a.Is6() && bits <= 126:
+		rules = append(rules, rule{prefix: host(netip.PrefixFrom(a, bits).Masked().Addr()), reason: ReasonServerAddress})
+	}
+	return rules
 }
 
 // Precedence among rules with the same prefix: lower rank wins.

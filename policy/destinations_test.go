@@ -16,6 +16,12 @@ var testDestinationsConfig = DestinationsConfig{
 		netip.MustParseAddr("fd00:1::1"),
 		netip.MustParseAddr("::ffff:198.18.0.2"), // mapped: treated as IPv4
 	},
+	ServerPrefixes: []netip.Prefix{
+		netip.MustParsePrefix("198.18.0.1/24"),
+		netip.MustParsePrefix("2001:db8::1/64"),
+		netip.MustParsePrefix("100.64.0.1/10"),
+		netip.MustParsePrefix("fd00:1::1/64"),
+	},
 	ClientPrefixes: []netip.Prefix{
 		netip.MustParsePrefix("100.64.0.0/10"),
 		netip.MustParsePrefix("fd00:1::/64"),
@@ -105,7 +111,12 @@ func TestDestinationsCheck(t *testing.T) {
 		{"100.64.0.1", ReasonServerAddress},
 		{"fd00:1::1", ReasonServerAddress},
 		{"100.64.0.2", ReasonOtherClient},
-		{"100.127.255.255", ReasonOtherClient},
+		{"100.127.255.254", ReasonOtherClient},
+		{"100.127.255.255", ReasonMulticast}, // the pool's broadcast: ServerPrefixes 100.64.0.1/10
+		{"198.18.0.255", ReasonMulticast},    // directed broadcast of 198.18.0.1/24
+		{"198.18.0.3", ReasonNone},
+		{"2001:db8::", ReasonServerAddress}, // subnet-router anycast of 2001:db8::1/64
+		{"fd00:1::", ReasonServerAddress},   // and of the pool, fd00:1::1/64
 		{"100.128.0.0", ReasonNone},
 		{"fd00:1::2", ReasonOtherClient},
 		{"fd00:1:0:0:ffff:ffff:ffff:ffff", ReasonOtherClient},
@@ -171,6 +182,23 @@ func TestDestinationsAllow(t *testing.T) {
 		{"deny everything", DestinationsConfig{Deny: []netip.Prefix{p("0.0.0.0/0")}}, "8.8.8.8", ReasonOperatorDeny},
 		{"deny everything beats default", DestinationsConfig{Deny: []netip.Prefix{p("0.0.0.0/0")}}, "127.0.0.1", ReasonLoopback},
 		{"deny last address", DestinationsConfig{Deny: []netip.Prefix{p("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")}}, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", ReasonOperatorDeny},
+		{"server prefix: its address", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("198.18.2.1/24")}}, "198.18.2.1", ReasonServerAddress},
+		{"server prefix: directed broadcast", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("198.18.2.1/24")}}, "198.18.2.255", ReasonMulticast},
+		{"server prefix: network address", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("198.18.2.1/24")}}, "198.18.2.0", ReasonNone},
+		{"server prefix: another host", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("198.18.2.1/24")}}, "198.18.2.2", ReasonNone},
+		{"server prefix /30 broadcast", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("198.18.2.5/30")}}, "198.18.2.7", ReasonMulticast},
+		{"server prefix /31 has no broadcast", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("198.18.2.4/31")}}, "198.18.2.5", ReasonNone},
+		{"server prefix /32", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("198.18.2.4/32")}}, "198.18.2.4", ReasonServerAddress},
+		{"mapped server prefix", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("::ffff:198.18.2.1/120")}}, "198.18.2.255", ReasonMulticast},
+		{"server prefix: subnet-router anycast", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("2001:db8:2::1/64")}}, "2001:db8:2::", ReasonServerAddress},
+		{"server prefix: ipv6 address", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("2001:db8:2::1/64")}}, "2001:db8:2::1", ReasonServerAddress},
+		{"server prefix: ipv6 other host", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("2001:db8:2::1/64")}}, "2001:db8:2::2", ReasonNone},
+		{"server prefix /127 has no anycast", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("2001:db8:2::1/127")}}, "2001:db8:2::", ReasonNone},
+		{"zoned server prefix", DestinationsConfig{ServerPrefixes: []netip.Prefix{netip.PrefixFrom(netip.MustParseAddr("2001:db8:2::1%eth0"), 64)}}, "2001:db8:2::", ReasonServerAddress},
+		{"pool broadcast with client to client", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("100.64.0.1/16")}, ClientPrefixes: []netip.Prefix{p("100.64.0.0/16")}, AllowClientToClient: true}, "100.64.255.255", ReasonMulticast},
+		{"pool anycast with client to client", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("fd00:1::1/64")}, ClientPrefixes: []netip.Prefix{p("fd00:1::/64")}, AllowClientToClient: true}, "fd00:1::", ReasonServerAddress},
+		{"pool client with client to client", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("100.64.0.1/16")}, ClientPrefixes: []netip.Prefix{p("100.64.0.0/16")}, AllowClientToClient: true}, "100.64.0.2", ReasonNone},
+		{"allow directed broadcast", DestinationsConfig{ServerPrefixes: []netip.Prefix{p("198.18.2.1/24")}, Allow: []netip.Prefix{p("198.18.2.255/32")}}, "198.18.2.255", ReasonNone},
 		{"allow ipv4 broadcast", DestinationsConfig{Allow: []netip.Prefix{p("255.255.255.255/32")}}, "255.255.255.255", ReasonNone},
 		{"allow ipv4 broadcast, multicast not", DestinationsConfig{Allow: []netip.Prefix{p("255.255.255.255/32")}}, "224.0.0.1", ReasonMulticast},
 	}
@@ -204,12 +232,14 @@ func TestNewDestinationsErrors(t *testing.T) {
 			name: "all reported",
 			cfg: DestinationsConfig{
 				ServerAddrs:    []netip.Addr{{}},
+				ServerPrefixes: []netip.Prefix{p("198.18.2.1/24"), {}},
 				ClientPrefixes: []netip.Prefix{p("100.64.0.1/10")},
 				Allow:          []netip.Prefix{{}},
 				Deny:           []netip.Prefix{p("2001:db8::1/32")},
 			},
 			wantErr: []string{
 				"ServerAddrs[0]: invalid address",
+				"ServerPrefixes[1]: invalid prefix",
 				"ClientPrefixes[0]: 100.64.0.1/10 not masked",
 				"Allow[0]: invalid prefix",
 				"Deny[0]: 2001:db8::1/32 not masked",
@@ -255,6 +285,21 @@ func refCheck(cfg DestinationsConfig, dst netip.Addr) Reason {
 	for _, a := range cfg.ServerAddrs {
 		a = a.Unmap().WithZone("")
 		rules = append(rules, r{netip.PrefixFrom(a, a.BitLen()), ReasonServerAddress, rankDefault(ReasonServerAddress)})
+	}
+	for _, p := range cfg.ServerPrefixes {
+		a, bits := p.Addr().WithZone(""), p.Bits()
+		if a.Is4In6() {
+			a, bits = a.Unmap(), max(0, bits-96)
+		}
+		one := func(b netip.Addr, why Reason) r { return r{netip.PrefixFrom(b, b.BitLen()), why, rankDefault(why)} }
+		rules = append(rules, one(a, ReasonServerAddress))
+		net := netip.PrefixFrom(a, bits).Masked()
+		if a.Is4() && bits < 31 {
+			rules = append(rules, one(lastAddr(net), ReasonMulticast))
+		}
+		if a.Is6() && bits < 127 {
+			rules = append(rules, one(net.Addr(), ReasonServerAddress))
+		}
 	}
 	if !cfg.AllowClientToClient {
 		for _, p := range cfg.ClientPrefixes {
@@ -306,6 +351,10 @@ func TestDestinationsReference(t *testing.T) {
 		addrs = append(addrs, first, first.Prev(), first.Next(), last, last.Prev(), last.Next())
 	}
 	addrs = append(addrs, cfg.ServerAddrs...)
+	for _, pf := range cfg.ServerPrefixes {
+		m := pf.Masked()
+		addrs = append(addrs, pf.Addr(), m.Addr(), m.Addr().Next(), lastAddr(m), lastAddr(m).Prev())
+	}
 	for range 10000 {
 		var b [16]byte
 		for i := range b {
@@ -373,6 +422,8 @@ func FuzzDestinationsCheck(f *testing.F) {
 	f.Add([]byte{0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, []byte{2, 10, 0xfe, 0x80, 0, 0, 3, 128, 0xfe, 0x80, 0, 0})
 	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3}, []byte{1, 8, 10, 0, 0, 0, 0, 16, 10, 1, 0, 0})
 	f.Add([]byte{100, 64, 0, 9}, []byte{8, 10, 100, 64, 0, 0, 4, 32, 100, 64, 0, 9, 16, 10, 100, 64, 0, 0})
+	f.Add([]byte{198, 18, 2, 255}, []byte{64, 24, 198, 18, 2, 1, 16 | 8, 16, 198, 18, 0, 0})
+	f.Add([]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, []byte{64 | 2, 32, 0x20, 0x01, 0x0d, 0xb8})
 	f.Fuzz(func(t *testing.T, addr, rules []byte) {
 		var cfg DestinationsConfig
 		for ; len(rules) >= 6; rules = rules[6:] {
@@ -393,6 +444,8 @@ func FuzzDestinationsCheck(f *testing.F) {
 			}
 			pf := netip.PrefixFrom(a, bits).Masked()
 			switch {
+			case kind&64 != 0:
+				cfg.ServerPrefixes = append(cfg.ServerPrefixes, netip.PrefixFrom(a, bits))
 			case kind&4 != 0:
 				cfg.ServerAddrs = append(cfg.ServerAddrs, a)
 			case kind&8 != 0:
