@@ -229,22 +229,40 @@ func newLogger(level string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 }
 
-// hostAddrs returns the addresses on this host's interfaces, which clients
-// must not reach through the tunnel unless allowed.
-func hostAddrs() []netip.Addr {
-	var out []netip.Addr
+// hostPrefixes returns the addresses on this host's interfaces with their
+// prefix lengths: clients must not reach them through the tunnel unless
+// allowed, nor the broadcast and anycast addresses the host takes as its
+// own for those prefixes.
+func hostPrefixes() []netip.Prefix {
+	var out []netip.Prefix
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
 		return nil
 	}
 	for _, a := range addrs {
 		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok {
-				out = append(out, ip.Unmap())
+			if p, ok := ipNetPrefix(n); ok {
+				out = append(out, p)
 			}
 		}
 	}
 	return out
+}
+
+// ipNetPrefix converts an interface address to an address and prefix
+// length (not masked). IPv4 comes as 16-byte IPs with 4- or 16-byte masks.
+func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	ip, ok := netip.AddrFromSlice(n.IP)
+	ones, bits := n.Mask.Size()
+	if !ok || bits == 0 {
+		return netip.Prefix{}, false
+	}
+	ip = ip.Unmap()
+	ones -= bits - ip.BitLen()
+	if ones < 0 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(ip, ones), true
 }
 
 func runServer(ctx context.Context, s *settings, reload func() (*settings, error)) (retErr error) {
@@ -281,16 +299,7 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 		tunAddrs = append(tunAddrs, netip.PrefixFrom(pool6.Gateway(), s.Pool6.Bits()))
 		pools = append(pools, s.Pool6)
 	}
-	gateways := func() []netip.Addr {
-		var gw []netip.Addr
-		for _, p := range []*policy.Pool{pool4, pool6} {
-			if p != nil {
-				gw = append(gw, p.Gateway())
-			}
-		}
-		return gw
-	}()
-	dests, err := destinations(s, gateways)
+	dests, err := destinations(s, tunAddrs)
 	if err != nil {
 		return usagef("destinations: %v", err)
 	}
@@ -425,7 +434,7 @@ wait:
 			qs.Close()
 			return err
 		case <-hup:
-			reloadConfig(s, reload, m, app, gateways, logger)
+			reloadConfig(s, reload, m, app, tunAddrs, logger)
 		case <-ctx.Done():
 			break wait
 		}
@@ -442,9 +451,11 @@ wait:
 }
 
 // destinations builds the destination policy of s: the defaults, this
-// host's addresses and the pools' gateways (the server's own), the pools
-// unless clients may reach each other, and the operator's allow and deny.
-func destinations(s *settings, gateways []netip.Addr) (*policy.Destinations, error) {
+// host's interface prefixes and the TUN's (tunAddrs: the server's own
+// addresses, their directed broadcasts and subnet-router anycasts), the
+// pools unless clients may reach each other, and the operator's allow and
+// deny.
+func destinations(s *settings, tunAddrs []netip.Prefix) (*policy.Destinations, error) {
 	pools := make([]netip.Prefix, 0, 2)
 	for _, p := range []netip.Prefix{s.Pool4, s.Pool6} {
 		if p.IsValid() {
@@ -452,7 +463,8 @@ func destinations(s *settings, gateways []netip.Addr) (*policy.Destinations, err
 		}
 	}
 	return policy.NewDestinations(policy.DestinationsConfig{
-		ServerAddrs:         append(hostAddrs(), gateways...),
+		// The TUN may not exist yet: its prefixes are the gateways'.
+		ServerPrefixes:      append(hostPrefixes(), tunAddrs...),
 		ClientPrefixes:      pools,
 		AllowClientToClient: s.AllowClientToClient,
 		Allow:               s.Allow,
@@ -468,7 +480,7 @@ func destinations(s *settings, gateways []netip.Addr) (*policy.Destinations, err
 // their next packet; CONNECT-UDP flows it refuses are closed. A
 // configuration or tokens file that does not load changes nothing. Other
 // changed settings are named in the log: they take a restart.
-func reloadConfig(s *settings, reload func() (*settings, error), m *material, app *tunnel.Server, gateways []netip.Addr, logger *slog.Logger) {
+func reloadConfig(s *settings, reload func() (*settings, error), m *material, app *tunnel.Server, tunAddrs []netip.Prefix, logger *slog.Logger) {
 	ns, err := reload()
 	if err != nil {
 		logger.Error("reload: nothing changed", "err", err)
@@ -488,7 +500,7 @@ func reloadConfig(s *settings, reload func() (*settings, error), m *material, ap
 		logger.Error("reload: nothing changed", "err", "tokens: removing the tokens file takes a restart")
 		return
 	}
-	dests, err := destinations(ns, gateways)
+	dests, err := destinations(ns, tunAddrs)
 	if err != nil {
 		logger.Error("reload: nothing changed", "err", fmt.Errorf("destinations: %w", err))
 		return
