@@ -318,9 +318,20 @@ func (ss *session) checkInbound(d []byte, dst []byte) (int, bool) {
 		c.drop(dropSourceSpoof)
 		return 0, false
 	}
-	if !ss.scope.allows(h.dst, h.proto) || ss.srv.dests.Load().Check(h.dst) != policy.ReasonNone {
+	if !ss.scope.allows(h.dst, h.proto) {
 		c.drop(dropDestDenied)
 		ss.sendICMP(pkt, icmpAdminProhibited, 0)
+		return 0, false
+	}
+	if r := ss.srv.dests.Load().Check(h.dst); r != policy.ReasonNone {
+		c.drop(dropDestDenied)
+		// No ICMP error about a datagram to a broadcast or multicast
+		// address (RFC 1812 §4.3.2.7, RFC 4443 §2.4 (e)). appendICMPError
+		// knows the limited broadcast and multicast; policy also knows the
+		// directed broadcasts of the server's prefixes.
+		if r != policy.ReasonMulticast {
+			ss.sendICMP(pkt, icmpAdminProhibited, 0)
+		}
 		return 0, false
 	}
 	c.rxPackets.Add(1)

@@ -71,6 +71,13 @@ func selfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
 
 func startServer(t *testing.T, opts ...func(*ServerConfig)) *testServer {
 	t.Helper()
+	return startServerWith(t, nil, opts...)
+}
+
+// startServerWith is startServer with a hook that may change the
+// destination policy's configuration.
+func startServerWith(t *testing.T, destinations func(*policy.DestinationsConfig), opts ...func(*ServerConfig)) *testServer {
+	t.Helper()
 	toks, err := policy.ParseTokens(strings.NewReader("alice " + testToken + "\nbob " + testToken + "-bob\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -83,10 +90,14 @@ func startServer(t *testing.T, opts ...func(*ServerConfig)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dests, err := policy.NewDestinations(policy.DestinationsConfig{
+	dcfg := policy.DestinationsConfig{
 		ServerAddrs:    []netip.Addr{netip.MustParseAddr("127.0.0.1"), p4.Gateway(), p6.Gateway()},
 		ClientPrefixes: []netip.Prefix{p4.Prefix(), p6.Prefix()},
-	})
+	}
+	if destinations != nil {
+		destinations(&dcfg)
+	}
+	dests, err := policy.NewDestinations(dcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,6 +364,41 @@ func TestTunnelRefusesDeniedDestinationWithICMP(t *testing.T) {
 	case p := <-ts.dev.Inbound:
 		t.Errorf("a denied packet reached the server TUN: %x", p)
 	default:
+	}
+}
+
+// TestTunnelNoICMPForBroadcast: a packet to a broadcast address, here the
+// directed broadcast of one of the server's prefixes, is dropped without an
+// ICMP error (RFC 1812 §4.3.2.7); the next denied packet, to loopback, is
+// answered, so the first answer the client sees must be about loopback.
+func TestTunnelNoICMPForBroadcast(t *testing.T) {
+	ts := startServerWith(t, func(c *policy.DestinationsConfig) {
+		c.ServerPrefixes = []netip.Prefix{netip.MustParsePrefix("198.18.2.1/24")}
+	})
+	tc, err := ts.connect(t, testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a4 := addrOf(t, tc.c, true)
+	before := ts.srv.counters.drops[dropDestDenied].Load()
+	for _, dst := range []string{"198.18.2.255", "255.255.255.255", "127.0.0.1"} {
+		send(t, tc.dev.Outbound, udp4(a4, netip.MustParseAddr(dst), 1000, 80, []byte("x")))
+	}
+	icmp := recv(t, tc.dev.Inbound, "ICMP error at the client")
+	h := mustHeader(t, icmp)
+	if h.proto != protoICMP || len(icmp) < h.hdrLen+28 || icmp[h.hdrLen] != 3 || icmp[h.hdrLen+1] != 13 {
+		t.Fatalf("got %x, want ICMP type 3 code 13", icmp)
+	}
+	if q := netip.AddrFrom4([4]byte(icmp[h.hdrLen+8+16 : h.hdrLen+8+20])); q != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("first ICMP error quotes a packet to %v, want 127.0.0.1 (broadcasts are not answered)", q)
+	}
+	if got := ts.srv.counters.drops[dropDestDenied].Load(); got != before+3 {
+		t.Errorf("destination_denied = %d, want %d", got, before+3)
+	}
+	select {
+	case p := <-tc.dev.Inbound:
+		t.Errorf("another packet at the client: %x", p)
+	case <-time.After(200 * time.Millisecond):
 	}
 }
 
