@@ -66,21 +66,26 @@ func runProbes(t *testing.T, tp *topo, args ...string) probeOutput {
 	return out
 }
 
+// listenerControl sets SO_REUSEADDR, as the sockets of countGroupUDP do
+// (those are bound to the wildcard address and the same port), and
+// IP_FREEBIND, which lets a socket bind to an anycast address.
+func listenerControl(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = errors.Join(
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1),
+			syscall.SetsockoptInt(int(fd), syscall.SOL_IP, syscall.IP_FREEBIND, 1))
+	})
+	return errors.Join(err, serr)
+}
+
 // countUDP counts the datagrams that a socket bound to addr in ns receives
-// until the test ends. The socket has SO_REUSEADDR, as the sockets of
-// countGroupUDP do: those are bound to the wildcard address and the same
-// port.
+// until the test ends (listenerControl).
 func countUDP(t *testing.T, ns, addr string) *atomic.Int64 {
 	t.Helper()
 	var pc *net.UDPConn
 	err := inNetns(ns, func() error {
-		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
-			})
-			return errors.Join(err, serr)
-		}}
+		lc := net.ListenConfig{Control: listenerControl}
 		c, err := lc.ListenPacket(context.Background(), "udp", addr)
 		if err != nil {
 			return err
@@ -139,13 +144,14 @@ func countDatagrams(t *testing.T, pc *net.UDPConn) *atomic.Int64 {
 }
 
 // countAccepts counts the TCP connections that a listener bound to addr in
-// ns accepts until the test ends; it closes each at once.
+// ns (listenerControl) accepts until the test ends; it closes each at once.
 func countAccepts(t *testing.T, ns, addr string) *atomic.Int64 {
 	t.Helper()
 	var ln net.Listener
 	err := inNetns(ns, func() error {
 		var err error
-		ln, err = net.Listen("tcp", addr)
+		lc := net.ListenConfig{Control: listenerControl}
+		ln, err = lc.Listen(context.Background(), "tcp", addr)
 		return err
 	})
 	if err != nil {
@@ -212,8 +218,9 @@ func serverConfig(t *testing.T, json string) string {
 
 // TestDeniedTargets: over CONNECT-IP, the destinations that policy denies
 // by default (the server's loopback, its own addresses on every interface
-// and in the pools, the metadata service, link-local, multicast and
-// broadcast) are refused: a hostile client (spoofclient, which puts any
+// and in the pools, the broadcast and subnet-router anycast addresses that
+// it takes as its own for its prefixes, the metadata service, link-local,
+// multicast and broadcast) are refused: a hostile client (spoofclient, which puts any
 // packet into its session, also to addresses its own kernel would keep
 // local) sends UDP, TCP SYN and echo probes to each, and none is written
 // into the server's TUN (tcpdump there), none hits a UDP or TCP listener
@@ -233,11 +240,12 @@ func TestDeniedTargets(t *testing.T) {
 	srv := tp.startServer(t)
 
 	type probe struct {
-		addr    string
-		reason  string
-		listen  bool // a UDP and a TCP listener are bound to it in the server namespace
-		noICMP  bool // multicast and broadcast: no ICMP error expected
-		control bool // the target: must arrive
+		addr      string
+		reason    string
+		listen    bool // a UDP and a TCP listener are bound to it in the server namespace
+		listenUDP bool // a UDP listener only (broadcast: TCP does not accept it)
+		noICMP    bool // multicast and broadcast: no ICMP error expected
+		control   bool // the target: must arrive
 	}
 	probes := []probe{
 		{addr: "127.0.0.1", reason: "loopback", listen: true},
@@ -248,6 +256,11 @@ func TestDeniedTargets(t *testing.T) {
 		{addr: "2001:db8:2::1", reason: "server address (egress)", listen: true},
 		{addr: gateway4, reason: "server address (TUN gateway)", listen: true},
 		{addr: gateway6, reason: "server address (TUN gateway)", listen: true},
+		// The server's kernel delivers these to its own sockets too.
+		{addr: "198.18.1.255", reason: "directed broadcast (toward the client)", listenUDP: true, noICMP: true},
+		{addr: "198.18.2.255", reason: "directed broadcast (egress)", listenUDP: true, noICMP: true},
+		{addr: "2001:db8:1::", reason: "subnet-router anycast (toward the client)", listen: true},
+		{addr: "2001:db8:2::", reason: "subnet-router anycast (egress)", listen: true},
 		{addr: "169.254.169.254", reason: "metadata"},
 		{addr: "fd00:ec2::254", reason: "metadata"},
 		{addr: "169.254.1.1", reason: "link-local"},
@@ -265,9 +278,10 @@ func TestDeniedTargets(t *testing.T) {
 		if p.control {
 			ns = tp.target
 		}
+		if p.listen || p.listenUDP || p.control {
+			udpHits[p.addr] = countUDP(t, ns, net.JoinHostPort(p.addr, "9200"))
+		}
 		if p.listen || p.control {
-			hp := net.JoinHostPort(p.addr, "9200")
-			udpHits[p.addr] = countUDP(t, ns, hp)
 			tcpHits[p.addr] = countAccepts(t, ns, net.JoinHostPort(p.addr, "9201"))
 		}
 	}
