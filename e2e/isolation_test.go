@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -695,5 +696,50 @@ func TestRoutingLoop(t *testing.T) {
 	}
 	if used := cpu2 - cpu1; used >= 100*time.Millisecond {
 		t.Errorf("masqued used %v of CPU in the %v after the burst, want < 100ms: something spins", used, quiet)
+	}
+}
+
+// TestAddedServerAddress: an address the server gains while masqued runs
+// is refused like those it had at start. masqued follows the host's
+// addresses (netlink) and rebuilds its policy; probes to the new
+// addresses get 0 listener hits and ICMP administratively prohibited.
+func TestAddedServerAddress(t *testing.T) {
+	const n = 5
+	tp := newTopo(t, false)
+	srv := tp.startServer(t)
+	added := []string{"198.18.2.3", "2001:db8:2::3"}
+	for i, a := range added {
+		bits := []string{"/24", "/64"}[i]
+		mustRun(t, "ip", "-n", tp.server, "addr", "add", a+bits, "dev", egressIf, "nodad")
+		t.Cleanup(func() { exec.Command("ip", "-n", tp.server, "addr", "del", a+bits, "dev", egressIf).Run() })
+	}
+	waitUntil(t, "masqued to rebuild its policy", 5*time.Second, func() bool {
+		return strings.Contains(srv.stderr.String(), "host addresses changed: policy rebuilt")
+	})
+	udp, tcp := map[string]*atomic.Int64{}, map[string]*atomic.Int64{}
+	for _, a := range added {
+		udp[a] = countUDP(t, tp.server, net.JoinHostPort(a, "9200"))
+		tcp[a] = countAccepts(t, tp.server, net.JoinHostPort(a, "9201"))
+	}
+	out := runProbes(t, tp, "-probe", strings.Join(added, ","), "-kinds", "udp,tcp,echo", "-n", strconv.Itoa(n), "-pps", "500", "-wait", "1s")
+	for _, a := range added {
+		c := out.Probes[netip.MustParseAddr(a).String()]
+		if c == nil {
+			t.Fatalf("spoofclient reported nothing for %s", a)
+		}
+		code := "3/13"
+		if netip.MustParseAddr(a).Is6() {
+			code = "1/1"
+		}
+		t.Logf("%s (added after start): sent %v, ICMP %v, replies %v, UDP listener hits %d, TCP accepts %d", a, c.Sent, c.ICMP, c.Replies, udp[a].Load(), tcp[a].Load())
+		if sum(c.Sent) != 3*n {
+			t.Errorf("%s: %d probes sent, want %d", a, sum(c.Sent), 3*n)
+		}
+		if udp[a].Load() != 0 || tcp[a].Load() != 0 || sum(c.Replies) != 0 {
+			t.Errorf("%s: %d UDP hits, %d TCP accepts, %d replies; want 0", a, udp[a].Load(), tcp[a].Load(), sum(c.Replies))
+		}
+		if c.ICMP[code] != 3*n {
+			t.Errorf("%s: ICMP errors %v, want %d of %s", a, c.ICMP, 3*n, code)
+		}
 	}
 }

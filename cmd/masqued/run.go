@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 )
 
 // serverFlags binds the run flags onto a Config; flags that were set
@@ -427,6 +428,8 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// The policy refuses this host's addresses: follow them as they change.
+	addrsChanged := watchAddrs(ctx, logger)
 wait:
 	for {
 		select {
@@ -435,6 +438,14 @@ wait:
 			return err
 		case <-hup:
 			reloadConfig(s, reload, m, app, tunAddrs, logger)
+		case <-addrsChanged:
+			dests, err := destinations(s, tunAddrs)
+			if err != nil {
+				logger.Error("host addresses changed: policy unchanged", "err", err)
+				continue
+			}
+			closed := app.SetPolicy(dests, s.UDPRules)
+			logger.Info("host addresses changed: policy rebuilt", "prefixes", len(hostPrefixes()), "udp_flows_closed", closed)
 		case <-ctx.Done():
 			break wait
 		}
@@ -448,6 +459,53 @@ wait:
 	<-serveErr
 	logger.Info("stopped")
 	return nil
+}
+
+// watchAddrs reports changes of this host's addresses (netlink), at most
+// one every 100 ms, until ctx is done. If it cannot subscribe it logs
+// why and reports nothing: the policy then knows the addresses of the
+// start and of each SIGHUP.
+func watchAddrs(ctx context.Context, logger *slog.Logger) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	updates := make(chan netlink.AddrUpdate, 64)
+	done := make(chan struct{})
+	err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
+		ErrorCallback: func(err error) { logger.Warn("address watch", "err", err) },
+	})
+	if err != nil {
+		logger.Warn("cannot watch this host's addresses: restart masqued or send SIGHUP after adding one", "err", err)
+		return out
+	}
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case _, ok := <-updates:
+				if !ok {
+					return
+				}
+			}
+			// Coalesce a burst (an interface coming up brings several).
+			settle := time.After(100 * time.Millisecond)
+		drain:
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-updates:
+				case <-settle:
+					break drain
+				}
+			}
+			select {
+			case out <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return out
 }
 
 // destinations builds the destination policy of s: the defaults, this
