@@ -3,6 +3,7 @@ package tunnel
 import (
 	"sync/atomic"
 
+	"github.com/masque-vpn/masque/policy"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -96,21 +97,40 @@ var (
 		"QUIC connections closed because they sent no request in time (RequestTimeout).", nil, nil)
 	descRefused = prometheus.NewDesc("masque_tunnel_refused_requests_total",
 		"CONNECT-IP requests refused, by reason.", []string{"reason"}, nil)
+	descPoolInUse = prometheus.NewDesc("masque_pool_addresses_in_use",
+		"Client addresses held by open sessions, by address family.", []string{"family"}, nil)
+	descPoolReserved = prometheus.NewDesc("masque_pool_addresses_reserved",
+		"Client addresses reserved: those in use plus released ones still leased to their identity "+
+			"(expired leases are reclaimed lazily), by address family.", []string{"family"}, nil)
 )
 
-// collector exports counters to Prometheus.
-type collector struct{ c *counters }
+// collector exports counters and the address pools' occupancy to
+// Prometheus.
+type collector struct {
+	c            *counters
+	pool4, pool6 *policy.Pool // nil when that family is off
+}
 
 var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns} {
+	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved} {
 		ch <- d
 	}
 	describeUDP(ch)
 }
 
 func (k collector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range []struct {
+		pool   *policy.Pool
+		family string
+	}{{k.pool4, "ipv4"}, {k.pool6, "ipv6"}} {
+		if p.pool == nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descPoolInUse, prometheus.GaugeValue, float64(p.pool.InUse()), p.family)
+		ch <- prometheus.MustNewConstMetric(descPoolReserved, prometheus.GaugeValue, float64(p.pool.Leased()), p.family)
+	}
 	c := k.c
 	for r := range numDropReasons {
 		ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(c.drops[r].Load()), r.String())

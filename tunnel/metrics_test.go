@@ -1,9 +1,13 @@
 package tunnel
 
 import (
+	"net/netip"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/masque-vpn/masque/policy"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -48,9 +52,24 @@ func TestCollector(t *testing.T) {
 	c.sessions.Add(2)
 	c.sessionsTotal.Add(7)
 	c.refused[refuseAuth].Add(4)
+	// Three addresses leased, one of them released (still reserved for its
+	// identity); no IPv6 pool, so no ipv6 series.
+	pool4, err := policy.NewPool(netip.MustParsePrefix("100.64.0.0/24"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []policy.Identity{"alice", "bob", "carol"} {
+		a, err := pool4.Acquire(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id == "bob" {
+			pool4.Release(a)
+		}
+	}
 
 	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(collector{&c}); err != nil {
+	if err := reg.Register(collector{c: &c, pool4: pool4}); err != nil {
 		t.Fatalf("Register: %v", err)
 	}
 	mfs, err := reg.Gather()
@@ -92,10 +111,17 @@ func TestCollector(t *testing.T) {
 		"masque_tunnel_sessions_total":                                   7,
 		"masque_tunnel_refused_requests_total{reason=unauthenticated}":   4,
 		"masque_tunnel_refused_requests_total{reason=pool_exhausted}":    0,
+		"masque_pool_addresses_in_use{family=ipv4}":                      2,
+		"masque_pool_addresses_reserved{family=ipv4}":                    3,
 	}
 	for k, w := range want {
 		if g, ok := got[k]; !ok || g != w {
 			t.Errorf("%s = %v (present %v), want %v", k, g, ok, w)
+		}
+	}
+	for k := range got {
+		if strings.Contains(k, "family=ipv6") {
+			t.Errorf("%s exported without an IPv6 pool", k)
 		}
 	}
 	// Every reason is exported, even at zero, so dashboards see the series.

@@ -223,7 +223,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 }
 
 // Collector returns the server's metrics for a Prometheus registry.
-func (s *Server) Collector() prometheus.Collector { return collector{&s.counters} }
+func (s *Server) Collector() prometheus.Collector {
+	return collector{c: &s.counters, pool4: s.cfg.Pool4, pool6: s.cfg.Pool6}
+}
 
 // SetPolicy replaces the destination policy and the CONNECT-UDP rules
 // (nil: no allow-lists, no anonymous access), as on a reload. Sessions stay
