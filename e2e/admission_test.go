@@ -24,9 +24,11 @@ type loadReport struct {
 	Event    string         `json:"event"`
 	OK       int64          `json:"ok"`
 	Failed   int64          `json:"failed"`
+	Open     int64          `json:"open"`
 	Attempts int64          `json:"attempts"`
 	Skipped  int64          `json:"skipped"`
 	Seconds  float64        `json:"seconds"`
+	Rate     float64        `json:"rate"`
 	P50ms    float64        `json:"p50_ms"`
 	P99ms    float64        `json:"p99_ms"`
 	MaxMs    float64        `json:"max_ms"`
