@@ -26,8 +26,8 @@ const (
 	// certificate signature, the QUIC packets), so 1000 a second keeps a
 	// flood of address-validated peers to about half a core.
 	DefaultMaxHandshakeRate = 1000
-	DefaultIdleTimeout       = 30 * time.Second
-	DefaultHandshakeTimeout  = 10 * time.Second
+	DefaultIdleTimeout      = 30 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
 	// DefaultInitialPacketSize is the QUIC packet size used from the first
 	// packet on (quic-go's default is 1280). A CONNECT-IP tunnel must carry
 	// 1280-byte inner IPv6 packets from the start (RFC 9484 §10.1), which
