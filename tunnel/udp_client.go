@@ -720,6 +720,21 @@ func (f *UDPForwarder) dial(flowCtx context.Context, host, port string) (*http3.
 	if err != nil {
 		return nil, nil, err
 	}
+	str, rsp, err := f.request(ctx, flowCtx, c, host, port)
+	// The connection may have ended just as the request went out (the
+	// server closes one that carried no flow for a while): once more on a
+	// new one.
+	if err != nil && rsp == nil && f.cfg.Redial != nil && c.qc.Context().Err() != nil && ctx.Err() == nil {
+		if c, err = f.serverConn(ctx); err != nil {
+			return nil, nil, err
+		}
+		str, rsp, err = f.request(ctx, flowCtx, c, host, port)
+	}
+	return str, rsp, err
+}
+
+// request sends one CONNECT-UDP request on c; see dial.
+func (f *UDPForwarder) request(ctx, flowCtx context.Context, c *udpServerConn, host, port string) (*http3.RequestStream, *http.Response, error) {
 	select {
 	case <-c.h3.ReceivedSettings():
 	case <-ctx.Done():
