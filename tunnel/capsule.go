@@ -11,12 +11,13 @@ import (
 	"github.com/quic-go/quic-go/quicvarint"
 )
 
-// The client's side of the CONNECT-IP capsules (RFC 9484 §4.7) and of
-// DNS_ASSIGN (draft-ietf-masque-connect-ip-dns), which the server sends
-// with connect-ip-go. The client reads its request stream itself (see
-// ipclient.go), so it parses them here; connect-ip-go's parsers are not
-// exported. Every function reads one capsule's value from r and nothing
-// past it; a malformed capsule aborts the session (RFC 9484 §4.7).
+// The CONNECT-IP capsules (RFC 9484 §4.7) and DNS_ASSIGN
+// (draft-ietf-masque-connect-ip-dns). Both ends read and write their
+// request streams themselves (client.go, control.go): connect-ip-go's
+// codecs are not exported, and its stream reader neither counts what it
+// drops nor resets a stream with the code RFC 9297 §3.3 asks for. Every
+// parser reads one capsule's value and nothing past it; a malformed capsule
+// aborts the session (RFC 9484 §4.7).
 
 const (
 	capsuleAddressAssign      http3.CapsuleType = 0x01
@@ -29,7 +30,12 @@ const (
 	maxCapsuleLen = 64 << 10
 )
 
-var errMalformedCapsule = errors.New("malformed capsule")
+var (
+	errMalformedCapsule = errors.New("malformed capsule")
+	// errCapsuleTooLarge is a control capsule longer than maxCapsuleLen:
+	// not read, and the stream is aborted.
+	errCapsuleTooLarge = errors.New("capsule too large")
+)
 
 func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errMalformedCapsule, fmt.Sprintf(format, args...))
@@ -38,7 +44,7 @@ func malformed(format string, args ...any) error {
 // capsuleBytes reads a capsule's whole value (at most maxCapsuleLen).
 func capsuleBytes(r http3.CapsuleReader) ([]byte, error) {
 	if r.Remaining() > maxCapsuleLen {
-		return nil, malformed("capsule of %d bytes", r.Remaining())
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", errCapsuleTooLarge, r.Remaining(), maxCapsuleLen)
 	}
 	b := make([]byte, r.Remaining())
 	if _, err := io.ReadFull(r, b); err != nil {
@@ -65,19 +71,26 @@ func takeAddr(b []byte, version byte) (netip.Addr, []byte, error) {
 	}
 }
 
-// parseAddressAssign parses ADDRESS_ASSIGN: Assigned Address { Request ID
-// (i), IP Version (8), IP Address (32/128), IP Prefix Length (8) } ...
-// It returns the assigned prefixes; an empty capsule withdraws all.
-func parseAddressAssign(b []byte) ([]netip.Prefix, error) {
-	var out []netip.Prefix
+// addressEntry is one Assigned Address of ADDRESS_ASSIGN or one Requested
+// Address of ADDRESS_REQUEST (RFC 9484 §4.7.1, §4.7.2): they share a
+// layout.
+type addressEntry struct {
+	reqID  uint64 // 0: an unsolicited assignment
+	prefix netip.Prefix
+}
+
+// parseAddresses parses a list of { Request ID (i), IP Version (8),
+// IP Address (32/128), IP Prefix Length (8) }.
+func parseAddresses(b []byte) ([]addressEntry, error) {
+	var out []addressEntry
 	for len(b) > 0 {
-		_, n, err := quicvarint.Parse(b)
+		id, n, err := quicvarint.Parse(b)
 		if err != nil {
 			return nil, malformed("truncated request ID")
 		}
 		b = b[n:]
 		if len(b) < 1 {
-			return nil, malformed("truncated assigned address")
+			return nil, malformed("truncated address")
 		}
 		v := b[0]
 		a, rest, err := takeAddr(b[1:], v)
@@ -95,10 +108,66 @@ func parseAddressAssign(b []byte) ([]netip.Prefix, error) {
 			// RFC 9484 §4.7.1: bits beyond the prefix length are zero.
 			return nil, malformed("address %s has bits set past /%d", a, rest[0])
 		}
-		out = append(out, p)
+		out = append(out, addressEntry{reqID: id, prefix: p})
 		b = rest[1:]
 	}
 	return out, nil
+}
+
+// parseAddressAssign parses ADDRESS_ASSIGN and returns the assigned
+// prefixes; an empty capsule withdraws all.
+func parseAddressAssign(b []byte) ([]netip.Prefix, error) {
+	es, err := parseAddresses(b)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, e := range es {
+		out = append(out, e.prefix)
+	}
+	return out, nil
+}
+
+// parseAddressRequest parses ADDRESS_REQUEST: at least one Requested
+// Address, none with Request ID 0 (RFC 9484 §4.7.2).
+func parseAddressRequest(b []byte) ([]addressEntry, error) {
+	es, err := parseAddresses(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(es) == 0 {
+		return nil, malformed("ADDRESS_REQUEST without addresses")
+	}
+	for _, e := range es {
+		if e.reqID == 0 {
+			return nil, malformed("ADDRESS_REQUEST with request ID 0")
+		}
+	}
+	return es, nil
+}
+
+// appendCapsule appends a capsule of type t whose value is v.
+func appendCapsule(b []byte, t http3.CapsuleType, v []byte) []byte {
+	b = quicvarint.Append(b, uint64(t))
+	b = quicvarint.Append(b, uint64(len(v)))
+	return append(b, v...)
+}
+
+// appendAddresses appends an ADDRESS_ASSIGN or ADDRESS_REQUEST capsule
+// (typ) listing es; every prefix must be valid and masked.
+func appendAddresses(b []byte, typ http3.CapsuleType, es []addressEntry) []byte {
+	var v []byte
+	for _, e := range es {
+		v = quicvarint.Append(v, e.reqID)
+		if e.prefix.Addr().Is4() {
+			v = append(v, 4)
+		} else {
+			v = append(v, 6)
+		}
+		v = append(v, e.prefix.Addr().AsSlice()...)
+		v = append(v, byte(e.prefix.Bits()))
+	}
+	return appendCapsule(b, typ, v)
 }
 
 // parseRouteAdvertisement parses ROUTE_ADVERTISEMENT: IP Address Range {
@@ -131,6 +200,23 @@ func parseRouteAdvertisement(b []byte) ([]connectip.IPRoute, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// appendRouteAdvertisement appends a ROUTE_ADVERTISEMENT capsule; rs must
+// be ordered as parseRouteAdvertisement requires (sortMergeRoutes).
+func appendRouteAdvertisement(b []byte, rs []connectip.IPRoute) []byte {
+	var v []byte
+	for _, r := range rs {
+		if r.StartIP.Is4() {
+			v = append(v, 4)
+		} else {
+			v = append(v, 6)
+		}
+		v = append(v, r.StartIP.AsSlice()...)
+		v = append(v, r.EndIP.AsSlice()...)
+		v = append(v, r.IPProtocol)
+	}
+	return appendCapsule(b, capsuleRouteAdvertisement, v)
 }
 
 // routeFollows reports whether r may come after p in a route
@@ -226,4 +312,31 @@ func parseDNSAssign(b []byte) ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// appendDNSAssign appends a DNS_ASSIGN capsule with one DNS Configuration
+// that names one nameserver (Service Priority 1: SVCB ServiceMode) at the
+// addresses servers, with no authentication domain name, service
+// parameters, internal or search domains.
+func appendDNSAssign(b []byte, servers []netip.Addr) []byte {
+	var v4, v6 []netip.Addr
+	for _, a := range servers {
+		if a.Is4() {
+			v4 = append(v4, a)
+		} else {
+			v6 = append(v6, a.WithZone(""))
+		}
+	}
+	v := quicvarint.Append(nil, 1) // nameservers
+	v = append(v, 0, 1)            // service priority
+	v = quicvarint.Append(v, uint64(len(v4)))
+	for _, a := range v4 {
+		v = append(v, a.AsSlice()...)
+	}
+	v = quicvarint.Append(v, uint64(len(v6)))
+	for _, a := range v6 {
+		v = append(v, a.AsSlice()...)
+	}
+	v = append(v, 0, 0, 0, 0) // authentication domain name, service parameters, internal and search domains: none
+	return appendCapsule(b, capsuleDNSAssign, v)
 }

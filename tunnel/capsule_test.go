@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	connectip "github.com/quic-go/connect-ip-go"
+	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
 )
 
@@ -166,8 +168,9 @@ func FuzzParseCapsules(f *testing.F) {
 	f.Add(byte(1), []byte{0x00, 4, 100, 64, 0, 2, 32})
 	f.Add(byte(3), routeBytes(mkRoute("0.0.0.0", "255.255.255.255", 0)))
 	f.Add(byte(0), dnsAssign([]netip.Addr{netip.MustParseAddr("198.18.0.53")}))
+	f.Add(byte(3), []byte{0x07, 4, 0, 0, 0, 0, 32, 0x08, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 128})
 	f.Fuzz(func(t *testing.T, which byte, b []byte) {
-		switch which % 3 {
+		switch which % 4 {
 		case 0:
 			addrs, err := parseDNSAssign(b)
 			if err != nil && !errors.Is(err, errMalformedCapsule) {
@@ -201,6 +204,78 @@ func FuzzParseCapsules(f *testing.F) {
 			if err == nil && !bytes.Equal(routeBytes(rs...), b) {
 				t.Fatalf("routes %v do not re-encode to the input", rs)
 			}
+		case 3:
+			es, err := parseAddressRequest(b)
+			if err != nil && !errors.Is(err, errMalformedCapsule) {
+				t.Fatalf("error %v is not errMalformedCapsule", err)
+			}
+			if err != nil {
+				return
+			}
+			if len(es) == 0 {
+				t.Fatal("ADDRESS_REQUEST accepted without addresses")
+			}
+			for _, e := range es {
+				if e.reqID == 0 || !e.prefix.IsValid() || e.prefix.Masked() != e.prefix {
+					t.Fatalf("accepted request %+v", e)
+				}
+			}
+			// What parses re-encodes to a capsule whose value parses
+			// to the same (request IDs may shrink to shorter varints).
+			enc := appendAddresses(nil, capsuleAddressRequest, es)
+			_, n, _ := quicvarint.Parse(enc)
+			l, m, _ := quicvarint.Parse(enc[n:])
+			again, err := parseAddressRequest(enc[n+m:])
+			if err != nil || int(l) != len(enc)-n-m || !slices.Equal(again, es) {
+				t.Fatalf("re-encoded request parses to %v, %v; want %v", again, err, es)
+			}
+		}
+	})
+}
+
+// The capsules the server writes parse back to what it meant, with the
+// parsers the client uses.
+func TestCapsuleRoundTrip(t *testing.T) {
+	split := func(t *testing.T, b []byte, want http3.CapsuleType) []byte {
+		t.Helper()
+		typ, n, err := quicvarint.Parse(b)
+		if err != nil || http3.CapsuleType(typ) != want {
+			t.Fatalf("capsule type %#x (%v), want %#x", typ, err, want)
+		}
+		l, m, err := quicvarint.Parse(b[n:])
+		if err != nil || int(l) != len(b)-n-m {
+			t.Fatalf("capsule length %d (%v), want %d", l, err, len(b)-n-m)
+		}
+		return b[n+m:]
+	}
+	t.Run("ADDRESS_ASSIGN", func(t *testing.T) {
+		es := []addressEntry{
+			{0, netip.MustParsePrefix("100.64.0.2/32")},
+			{1 << 40, netip.MustParsePrefix("fd00::/64")},
+			{7, netip.MustParsePrefix("0.0.0.0/32")},
+		}
+		got, err := parseAddresses(split(t, appendAddresses(nil, capsuleAddressAssign, es), capsuleAddressAssign))
+		if err != nil || !slices.Equal(got, es) {
+			t.Fatalf("parseAddresses = %v, %v; want %v", got, err, es)
+		}
+		if got, err := parseAddresses(split(t, appendAddresses(nil, capsuleAddressAssign, nil), capsuleAddressAssign)); err != nil || len(got) != 0 {
+			t.Fatalf("empty assignment parses to %v, %v", got, err)
+		}
+	})
+	t.Run("ROUTE_ADVERTISEMENT", func(t *testing.T) {
+		rs := prefixesToRoutes([]netip.Prefix{netip.MustParsePrefix("::/0"), netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("10.0.0.0/8")})
+		got, err := parseRouteAdvertisement(split(t, appendRouteAdvertisement(nil, rs), capsuleRouteAdvertisement))
+		if err != nil || !slices.Equal(got, rs) {
+			t.Fatalf("parseRouteAdvertisement = %v, %v; want %v", got, err, rs)
+		}
+	})
+	t.Run("DNS_ASSIGN", func(t *testing.T) {
+		servers := []netip.Addr{netip.MustParseAddr("198.18.0.53"), netip.MustParseAddr("2001:db8::53"), netip.MustParseAddr("198.18.0.54")}
+		got, err := parseDNSAssign(split(t, appendDNSAssign(nil, servers), capsuleDNSAssign))
+		// IPv4 addresses come first.
+		want := []netip.Addr{servers[0], servers[2], servers[1]}
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("parseDNSAssign = %v, %v; want %v", got, err, want)
 		}
 	})
 }

@@ -423,6 +423,17 @@ func (m *dgramMux) dispatchLocked(id quic.StreamID, d []byte) bool {
 	return true
 }
 
+// deliverOne hands one datagram that did not come from the connection's
+// queue (a DATAGRAM capsule, RFC 9297 §3.5) to s and flushes s at once.
+// Outside m.run's bursts no sink holds packets, so s is not pending.
+func (m *dgramMux) deliverOne(s datagramSink, d []byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s.deliver(d) {
+		s.flush()
+	}
+}
+
 // flushAll flushes every sink that holds packets.
 func (m *dgramMux) flushAll() {
 	m.mu.Lock()

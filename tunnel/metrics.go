@@ -53,7 +53,9 @@ type counters struct {
 	sessions           atomic.Int64
 	sessionsTotal      atomic.Uint64
 	refused            [numRefusals]atomic.Uint64
-	udp                udpCounters // CONNECT-UDP
+	capsuleDrops       [numCapsuleDrops]atomic.Uint64
+	datagramCapsules   atomic.Uint64 // DATAGRAM capsules taken on CONNECT-IP streams
+	udp                udpCounters   // CONNECT-UDP
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
@@ -80,6 +82,27 @@ var refusalNames = [numRefusals]string{
 	refuseShuttingDown:  "shutting_down",
 }
 
+// capsuleDrop says why a capsule a client sent on a CONNECT-IP request
+// stream was not acted on. Each increments exactly one counter.
+type capsuleDrop uint8
+
+const (
+	capsuleDropUnknown    capsuleDrop = iota // unknown or reserved type: skipped (RFC 9297 §3.2)
+	capsuleDropUnexpected                    // ADDRESS_ASSIGN, ROUTE_ADVERTISEMENT or DNS_ASSIGN from a client: checked, then ignored
+	capsuleDropMalformed                     // malformed or cut short: the stream is reset with H3_MESSAGE_ERROR (RFC 9297 §3.3)
+	capsuleDropTooLarge                      // a control capsule longer than maxCapsuleLen: the stream is reset with H3_EXCESSIVE_LOAD
+	numCapsuleDrops
+)
+
+var capsuleDropNames = [numCapsuleDrops]string{
+	capsuleDropUnknown:    "unknown_type",
+	capsuleDropUnexpected: "unexpected_type",
+	capsuleDropMalformed:  "malformed",
+	capsuleDropTooLarge:   "too_large",
+}
+
+func (d capsuleDrop) String() string { return capsuleDropNames[d] }
+
 var (
 	descDrops = prometheus.NewDesc("masque_tunnel_dropped_packets_total",
 		"Packets dropped by the data path, by reason.", []string{"reason"}, nil)
@@ -102,6 +125,10 @@ var (
 	descPoolReserved = prometheus.NewDesc("masque_pool_addresses_reserved",
 		"Client addresses reserved: those in use plus released ones still leased to their identity "+
 			"(expired leases are reclaimed lazily), by address family.", []string{"family"}, nil)
+	descCapsuleDrops = prometheus.NewDesc("masque_tunnel_dropped_capsules_total",
+		"Capsules from clients on CONNECT-IP streams not acted on, by reason (malformed and too_large end the session).", []string{"reason"}, nil)
+	descDatagramCapsules = prometheus.NewDesc("masque_tunnel_datagram_capsules_total",
+		"HTTP datagrams received in DATAGRAM capsules on CONNECT-IP streams (RFC 9297 §3.5).", nil, nil)
 )
 
 // collector exports counters and the address pools' occupancy to
@@ -114,7 +141,7 @@ type collector struct {
 var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved} {
+	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descCapsuleDrops, descDatagramCapsules} {
 		ch <- d
 	}
 	describeUDP(ch)
@@ -146,5 +173,9 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	for r := range numRefusals {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(c.refused[r].Load()), refusalNames[r])
 	}
+	for d := range numCapsuleDrops {
+		ch <- prometheus.MustNewConstMetric(descCapsuleDrops, prometheus.CounterValue, float64(c.capsuleDrops[d].Load()), d.String())
+	}
+	ch <- prometheus.MustNewConstMetric(descDatagramCapsules, prometheus.CounterValue, float64(c.datagramCapsules.Load()))
 	c.udp.collect(ch)
 }

@@ -30,12 +30,17 @@ func TestDropReasonNames(t *testing.T) {
 		}
 		seen[name] = r
 	}
-	names := map[string]bool{}
-	for r, name := range refusalNames {
-		if !snakeCase.MatchString(name) || names[name] {
-			t.Errorf("refusal %d name %q is not a unique snake_case label", r, name)
+	for what, labels := range map[string][]string{
+		"refusal":      refusalNames[:],
+		"capsule drop": capsuleDropNames[:],
+	} {
+		names := map[string]bool{}
+		for r, name := range labels {
+			if !snakeCase.MatchString(name) || names[name] {
+				t.Errorf("%s %d name %q is not a unique snake_case label", what, r, name)
+			}
+			names[name] = true
 		}
-		names[name] = true
 	}
 }
 
@@ -67,6 +72,8 @@ func TestCollector(t *testing.T) {
 			pool4.Release(a)
 		}
 	}
+	c.capsuleDrops[capsuleDropMalformed].Add(6)
+	c.datagramCapsules.Add(8)
 
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(collector{c: &c, pool4: pool4}); err != nil {
@@ -113,6 +120,9 @@ func TestCollector(t *testing.T) {
 		"masque_tunnel_refused_requests_total{reason=pool_exhausted}":    0,
 		"masque_pool_addresses_in_use{family=ipv4}":                      2,
 		"masque_pool_addresses_reserved{family=ipv4}":                    3,
+		"masque_tunnel_dropped_capsules_total{reason=malformed}":         6,
+		"masque_tunnel_dropped_capsules_total{reason=unknown_type}":      0,
+		"masque_tunnel_datagram_capsules_total":                          8,
 	}
 	for k, w := range want {
 		if g, ok := got[k]; !ok || g != w {

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"context"
 	"sync"
 )
 
@@ -104,18 +103,6 @@ func (ss *session) flush() {
 	if p.cur != nil && p.cur.n > 0 {
 		p.full <- p.cur
 		p.cur = nil
-	}
-}
-
-// waitStreamEnd returns when the session's request stream ends (the client
-// closed it, or close did). No datagram reaches the stream's own queue
-// (dgramMux reads them all), so ReceiveDatagram only reports the end.
-func (ss *session) waitStreamEnd() {
-	for {
-		if _, err := ss.str.ReceiveDatagram(context.Background()); err != nil {
-			ss.log.Debug("session stream ended", "err", err)
-			return
-		}
 	}
 }
 

@@ -132,7 +132,7 @@ type Server struct {
 	router   *ipRouter
 	counters counters
 	routes   []connectip.IPRoute
-	dns      []connectip.DNSConfiguration
+	dns      []netip.Addr // sent in DNS_ASSIGN; empty sends none
 	nextID   atomic.Uint64
 	udp      *udpProxy
 	dests    atomic.Pointer[policy.Destinations] // cfg.Destinations until SetPolicy
@@ -187,17 +187,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		}
 	}
 	s.routes = prefixesToRoutes(routes)
-	if len(cfg.DNS) > 0 {
-		// Service priority 0 is AliasMode in SVCB terms, not allowed here.
-		ns := connectip.DNSNameserver{ServicePriority: 1}
-		for _, a := range cfg.DNS {
-			if a.Is4() {
-				ns.IPv4Addresses = append(ns.IPv4Addresses, a)
-			} else {
-				ns.IPv6Addresses = append(ns.IPv6Addresses, a.WithZone(""))
-			}
-		}
-		s.dns = []connectip.DNSConfiguration{{Nameservers: []connectip.DNSNameserver{ns}}}
+	for _, a := range cfg.DNS {
+		s.dns = append(s.dns, a.WithZone(""))
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(IPPathPrefix, s.serveIP)
@@ -344,8 +335,7 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, refuseBadRequest, http.StatusBadRequest, "")
 		return
 	}
-	req, err := connectip.ParseProxyRequest(r, tmpl)
-	if err != nil {
+	if _, err := connectip.ParseProxyRequest(r, tmpl); err != nil {
 		status := http.StatusBadRequest
 		if perr, ok := errors.AsType[*connectip.ProxyRequestParseError](err); ok {
 			status = perr.HTTPStatus
@@ -412,20 +402,21 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer ss.releaseAddresses()
 
-	var proxy connectip.Proxy
-	cconn, err := proxy.Proxy(w, req)
-	if err != nil {
-		log.Warn("connect-ip proxy failed", "err", err)
-		return
-	}
-	ss.conn = cconn
+	// RFC 9484 §4.4: a 2xx response, and the capsule protocol (RFC 9297
+	// §3.2). The stream is ours from here on (control.go).
+	w.Header().Set(http3.CapsuleProtocolHeader, "?1")
+	w.WriteHeader(http.StatusOK)
 	ss.str = w.(http3.HTTPStreamer).HTTPStream()
 	ss.log = log.With("session_id", ss.id)
+	abort := func() {
+		ss.str.CancelRead(quic.StreamErrorCode(http3.ErrCodeInternalError))
+		ss.str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeInternalError))
+	}
 	hc := s.h3connOf(conn)
 	if hc == nil {
 		// Only a connection served by serveH3 has a datagram reader.
 		ss.log.Warn("session setup failed", "err", "connection not served by this server")
-		cconn.Close()
+		abort()
 		return
 	}
 	ss.qconn = conn
@@ -433,7 +424,7 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	ss.dgramPrefix = append(quicvarint.Append(nil, uint64(ss.str.StreamID()/4)), 0)
 	if err := ss.configure(); err != nil {
 		ss.log.Warn("session setup failed", "err", err)
-		cconn.Close()
+		abort()
 		return
 	}
 	var senders sync.WaitGroup
@@ -443,7 +434,9 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 		senders.Wait()
 	}()
 	if !s.register(ss) {
-		cconn.Close()
+		// Shutting down: end the stream as close would.
+		ss.str.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
+		ss.str.Close()
 		return
 	}
 	defer s.unregister(ss)

@@ -23,10 +23,9 @@ type session struct {
 	scope    ipScope
 	log      *slog.Logger
 
-	conn  *connectip.Conn // control plane: capsules
-	str   *http3.Stream   // the request stream: its end ends the session
-	qconn *quic.Conn      // data plane: datagrams, sent and received by us
-	mux   *dgramMux       // the connection's datagram reader
+	str   *http3.Stream // control plane: capsules (control.go); its end ends the session
+	qconn *quic.Conn    // data plane: datagrams, sent and received by us
+	mux   *dgramMux     // the connection's datagram reader
 	// dgramPrefix is the quarter stream ID and context ID 0 that start
 	// every datagram we send (RFC 9297 §2.1, RFC 9484 §6).
 	dgramPrefix []byte
@@ -121,31 +120,6 @@ func (ss *session) prefixes() []netip.Prefix {
 	return ps
 }
 
-// configure sends, unsolicited and in this order, the address assignment,
-// the route advertisement and the DNS configuration (RFC 9484 §4.7). The
-// assignment goes first so that no packet is forwarded before the client
-// knows its address.
-func (ss *session) configure() error {
-	if err := ss.conn.AssignAddresses(ss.prefixes()); err != nil {
-		return err
-	}
-	routes := ss.srv.routes
-	if !ss.scope.full() {
-		routes = ss.scopedRoutes()
-	}
-	if len(routes) > 0 {
-		if err := ss.conn.AdvertiseRoute(routes); err != nil {
-			return err
-		}
-	}
-	if len(ss.srv.dns) > 0 {
-		if err := ss.conn.SendDNSConfiguration(ss.srv.dns); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // scopedRoutes narrows the advertised routes to the request's target and
 // protocol (RFC 9484 §4.6: the routes must lie within the scope).
 func (ss *session) scopedRoutes() []connectip.IPRoute {
@@ -172,59 +146,6 @@ func (ss *session) scopedRoutes() []connectip.IPRoute {
 		out = append(out, r)
 	}
 	return sortMergeRoutes(out)
-}
-
-// run serves the session until its stream or connection ends: address
-// requests in a helper goroutine, datagrams from the client here.
-func (ss *session) run() {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { ss.runAddressRequests(ctx) })
-	ss.waitStreamEnd()
-	cancel()
-	ss.close()
-	wg.Wait()
-}
-
-// runAddressRequests answers ADDRESS_REQUEST capsules (RFC 9484 §4.7.2).
-// A request for a specific address of a pool is granted when the pool can
-// lease it to this identity: the session moves to it and gives up its old
-// one. Anything else (an unspecified address, a prefix larger than one
-// address, an address outside the pool or taken) is answered with the
-// address the session holds. Every answer carries the session's complete
-// assignment (§4.7.1: an assignment replaces the previous one).
-func (ss *session) runAddressRequests(ctx context.Context) {
-	for {
-		req, err := ss.conn.ReceiveAddressRequest(ctx)
-		if err != nil {
-			return
-		}
-		assigned := make([]netip.Prefix, len(req.Prefixes))
-		asked4, asked6 := false, false
-		for i, p := range req.Prefixes {
-			a := ss.grant(p)
-			if a.IsValid() {
-				assigned[i] = netip.PrefixFrom(a, a.BitLen())
-			}
-			if p.Addr().Is4() {
-				asked4 = true
-			} else {
-				asked6 = true
-			}
-		}
-		var additional []netip.Prefix
-		cur := ss.addr.Load()
-		if !asked4 && cur.v4.IsValid() {
-			additional = append(additional, netip.PrefixFrom(cur.v4, 32))
-		}
-		if !asked6 && cur.v6.IsValid() {
-			additional = append(additional, netip.PrefixFrom(cur.v6, 128))
-		}
-		if err := req.Respond(assigned, additional); err != nil {
-			ss.log.Debug("address request answer failed", "err", err)
-			return
-		}
-	}
 }
 
 // grant decides one requested prefix and returns the address the session
@@ -263,15 +184,6 @@ func (ss *session) grant(p netip.Prefix) netip.Addr {
 	pool.Release(held)
 	ss.log.Info("address changed on request", "old", held, "new", want)
 	return want
-}
-
-// close ends the session: the stream is closed and waitStreamEnd returns.
-func (ss *session) close() {
-	ss.closeOnce.Do(func() {
-		if ss.conn != nil {
-			ss.conn.Close()
-		}
-	})
 }
 
 // nonBlocking is a context whose Done channel is always closed but whose

@@ -10,11 +10,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -666,5 +668,40 @@ func TestSessionLimits(t *testing.T) {
 	}
 	if got := ts.srv.Sessions(); got != 3 {
 		t.Errorf("sessions = %d, want 3 (alice 2, bob 1)", got)
+	}
+}
+
+// connect-ip-go's client takes the capsules the server writes itself
+// (control.go): the assignment, the routes and the DNS configuration.
+func TestConnectIPGoClientReadsServerCapsules(t *testing.T) {
+	ts := startServer(t)
+	conn := dialConnectIPGo(t, ts)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	as, err := conn.ReceiveAddressAssignment(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range as {
+		got = append(got, fmt.Sprintf("%d:%s", a.RequestID, a.IPPrefix))
+	}
+	if want := []string{"0:100.64.0.2/32", "0:fd6d:6173:7175:6500::2/128"}; !slices.Equal(got, want) {
+		t.Errorf("assignment = %v, want %v", got, want)
+	}
+	routes, err := conn.Routes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(routes) != 2 || routes[0].StartIP != netip.IPv4Unspecified() || routes[1].EndIP != netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff") {
+		t.Errorf("routes = %v, want all of IPv4 and IPv6", routes)
+	}
+	dns, err := conn.ReceiveDNSConfiguration(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dns) != 1 || len(dns[0].Nameservers) != 1 || !slices.Equal(dns[0].Nameservers[0].IPv4Addresses, []netip.Addr{netip.MustParseAddr("198.18.2.53")}) ||
+		dns[0].Nameservers[0].ServicePriority != 1 {
+		t.Errorf("DNS configuration = %+v, want one nameserver 198.18.2.53 with priority 1", dns)
 	}
 }
