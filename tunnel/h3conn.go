@@ -44,6 +44,10 @@ type h3conn struct {
 	conn     *quic.Conn
 	mux      *dgramMux
 	handlers sync.WaitGroup // request handlers still running
+	// unhandled holds the request streams whose request has not reached
+	// the handler (yet): those left when http3 is done with the stream
+	// were refused by http3 itself.
+	unhandled sync.Map // quic.StreamID → struct{}
 }
 
 // serveH3 serves HTTP/3 on c until the connection ends.
@@ -83,10 +87,16 @@ func (s *Server) serveH3(c *quic.Conn) error {
 		idle.begin()
 		id := str.StreamID()
 		hc.mux.expect(id)
+		hc.unhandled.Store(id, struct{}{})
 		hc.handlers.Go(func() {
 			raw.HandleRequestStream(str)
 			hc.mux.forget(id)
 			idle.end()
+			if _, ok := hc.unhandled.LoadAndDelete(id); ok {
+				// Header section too large (431), undecodable or cut short:
+				// http3 answered or reset the stream.
+				s.counters.unrouted[unroutedHeaders].Add(1)
+			}
 		})
 	}
 	hc.handlers.Wait()

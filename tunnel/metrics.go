@@ -53,6 +53,7 @@ type counters struct {
 	sessions           atomic.Int64
 	sessionsTotal      atomic.Uint64
 	refused            [numRefusals]atomic.Uint64
+	unrouted           [numUnrouted]atomic.Uint64
 	capsuleDrops       [numCapsuleDrops]atomic.Uint64
 	datagramCapsules   atomic.Uint64 // DATAGRAM capsules taken on CONNECT-IP streams
 	udp                udpCounters   // CONNECT-UDP
@@ -80,6 +81,20 @@ var refusalNames = [numRefusals]string{
 	refuseConnLimit:     "conn_session_limit",
 	refuseIdentityLimit: "identity_session_limit",
 	refuseShuttingDown:  "shutting_down",
+}
+
+// unrouted says why a request reached neither CONNECT-IP nor CONNECT-UDP.
+type unrouted uint8
+
+const (
+	unroutedHeaders  unrouted = iota // HTTP/3 refused the header section: too large (431), undecodable or cut short (stream reset)
+	unroutedNotFound                 // no handler for the path (404)
+	numUnrouted
+)
+
+var unroutedNames = [numUnrouted]string{
+	unroutedHeaders:  "headers",
+	unroutedNotFound: "not_found",
 }
 
 // capsuleDrop says why a capsule a client sent on a CONNECT-IP request
@@ -125,6 +140,8 @@ var (
 	descPoolReserved = prometheus.NewDesc("masque_pool_addresses_reserved",
 		"Client addresses reserved: those in use plus released ones still leased to their identity "+
 			"(expired leases are reclaimed lazily), by address family.", []string{"family"}, nil)
+	descUnrouted = prometheus.NewDesc("masque_tunnel_unrouted_requests_total",
+		"Requests that reached neither CONNECT-IP nor CONNECT-UDP, by reason.", []string{"reason"}, nil)
 	descCapsuleDrops = prometheus.NewDesc("masque_tunnel_dropped_capsules_total",
 		"Capsules from clients on CONNECT-IP streams not acted on, by reason (malformed and too_large end the session).", []string{"reason"}, nil)
 	descDatagramCapsules = prometheus.NewDesc("masque_tunnel_datagram_capsules_total",
@@ -141,7 +158,7 @@ type collector struct {
 var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descCapsuleDrops, descDatagramCapsules} {
+	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descUnrouted, descCapsuleDrops, descDatagramCapsules} {
 		ch <- d
 	}
 	describeUDP(ch)
@@ -172,6 +189,9 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descIdleConns, prometheus.CounterValue, float64(c.idleConns.Load()))
 	for r := range numRefusals {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(c.refused[r].Load()), refusalNames[r])
+	}
+	for r := range numUnrouted {
+		ch <- prometheus.MustNewConstMetric(descUnrouted, prometheus.CounterValue, float64(c.unrouted[r].Load()), unroutedNames[r])
 	}
 	for d := range numCapsuleDrops {
 		ch <- prometheus.MustNewConstMetric(descCapsuleDrops, prometheus.CounterValue, float64(c.capsuleDrops[d].Load()), d.String())

@@ -33,6 +33,7 @@ func TestDropReasonNames(t *testing.T) {
 	for what, labels := range map[string][]string{
 		"refusal":      refusalNames[:],
 		"capsule drop": capsuleDropNames[:],
+		"unrouted":     unroutedNames[:],
 	} {
 		names := map[string]bool{}
 		for r, name := range labels {
@@ -74,6 +75,7 @@ func TestCollector(t *testing.T) {
 	}
 	c.capsuleDrops[capsuleDropMalformed].Add(6)
 	c.datagramCapsules.Add(8)
+	c.unrouted[unroutedNotFound].Add(9)
 
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(collector{c: &c, pool4: pool4}); err != nil {
@@ -123,6 +125,8 @@ func TestCollector(t *testing.T) {
 		"masque_tunnel_dropped_capsules_total{reason=malformed}":         6,
 		"masque_tunnel_dropped_capsules_total{reason=unknown_type}":      0,
 		"masque_tunnel_datagram_capsules_total":                          8,
+		"masque_tunnel_unrouted_requests_total{reason=not_found}":        9,
+		"masque_tunnel_unrouted_requests_total{reason=headers}":          0,
 	}
 	for k, w := range want {
 		if g, ok := got[k]; !ok || g != w {

@@ -201,10 +201,18 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil
 	}
 	mux.HandleFunc(UDPPathPrefix, s.udp.serve)
+	mux.HandleFunc("/", s.serveNotFound)
 	s.h3 = &http3.Server{
-		Handler:         mux,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.noteHandled(r)
+			mux.ServeHTTP(w, r)
+		}),
 		EnableDatagrams: true,
-		Logger:          cfg.Logger.With("component", "http3"),
+		// A CONNECT-IP or CONNECT-UDP request is a few hundred bytes; a
+		// larger header section is refused with 431 before it is decoded
+		// (http3 advertises the bound in SETTINGS_MAX_FIELD_SECTION_SIZE).
+		MaxHeaderBytes: maxHeaderBytes,
+		Logger:         cfg.Logger.With("component", "http3"),
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c)
 		},
@@ -318,6 +326,11 @@ func (s *Server) refuse(w http.ResponseWriter, why refusal, status int, proxySta
 func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	log := s.log.With("remote_addr", r.RemoteAddr)
 	scope, err := parseIPPath(r.URL.EscapedPath())
+	if err == nil && (r.URL.RawQuery != "" || r.URL.ForceQuery) {
+		// The default template has no query (RFC 9484 §3): the URI is
+		// not one it expands to.
+		err = errors.New("request URI has a query")
+	}
 	if err != nil {
 		log.Debug("bad connect-ip request", "err", err)
 		s.refuse(w, refuseBadRequest, http.StatusBadRequest, "")
@@ -450,6 +463,29 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ss.run()
 	ss.log.Info("session down", "duration", time.Since(start).Round(time.Millisecond).String())
+}
+
+// maxHeaderBytes bounds a request's header section.
+const maxHeaderBytes = 16 << 10
+
+// serveNotFound answers a request for a path that is no MASQUE template.
+func (s *Server) serveNotFound(w http.ResponseWriter, _ *http.Request) {
+	s.counters.unrouted[unroutedNotFound].Add(1)
+	w.WriteHeader(http.StatusNotFound)
+}
+
+// noteHandled records that the request r reached the handler: serveH3
+// counts the request streams that never do (unroutedHeaders).
+func (s *Server) noteHandled(r *http.Request) {
+	// http3's request body knows its stream.
+	b, ok := r.Body.(interface{ StreamID() quic.StreamID })
+	if !ok {
+		return
+	}
+	c, _ := r.Context().Value(connKey{}).(*quic.Conn)
+	if hc := s.h3connOf(c); hc != nil {
+		hc.unhandled.Delete(b.StreamID())
+	}
 }
 
 // connKey carries the request's QUIC connection in its context.

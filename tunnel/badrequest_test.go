@@ -1,0 +1,206 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quic-go/qpack"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
+)
+
+// Bad requests and datagrams for streams that are no session, sent by hand
+// over real QUIC (h3raw_test.go).
+
+// counts is a snapshot of the request and drop counters.
+type counts struct {
+	refused  [numRefusals]uint64
+	unrouted [numUnrouted]uint64
+	drops    [numDropReasons]uint64
+}
+
+func countsOf(s *Server) counts {
+	var c counts
+	for r := range numRefusals {
+		c.refused[r] = s.counters.refused[r].Load()
+	}
+	for r := range numUnrouted {
+		c.unrouted[r] = s.counters.unrouted[r].Load()
+	}
+	c.drops = dropCounts(&s.counters)
+	return c
+}
+
+// withField returns fields with name set to value in its place (pseudo
+// header fields first, RFC 9114 §4.3); an empty value removes it.
+func withField(fields []qpack.HeaderField, name, value string) []qpack.HeaderField {
+	fields = slices.Clone(fields)
+	i := slices.IndexFunc(fields, func(f qpack.HeaderField) bool { return f.Name == name })
+	switch {
+	case i >= 0 && value == "":
+		return slices.Delete(fields, i, i+1)
+	case i >= 0:
+		fields[i].Value = value
+	case strings.HasPrefix(name, ":"):
+		fields = slices.Insert(fields, 0, qpack.HeaderField{Name: name, Value: value})
+	case value != "":
+		fields = append(fields, qpack.HeaderField{Name: name, Value: value})
+	}
+	return fields
+}
+
+// HTTP/3 refuses request header sections that are too large (431, then
+// H3_EXCESSIVE_LOAD on the read side), undecodable (QPACK) or malformed
+// (H3_MESSAGE_ERROR) before our handler sees them; serveH3 counts each
+// under unrouted{headers}. The connection goes on.
+func TestBadHeaderSectionsAreRefused(t *testing.T) {
+	ts := startServer(t)
+	h := dialH3(t, ts)
+	ok := connectIPFields(ts.addr, testToken)
+	var big []qpack.HeaderField
+	for i := range 100 {
+		big = append(big, qpack.HeaderField{Name: "x-pad-" + strings.Repeat("p", i%7), Value: strings.Repeat("v", 1000)})
+	}
+	cut := headersFrame(t, ok)
+	tests := []struct {
+		name   string
+		frame  []byte
+		fin    bool
+		status string               // the response's status, or
+		code   quic.StreamErrorCode // the reset
+	}{
+		{"100 KB of header fields", headersFrame(t, slices.Concat(ok, big)), false, "431", 0},
+		{"a HEADERS frame announcing 1 GiB", quicvarint.Append(quicvarint.Append(nil, frameTypeHeaders), 1<<30), false, "431", 0},
+		{"QPACK reference to a dynamic table entry", appendFrame(nil, frameTypeHeaders, []byte{0x00, 0x00, 0x80}), false, "", quic.StreamErrorCode(http3.ErrCodeQPACKDecompressionFailed)},
+		{"QPACK with a Required Insert Count", appendFrame(nil, frameTypeHeaders, []byte{0x05, 0x00, 0xd1}), false, "", quic.StreamErrorCode(http3.ErrCodeQPACKDecompressionFailed)},
+		{"no :method", headersFrame(t, withField(ok, ":method", "")), false, "", quic.StreamErrorCode(http3.ErrCodeMessageError)},
+		{"no :authority", headersFrame(t, withField(ok, ":authority", "")), false, "", quic.StreamErrorCode(http3.ErrCodeMessageError)},
+		{"a :protocol that is no token", headersFrame(t, withField(ok, ":protocol", "connect ip")), false, "", quic.StreamErrorCode(http3.ErrCodeMessageError)},
+		{"HEADERS cut by the stream's end", cut[:len(cut)-5], true, "", quic.StreamErrorCode(http3.ErrCodeRequestIncomplete)},
+		{"no HEADERS before the stream's end", nil, true, "", quic.StreamErrorCode(http3.ErrCodeRequestIncomplete)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h.t = t
+			before := countsOf(ts.srv)
+			s := h.open(tt.frame)
+			if tt.fin {
+				s.str.Close()
+			}
+			if tt.status != "" {
+				if got := s.status(); got != tt.status {
+					t.Errorf("status %s, want %s", got, tt.status)
+				}
+			} else if got := s.resetCode(); got != tt.code {
+				t.Errorf("stream reset with %#x, want %#x", got, tt.code)
+			}
+			want := before
+			want.unrouted[unroutedHeaders]++
+			waitCounter(t, "unrouted{headers}", ts.srv.counters.unrouted[unroutedHeaders].Load, want.unrouted[unroutedHeaders])
+			if got := countsOf(ts.srv); got != want {
+				t.Errorf("counters = %+v, want %+v", got, want)
+			}
+		})
+	}
+	h.t = t
+	h.session().passes()
+	if err := h.conn.Context().Err(); err != nil {
+		t.Fatalf("connection closed: %v", context.Cause(h.conn.Context()))
+	}
+}
+
+// RFC 9114 §4.1: a request stream must start with HEADERS; a DATA frame
+// first is a connection error H3_FRAME_UNEXPECTED. The server goes on.
+func TestDataBeforeHeadersClosesConnection(t *testing.T) {
+	ts := startServer(t)
+	h := dialH3(t, ts)
+	before := countsOf(ts.srv)
+	h.open(appendFrame(nil, frameTypeData, []byte("hello")))
+	select {
+	case <-h.conn.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection still open 5s after DATA before HEADERS")
+	}
+	ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(h.conn.Context()))
+	if !ok || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeFrameUnexpected) {
+		t.Fatalf("connection closed with %v, want H3_FRAME_UNEXPECTED from the server", context.Cause(h.conn.Context()))
+	}
+	want := before
+	want.unrouted[unroutedHeaders]++
+	waitCounter(t, "unrouted{headers}", ts.srv.counters.unrouted[unroutedHeaders].Load, want.unrouted[unroutedHeaders])
+	if got := countsOf(ts.srv); got != want {
+		t.Errorf("counters = %+v, want %+v", got, want)
+	}
+	dialH3(t, ts).session().passes()
+}
+
+// CONNECT-IP requests that HTTP/3 accepts but RFC 9484 does not: each is
+// answered with a status and counted under refused_requests{bad_request};
+// paths that are no MASQUE template get 404 under unrouted{not_found}.
+func TestBadConnectIPRequestsAreRefused(t *testing.T) {
+	ts := startServer(t, func(c *ServerConfig) { c.Port = 8443 })
+	const authority = "127.0.0.1:8443"
+	h := dialH3(t, ts)
+	ok := connectIPFields(authority, testToken)
+	get := []qpack.HeaderField{
+		{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+		{Name: ":authority", Value: authority}, {Name: ":path", Value: "/"},
+	}
+	const badRequest, notFound = 0, 1
+	tests := []struct {
+		name    string
+		fields  []qpack.HeaderField
+		status  string
+		counter int
+	}{
+		{"target is no IP address", withField(ok, ":path", IPPathPrefix+"vpn.example/*/"), "400", badRequest},
+		{"target prefix with host bits", withField(ok, ":path", IPPathPrefix+"198.18.0.1%2F16/*/"), "400", badRequest},
+		{"ipproto 256", withField(ok, ":path", IPPathPrefix+"*/256/"), "400", badRequest},
+		{"a segment too many", withField(ok, ":path", IPPathPrefix+"*/*/x/"), "400", badRequest},
+		{"no trailing slash", withField(ok, ":path", IPPathPrefix+"*/*"), "400", badRequest},
+		{"a query", withField(ok, ":path", IPPathPrefix+"*/*/?x=1"), "400", badRequest},
+		{"an empty query", withField(ok, ":path", IPPathPrefix+"*/*/?"), "400", badRequest},
+		{"target of 65 characters", withField(ok, ":path", IPPathPrefix+strings.Repeat("1", 65)+"/*/"), "400", badRequest},
+		{"connect-udp on the IP path", withField(ok, ":protocol", "connect-udp"), "501", badRequest},
+		{"another port in :authority", withField(ok, ":authority", "127.0.0.1:9999"), "400", badRequest},
+		{"no port in :authority (443)", withField(ok, ":authority", "127.0.0.1"), "400", badRequest},
+		{"no Capsule-Protocol", withField(ok, "capsule-protocol", ""), "400", badRequest},
+		{"Capsule-Protocol ?0", withField(ok, "capsule-protocol", "?0"), "400", badRequest},
+		{"Capsule-Protocol not a boolean", withField(ok, "capsule-protocol", "1"), "400", badRequest},
+		{"GET on the IP path", withField(withField(get, ":path", ipPath(ipScope{})), "capsule-protocol", "?1"), "405", badRequest},
+		{"GET /", get, "404", notFound},
+		{"CONNECT-IP under another prefix", withField(ok, ":path", "/.well-known/masque/ipx/*/*/"), "404", notFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h.t = t
+			before := countsOf(ts.srv)
+			if got := h.request(tt.fields).status(); got != tt.status {
+				t.Errorf("status %s, want %s", got, tt.status)
+			}
+			want := before
+			if tt.counter == badRequest {
+				want.refused[refuseBadRequest]++
+			} else {
+				want.unrouted[unroutedNotFound]++
+			}
+			if got := countsOf(ts.srv); got != want {
+				t.Errorf("counters = %+v, want %+v", got, want)
+			}
+		})
+	}
+	h.t = t
+	if got := ts.srv.counters.sessionsTotal.Load(); got != 0 {
+		t.Errorf("sessions opened: %d, want 0", got)
+	}
+	// The same connection still opens a session.
+	s := h.request(ok)
+	if got := s.status(); got != "200" {
+		t.Fatalf("well-formed request: status %s, want 200", got)
+	}
+}
