@@ -2,7 +2,9 @@ package tunnel
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -203,4 +205,134 @@ func TestBadConnectIPRequestsAreRefused(t *testing.T) {
 	if got := s.status(); got != "200" {
 		t.Fatalf("well-formed request: status %s, want 200", got)
 	}
+}
+
+// Datagrams whose quarter stream ID names no session on a connection that
+// has one: dropped and counted (unknown_stream), the session unharmed.
+// Datagrams that arrived while a request was read wait for it (RFC 9298 §5
+// lets clients send them early) and are dropped, counted, when the request
+// becomes no session.
+func TestDatagramsForNoSession(t *testing.T) {
+	ts := startServer(t)
+	h := dialH3(t, ts)
+	// A request whose HEADERS never complete: the server waits for them.
+	frame := headersFrame(t, connectIPFields(ts.addr, "wrong-token-wrong-token"))
+	pending := h.open(frame[:len(frame)-3])
+	rs := h.session() // accepted after the pending stream: that one is expected now
+	qsid := func(id quic.StreamID) []byte { return quicvarint.Append(nil, uint64(id/4)) }
+	ok4 := append([]byte{0}, udp4(rs.v4, netip.MustParseAddr("198.18.2.2"), 1, 2, nil)...)
+
+	before := countsOf(ts.srv)
+	for _, id := range []quic.StreamID{rs.str.StreamID() + 4, rs.str.StreamID() + 400, 1 << 40} {
+		if err := h.conn.SendDatagram(append(qsid(id), ok4...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitCounter(t, "unknown_stream drops", ts.srv.counters.drops[dropUnknownStream].Load, before.drops[dropUnknownStream]+3)
+
+	// 40 datagrams for the pending request: 32 wait, 8 are dropped.
+	for range earlyQueueLen + 8 {
+		if err := h.conn.SendDatagram(append(qsid(pending.str.StreamID()), ok4...)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	waitCounter(t, "queue_full drops", ts.srv.counters.drops[dropQueueFull].Load, before.drops[dropQueueFull]+8)
+	// The request ends as a refusal: the waiting ones are dropped too.
+	if _, err := pending.str.Write(frame[len(frame)-3:]); err != nil {
+		t.Fatal(err)
+	}
+	if got := pending.status(); got != "401" {
+		t.Fatalf("status %s, want 401", got)
+	}
+	waitCounter(t, "unknown_stream drops", ts.srv.counters.drops[dropUnknownStream].Load, before.drops[dropUnknownStream]+3+earlyQueueLen)
+	want := before
+	want.drops[dropUnknownStream] += 3 + earlyQueueLen
+	want.drops[dropQueueFull] += 8
+	want.refused[refuseAuth]++
+	if got := countsOf(ts.srv); got != want {
+		t.Errorf("counters = %+v, want %+v", got, want)
+	}
+	rs.passes()
+}
+
+// RFC 9297 §2.1: a quarter stream ID that cannot be one closes the
+// connection with H3_DATAGRAM_ERROR, sessions on it included; the server
+// goes on.
+func TestMalformedQuarterStreamIDEndsSessions(t *testing.T) {
+	ts := startServer(t)
+	h := dialH3(t, ts)
+	h.session()
+	waitSessions(t, ts.srv, 1)
+	before := countsOf(ts.srv)
+	if err := h.conn.SendDatagram([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.conn.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection still open 5s after a malformed datagram")
+	}
+	if ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(h.conn.Context())); !ok || !ae.Remote || ae.ErrorCode != errCodeH3DatagramError {
+		t.Fatalf("connection closed with %v, want H3_DATAGRAM_ERROR (%#x) from the server", context.Cause(h.conn.Context()), errCodeH3DatagramError)
+	}
+	waitSessions(t, ts.srv, 0)
+	if got := countsOf(ts.srv); got != before {
+		t.Errorf("counters = %+v, want %+v: a connection error is no drop", got, before)
+	}
+	dialH3(t, ts).session().passes()
+}
+
+// A packet from the TUN that does not fit the session's datagram budget is
+// dropped (too_big) and answered with ICMP Fragmentation Needed / Packet
+// Too Big into the TUN, towards its sender (DESIGN.md hot path rule 3).
+func TestPacketTooBigForTheDatagram(t *testing.T) {
+	ts := startServer(t)
+	h := dialH3(t, ts)
+	rs := h.session()
+	from4, from6 := netip.MustParseAddr("198.18.2.2"), netip.MustParseAddr("2001:db8:2::2")
+	big4 := udp4(from4, rs.v4, 53, 1000, make([]byte, 1500-28))
+	big4[6] |= 0x40 // DF
+	binary.BigEndian.PutUint16(big4[10:], 0)
+	binary.BigEndian.PutUint16(big4[10:], checksum(big4[:20], 0))
+	big6 := udp6(from6, rs.v6, 53, 1000, make([]byte, 1500-48))
+	for _, tt := range []struct {
+		name      string
+		pkt       []byte
+		from, to  netip.Addr
+		proto     uint8
+		typ, code byte
+	}{
+		{"IPv4", big4, rs.v4, from4, protoICMP, 3, 4},
+		{"IPv6", big6, rs.v6, from6, protoICMPv6, 2, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := countsOf(ts.srv)
+			icmp := ts.srv.counters.icmpSent.Load()
+			send(t, ts.dev.Outbound, tt.pkt)
+			got := recv(t, ts.dev.Inbound, "the ICMP error in the TUN")
+			hd := mustHeader(t, got)
+			if hd.proto != tt.proto || hd.src != tt.from || hd.dst != tt.to || got[hd.hdrLen] != tt.typ || got[hd.hdrLen+1] != tt.code {
+				t.Fatalf("TUN got %x, want ICMP type %d code %d from %s to %s", got[:min(len(got), 48)], tt.typ, tt.code, tt.from, tt.to)
+			}
+			var mtu int
+			if tt.proto == protoICMP {
+				mtu = int(binary.BigEndian.Uint16(got[hd.hdrLen+6:]))
+			} else {
+				mtu = int(binary.BigEndian.Uint32(got[hd.hdrLen+4:]))
+			}
+			if mtu < minIPv4MTU || mtu >= len(tt.pkt) {
+				t.Errorf("ICMP says MTU %d, want the budget (< %d)", mtu, len(tt.pkt))
+			}
+			want := before
+			want.drops[dropTooBig]++
+			if got := countsOf(ts.srv); got != want {
+				t.Errorf("counters = %+v, want %+v", got, want)
+			}
+			if got := ts.srv.counters.icmpSent.Load(); got != icmp+1 {
+				t.Errorf("ICMP errors sent = %d, want %d", got, icmp+1)
+			}
+		})
+	}
+	rs.passes()
 }

@@ -331,11 +331,19 @@ func newDgramMux(c *quic.Conn, cnt *counters) *dgramMux {
 const earlyQueueLen = 32
 
 // earlySink holds datagrams of a request whose handler has not registered.
-type earlySink struct{ q [][]byte }
+// Those beyond earlyQueueLen are dropped (queue_full); those still held
+// when the request ends without a session or flow are dropped by forget
+// (unknown_stream).
+type earlySink struct {
+	q        [][]byte
+	counters *counters
+}
 
 func (e *earlySink) deliver(d []byte) bool {
 	if len(e.q) < earlyQueueLen {
 		e.q = append(e.q, d)
+	} else {
+		e.counters.drop(dropQueueFull)
 	}
 	return false
 }
@@ -344,7 +352,7 @@ func (e *earlySink) flush() {}
 // expect notes a new request stream: its datagrams wait for register.
 func (m *dgramMux) expect(id quic.StreamID) {
 	m.mu.Lock()
-	m.sinks[id] = &earlySink{}
+	m.sinks[id] = &earlySink{counters: m.counters}
 	m.mu.Unlock()
 }
 
@@ -373,6 +381,11 @@ func (m *dgramMux) forget(id quic.StreamID) {
 		return
 	}
 	delete(m.sinks, id)
+	if e, ok := s.(*earlySink); ok {
+		// The request became no session or flow: its early datagrams
+		// were for a stream that is none.
+		m.counters.drops[dropUnknownStream].Add(uint64(len(e.q)))
+	}
 	if i := slices.Index(m.pending, s); i >= 0 {
 		m.pending = slices.Delete(m.pending, i, i+1)
 	}

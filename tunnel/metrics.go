@@ -20,7 +20,7 @@ const (
 	dropContextID                       // datagram with a context ID we do not know
 	dropSendFailed                      // SendDatagram failed for another reason
 	dropTUNWrite                        // the TUN refused the packet
-	dropQueueFull                       // the session's send queue was full
+	dropQueueFull                       // a queue was full: a session's send queue, or the early datagrams of a request not served yet
 	dropUnknownStream                   // datagram for a stream that is no session or flow
 	dropLinkLocal                       // client: link-local traffic the kernel sends on the TUN (router solicitations, MLD)
 	numDropReasons

@@ -271,7 +271,8 @@ func TestDgramMuxEarlyDatagramsAreReplayed(t *testing.T) {
 		{"beyond the queue", earlyQueueLen + 8, 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			m := newDgramMux(nil, &counters{})
+			c := &counters{}
+			m := newDgramMux(nil, c)
 			const id = quic.StreamID(8)
 			m.expect(id)
 			var sent [][]byte
@@ -284,6 +285,9 @@ func TestDgramMuxEarlyDatagramsAreReplayed(t *testing.T) {
 			}
 			if len(m.pending) != 0 {
 				t.Errorf("an early sink is pending flush: %d", len(m.pending))
+			}
+			if got, want := c.drops[dropQueueFull].Load(), uint64(max(0, tt.early-earlyQueueLen)); got != want {
+				t.Errorf("queue_full drops = %d, want %d", got, want)
 			}
 			r := &recordSink{}
 			m.register(id, r)
@@ -299,7 +303,32 @@ func TestDgramMuxEarlyDatagramsAreReplayed(t *testing.T) {
 			if len(r.got) != 1 || string(r.got[0]) != "late" {
 				t.Errorf("after register the sink got %q, want [late]", r.got)
 			}
+			m.forget(id)
+			if got := c.drops[dropUnknownStream].Load(); got != 0 {
+				t.Errorf("unknown_stream drops = %d after a served request, want 0", got)
+			}
 		})
+	}
+}
+
+// A request that ends without a session or flow drops the datagrams that
+// waited for it, and counts them.
+func TestDgramMuxForgetCountsEarlyDatagrams(t *testing.T) {
+	c := &counters{}
+	m := newDgramMux(nil, c)
+	m.expect(8)
+	for i := range earlyQueueLen + 3 {
+		m.dispatch(8, []byte{byte(i)})
+	}
+	m.forget(8)
+	if got := c.drops[dropUnknownStream].Load(); got != earlyQueueLen {
+		t.Errorf("unknown_stream drops = %d, want %d", got, earlyQueueLen)
+	}
+	if got := c.drops[dropQueueFull].Load(); got != 3 {
+		t.Errorf("queue_full drops = %d, want 3", got)
+	}
+	if m.dispatch(8, []byte{0}) {
+		t.Error("a forgotten stream still has a sink")
 	}
 }
 
