@@ -35,12 +35,13 @@ import (
 type flowEnd uint8
 
 const (
-	flowEndClient   flowEnd = iota // the client closed or reset its request stream
-	flowEndIdle                    // no datagram either way for the idle timeout
-	flowEndShutdown                // the server is shutting down
-	flowEndConn                    // the QUIC connection or the stream failed
-	flowEndSocket                  // the UDP socket failed
-	flowEndPolicy                  // a policy reload refuses its target
+	flowEndClient    flowEnd = iota // the client closed or reset its request stream
+	flowEndIdle                     // no datagram either way for the idle timeout
+	flowEndShutdown                 // the server is shutting down
+	flowEndConn                     // the QUIC connection or the stream failed
+	flowEndSocket                   // the UDP socket failed
+	flowEndPolicy                   // a policy reload refuses its target
+	flowEndMalformed                // the client sent a malformed capsule: the stream was reset
 )
 
 func (e flowEnd) String() string {
@@ -55,6 +56,8 @@ func (e flowEnd) String() string {
 		return "connection_lost"
 	case flowEndPolicy:
 		return "policy_changed"
+	case flowEndMalformed:
+		return "malformed_capsule"
 	default:
 		return "socket_error"
 	}
@@ -279,7 +282,9 @@ func (f *udpFlow) runDown() {
 
 // runCapsules reads the request stream until it ends, which ends the flow.
 // DATAGRAM capsules are forwarded like HTTP datagrams; other capsule types
-// are skipped (RFC 9297 §3.2).
+// are skipped (RFC 9297 §3.2) and counted. A stream that ends inside a
+// capsule is a malformed message (RFC 9297 §3.3): the stream is reset with
+// H3_MESSAGE_ERROR.
 func (f *udpFlow) runCapsules() {
 	var buf *smallBuf
 	defer func() {
@@ -287,11 +292,22 @@ func (f *udpFlow) runCapsules() {
 			putSmallBuf(buf)
 		}
 	}()
+	c := f.p.counters
+	end := func(err error) {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			c.capsuleDrops[capsuleDropMalformed].Add(1)
+			f.close(flowEndMalformed) // first: the reset ends runUp's watch too
+			f.str.CancelRead(quic.StreamErrorCode(errCodeH3MessageError))
+			f.str.CancelWrite(quic.StreamErrorCode(errCodeH3MessageError))
+			return
+		}
+		f.close(streamEnd(err))
+	}
 	parser := http3.NewCapsuleParser(f.str)
 	for {
 		ct, r, err := parser.Next()
 		if err != nil {
-			f.close(streamEnd(err))
+			end(err)
 			return
 		}
 		if ct == datagramCapsule {
@@ -301,17 +317,18 @@ func (f *udpFlow) runCapsules() {
 			n, tooBig, err := readCapsule(r, buf[:])
 			switch {
 			case err != nil:
-				f.close(streamEnd(err))
+				end(err)
 				return
 			case tooBig:
-				f.p.counters.drops[udpDropTooBig].Add(1)
+				c.drops[udpDropTooBig].Add(1)
 			case !f.forwardUp(buf[:n]):
 				return
 			}
 			continue
 		}
-		if _, err := io.Copy(io.Discard, r); err != nil {
-			f.close(streamEnd(err))
+		c.capsuleDrops[capsuleDropUnknown].Add(1)
+		if err := r.Discard(); err != nil {
+			end(err)
 			return
 		}
 	}

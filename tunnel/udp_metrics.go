@@ -82,6 +82,7 @@ type udpCounters struct {
 	drops                    [numUDPDrops]atomic.Uint64
 	refused                  [numUDPRefusals]atomic.Uint64
 	denied                   [maxPolicyReasons]atomic.Uint64 // by policy.Reason
+	capsuleDrops             [numCapsuleDrops]atomic.Uint64  // unknown_type and malformed only
 }
 
 var (
@@ -99,10 +100,12 @@ var (
 		"CONNECT-UDP requests refused, by reason.", []string{"reason"}, nil)
 	descUDPDenied = prometheus.NewDesc("masque_udp_denied_destinations_total",
 		"CONNECT-UDP targets refused by the destination policy, by policy reason.", []string{"reason"}, nil)
+	descUDPCapsuleDrops = prometheus.NewDesc("masque_udp_dropped_capsules_total",
+		"Capsules from clients on CONNECT-UDP streams not acted on, by reason (malformed ends the flow).", []string{"reason"}, nil)
 )
 
 func describeUDP(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUDPFlows, descUDPFlowsTotal, descUDPDatagrams, descUDPBytes, descUDPDrops, descUDPRefused, descUDPDenied} {
+	for _, d := range []*prometheus.Desc{descUDPFlows, descUDPFlowsTotal, descUDPDatagrams, descUDPBytes, descUDPDrops, descUDPRefused, descUDPDenied, descUDPCapsuleDrops} {
 		ch <- d
 	}
 }
@@ -122,6 +125,9 @@ func (c *udpCounters) collect(ch chan<- prometheus.Metric) {
 	}
 	for r := range numUDPRefusals {
 		ch <- prometheus.MustNewConstMetric(descUDPRefused, prometheus.CounterValue, float64(c.refused[r].Load()), r.String())
+	}
+	for _, d := range []capsuleDrop{capsuleDropUnknown, capsuleDropMalformed} {
+		ch <- prometheus.MustNewConstMetric(descUDPCapsuleDrops, prometheus.CounterValue, float64(c.capsuleDrops[d].Load()), d.String())
 	}
 	for r := policy.Reason(1); r < maxPolicyReasons; r++ {
 		if v := c.denied[r].Load(); v > 0 || r <= policy.ReasonOperatorDeny {
