@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/masque-vpn/masque/policy"
 )
@@ -98,7 +100,52 @@ func parseConfig(r io.Reader) (*Config, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("decode: data after the configuration object")
 	}
+	if err := checkKeys(b); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
 	return &c, nil
+}
+
+// configKeys are the keys of a configuration file: Config's JSON names.
+var configKeys = func() map[string]bool {
+	keys := map[string]bool{}
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		keys[name] = true
+	}
+	return keys
+}()
+
+// checkKeys reports what encoding/json lets through in the object b, which
+// decoded into a Config: a key that names a field only when case is
+// ignored ("Listen" for "listen"), and a key given twice (json keeps the
+// last, silently).
+func checkKeys(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if _, err := dec.Token(); err != nil { // {
+		return err
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string)
+		if !configKeys[key] {
+			return fmt.Errorf("unknown field %q (keys are lower case: %q)", key, strings.ToLower(key))
+		}
+		if seen[key] {
+			return fmt.Errorf("field %q given twice", key)
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func loadConfig(path string) (*Config, error) {
@@ -229,8 +276,11 @@ func (c *Config) resolve() (*settings, error) {
 	if s.Pprof && s.Metrics == "" {
 		bad("pprof", "needs metrics: profiles are served on the metrics listener")
 	}
-	if len(s.Tun) > 15 || s.Tun == "" {
-		bad("tun", "%q must be 1-15 characters", s.Tun)
+	if !validIfName(s.Tun) {
+		bad("tun", "%q is not an interface name: 1-15 characters, none of them white space, '/' or ':'", s.Tun)
+	}
+	if s.Egress != "" && !validIfName(s.Egress) {
+		bad("egress", "%q is not an interface name: 1-15 characters, none of them white space, '/' or ':'", s.Egress)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -299,6 +349,20 @@ func (f udpAllowFlag) Set(v string) error {
 	}
 	(*f.m)[id] = append((*f.m)[id], pattern)
 	return nil
+}
+
+// validIfName reports whether the Linux kernel takes name as an interface
+// name (net/core/dev.c dev_valid_name).
+func validIfName(name string) bool {
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return false
+	}
+	for _, r := range name {
+		if r == '/' || r == ':' || r <= ' ' || r == 0x7f || unicode.IsSpace(r) {
+			return false
+		}
+	}
+	return true
 }
 
 func or(v, def string) string {

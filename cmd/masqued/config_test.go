@@ -74,6 +74,21 @@ func TestParseConfigErrors(t *testing.T) {
 		{"null", `null`, "want a JSON object"},
 		{"truncated", `{"mtu":14`, "decode"},
 		{"too large", `{}` + strings.Repeat(" ", maxConfigSize), "larger than"},
+		{"YAML", "listen: \"[::]:443\"\ncert: /etc/masqued/server.crt\n", "want a JSON object"},
+		{"byte order mark", "\xef\xbb\xbf{}", "want a JSON object"},
+		{"binary", "\x00\x01\x02", "want a JSON object"},
+		{"white space only", " \n\t ", "want a JSON object"},
+		{"upper-case key", `{"LISTEN":"[::]:443"}`, `unknown field "LISTEN"`},
+		{"mixed-case key", `{"cert":"c","Log_Level":"warn"}`, `unknown field "Log_Level"`},
+		{"duplicate key", `{"mtu":1280,"mtu":1500}`, `field "mtu" given twice`},
+		{"string for a number", `{"mtu":"1400"}`, "mtu"},
+		{"fraction for an integer", `{"mtu":1400.5}`, "mtu"},
+		{"integer overflow", `{"max_conns":1e30}`, "max_conns"},
+		{"string for a bool", `{"pprof":"yes"}`, "pprof"},
+		{"string for a list", `{"dns":"198.18.0.53"}`, "dns"},
+		{"number in a list", `{"routes":[10]}`, "routes"},
+		{"list for a map", `{"udp_allow":["alice=*:53"]}`, "udp_allow"},
+		{"object for a string", `{"listen":{"addr":"[::]"}}`, "listen"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -271,6 +286,17 @@ func TestResolveErrors(t *testing.T) {
 		{"metrics without port", func(c *Config) { c.Metrics = "127.0.0.1" }, "metrics"},
 		{"pprof without metrics", func(c *Config) { c.Pprof = true }, "pprof"},
 		{"tun too long", func(c *Config) { c.Tun = "masqued-01234567" }, "tun"},
+		{"tun white space", func(c *Config) { c.Tun = " " }, "tun"},
+		{"tun slash", func(c *Config) { c.Tun = "tun/0" }, "tun"},
+		{"tun dot dot", func(c *Config) { c.Tun = ".." }, "tun"},
+		{"egress colon", func(c *Config) { c.Egress = "eth0:1" }, "egress"},
+		{"egress too long", func(c *Config) { c.Egress = "enp0s31f6-very-long" }, "egress"},
+		{"listen garbage", func(c *Config) { c.Listen = "[::]:443:1" }, "listen"},
+		{"allow IPv6 host bits", func(c *Config) { c.Allow = []string{"2001:db8::1/32"} }, "allow[0]"},
+		{"deny zone", func(c *Config) { c.Deny = []string{"fe80::1%eth0"} }, "deny[0]"},
+		{"lease time overflow", func(c *Config) { c.LeaseTime = "9999999999h" }, "lease_time"},
+		{"drain timeout zero", func(c *Config) { c.DrainTimeout = "0" }, "drain_timeout"},
+		{"metrics garbage", func(c *Config) { c.Metrics = "::9090" }, "metrics"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -334,6 +360,16 @@ func FuzzParseConfig(f *testing.F) {
 		c, err := parseConfig(bytes.NewReader(in))
 		if err != nil {
 			return
+		}
+		// Every key it took is a field's exact name.
+		var keys map[string]json.RawMessage
+		if err := json.Unmarshal(in, &keys); err != nil {
+			t.Fatalf("parseConfig took %q, which is no JSON object: %v", in, err)
+		}
+		for k := range keys {
+			if !configKeys[k] {
+				t.Fatalf("parseConfig took key %q", k)
+			}
 		}
 		// resolve must not panic on anything that parses.
 		_, _ = c.resolve()

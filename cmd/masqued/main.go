@@ -49,7 +49,8 @@ func execute(args []string) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(os.Stderr, "masqued: %v\n", err)
+	// One line, however many problems the error joins.
+	fmt.Fprintf(os.Stderr, "masqued: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsage(err) {
 		return exitUsage

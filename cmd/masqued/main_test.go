@@ -1,10 +1,49 @@
 package main
 
 import (
+	"bytes"
+	"cmp"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
+
+// TestMain lets the test binary run as masqued, for tests that need its
+// exit code and its stderr as a user sees them.
+func TestMain(m *testing.M) {
+	if os.Getenv("MASQUED_TEST_AS_MAIN") == "1" {
+		os.Exit(execute(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// runMasqued runs masqued (this test binary as main) with args, for at
+// most 20 s, and returns its exit code, stdout and stderr.
+func runMasqued(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "MASQUED_TEST_AS_MAIN=1")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	err := cmd.Wait()
+	code := 0
+	if ee, ok := errors.AsType[*exec.ExitError](err); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("masqued %q: %v", args, err)
+	}
+	return code, stdout.String(), stderr.String()
+}
 
 func TestExecuteExitCodes(t *testing.T) {
 	dir := t.TempDir()
@@ -55,6 +94,107 @@ func TestExecuteExitCodes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := execute(tt.args); got != tt.want {
 				t.Errorf("execute(%q) = %d, want %d", tt.args, got, tt.want)
+			}
+		})
+	}
+}
+
+// Bad configuration files: masqued refuses each before it touches the
+// network, with exit code 2 and one line on stderr that names the problem.
+// "config check" and "run" take the same path.
+func TestBadConfigFiles(t *testing.T) {
+	dir := t.TempDir()
+	pki := filepath.Join(dir, "pki")
+	if code := execute([]string{"cert", "--dir", pki, "--host", "127.0.0.1", "--client", "alice"}); code != exitOK {
+		t.Fatalf("cert: exit %d", code)
+	}
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tokens := write("tokens", "alice 0123456789abcdef0123456789abcdef\n")
+	// with returns a configuration with cert, key and tokens files (the
+	// good ones where given "") and extra keys.
+	with := func(cert, tokensFile, extra string) string {
+		cert = cmp.Or(cert, filepath.Join(pki, "server.crt"))
+		tokensFile = cmp.Or(tokensFile, tokens)
+		return `{"cert":"` + cert + `","key":"` + filepath.Join(pki, "server.key") +
+			`","tokens":"` + tokensFile + `","listen":"127.0.0.1:4433"` + extra + `}`
+	}
+	files := func(extra string) string { return with("", "", extra) }
+	if code, out, errOut := runMasqued(t, "config", "check", "--config", write("good.json", files(""))); code != exitOK || out != "configuration ok\n" || errOut != "" {
+		t.Fatalf("good config: exit %d, stdout %q, stderr %q; want 0 and \"configuration ok\"", code, out, errOut)
+	}
+	badTokens := write("bad-tokens", "alice\nbob short\nalice 0123456789abcdef0123456789abcdef\n")
+	emptyTokens := write("empty-tokens", "# nobody yet\n")
+	garbagePEM := write("garbage.pem", "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+	tests := []struct {
+		name string
+		body string // the file's content; "" with path set: use path
+		path string
+		want []string // substrings of the one stderr line
+	}{
+		{"not JSON", "listen: 127.0.0.1:4433\n", "", []string{"want a JSON object"}},
+		{"empty file", "", "", []string{"want a JSON object"}},
+		{"truncated JSON", `{"listen":"127.0.0.1:4433"`, "", []string{"decode", "EOF"}},
+		{"unknown key", files(`,"lissen":"x"`), "", []string{`unknown field "lissen"`}},
+		{"key in the wrong case", files(`,"MTU":1400`), "", []string{`unknown field "MTU"`}},
+		{"key twice", files(`,"mtu":1400,"mtu":1500`), "", []string{`"mtu" given twice`}},
+		{"string for a number", files(`,"mtu":"1400"`), "", []string{"mtu"}},
+		{"string for a list", files(`,"dns":"198.18.0.53"`), "", []string{"dns"}},
+		{"bad CIDR", files(`,"pool4":"100.64.0.0/33"`), "", []string{"pool4", "not a CIDR prefix"}},
+		{"CIDR with host bits", files(`,"allow":["169.254.1.1/16"]`), "", []string{"allow[0]", "host bits"}},
+		{"bad duration", files(`,"lease_time":"10 minutes"`), "", []string{"lease_time", "duration"}},
+		{"negative duration", files(`,"udp_idle_timeout":"-5s"`), "", []string{"udp_idle_timeout"}},
+		{"negative limit", files(`,"max_conns":-1`), "", []string{"max_conns", "negative"}},
+		{"negative UDP limit", files(`,"udp_max_flows_per_identity":-3`), "", []string{"udp_max_flows_per_identity", "negative"}},
+		{"bad UDP pattern", files(`,"udp_allow":{"alice":["*:0"]}`), "", []string{`udp_allow["alice"][0]`}},
+		{"several problems", files(`,"mtu":9000,"max_conns":-1,"dns":["x"]`), "", []string{"mtu", "max_conns", "dns[0]", "; "}},
+		{"file too large", `{}` + strings.Repeat(" ", maxConfigSize), "", []string{"larger than"}},
+		{"missing file", "", filepath.Join(dir, "nope.json"), []string{"nope.json", "no such file"}},
+		{"a directory", "", dir, []string{"is a directory"}},
+		{"tokens file malformed", with("", badTokens, ""), "", []string{"tokens file", "line 1: want IDENTITY TOKEN", "line 2: invalid token"}},
+		{"tokens file missing", with("", filepath.Join(dir, "no-tokens"), ""), "", []string{"tokens file", "no such file"}},
+		{"tokens file without tokens", with("", emptyTokens, ""), "", []string{"tokens file", "no tokens"}},
+		{"certificate not PEM", with(tokens, "", ""), "", []string{"certificate"}},
+		{"client CA not a certificate", files(`,"client_ca":"` + garbagePEM + `"`), "", []string{"client CA"}},
+	}
+	// run reads the file the same way; it is tried with files it cannot
+	// get past whatever else is wrong (it would set up the TUN, as root).
+	runToo := map[string]bool{"not JSON": true, "key in the wrong case": true, "file too large": true, "missing file": true, "a directory": true}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := tt.path
+			if path == "" {
+				path = write(strings.ReplaceAll(tt.name, " ", "-")+".json", tt.body)
+			}
+			cmds := [][]string{{"config", "check", "--config", path}}
+			if runToo[tt.name] {
+				cmds = append(cmds, []string{"run", "--config", path})
+			}
+			for _, args := range cmds {
+				code, out, errOut := runMasqued(t, args...)
+				if code != exitUsage {
+					t.Errorf("masqued %s: exit %d, want %d (stderr %q)", args[0], code, exitUsage, errOut)
+				}
+				if out != "" {
+					t.Errorf("masqued %s: stdout %q, want nothing", args[0], out)
+				}
+				line, rest, _ := strings.Cut(errOut, "\n")
+				if rest != "" || !strings.HasPrefix(line, "masqued: ") {
+					t.Errorf("masqued %s: stderr %q, want one line starting with \"masqued: \"", args[0], errOut)
+				}
+				for _, w := range tt.want {
+					if !strings.Contains(line, w) {
+						t.Errorf("masqued %s: stderr %q lacks %q", args[0], line, w)
+					}
+				}
+				if strings.Contains(line, "0123456789abcdef0123456789abcdef") {
+					t.Errorf("masqued %s: stderr %q shows a token", args[0], line)
+				}
 			}
 		})
 	}

@@ -221,6 +221,9 @@ func loadServerMaterial(s *settings) (*material, error) {
 		if err != nil {
 			return nil, err
 		}
+		if toks.Len() == 0 && s.ClientCA == "" {
+			return nil, fmt.Errorf("tokens file %s: no tokens, and no client CA: no client could authenticate", s.Tokens)
+		}
 		auth.Tokens = toks
 	}
 	return &material{tls: tc, auth: auth}, nil
