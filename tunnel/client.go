@@ -670,7 +670,7 @@ func (c *Client) runTUNWriter(dev Device, r *rxRing) {
 			bytes += uint64(len(b) - Headroom)
 		}
 		if _, err := dev.Write(bufs[:n], Headroom); err != nil {
-			c.stats.drops[dropTUNWrite].Add(1)
+			c.stats.drops[dropTUNWrite].Add(tunWriteDrops(err, n))
 		}
 		c.stats.rxPackets.Add(uint64(n))
 		c.stats.rxBytes.Add(bytes)

@@ -447,7 +447,9 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 		senders.Wait()
 	}()
 	if !s.register(ss) {
-		// Shutting down: end the stream as close would.
+		// Shutting down since the request was accepted: end the stream
+		// as close would.
+		s.counters.refused[refuseShuttingDown].Add(1)
 		ss.str.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
 		ss.str.Close()
 		return

@@ -118,6 +118,20 @@ func (ss *session) flushTx() {
 	}
 }
 
+// dropQueued drops and counts the batches still waiting for runSend when
+// the session has ended.
+func (ss *session) dropQueued() {
+	for {
+		select {
+		case p := <-ss.txQueue:
+			ss.srv.counters.drops[dropNoSession].Add(uint64(p.n))
+			p.recycle()
+		default:
+			return
+		}
+	}
+}
+
 func (p *txBatch) recycle() {
 	for i := range p.n {
 		putSmallBuf(p.arrs[i])
@@ -127,10 +141,11 @@ func (p *txBatch) recycle() {
 }
 
 // runSend sends the session's batches to the client. It returns when
-// sendDone is closed (the session ended and left the router). txQueue is
-// never closed, because the TUN reader may still hold the session from a
-// lookup just before its removal; a batch it queues after runSend returned
-// is left to the garbage collector.
+// sendDone is closed (the session ended and left the router), dropping what
+// is still queued as no_session. txQueue is never closed, because the TUN
+// reader may still hold the session from a lookup just before its removal;
+// a batch it queues after runSend returned is left to the garbage
+// collector, uncounted: at most one TUN read's worth, once per session.
 func (ss *session) runSend() {
 	s := ss.srv
 	var icmpBuf [Headroom + maxICMPv6Len]byte
@@ -138,8 +153,15 @@ func (ss *session) runSend() {
 	for {
 		var p *txBatch
 		select {
+		case <-ss.sendDone:
+			ss.dropQueued()
+			return
+		default:
+		}
+		select {
 		case p = <-ss.txQueue:
 		case <-ss.sendDone:
+			ss.dropQueued()
 			return
 		}
 		for i := range p.n {
@@ -183,8 +205,20 @@ func (ss *session) runSend() {
 // server TUN.
 func (s *Server) writeTUN(bufs [][]byte) {
 	if _, err := s.cfg.Device.Write(bufs, Headroom); err != nil {
-		s.counters.drop(dropTUNWrite)
+		s.counters.drops[dropTUNWrite].Add(tunWriteDrops(err, len(bufs)))
 	}
+}
+
+// tunWriteDrops is how many of the n packets of a Device.Write that failed
+// with err were lost, as far as err tells: wireguard's TUN joins one error
+// per failed write (a write may carry several packets coalesced by GRO,
+// counted as one); an error that joins nothing (GRO itself failed) lost
+// them all.
+func tunWriteDrops(err error, n int) uint64 {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return uint64(min(len(j.Unwrap()), n))
+	}
+	return uint64(n)
 }
 
 // gatewayFor returns the server's address inside the pool of pkt's IP

@@ -339,7 +339,10 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	f.log = log.With("flow_id", f.id, "next_hop", next.String())
 	if mux := p.muxOf(conn); mux != nil {
 		mux.register(f.str.StreamID(), f)
-		defer mux.forget(f.str.StreamID())
+		defer func() {
+			mux.forget(f.str.StreamID())
+			f.dropQueued()
+		}()
 	}
 	// Flows can be as short-lived and numerous as DNS queries: their
 	// lifecycle is debug detail; the metrics count them.

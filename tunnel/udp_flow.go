@@ -171,6 +171,19 @@ func (f *udpFlow) deliver(d []byte) bool {
 
 func (f *udpFlow) flush() {}
 
+// dropQueued drops and counts the client's datagrams still queued for the
+// target once the flow has ended and left the connection's mux.
+func (f *udpFlow) dropQueued() {
+	for {
+		select {
+		case <-f.in:
+			f.p.counters.drops[udpDropFlowEnded].Add(1)
+		default:
+			return
+		}
+	}
+}
+
 // runUp forwards the client's HTTP datagrams to the target until the
 // stream or the flow ends.
 func (f *udpFlow) runUp(ctx context.Context) {

@@ -20,6 +20,7 @@ const (
 	udpDropSendFailed                 // SendDatagram failed for a reason other than the size
 	udpDropQueueFull                  // client: the flow was still being set up and its queue was full; server: the flow's queue to the target was full
 	udpDropRefused                    // client: the server refused the flow
+	udpDropFlowEnded                  // server: still queued for the target when the flow ended
 	numUDPDrops
 )
 
@@ -32,6 +33,7 @@ var udpDropNames = [numUDPDrops]string{
 	udpDropSendFailed:  "send_failed",
 	udpDropQueueFull:   "queue_full",
 	udpDropRefused:     "flow_refused",
+	udpDropFlowEnded:   "flow_ended",
 }
 
 func (d udpDrop) String() string { return udpDropNames[d] }
@@ -118,8 +120,8 @@ func (c *udpCounters) collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descUDPBytes, prometheus.CounterValue, float64(c.upBytes.Load()), "up")
 	ch <- prometheus.MustNewConstMetric(descUDPBytes, prometheus.CounterValue, float64(c.downBytes.Load()), "down")
 	for d := range numUDPDrops {
-		if d == udpDropQueueFull || d == udpDropRefused {
-			continue // client-side reasons
+		if d == udpDropRefused {
+			continue // client-side reason
 		}
 		ch <- prometheus.MustNewConstMetric(descUDPDrops, prometheus.CounterValue, float64(c.drops[d].Load()), d.String())
 	}
