@@ -156,12 +156,13 @@ func (ss *session) datagramCapsule(r http3.CapsuleReader) error {
 	if err != nil {
 		return err
 	}
-	ss.srv.counters.datagramCapsules.Add(1)
 	if tooBig {
 		ss.srv.counters.drop(dropMalformed)
-		return nil
+	} else {
+		ss.mux.deliverOne(ss, buf[:n])
 	}
-	ss.mux.deliverOne(ss, buf[:n])
+	// Counted once its outcome is.
+	ss.srv.counters.datagramCapsules.Add(1)
 	return nil
 }
 
