@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"net/netip"
 	"testing"
 )
@@ -83,4 +84,36 @@ func BenchmarkClientCheckDatagram(b *testing.B) {
 			b.Fatal("rejected")
 		}
 	}
+}
+
+// FuzzClientCheckDatagram: any datagram from the server is either one
+// whole IP packet of the session, for one of the client's addresses, or
+// dropped under exactly one reason.
+func FuzzClientCheckDatagram(f *testing.F) {
+	f.Add(cat([]byte{0, 0}, ipv4Packet(testDst4, sessAddr4, protoUDP, seq(10))))
+	f.Add(cat([]byte{0, 0}, ipv6Packet(testDst6, sessAddr6, protoTCP, seq(10)), []byte{0xff}))
+	f.Add(cat([]byte{0, 1}, ipv4Packet(testDst4, sessAddr4, protoUDP, nil)))
+	f.Add(cat([]byte{4, 0}, ipv4Packet(testDst4, sessAddr4, protoUDP, nil)))
+	f.Add([]byte{0, 0, 0x45, 0, 0, 200})
+	f.Fuzz(func(t *testing.T, d []byte) {
+		c := newCheckClient()
+		pkt, ok := c.checkDatagram(d)
+		var drops uint64
+		for r := range numDropReasons {
+			drops += c.stats.drops[r].Load()
+		}
+		if ok == (drops != 0) || drops > 1 {
+			t.Fatalf("checkDatagram(%x) = %v with %d drops; want exactly one of the two", d, ok, drops)
+		}
+		if !ok {
+			return
+		}
+		if !bytes.HasPrefix(d, c.dgramPrefix) || !bytes.HasSuffix(d[:len(c.dgramPrefix)+len(pkt)], pkt) {
+			t.Fatalf("packet %x is not the datagram's after its prefix", pkt)
+		}
+		h, hok := parseIPHeader(pkt)
+		if !hok || h.totalLen != len(pkt) || len(pkt) > maxMTU || !c.ownAddr(h.dst) {
+			t.Fatalf("checkDatagram accepted %x: not one whole packet for the client", pkt)
+		}
+	})
 }

@@ -60,7 +60,7 @@ func (ss *session) configure() error {
 // ends the stream: with a FIN when the client ended it or the server closed
 // the session, with a reset when the client broke the capsule protocol.
 func (ss *session) run() {
-	err := ss.readCapsules()
+	err := ss.readCapsules(ss.str, ss.str)
 	c := &ss.srv.counters
 	var code http3.ErrCode
 	switch {
@@ -85,11 +85,12 @@ func (ss *session) run() {
 	ss.str.CancelWrite(quic.StreamErrorCode(code))
 }
 
-// readCapsules reads the client's capsules until the stream ends or a
-// capsule breaks the protocol, and returns why.
-func (ss *session) readCapsules() error {
+// readCapsules reads the client's capsules from in (the request stream)
+// until it ends or a capsule breaks the protocol, writes the answers to w
+// (the stream too) and returns why it stopped.
+func (ss *session) readCapsules(in io.Reader, w io.Writer) error {
 	c := &ss.srv.counters
-	p := http3.NewCapsuleParser(ss.str)
+	p := http3.NewCapsuleParser(in)
 	for {
 		typ, r, err := p.Next()
 		if err != nil {
@@ -109,7 +110,7 @@ func (ss *session) readCapsules() error {
 			if err != nil {
 				return err
 			}
-			if err := ss.answerAddressRequest(req); err != nil {
+			if err := ss.answerAddressRequest(w, req); err != nil {
 				return err
 			}
 		case capsuleAddressAssign, capsuleRouteAdvertisement, capsuleDNSAssign:
@@ -171,7 +172,7 @@ func (ss *session) datagramCapsule(r http3.CapsuleReader) error {
 // complete assignment (§4.7.1: an assignment replaces the previous one):
 // one entry per request, in order (the unspecified address for one it
 // cannot grant), and the address of each family not asked for.
-func (ss *session) answerAddressRequest(req []addressEntry) error {
+func (ss *session) answerAddressRequest(w io.Writer, req []addressEntry) error {
 	out := make([]addressEntry, 0, len(req)+2)
 	asked4, asked6 := false, false
 	for _, e := range req {
@@ -199,7 +200,7 @@ func (ss *session) answerAddressRequest(req []addressEntry) error {
 	if !asked6 && cur.v6.IsValid() {
 		out = append(out, addressEntry{prefix: netip.PrefixFrom(cur.v6, 128)})
 	}
-	_, err := ss.str.Write(appendAddresses(nil, capsuleAddressAssign, out))
+	_, err := w.Write(appendAddresses(nil, capsuleAddressAssign, out))
 	return err
 }
 

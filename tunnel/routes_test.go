@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	connectip "github.com/quic-go/connect-ip-go"
+	"github.com/quic-go/quic-go/quicvarint"
 )
 
 func TestLastAddr(t *testing.T) {
@@ -358,4 +359,95 @@ func TestScopedRoutes(t *testing.T) {
 	if got := (&session{srv: narrow, scope: ipScope{target: netip.MustParsePrefix("2001:db8::/32")}}).scopedRoutes(); len(got) != 0 {
 		t.Errorf("scopedRoutes outside every route = %v, want none", got)
 	}
+}
+
+// FuzzAdvertisedRoutes builds the routes a session is sent as the server
+// does (prefixesToRoutes for the configured routes, scopedRoutes for the
+// request's scope) from any prefixes and scope: the advertisement parses
+// (RFC 9484 §4.7.3 order, no overlap), lies within the scope, and covers
+// exactly the configured addresses inside the scope.
+func FuzzAdvertisedRoutes(f *testing.F) {
+	f.Add([]byte{4, 0, 0, 0, 0, 0}, []byte{4, 198, 18, 0, 0, 15}, byte(0))
+	f.Add([]byte{4, 10, 0, 0, 0, 8, 4, 10, 1, 0, 0, 16, 6, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32}, []byte{}, byte(6))
+	f.Add([]byte{4, 198, 18, 0, 0, 31, 4, 198, 18, 0, 2, 31}, []byte{4, 198, 18, 0, 1, 32}, byte(17))
+	f.Fuzz(func(t *testing.T, prefixBytes, scopeBytes []byte, proto byte) {
+		take := func(b []byte) (netip.Prefix, []byte, bool) {
+			if len(b) < 1 {
+				return netip.Prefix{}, nil, false
+			}
+			n := 4
+			if b[0]%2 == 0 {
+				n = 16
+			}
+			if len(b) < 2+n {
+				return netip.Prefix{}, nil, false
+			}
+			a, _ := netip.AddrFromSlice(b[1 : 1+n])
+			return netip.PrefixFrom(a, int(b[1+n])%(a.BitLen()+1)).Masked(), b[2+n:], true
+		}
+		var prefixes []netip.Prefix
+		for len(prefixes) < 16 {
+			p, rest, ok := take(prefixBytes)
+			if !ok {
+				break
+			}
+			prefixes = append(prefixes, p)
+			prefixBytes = rest
+		}
+		scope := ipScope{proto: proto}
+		if p, _, ok := take(scopeBytes); ok {
+			scope.target = p
+		}
+		ss := &session{srv: &Server{routes: prefixesToRoutes(prefixes)}, scope: scope}
+		routes := ss.srv.routes
+		if !scope.full() {
+			routes = ss.scopedRoutes()
+		}
+		b := appendRouteAdvertisement(nil, routes)
+		_, n, _ := quicvarint.Parse(b)
+		_, m, _ := quicvarint.Parse(b[n:])
+		if got, err := parseRouteAdvertisement(b[n+m:]); err != nil || len(got) != len(routes) {
+			t.Fatalf("advertisement of %v does not parse: %v", routes, err)
+		}
+		for _, r := range routes {
+			if r.IPProtocol != scope.proto {
+				t.Fatalf("route %v has protocol %d, scope %d", r, r.IPProtocol, scope.proto)
+			}
+			if scope.target.IsValid() && (!scope.target.Contains(r.StartIP) || !scope.target.Contains(r.EndIP)) {
+				t.Fatalf("route %v leaves the scope %v", r, scope.target)
+			}
+		}
+		covered := func(a netip.Addr) bool {
+			for _, r := range routes {
+				if r.StartIP.Compare(a) <= 0 && a.Compare(r.EndIP) <= 0 {
+					return true
+				}
+			}
+			return false
+		}
+		configured := func(a netip.Addr) bool {
+			if scope.target.IsValid() && !scope.target.Contains(a) {
+				return false
+			}
+			for _, p := range prefixes {
+				if p.Contains(a) {
+					return true
+				}
+			}
+			return false
+		}
+		// The edges of every prefix and of the scope, and their
+		// neighbours, are where a wrong merge or cut would show.
+		edges := append(slices.Clone(prefixes), scope.target)
+		for _, p := range edges {
+			if !p.IsValid() {
+				continue
+			}
+			for _, a := range []netip.Addr{p.Addr(), p.Addr().Prev(), lastAddr(p), lastAddr(p).Next()} {
+				if a.IsValid() && covered(a) != configured(a) {
+					t.Fatalf("%v: advertised %v, configured %v (routes %v, prefixes %v, scope %+v)", a, covered(a), configured(a), routes, prefixes, scope)
+				}
+			}
+		}
+	})
 }
