@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -252,6 +253,64 @@ func FuzzParseUDPPattern(f *testing.F) {
 		}
 		if m && p.kind == udpPrefix && !p.prefix.Contains(a.Unmap().WithZone("")) {
 			t.Fatalf("%s matches %v outside its prefix", c, a)
+		}
+	})
+}
+
+// FuzzUDPRules checks the decisions of any rules on any target: an
+// identity gets its own list, else the "*" list, else no restriction; the
+// check before resolution (MayAllow) never refuses a named target that
+// the check after it (Allows) would let through; and what Allows lets
+// through, one of the list's patterns matches.
+func FuzzUDPRules(f *testing.F) {
+	f.Add("*.example:53\n198.18.2.0/24:*", "dns.example:53", "alice", "alice", "ns.example", []byte{198, 18, 2, 2}, uint16(53))
+	f.Add("a.example:1-100", "*:*", "bob", "carol", "", []byte{127, 0, 0, 1}, uint16(80))
+	f.Add("[2001:db8::/32]:443", "", "alice", "alice", "x.example", []byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, uint16(443))
+	f.Add("", "x:1", "erin", "dave", "X.", []byte{}, uint16(1))
+	f.Fuzz(func(t *testing.T, own, any, id, asker, name string, addr []byte, port uint16) {
+		split := func(s string) []string {
+			if s == "" {
+				return nil
+			}
+			return strings.Split(s, "\n")
+		}
+		if id == AnyIdentity {
+			return // the * list is any's
+		}
+		cfg := UDPRulesConfig{Allow: map[string][]string{id: split(own)}}
+		if any != "" {
+			cfg.Allow[AnyIdentity] = split(any)
+		}
+		r, err := NewUDPRules(cfg)
+		if err != nil {
+			return
+		}
+		l, restricted := r.For(Identity(asker))
+		ownList, _ := ParseUDPAllowList(split(own))
+		anyList, _ := ParseUDPAllowList(split(any))
+		switch {
+		case asker == id:
+			if !restricted || len(l) != len(ownList) {
+				t.Fatalf("For(%q) = %v, %v; want its own list %v", asker, l, restricted, ownList)
+			}
+		case any != "":
+			if !restricted || len(l) != len(anyList) {
+				t.Fatalf("For(%q) = %v, %v; want the * list %v", asker, l, restricted, anyList)
+			}
+		case restricted:
+			t.Fatalf("For(%q) restricted without a list for it or *", asker)
+		}
+		if _, ok := r.Anonymous(); ok {
+			t.Fatal("anonymous requests accepted without an anonymous list")
+		}
+		a, _ := netip.AddrFromSlice(addr)
+		if l.Allows(name, a, port) {
+			if strings.TrimSuffix(name, ".") != "" && !l.MayAllow(name, port) {
+				t.Fatalf("%v allows %q %v:%d after resolution but refuses it before", l, name, a, port)
+			}
+			if !slices.ContainsFunc(l, func(p UDPPattern) bool { return p.Matches(name, a, port) }) {
+				t.Fatalf("%v allows %q %v:%d, but no pattern matches", l, name, a, port)
+			}
 		}
 	})
 }
