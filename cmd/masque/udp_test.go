@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"errors"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -139,4 +142,31 @@ uptime:    1m1s
 	if got := b.String(); got != want {
 		t.Errorf("printUDPStatus =\n%s\nwant\n%s", got, want)
 	}
+}
+
+// FuzzForwardSpec: what checkListen and checkTarget accept is an ADDR:PORT
+// the forwarder can listen on and a HOST:PORT it can ask the server for.
+func FuzzForwardSpec(f *testing.F) {
+	for _, s := range []string{"127.0.0.1:5353", ":0", "localhost:53", "[::1]:53", "[fe80::1%eth0]:53", "dns.example:53", "x:0", "x:65536", "[::1]", ":"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if checkListen(s) == nil {
+			host, port, err := net.SplitHostPort(s)
+			p, perr := strconv.ParseUint(port, 10, 16)
+			if err != nil || perr != nil {
+				t.Fatalf("checkListen(%q) accepted what is no ADDR:PORT", s)
+			}
+			if _, aerr := netip.ParseAddr(host); p != 0 && host != "" && host != "localhost" && aerr != nil {
+				t.Fatalf("checkListen(%q) accepted host %q", s, host)
+			}
+		}
+		if checkTarget(s) == nil {
+			host, port, err := net.SplitHostPort(s)
+			p, perr := strconv.ParseUint(port, 10, 16)
+			if err != nil || host == "" || perr != nil || p == 0 {
+				t.Fatalf("checkTarget(%q) accepted what is no HOST:PORT with a port 1-65535", s)
+			}
+		}
+	})
 }
