@@ -19,11 +19,12 @@ import (
 // Bad requests and datagrams for streams that are no session, sent by hand
 // over real QUIC (h3raw_test.go).
 
-// counts is a snapshot of the request and drop counters.
+// counts is a snapshot of the request, connection and drop counters.
 type counts struct {
-	refused  [numRefusals]uint64
-	unrouted [numUnrouted]uint64
-	drops    [numDropReasons]uint64
+	refused    [numRefusals]uint64
+	unrouted   [numUnrouted]uint64
+	connErrors [numConnErrors]uint64
+	drops      [numDropReasons]uint64
 }
 
 func countsOf(s *Server) counts {
@@ -33,6 +34,9 @@ func countsOf(s *Server) counts {
 	}
 	for r := range numUnrouted {
 		c.unrouted[r] = s.counters.unrouted[r].Load()
+	}
+	for i := range numConnErrors {
+		c.connErrors[i] = s.counters.connErrors[i].Load()
 	}
 	c.drops = dropCounts(&s.counters)
 	return c
@@ -134,7 +138,9 @@ func TestDataBeforeHeadersClosesConnection(t *testing.T) {
 	}
 	want := before
 	want.unrouted[unroutedHeaders]++
+	want.connErrors[connErrorIndex(http3.ErrCodeFrameUnexpected)]++
 	waitCounter(t, "unrouted{headers}", ts.srv.counters.unrouted[unroutedHeaders].Load, want.unrouted[unroutedHeaders])
+	waitCounter(t, "frame_unexpected connection errors", ts.srv.counters.connErrors[connErrorIndex(http3.ErrCodeFrameUnexpected)].Load, want.connErrors[connErrorIndex(http3.ErrCodeFrameUnexpected)])
 	if got := countsOf(ts.srv); got != want {
 		t.Errorf("counters = %+v, want %+v", got, want)
 	}
@@ -277,8 +283,11 @@ func TestMalformedQuarterStreamIDEndsSessions(t *testing.T) {
 		t.Fatalf("connection closed with %v, want H3_DATAGRAM_ERROR (%#x) from the server", context.Cause(h.conn.Context()), errCodeH3DatagramError)
 	}
 	waitSessions(t, ts.srv, 0)
-	if got := countsOf(ts.srv); got != before {
-		t.Errorf("counters = %+v, want %+v: a connection error is no drop", got, before)
+	want := before
+	want.connErrors[connErrorIndex(http3.ErrCodeDatagramError)]++
+	waitCounter(t, "datagram_error connection errors", ts.srv.counters.connErrors[connErrorIndex(http3.ErrCodeDatagramError)].Load, want.connErrors[connErrorIndex(http3.ErrCodeDatagramError)])
+	if got := countsOf(ts.srv); got != want {
+		t.Errorf("counters = %+v, want %+v: a connection error, and no drop", got, want)
 	}
 	dialH3(t, ts).session().passes()
 }
@@ -334,4 +343,86 @@ func TestPacketTooBigForTheDatagram(t *testing.T) {
 		})
 	}
 	rs.passes()
+}
+
+// RFC 9114 §6.2.1, §7.2.4: the control stream is one, starts with a
+// well-formed SETTINGS frame and stays open; a client opens no push
+// stream. Each violation closes the connection with its code and counts
+// under connection_errors{code}; an unknown stream type is only refused
+// (§6.2.3). The server goes on.
+func TestBadControlStreamsCloseConnection(t *testing.T) {
+	ts := startServer(t)
+	ctrl := func(b ...byte) []byte { return append([]byte{streamTypeControl}, b...) }
+	settingsOK := settingsFrame(settingH3Datagram, 1)
+	tests := []struct {
+		name    string
+		streams [][]byte // unidirectional streams, type first
+		fin     bool     // end the last one after its data
+		code    http3.ErrCode
+	}{
+		{"HTTP/2 setting", [][]byte{ctrl(settingsFrame(0x02, 0)...)}, false, http3.ErrCodeSettingsError},
+		{"H3_DATAGRAM 2", [][]byte{ctrl(settingsFrame(settingH3Datagram, 2)...)}, false, http3.ErrCodeSettingsError},
+		{"a setting twice", [][]byte{ctrl(settingsFrame(settingExtendedConnect, 1, settingExtendedConnect, 1)...)}, false, http3.ErrCodeSettingsError},
+		{"DATA before SETTINGS", [][]byte{ctrl(appendFrame(nil, frameTypeData, []byte("x"))...)}, false, http3.ErrCodeMissingSettings},
+		{"SETTINGS of 1 MiB", [][]byte{ctrl(quicvarint.Append([]byte{frameTypeSettings}, 1<<20)...)}, false, http3.ErrCodeExcessiveLoad},
+		{"SETTINGS pair cut", [][]byte{ctrl(frameTypeSettings, 1, settingH3Datagram)}, false, http3.ErrCodeFrameError},
+		{"two control streams", [][]byte{ctrl(settingsOK...), ctrl(settingsOK...)}, false, http3.ErrCodeStreamCreationError},
+		{"a push stream", [][]byte{ctrl(settingsOK...), {streamTypePush, 0x00}}, false, http3.ErrCodeStreamCreationError},
+		{"control stream closed", [][]byte{ctrl(settingsOK...)}, true, http3.ErrCodeClosedCriticalStream},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			i := connErrorIndex(tt.code)
+			before := ts.srv.counters.connErrors[i].Load()
+			c := dialRaw(t, ts)
+			for j, b := range tt.streams {
+				s, err := c.OpenUniStream()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.Write(b); err != nil {
+					t.Fatal(err)
+				}
+				if tt.fin && j == len(tt.streams)-1 {
+					s.Close()
+				}
+			}
+			select {
+			case <-c.Context().Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("connection still open after 5 s")
+			}
+			ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(c.Context()))
+			if !ok || !ae.Remote || http3.ErrCode(ae.ErrorCode) != tt.code {
+				t.Fatalf("connection closed with %v, want %v from the server", context.Cause(c.Context()), tt.code)
+			}
+			waitCounter(t, "connection_errors{"+connErrorLabel(i)+"}", ts.srv.counters.connErrors[i].Load, before+1)
+		})
+	}
+
+	// A stream of an unknown (reserved) type is refused on its own.
+	h := dialH3(t, ts)
+	s, err := h.conn.OpenUniStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(append(quicvarint.Append(nil, 0x1f*3+0x21), "grease"...)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("reserved stream type not refused after 5 s")
+	}
+	if se, ok := errors.AsType[*quic.StreamError](context.Cause(s.Context())); !ok || se.ErrorCode != quic.StreamErrorCode(http3.ErrCodeStreamCreationError) {
+		t.Errorf("reserved stream ended with %v, want STOP_SENDING H3_STREAM_CREATION_ERROR", context.Cause(s.Context()))
+	}
+	h.session().passes()
+	var total uint64
+	for i := range numConnErrors {
+		total += ts.srv.counters.connErrors[i].Load()
+	}
+	if total != uint64(len(tests)) {
+		t.Errorf("connection errors = %d, want %d", total, len(tests))
+	}
 }

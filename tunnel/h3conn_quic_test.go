@@ -80,6 +80,7 @@ func TestMalformedQuarterStreamIDClosesConnection(t *testing.T) {
 	if got := ts.srv.counters.drops[dropUnknownStream].Load(); got != 0 {
 		t.Errorf("unknown_stream drops = %d, want 0: malformed datagrams are no drop", got)
 	}
+	waitCounter(t, "datagram_error connection errors", ts.srv.counters.connErrors[connErrorIndex(http3.ErrCodeDatagramError)].Load, 4)
 }
 
 func TestDatagramForUnknownStreamIsDropped(t *testing.T) {

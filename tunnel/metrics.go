@@ -1,10 +1,12 @@
 package tunnel
 
 import (
+	"strings"
 	"sync/atomic"
 
 	"github.com/masque-vpn/masque/policy"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go/http3"
 )
 
 // dropReason says why the data path dropped a packet. Every drop our code
@@ -54,6 +56,7 @@ type counters struct {
 	sessionsTotal      atomic.Uint64
 	refused            [numRefusals]atomic.Uint64
 	unrouted           [numUnrouted]atomic.Uint64
+	connErrors         [numConnErrors]atomic.Uint64 // by connErrorCodes index
 	capsuleDrops       [numCapsuleDrops]atomic.Uint64
 	datagramCapsules   atomic.Uint64 // DATAGRAM capsules taken on CONNECT-IP streams
 	udp                udpCounters   // CONNECT-UDP
@@ -95,6 +98,38 @@ const (
 var unroutedNames = [numUnrouted]string{
 	unroutedHeaders:  "headers",
 	unroutedNotFound: "not_found",
+}
+
+// connErrorCodes are the HTTP/3 error codes (RFC 9114 §8.1, RFC 9204 §6,
+// RFC 9297 §5.2) with which the server closes a connection for something
+// its peer did; each is counted on its own, any other code as "other".
+var connErrorCodes = [...]http3.ErrCode{
+	http3.ErrCodeGeneralProtocolError, http3.ErrCodeInternalError, http3.ErrCodeStreamCreationError,
+	http3.ErrCodeClosedCriticalStream, http3.ErrCodeFrameUnexpected, http3.ErrCodeFrameError,
+	http3.ErrCodeExcessiveLoad, http3.ErrCodeIDError, http3.ErrCodeSettingsError,
+	http3.ErrCodeMissingSettings, http3.ErrCodeMessageError, http3.ErrCodeDatagramError,
+	http3.ErrCodeQPACKDecompressionFailed,
+}
+
+const numConnErrors = len(connErrorCodes) + 1 // the last: other
+
+// connErrorIndex is code's index in counters.connErrors.
+func connErrorIndex(code http3.ErrCode) int {
+	for i, c := range connErrorCodes {
+		if c == code {
+			return i
+		}
+	}
+	return numConnErrors - 1
+}
+
+// connErrorLabel is the label of index i: the code's name in lower case
+// without "H3_" ("frame_unexpected").
+func connErrorLabel(i int) string {
+	if i >= len(connErrorCodes) {
+		return "other"
+	}
+	return strings.ToLower(strings.TrimPrefix(connErrorCodes[i].String(), "H3_"))
 }
 
 // capsuleDrop says why a capsule a client sent on a CONNECT-IP request
@@ -140,6 +175,8 @@ var (
 	descPoolReserved = prometheus.NewDesc("masque_pool_addresses_reserved",
 		"Client addresses reserved: those in use plus released ones still leased to their identity "+
 			"(expired leases are reclaimed lazily), by address family.", []string{"family"}, nil)
+	descConnErrors = prometheus.NewDesc("masque_tunnel_connection_errors_total",
+		"Connections the server closed with an HTTP/3 error (the peer broke the protocol), by error code.", []string{"code"}, nil)
 	descUnrouted = prometheus.NewDesc("masque_tunnel_unrouted_requests_total",
 		"Requests that reached neither CONNECT-IP nor CONNECT-UDP, by reason.", []string{"reason"}, nil)
 	descCapsuleDrops = prometheus.NewDesc("masque_tunnel_dropped_capsules_total",
@@ -158,7 +195,7 @@ type collector struct {
 var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descUnrouted, descCapsuleDrops, descDatagramCapsules} {
+	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descConnErrors, descUnrouted, descCapsuleDrops, descDatagramCapsules} {
 		ch <- d
 	}
 	describeUDP(ch)
@@ -189,6 +226,9 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descIdleConns, prometheus.CounterValue, float64(c.idleConns.Load()))
 	for r := range numRefusals {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(c.refused[r].Load()), refusalNames[r])
+	}
+	for i := range numConnErrors {
+		ch <- prometheus.MustNewConstMetric(descConnErrors, prometheus.CounterValue, float64(c.connErrors[i].Load()), connErrorLabel(i))
 	}
 	for r := range numUnrouted {
 		ch <- prometheus.MustNewConstMetric(descUnrouted, prometheus.CounterValue, float64(c.unrouted[r].Load()), unroutedNames[r])

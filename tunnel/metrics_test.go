@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/quic-go/quic-go/http3"
 )
 
 var (
@@ -34,6 +35,13 @@ func TestDropReasonNames(t *testing.T) {
 		"refusal":      refusalNames[:],
 		"capsule drop": capsuleDropNames[:],
 		"unrouted":     unroutedNames[:],
+		"connection error": func() []string {
+			var l []string
+			for i := range numConnErrors {
+				l = append(l, connErrorLabel(i))
+			}
+			return l
+		}(),
 	} {
 		names := map[string]bool{}
 		for r, name := range labels {
@@ -76,6 +84,7 @@ func TestCollector(t *testing.T) {
 	c.capsuleDrops[capsuleDropMalformed].Add(6)
 	c.datagramCapsules.Add(8)
 	c.unrouted[unroutedNotFound].Add(9)
+	c.connErrors[connErrorIndex(http3.ErrCodeDatagramError)].Add(10)
 
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(collector{c: &c, pool4: pool4}); err != nil {
@@ -126,6 +135,8 @@ func TestCollector(t *testing.T) {
 		"masque_tunnel_dropped_capsules_total{reason=unknown_type}":      0,
 		"masque_tunnel_datagram_capsules_total":                          8,
 		"masque_tunnel_unrouted_requests_total{reason=not_found}":        9,
+		"masque_tunnel_connection_errors_total{code=datagram_error}":     10,
+		"masque_tunnel_connection_errors_total{code=other}":              0,
 		"masque_tunnel_unrouted_requests_total{reason=headers}":          0,
 	}
 	for k, w := range want {

@@ -243,6 +243,17 @@ func (s *Server) Sessions() int { return int(s.counters.sessions.Load()) }
 // ServeConn serves HTTP/3 on one QUIC connection until it ends.
 func (s *Server) ServeConn(ctx context.Context, c *quic.Conn) error {
 	err := s.serveH3(c)
+	// serveH3 returns once the connection is closing; its context ends a
+	// moment later, with the cause. Count it if we (or http3, for us)
+	// closed it over a protocol error of the peer's.
+	select {
+	case <-c.Context().Done():
+	case <-time.After(time.Second):
+	}
+	if ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(c.Context())); ok && !ae.Remote &&
+		http3.ErrCode(ae.ErrorCode) != http3.ErrCodeNoError {
+		s.counters.connErrors[connErrorIndex(http3.ErrCode(ae.ErrorCode))].Add(1)
+	}
 	s.mu.Lock()
 	delete(s.perConn, c)
 	s.mu.Unlock()
