@@ -113,6 +113,9 @@ type Client struct {
 	// ROUTE_ADVERTISEMENT, which Connect waits for.
 	gotRoutes, gotAddrs  chan struct{}
 	routesOnce, addrOnce sync.Once
+
+	goingAway    chan struct{} // closed by the server's first GOAWAY
+	goingAwayOne sync.Once
 }
 
 type clientCounters struct {
@@ -141,6 +144,7 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"),
 		capsuleErr: make(chan error, 1), upErr: make(chan error, 1),
 		gotRoutes: make(chan struct{}), gotAddrs: make(chan struct{}),
+		goingAway: make(chan struct{}),
 	}
 	fail := func(err error) (*Client, error) {
 		if c.str != nil {
@@ -156,7 +160,10 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	tr := &http3.Transport{EnableDatagrams: true}
 	raw := tr.NewRawClientConn(cfg.Conn)
 	settings := make(chan peerSettings, 1)
-	go acceptUniStreams(cfg.Conn, http3.ErrCodeIDError, func(ps peerSettings) { settings <- ps })
+	go acceptUniStreams(cfg.Conn, http3.ErrCodeIDError, controlHandlers{
+		settings: func(ps peerSettings) { settings <- ps },
+		goAway:   c.onGoAway,
+	})
 	var ps peerSettings
 	select {
 	case ps = <-settings:
@@ -239,6 +246,21 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	c.started = time.Now()
 	return c, nil
 }
+
+// onGoAway takes the server's GOAWAY (RFC 9114 §5.2): it is draining. The
+// session goes on until the server ends it; GoingAway tells the caller to
+// open the next one elsewhere, or on a new connection, meanwhile.
+func (c *Client) onGoAway(next quic.StreamID) {
+	c.goingAwayOne.Do(func() {
+		c.log.Info("server is going away (GOAWAY)", "next_stream", uint64(next))
+		close(c.goingAway)
+	})
+}
+
+// GoingAway is closed when the server announces that it is shutting down
+// (HTTP/3 GOAWAY). The session still works until the server ends it or its
+// drain deadline passes.
+func (c *Client) GoingAway() <-chan struct{} { return c.goingAway }
 
 // readCapsules reads the request stream's capsules until it ends and
 // returns why (nil: the server closed it).

@@ -16,12 +16,14 @@ import (
 	"github.com/quic-go/quic-go/quicvarint"
 )
 
-// Each QUIC connection is served around an http3.RawServerConn, with the
-// accept loops and the datagram receive path in our hands:
+// Each QUIC connection is served by our own HTTP/3 server side
+// (h3server.go), with the accept loops and the datagram receive path in our
+// hands:
 //
-//	AcceptStream ─► RawServerConn.HandleRequestStream (requests, capsules)
-//	AcceptUniStream ─► handleUni: the client's control stream is read here
+//	AcceptStream ─► serveRequest (requests; then capsules in DATA frames)
+//	AcceptUniStream ─► acceptUniStreams: the client's control stream is read here
 //	ReceiveDatagram ─► dgramMux.run (one per connection) ─► session / flow
+//	our control stream: SETTINGS, and GOAWAY when the server drains
 //
 // Why not http3.Server.ServeQUICConn: once it has seen the peer's
 // SETTINGS_H3_DATAGRAM, http3 moves every datagram from the connection's
@@ -30,46 +32,79 @@ import (
 // more than 32 datagrams (scheduling, not CPU: the reader was measured idle
 // for 0.1-1 ms at a time) and about 20% of a TCP transfer's packets were
 // lost there, every one an inner retransmission (../shared/PERF.md,
-// quic-go#5799). Because the client's control stream is never handed to
-// http3, that goroutine never starts; dgramMux is the only reader of the
-// connection's datagrams and moves them straight into each session's batch,
-// one hop and no second queue. http3 still parses requests, writes
-// responses and owns our control stream (SETTINGS with H3_DATAGRAM and
-// extended CONNECT). What is lost: http3 sends no GOAWAY for these
-// connections (RawServerConn keeps the control stream to itself), so a
-// shutdown ends sessions and then closes connections with H3_NO_ERROR.
+// quic-go#5799). dgramMux is the only reader of the connection's datagrams
+// and moves them straight into each session's batch, one hop and no second
+// queue. Why not http3.RawServerConn either (which we used until issue 7):
+// it opens the control stream and keeps it, so no GOAWAY could be sent and
+// a shutdown could only cut sessions off.
 
 // h3conn is one served connection.
 type h3conn struct {
 	conn     *quic.Conn
 	mux      *dgramMux
 	handlers sync.WaitGroup // request handlers still running
-	// unhandled holds the request streams whose request has not reached
-	// the handler (yet): those left when http3 is done with the stream
-	// were refused by http3 itself.
-	unhandled sync.Map // quic.StreamID → struct{}
+
+	mu        sync.Mutex       // guards the fields below
+	ctrl      *quic.SendStream // our control stream
+	next      quic.StreamID    // the first request stream not accepted yet
+	goingAway bool             // GOAWAY sent: later requests are rejected
+}
+
+// goAway sends GOAWAY (RFC 9114 §5.2) once: the requests accepted so far
+// are processed, later ones are rejected with H3_REQUEST_REJECTED, and the
+// client knows to open no more on this connection. It does not block.
+func (hc *h3conn) goAway() {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	if hc.goingAway || hc.ctrl == nil {
+		return
+	}
+	hc.goingAway = true
+	f := goAwayFrame(hc.next)
+	// The write can block on flow control; it gives up when the
+	// connection ends.
+	go hc.ctrl.Write(f)
+}
+
+// admit records a new request stream, or reports that it comes after
+// GOAWAY.
+func (hc *h3conn) admit(id quic.StreamID) bool {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	if hc.goingAway && id >= hc.next {
+		return false
+	}
+	if id >= hc.next {
+		hc.next = id + 4
+	}
+	return true
 }
 
 // serveH3 serves HTTP/3 on c until the connection ends.
 func (s *Server) serveH3(c *quic.Conn) error {
 	hc := &h3conn{conn: c, mux: newDgramMux(c, &s.counters)}
+	ctrl, err := openControlStream(c)
+	if err != nil {
+		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
+		return err
+	}
+	hc.ctrl = ctrl
 	s.mu.Lock()
 	s.conns[c] = hc
+	closing := s.closing
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
 	}()
-
-	raw, err := s.h3.NewRawServerConn(c)
-	if err != nil {
-		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
-		return err
+	if closing {
+		hc.goAway()
 	}
+
 	var wg sync.WaitGroup
 	wg.Go(hc.mux.run)
-	wg.Go(func() { acceptUniStreams(c, http3.ErrCodeStreamCreationError, nil) })
+	wg.Go(func() { acceptUniStreams(c, http3.ErrCodeStreamCreationError, controlHandlers{}) })
 	// A connection without a request in progress for RequestTimeout is
 	// closed: after the handshake, or after its last request ended (a
 	// refused one, say a 401). A peer that is not using the server holds
@@ -84,17 +119,24 @@ func (s *Server) serveH3(c *quic.Conn) error {
 		if err != nil {
 			break
 		}
-		idle.begin()
 		id := str.StreamID()
+		if !hc.admit(id) {
+			// After GOAWAY (RFC 9114 §5.2): not processed, and the
+			// client may retry it elsewhere.
+			s.counters.refused[refuseShuttingDown].Add(1)
+			str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
+			str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
+			continue
+		}
+		idle.begin()
 		hc.mux.expect(id)
-		hc.unhandled.Store(id, struct{}{})
 		hc.handlers.Go(func() {
-			raw.HandleRequestStream(str)
+			handled := s.serveRequest(hc, str, s.handler)
 			hc.mux.forget(id)
 			idle.end()
-			if _, ok := hc.unhandled.LoadAndDelete(id); ok {
-				// Header section too large (431), undecodable or cut short:
-				// http3 answered or reset the stream.
+			if !handled {
+				// Header section too large (431), undecodable or cut
+				// short: answered or reset before any handler.
 				s.counters.unrouted[unroutedHeaders].Add(1)
 			}
 		})
@@ -147,24 +189,31 @@ func (ic *idleCloser) stop() {
 
 // acceptUniStreams reads the peer's unidirectional streams (RFC 9114
 // §6.2) until the connection ends. The control stream's SETTINGS go to
-// onSettings (nil: checked and dropped); the stream must then stay open,
-// and its end closes the connection. QPACK streams are drained: http3's
-// QPACK uses no dynamic table. A push stream is refused with pushCode
-// (H3_STREAM_CREATION_ERROR from a client, which may not push;
-// H3_ID_ERROR from a server, as we send no MAX_PUSH_ID). Reserved and
-// unknown types are ignored (§6.2.3).
-func acceptUniStreams(c *quic.Conn, pushCode http3.ErrCode, onSettings func(peerSettings)) {
+// h.settings (nil: checked and dropped), and a server's GOAWAY to h.goAway
+// (nil on the server, where a client's GOAWAY only limits pushes we never
+// make); the stream must then stay open, and its end closes the
+// connection. QPACK streams are drained: http3's QPACK uses no dynamic
+// table. A push stream is refused with pushCode (H3_STREAM_CREATION_ERROR
+// from a client, which may not push; H3_ID_ERROR from a server, as we send
+// no MAX_PUSH_ID). Reserved and unknown types are ignored (§6.2.3).
+func acceptUniStreams(c *quic.Conn, pushCode http3.ErrCode, h controlHandlers) {
 	var ctrlSeen atomic.Bool
 	for {
 		str, err := c.AcceptUniStream(context.Background())
 		if err != nil {
 			return
 		}
-		go serveUniStream(c, str, &ctrlSeen, pushCode, onSettings)
+		go serveUniStream(c, str, &ctrlSeen, pushCode, h)
 	}
 }
 
-func serveUniStream(c *quic.Conn, str *quic.ReceiveStream, ctrlSeen *atomic.Bool, pushCode http3.ErrCode, onSettings func(peerSettings)) {
+// controlHandlers take what the peer's control stream says.
+type controlHandlers struct {
+	settings func(peerSettings)
+	goAway   func(next quic.StreamID)
+}
+
+func serveUniStream(c *quic.Conn, str *quic.ReceiveStream, ctrlSeen *atomic.Bool, pushCode http3.ErrCode, h controlHandlers) {
 	r := bufio.NewReaderSize(str, 512)
 	typ, err := quicvarint.Read(r)
 	if err != nil {
@@ -188,12 +237,15 @@ func serveUniStream(c *quic.Conn, str *quic.ReceiveStream, ctrlSeen *atomic.Bool
 			}
 			return
 		}
-		if onSettings != nil {
-			onSettings(ps)
+		if h.settings != nil {
+			h.settings(ps)
 		}
-		// The rest (GOAWAY, MAX_PUSH_ID, PRIORITY_UPDATE) asks nothing of
-		// us: sessions end with their streams.
-		io.Copy(io.Discard, r)
+		if err := readControlFrames(r, h.goAway); err != nil {
+			if se, ok := errors.AsType[*settingsError](err); ok {
+				closeConn(se.code, se.msg)
+				return
+			}
+		}
 		if c.Context().Err() == nil {
 			closeConn(http3.ErrCodeClosedCriticalStream, "control stream closed")
 		}
@@ -203,6 +255,59 @@ func serveUniStream(c *quic.Conn, str *quic.ReceiveStream, ctrlSeen *atomic.Bool
 		closeConn(pushCode, "unexpected push stream")
 	default:
 		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
+	}
+}
+
+// readControlFrames reads a control stream's frames after SETTINGS until
+// it ends. Each GOAWAY goes to goAway (nil: ignored), which sees the
+// stream IDs only decrease (RFC 9114 §5.2). A frame that has no place on
+// a control stream, a malformed GOAWAY, or a GOAWAY that names no client
+// request stream or raises the last one is a *settingsError (a connection
+// error with its code). The rest (MAX_PUSH_ID, CANCEL_PUSH,
+// PRIORITY_UPDATE, unknown types) asks nothing of us.
+func readControlFrames(r *bufio.Reader, goAway func(quic.StreamID)) error {
+	last := uint64(1) << 62
+	for {
+		typ, err := quicvarint.Read(r)
+		if err != nil {
+			return err
+		}
+		l, err := quicvarint.Read(r)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case frameTypeData, frameTypeHeaders, frameTypeSettings, frameTypePushPromise, 0x02, 0x06, 0x08, 0x09:
+			return &settingsError{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on the control stream", typ)}
+		case frameTypeGoAway:
+			if l == 0 || l > 8 {
+				return &settingsError{http3.ErrCodeFrameError, fmt.Sprintf("GOAWAY frame of %d bytes", l)}
+			}
+			var b [8]byte
+			if _, err := io.ReadFull(r, b[:l]); err != nil {
+				return err
+			}
+			id, n, err := quicvarint.Parse(b[:l])
+			if err != nil || n != int(l) {
+				return &settingsError{http3.ErrCodeFrameError, "malformed GOAWAY frame"}
+			}
+			if goAway == nil {
+				continue
+			}
+			if id%4 != 0 || id > last {
+				return &settingsError{http3.ErrCodeIDError, fmt.Sprintf("GOAWAY names stream %d after %d", id, last)}
+			}
+			last = id
+			goAway(quic.StreamID(id))
+		default:
+			for l > 0 {
+				n, err := r.Discard(int(min(l, 1<<20)))
+				l -= uint64(n)
+				if err != nil {
+					return err
+				}
+			}
+		}
 	}
 }
 

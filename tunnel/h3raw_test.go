@@ -22,12 +22,6 @@ import (
 // exactly what the server answers (status, stream reset code, connection
 // close code).
 
-// HTTP/3 frame types (RFC 9114 §7.2).
-const (
-	frameTypeData    = 0x00
-	frameTypeHeaders = 0x01
-)
-
 // rawH3 is one QUIC connection speaking HTTP/3 by hand.
 type rawH3 struct {
 	t    *testing.T
@@ -67,12 +61,6 @@ func headersFrame(t testing.TB, fields []qpack.HeaderField) []byte {
 type bytesWriter []byte
 
 func (w *bytesWriter) Write(p []byte) (int, error) { *w = append(*w, p...); return len(p), nil }
-
-func appendFrame(b []byte, typ uint64, payload []byte) []byte {
-	b = quicvarint.Append(b, typ)
-	b = quicvarint.Append(b, uint64(len(payload)))
-	return append(b, payload...)
-}
 
 // connectIPFields are the fields of a well-formed full-tunnel CONNECT-IP
 // request to ts (RFC 9484 §3) with token.

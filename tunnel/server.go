@@ -128,7 +128,7 @@ func (c *ServerConfig) Validate() error {
 type Server struct {
 	cfg      ServerConfig
 	log      *slog.Logger
-	h3       *http3.Server
+	handler  http.Handler // routes requests (serveRequest)
 	router   *ipRouter
 	counters counters
 	routes   []connectip.IPRoute
@@ -202,21 +202,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	mux.HandleFunc(UDPPathPrefix, s.udp.serve)
 	mux.HandleFunc("/", s.serveNotFound)
-	s.h3 = &http3.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			s.noteHandled(r)
-			mux.ServeHTTP(w, r)
-		}),
-		EnableDatagrams: true,
-		// A CONNECT-IP or CONNECT-UDP request is a few hundred bytes; a
-		// larger header section is refused with 431 before it is decoded
-		// (http3 advertises the bound in SETTINGS_MAX_FIELD_SECTION_SIZE).
-		MaxHeaderBytes: maxHeaderBytes,
-		Logger:         cfg.Logger.With("component", "http3"),
-		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
-			return context.WithValue(ctx, connKey{}, c)
-		},
-	}
+	s.handler = mux
 	go s.runTUNReader()
 	return s, nil
 }
@@ -260,16 +246,37 @@ func (s *Server) ServeConn(ctx context.Context, c *quic.Conn) error {
 	return err
 }
 
-// Shutdown refuses new sessions, ends every session and flow (clients see
-// their tunnel closed), waits for each connection's requests to finish and
-// closes it with H3_NO_ERROR; connections still busy when ctx is done are
-// closed then.
+// Shutdown drains the server: new sessions and flows are refused, and every
+// connection gets a GOAWAY (RFC 9114 §5.2), which tells its client to open
+// its next session elsewhere or later; sessions and flows carry on. Once
+// they have all ended, or ctx is done, what is left is ended (clients see
+// their tunnel closed), and after a short grace for those ends to reach the
+// clients each connection is closed with H3_NO_ERROR. It returns ctx's
+// error if sessions were still up when ctx was done.
 func (s *Server) Shutdown(ctx context.Context) error {
+	_, conns := s.startClosing()
+	for _, hc := range conns {
+		hc.goAway()
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+wait:
+	for s.counters.sessions.Load() > 0 || s.counters.udp.flows.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+			break wait
+		case <-tick.C:
+		}
+	}
 	sessions, conns := s.startClosing()
 	for _, ss := range sessions {
 		ss.close()
 	}
 	s.udp.close()
+	grace, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
 	var wg sync.WaitGroup
 	for _, hc := range conns {
 		wg.Go(func() {
@@ -280,14 +287,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}()
 			select {
 			case <-done:
-			case <-ctx.Done():
+			case <-grace.Done():
 			}
 			hc.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "server shutting down")
 		})
 	}
 	wg.Wait()
-	return ctx.Err()
+	return err
 }
+
+// shutdownGrace is how long Shutdown lets the sessions it ends finish their
+// streams before it closes their connections.
+const shutdownGrace = 250 * time.Millisecond
 
 // startClosing marks the server closing and returns what is open.
 func (s *Server) startClosing() ([]*session, []*h3conn) {
@@ -430,7 +441,7 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	// §3.2). The stream is ours from here on (control.go).
 	w.Header().Set(http3.CapsuleProtocolHeader, "?1")
 	w.WriteHeader(http.StatusOK)
-	ss.str = w.(http3.HTTPStreamer).HTTPStream()
+	ss.str = streamOf(w)
 	ss.log = log.With("session_id", ss.id)
 	abort := func() {
 		ss.str.CancelRead(quic.StreamErrorCode(http3.ErrCodeInternalError))
@@ -485,20 +496,6 @@ const maxHeaderBytes = 16 << 10
 func (s *Server) serveNotFound(w http.ResponseWriter, _ *http.Request) {
 	s.counters.unrouted[unroutedNotFound].Add(1)
 	w.WriteHeader(http.StatusNotFound)
-}
-
-// noteHandled records that the request r reached the handler: serveH3
-// counts the request streams that never do (unroutedHeaders).
-func (s *Server) noteHandled(r *http.Request) {
-	// http3's request body knows its stream.
-	b, ok := r.Body.(interface{ StreamID() quic.StreamID })
-	if !ok {
-		return
-	}
-	c, _ := r.Context().Value(connKey{}).(*quic.Conn)
-	if hc := s.h3connOf(c); hc != nil {
-		hc.unhandled.Delete(b.StreamID())
-	}
 }
 
 // connKey carries the request's QUIC connection in its context.

@@ -11,7 +11,6 @@ import (
 	"github.com/masque-vpn/masque/policy"
 	connectip "github.com/quic-go/connect-ip-go"
 	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
 )
 
@@ -23,9 +22,9 @@ type session struct {
 	scope    ipScope
 	log      *slog.Logger
 
-	str   *http3.Stream // control plane: capsules (control.go); its end ends the session
-	qconn *quic.Conn    // data plane: datagrams, sent and received by us
-	mux   *dgramMux     // the connection's datagram reader
+	str   *h3stream  // control plane: capsules (control.go); its end ends the session
+	qconn *quic.Conn // data plane: datagrams, sent and received by us
+	mux   *dgramMux  // the connection's datagram reader
 	// dgramPrefix is the quarter stream ID and context ID 0 that start
 	// every datagram we send (RFC 9297 §2.1, RFC 9484 §6).
 	dgramPrefix []byte

@@ -335,7 +335,7 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(http3.CapsuleProtocolHeader, "?1")
 	w.Header().Set("Proxy-Status", proxyStatus{nextHop: next.String()}.header())
 	w.WriteHeader(http.StatusOK)
-	f.str = w.(http3.HTTPStreamer).HTTPStream() // flushes the response header
+	f.str = streamOf(w) // flushes the response header
 	f.log = log.With("flow_id", f.id, "next_hop", next.String())
 	if mux := p.muxOf(conn); mux != nil {
 		mux.register(f.str.StreamID(), f)

@@ -217,7 +217,14 @@ func NewUDPForwarder(cfg UDPForwarderConfig) (*UDPForwarder, error) {
 type udpServerConn struct {
 	qc *quic.Conn
 	h3 *http3.ClientConn
+	// retired is set when the server refused a new request stream on a
+	// connection that is still up: it sent GOAWAY and is draining. Its
+	// flows carry on; new ones go on a new connection.
+	retired atomic.Bool
 }
+
+// usable reports whether new flows may go on c.
+func (c *udpServerConn) usable() bool { return c.qc.Context().Err() == nil && !c.retired.Load() }
 
 func newUDPServerConn(qc *quic.Conn) *udpServerConn {
 	tr := &http3.Transport{EnableDatagrams: true}
@@ -228,12 +235,12 @@ func newUDPServerConn(qc *quic.Conn) *udpServerConn {
 // or, when that has ended and Redial is set, a new one.
 func (f *UDPForwarder) serverConn(ctx context.Context) (*udpServerConn, error) {
 	c := f.conn.Load()
-	if c.qc.Context().Err() == nil || f.cfg.Redial == nil {
+	if c.usable() || f.cfg.Redial == nil {
 		return c, nil
 	}
 	f.dialMu.Lock()
 	defer f.dialMu.Unlock()
-	if c = f.conn.Load(); c.qc.Context().Err() == nil {
+	if c = f.conn.Load(); c.usable() {
 		return c, nil // another flow redialled first
 	}
 	qc, err := f.cfg.Redial(ctx)
@@ -722,9 +729,9 @@ func (f *UDPForwarder) dial(flowCtx context.Context, host, port string) (*http3.
 	}
 	str, rsp, err := f.request(ctx, flowCtx, c, host, port)
 	// The connection may have ended just as the request went out (the
-	// server closes one that carried no flow for a while): once more on a
-	// new one.
-	if err != nil && rsp == nil && f.cfg.Redial != nil && c.qc.Context().Err() != nil && ctx.Err() == nil {
+	// server closes one that carried no flow for a while), or the server
+	// may be draining it (GOAWAY): once more on a new one.
+	if err != nil && rsp == nil && f.cfg.Redial != nil && !c.usable() && ctx.Err() == nil {
 		if c, err = f.serverConn(ctx); err != nil {
 			return nil, nil, err
 		}
@@ -767,6 +774,12 @@ func (f *UDPForwarder) request(ctx, flowCtx context.Context, c *udpServerConn, h
 	}
 	str, err := c.h3.OpenRequestStream(ctx)
 	if err != nil {
+		if c.qc.Context().Err() == nil && ctx.Err() == nil {
+			// http3 opens no request after the server's GOAWAY.
+			if !c.retired.Swap(true) {
+				f.log.Info("server is going away (GOAWAY): new flows go on a new connection")
+			}
+		}
 		return nil, nil, fmt.Errorf("open request stream: %v", err)
 	}
 	fail := func() {
@@ -787,6 +800,11 @@ func (f *UDPForwarder) request(ctx, flowCtx context.Context, c *udpServerConn, h
 		fail()
 		if ctx.Err() != nil {
 			return nil, nil, fmt.Errorf("no response within %s", f.cfg.SetupTimeout)
+		}
+		if he, ok := errors.AsType[*http3.Error](err); ok && he.ErrorCode == http3.ErrCodeRequestRejected {
+			// Sent before the server's GOAWAY reached us, and not
+			// processed (RFC 9114 §5.2): it may go elsewhere.
+			c.retired.Store(true)
 		}
 		return nil, nil, fmt.Errorf("read response: %v", err)
 	}

@@ -75,8 +75,8 @@ type udpFlow struct {
 	p   *udpProxy
 	id  uint64
 	uc  *net.UDPConn
-	str *http3.Stream // set before run
-	log *slog.Logger  // set before run
+	str *h3stream    // set before run
+	log *slog.Logger // set before run
 
 	// What the policy decided on, to decide again on a reload.
 	identity policy.Identity
@@ -189,14 +189,13 @@ func (f *udpFlow) dropQueued() {
 func (f *udpFlow) runUp(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	// No datagram reaches the stream's own queue (dgramMux reads them all):
-	// ReceiveDatagram only reports the end of the stream.
+	// The stream's context ends when the client stops our side of it
+	// (STOP_SENDING) or the connection ends; runCapsules sees the rest.
 	wg.Go(func() {
-		for {
-			if _, err := f.str.ReceiveDatagram(ctx); err != nil {
-				f.close(streamEnd(err))
-				return
-			}
+		select {
+		case <-f.str.Context().Done():
+			f.close(streamEnd(context.Cause(f.str.Context())))
+		case <-ctx.Done():
 		}
 	})
 	for {

@@ -1,0 +1,528 @@
+package tunnel
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quic-go/qpack"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/net/http/httpguts"
+)
+
+// The server's side of HTTP/3 (RFC 9114) is ours: the request streams, the
+// response header and the DATA frames that carry the capsules, and our
+// control stream. Why: the control stream is the only place a GOAWAY can go
+// (§5.2), and http3.RawServerConn keeps it to itself, so a server built on
+// it cannot drain. What is left to libraries: QPACK (quic-go/qpack, static
+// table only, as http3 does), request semantics (connect-ip-go and
+// masque-go parse the *http.Request), and everything on the client side.
+//
+// We serve extended CONNECT requests that live as long as their session, so
+// the request layer is small: no request bodies, no trailers of interest,
+// no content coding. A request stream is:
+//
+//	HEADERS ─► parseRequest ─► handler ─► response HEADERS ─► h3stream (DATA frames both ways)
+
+// HTTP/3 frame types (RFC 9114 §7.2).
+const (
+	frameTypeData        = 0x00
+	frameTypeHeaders     = 0x01
+	frameTypeCancelPush  = 0x03
+	frameTypePushPromise = 0x05
+	frameTypeGoAway      = 0x07
+	frameTypeMaxPushID   = 0x0d
+)
+
+// openControlStream opens our control stream and sends SETTINGS: field
+// sections up to maxHeaderBytes, extended CONNECT (RFC 9220) and HTTP
+// datagrams (RFC 9297).
+func openControlStream(c *quic.Conn) (*quic.SendStream, error) {
+	str, err := c.OpenUniStream()
+	if err != nil {
+		return nil, err
+	}
+	var settings []byte
+	for _, s := range [][2]uint64{
+		{settingMaxFieldSection, maxHeaderBytes},
+		{settingExtendedConnect, 1},
+		{settingH3Datagram, 1},
+	} {
+		settings = quicvarint.Append(settings, s[0])
+		settings = quicvarint.Append(settings, s[1])
+	}
+	b := quicvarint.Append(nil, streamTypeControl)
+	b = appendFrame(b, frameTypeSettings, settings)
+	if _, err := str.Write(b); err != nil {
+		return nil, err
+	}
+	return str, nil
+}
+
+// appendFrame appends an HTTP/3 frame of type typ with payload p.
+func appendFrame(b []byte, typ uint64, p []byte) []byte {
+	b = quicvarint.Append(b, typ)
+	b = quicvarint.Append(b, uint64(len(p)))
+	return append(b, p...)
+}
+
+// goAwayFrame returns a GOAWAY frame naming the first request stream the
+// server will not process (RFC 9114 §5.2, §7.2.6).
+func goAwayFrame(next quic.StreamID) []byte {
+	return appendFrame(nil, frameTypeGoAway, quicvarint.Append(nil, uint64(next)))
+}
+
+// requestError is a malformed request: the stream is reset with code
+// (RFC 9114 §4.1.2), or, for a header section over the limit, answered
+// with 431.
+type requestError struct {
+	code     http3.ErrCode
+	tooLarge bool
+	msg      string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+func malformedRequest(format string, args ...any) error {
+	return &requestError{code: http3.ErrCodeMessageError, msg: fmt.Sprintf(format, args...)}
+}
+
+// connError is a connection error found on a request stream.
+type connError struct {
+	code http3.ErrCode
+	msg  string
+}
+
+func (e *connError) Error() string { return e.msg }
+
+// readRequestHeaders reads a request stream up to and including its
+// HEADERS frame and returns the frame's payload. Unknown and reserved frame
+// types before it are skipped (§9); a DATA frame or a frame that has no
+// place on a request stream is a connection error; the stream's end is a
+// requestError (H3_REQUEST_INCOMPLETE).
+func readRequestHeaders(r *bufio.Reader, limit int) ([]byte, error) {
+	incomplete := func(err error) error {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return &requestError{code: http3.ErrCodeRequestIncomplete, msg: "stream ended before the request's HEADERS"}
+		}
+		return err
+	}
+	for {
+		typ, err := quicvarint.Read(r)
+		if err != nil {
+			return nil, incomplete(err)
+		}
+		l, err := quicvarint.Read(r)
+		if err != nil {
+			return nil, incomplete(err)
+		}
+		switch typ {
+		case frameTypeHeaders:
+			if l > uint64(limit) {
+				return nil, &requestError{code: http3.ErrCodeExcessiveLoad, tooLarge: true, msg: fmt.Sprintf("HEADERS frame of %d bytes", l)}
+			}
+			b := make([]byte, l)
+			if _, err := io.ReadFull(r, b); err != nil {
+				return nil, incomplete(err)
+			}
+			return b, nil
+		case frameTypeData:
+			return nil, &connError{http3.ErrCodeFrameUnexpected, "DATA frame before HEADERS"}
+		case frameTypeCancelPush, frameTypeSettings, frameTypePushPromise, frameTypeGoAway, frameTypeMaxPushID,
+			0x02, 0x06, 0x08, 0x09: // and HTTP/2's reserved types (§7.2.8)
+			return nil, &connError{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)}
+		}
+		if l > uint64(limit) {
+			// An unknown frame is skipped, but not without bound.
+			return nil, &requestError{code: http3.ErrCodeExcessiveLoad, msg: fmt.Sprintf("unknown frame of %d bytes before HEADERS", l)}
+		}
+		if _, err := r.Discard(int(l)); err != nil {
+			return nil, incomplete(err)
+		}
+	}
+}
+
+// connectionSpecific are the fields HTTP/3 forbids (RFC 9114 §4.2).
+var connectionSpecific = map[string]bool{
+	"connection": true, "keep-alive": true, "proxy-connection": true,
+	"transfer-encoding": true, "upgrade": true,
+}
+
+// parseRequest decodes a request's header section (QPACK, static table
+// only) into an *http.Request without body or context. sizeLimit bounds the
+// decoded section as RFC 9114 §4.2.2 counts it.
+func parseRequest(block []byte, sizeLimit int) (*http.Request, error) {
+	decode := qpack.NewDecoder().Decode(block)
+	var method, scheme, authority, path, protocol string
+	seen := map[string]bool{}
+	header := make(http.Header)
+	regular := false
+	size := 0
+	for {
+		f, err := decode()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, &requestError{code: http3.ErrCodeQPACKDecompressionFailed, msg: "qpack: " + err.Error()}
+		}
+		if size += len(f.Name) + len(f.Value) + 32; size > sizeLimit {
+			return nil, &requestError{code: http3.ErrCodeExcessiveLoad, tooLarge: true, msg: "header section too large"}
+		}
+		if !httpguts.ValidHeaderFieldValue(f.Value) {
+			return nil, malformedRequest("invalid value of %q", f.Name)
+		}
+		if f.IsPseudo() {
+			if regular {
+				return nil, malformedRequest("pseudo-header %s after a regular field", f.Name)
+			}
+			if seen[f.Name] {
+				return nil, malformedRequest("duplicate pseudo-header %s", f.Name)
+			}
+			seen[f.Name] = true
+			switch f.Name {
+			case ":method":
+				method = f.Value
+			case ":scheme":
+				scheme = strings.ToLower(f.Value)
+			case ":authority":
+				authority = f.Value
+			case ":path":
+				path = f.Value
+			case ":protocol":
+				protocol = f.Value
+			default:
+				return nil, malformedRequest("pseudo-header %s in a request", f.Name)
+			}
+			continue
+		}
+		regular = true
+		if !httpguts.ValidHeaderFieldName(f.Name) || strings.ToLower(f.Name) != f.Name {
+			return nil, malformedRequest("invalid field name %q", f.Name)
+		}
+		if connectionSpecific[f.Name] || (f.Name == "te" && f.Value != "trailers") {
+			return nil, malformedRequest("connection-specific field %s", f.Name)
+		}
+		header.Add(f.Name, f.Value)
+	}
+	if method == "" || !httpguts.ValidHeaderFieldName(method) {
+		return nil, malformedRequest("missing or invalid :method %q", method)
+	}
+	hosts := header.Values("Host")
+	if len(hosts) > 1 || (len(hosts) == 1 && seen[":authority"] && hosts[0] != authority) {
+		return nil, malformedRequest("Host does not match :authority")
+	}
+	req := &http.Request{
+		Method:        method,
+		Proto:         "HTTP/3.0",
+		ProtoMajor:    3,
+		Header:        header,
+		Body:          http.NoBody,
+		ContentLength: -1,
+	}
+	switch {
+	case method == http.MethodConnect && seen[":protocol"]:
+		// Extended CONNECT (RFC 9220, RFC 8441 §4). http3 reports the
+		// protocol as the request's Proto, and connect-ip-go and masque-go
+		// look for it there.
+		if !httpguts.ValidHeaderFieldName(protocol) {
+			return nil, malformedRequest("invalid :protocol %q", protocol)
+		}
+		if scheme == "" || authority == "" || !strings.HasPrefix(path, "/") {
+			return nil, malformedRequest("extended CONNECT needs :scheme, :authority and :path")
+		}
+		req.Proto = protocol
+	case method == http.MethodConnect:
+		if seen[":scheme"] || seen[":path"] || authority == "" {
+			return nil, malformedRequest("CONNECT needs :authority and no :scheme or :path")
+		}
+		req.URL = &url.URL{Host: authority}
+		req.RequestURI = authority
+		req.Host = authority
+		return req, nil
+	default:
+		if seen[":protocol"] {
+			return nil, malformedRequest(":protocol in a %s request", method)
+		}
+		if authority == "" && len(hosts) == 1 {
+			authority = hosts[0]
+		}
+		if scheme == "" || authority == "" || !strings.HasPrefix(path, "/") {
+			return nil, malformedRequest("request needs :scheme, :authority and :path")
+		}
+	}
+	u, err := url.ParseRequestURI(path)
+	if err != nil {
+		return nil, malformedRequest("invalid :path: %v", err)
+	}
+	req.URL = u
+	req.RequestURI = path
+	req.Host = authority
+	if cl := header.Get("Content-Length"); cl != "" {
+		n, err := strconv.ParseUint(cl, 10, 63)
+		if err != nil {
+			return nil, malformedRequest("invalid content-length")
+		}
+		req.ContentLength = int64(n)
+	}
+	return req, nil
+}
+
+// serveRequest reads the request on str and hands it to handler. It
+// reports whether the request reached the handler.
+func (s *Server) serveRequest(hc *h3conn, str *quic.Stream, handler http.Handler) (handled bool) {
+	br := bufio.NewReaderSize(str, 512)
+	block, err := readRequestHeaders(br, maxHeaderBytes)
+	var req *http.Request
+	if err == nil {
+		req, err = parseRequest(block, maxHeaderBytes)
+	}
+	if err != nil {
+		if ce, ok := errors.AsType[*connError](err); ok {
+			hc.conn.CloseWithError(quic.ApplicationErrorCode(ce.code), ce.msg)
+			return false
+		}
+		if re, ok := errors.AsType[*requestError](err); ok {
+			s.log.Debug("bad request", "remote_addr", hc.conn.RemoteAddr(), "err", re.msg)
+			if re.tooLarge {
+				// Stop the client sending and answer 431 (RFC 9114 §4.2.2).
+				str.CancelRead(quic.StreamErrorCode(re.code))
+				w := newH3Response(str, nil)
+				w.WriteHeader(http.StatusRequestHeaderFieldsTooLarge)
+				str.Close()
+				return false
+			}
+			str.CancelRead(quic.StreamErrorCode(re.code))
+			str.CancelWrite(quic.StreamErrorCode(re.code))
+			return false
+		}
+		// The stream was reset or the connection ended.
+		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestIncomplete))
+		str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestIncomplete))
+		return false
+	}
+	state := hc.conn.ConnectionState().TLS
+	req.TLS = &state
+	req.RemoteAddr = hc.conn.RemoteAddr().String()
+	ctx, cancel := context.WithCancel(context.WithValue(hc.conn.Context(), connKey{}, hc.conn))
+	defer cancel()
+	stop := context.AfterFunc(str.Context(), cancel)
+	defer stop()
+	req = req.WithContext(ctx)
+
+	w := newH3Response(str, br)
+	w.conn = hc.conn
+	panicked := true
+	func() {
+		defer func() {
+			if p := recover(); p != nil && p != http.ErrAbortHandler {
+				s.log.Error("panic serving a request", "err", p)
+			}
+		}()
+		handler.ServeHTTP(w, req)
+		panicked = false
+	}()
+	if w.taken {
+		return true
+	}
+	if panicked {
+		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeInternalError))
+		str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeInternalError))
+		return true
+	}
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	// A request without a session: we read no more, and the FIN ends the
+	// response.
+	str.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
+	str.Close()
+	return true
+}
+
+// h3Response is the http.ResponseWriter of serveRequest. The handler of a
+// CONNECT request that becomes a session takes the stream over with
+// stream() after its 2xx.
+type h3Response struct {
+	conn   *quic.Conn
+	str    *quic.Stream
+	br     *bufio.Reader // what the request's reader holds beyond HEADERS
+	header http.Header
+	wrote  bool
+	taken  bool
+	hs     *h3stream
+}
+
+func newH3Response(str *quic.Stream, br *bufio.Reader) *h3Response {
+	return &h3Response{str: str, br: br, header: make(http.Header)}
+}
+
+func (w *h3Response) Header() http.Header { return w.header }
+
+// WriteHeader sends the response's HEADERS frame. Informational codes are
+// not supported (none of our handlers sends one).
+func (w *h3Response) WriteHeader(status int) {
+	if w.wrote {
+		return
+	}
+	w.wrote = true
+	var block bytes.Buffer
+	enc := qpack.NewEncoder(&block)
+	enc.WriteField(qpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
+	for k, vs := range w.header {
+		name := strings.ToLower(k)
+		if connectionSpecific[name] {
+			continue
+		}
+		for _, v := range vs {
+			enc.WriteField(qpack.HeaderField{Name: name, Value: v})
+		}
+	}
+	w.str.Write(appendFrame(nil, frameTypeHeaders, block.Bytes()))
+}
+
+// Write sends b in a DATA frame, after a 200 if no status was sent.
+func (w *h3Response) Write(b []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	if _, err := w.str.Write(appendFrame(nil, frameTypeData, b)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// stream takes the request stream over: the response header is sent (200
+// unless WriteHeader said otherwise) and the stream's body is the caller's
+// from here on, as DATA frames.
+func (w *h3Response) stream() *h3stream {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.hs == nil {
+		w.taken = true
+		w.hs = &h3stream{conn: w.conn, str: w.str, r: w.br}
+	}
+	return w.hs
+}
+
+// streamOf returns the request stream behind w, taken over.
+func streamOf(w http.ResponseWriter) *h3stream {
+	return w.(*h3Response).stream()
+}
+
+// h3stream is a request stream's body after the response header: HTTP/3
+// DATA frames both ways (RFC 9114 §4.1), which carry the capsule protocol
+// (RFC 9297 §3.2), and the HTTP datagrams of the stream (§2.1).
+type h3stream struct {
+	conn *quic.Conn
+	str  *quic.Stream
+	r    *bufio.Reader // reads str
+
+	left    uint64 // of the DATA frame being read
+	trailed bool   // trailers read: the body is over
+
+	wmu  sync.Mutex // guards whdr
+	whdr [16]byte
+
+	dmu  sync.Mutex // guards dbuf
+	dbuf []byte
+}
+
+// Read reads the payload of the client's DATA frames. Unknown frame types
+// are skipped; a HEADERS frame (trailers) ends the body; a frame that has
+// no place on a request stream closes the connection
+// (H3_FRAME_UNEXPECTED).
+func (s *h3stream) Read(b []byte) (int, error) {
+	for s.left == 0 {
+		if s.trailed {
+			return 0, io.EOF
+		}
+		typ, err := quicvarint.Read(s.r)
+		if err != nil {
+			return 0, err
+		}
+		l, err := quicvarint.Read(s.r)
+		if err != nil {
+			return 0, unexpectedEOF(err)
+		}
+		switch typ {
+		case frameTypeData:
+			s.left = l
+		case frameTypeHeaders:
+			// Trailers: nothing in them is of use to a tunnel.
+			if _, err := s.r.Discard(int(min(l, 1<<30))); err != nil {
+				return 0, unexpectedEOF(err)
+			}
+			s.trailed = true
+		case frameTypeCancelPush, frameTypeSettings, frameTypePushPromise, frameTypeGoAway, frameTypeMaxPushID,
+			0x02, 0x06, 0x08, 0x09:
+			return 0, &connError{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)}
+		default:
+			for l > 0 {
+				n, err := s.r.Discard(int(min(l, 1<<20)))
+				l -= uint64(n)
+				if err != nil {
+					return 0, unexpectedEOF(err)
+				}
+			}
+		}
+	}
+	if uint64(len(b)) > s.left {
+		b = b[:s.left]
+	}
+	n, err := s.r.Read(b)
+	s.left -= uint64(n)
+	if err == io.EOF && s.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func unexpectedEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// Write sends b in one DATA frame.
+func (s *h3stream) Write(b []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	h := quicvarint.Append(s.whdr[:0], frameTypeData)
+	h = quicvarint.Append(h, uint64(len(b)))
+	if _, err := s.str.Write(h); err != nil {
+		return 0, err
+	}
+	return s.str.Write(b)
+}
+
+// SendDatagram sends b (context ID first) as an HTTP datagram of the
+// stream. quic-go copies it: b may be reused at once.
+func (s *h3stream) SendDatagram(b []byte) error {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	d := quicvarint.Append(s.dbuf[:0], uint64(s.str.StreamID()/4))
+	d = append(d, b...)
+	s.dbuf = d[:0]
+	return s.conn.SendDatagram(d)
+}
+
+func (s *h3stream) StreamID() quic.StreamID            { return s.str.StreamID() }
+func (s *h3stream) Close() error                       { return s.str.Close() }
+func (s *h3stream) CancelRead(c quic.StreamErrorCode)  { s.str.CancelRead(c) }
+func (s *h3stream) CancelWrite(c quic.StreamErrorCode) { s.str.CancelWrite(c) }
+func (s *h3stream) SetWriteDeadline(t time.Time) error { return s.str.SetWriteDeadline(t) }
+func (s *h3stream) Context() context.Context           { return s.str.Context() }
