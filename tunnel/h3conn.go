@@ -130,7 +130,9 @@ func (s *Server) serveH3(c *quic.Conn) error {
 		}
 		idle.begin()
 		hc.mux.expect(id)
+		s.requests.Add(1)
 		hc.handlers.Go(func() {
+			defer s.requests.Add(-1)
 			handled := s.serveRequest(hc, str, s.handler)
 			hc.mux.forget(id)
 			idle.end()

@@ -129,6 +129,7 @@ type Server struct {
 	cfg      ServerConfig
 	log      *slog.Logger
 	handler  http.Handler // routes requests (serveRequest)
+	requests atomic.Int64 // requests in progress: sessions, flows and those being answered
 	router   *ipRouter
 	counters counters
 	routes   []connectip.IPRoute
@@ -262,7 +263,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer tick.Stop()
 	var err error
 wait:
-	for s.counters.sessions.Load() > 0 || s.counters.udp.flows.Load() > 0 {
+	for s.requests.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			err = ctx.Err()
