@@ -388,30 +388,79 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			redial.tls.ServerName = host
 		}
 	}
+	dial := func(ctx context.Context) (*quicio.ClientConn, error) {
+		return redial.dial(ctx, redial.tls, routingFwMark(routing), logger)
+	}
 	for {
-		runErr := t.Serve(ctx, client)
+		// When the server drains (GOAWAY), the next session is opened
+		// while this one still carries packets: make before break.
+		serveCtx, stopServe := context.WithCancelCause(ctx)
+		moved := make(chan moveResult, 1)
+		go func() {
+			if !c.reconnect {
+				moved <- moveResult{skipped: true}
+				return
+			}
+			moved <- moveOnGoAway(ctx, serveCtx, client, func() { stopServe(errMoved) }, dial, connect, logger)
+		}()
+		runErr := t.Serve(serveCtx, client)
+		movedOn := errors.Is(context.Cause(serveCtx), errMoved)
+		stopServe(nil)
+		var mv moveResult
+		select {
+		case mv = <-moved:
+		default:
+			if ctx.Err() == nil && !movedOn {
+				select {
+				case <-client.GoingAway():
+					// The server ended the session (its drain deadline)
+					// before the new one was up.
+					logger.Warn("tunnel lost while moving to a new session", "err", runErr)
+					status.setReconnecting()
+				default:
+				}
+			}
+			mv = <-moved
+		}
 		if ctx.Err() != nil {
+			if mv.client != nil {
+				mv.client.Close()
+				mv.qc.Close()
+			}
 			logger.Info("tunnel down")
 			return nil
 		}
-		if !c.reconnect {
-			return fmt.Errorf("tunnel down: %w", runErr)
-		}
+		var nqc *quicio.ClientConn
+		var nclient *tunnel.Client
+		var err error
 		lost := time.Now()
-		logger.Warn("tunnel lost, reconnecting", "err", runErr)
-		status.setReconnecting()
-		qc.Close()
-		client.Close()
-		dial := func(ctx context.Context) (*quicio.ClientConn, error) {
-			return redial.dial(ctx, redial.tls, routingFwMark(routing), logger)
-		}
-		nqc, nclient, err := reconnectLoop(ctx, dial, client.Lease(), connect, logger)
-		if err != nil {
-			if ctx.Err() != nil {
-				logger.Info("tunnel down")
-				return nil
+		switch {
+		case !mv.skipped && mv.err == nil && mv.client != nil:
+			qc.Close()
+			nqc, nclient = mv.qc, mv.client
+			if mv.beforeLoss {
+				logger.Info("tunnel moved to a new session before the server ended the old one")
 			}
-			return fmt.Errorf("tunnel down: %w", err)
+		case !mv.skipped:
+			// The move failed for good (credentials, another lease).
+			qc.Close()
+			return fmt.Errorf("tunnel down: %w", mv.err)
+		default:
+			if !c.reconnect {
+				return fmt.Errorf("tunnel down: %w", runErr)
+			}
+			logger.Warn("tunnel lost, reconnecting", "err", runErr)
+			status.setReconnecting()
+			qc.Close()
+			client.Close()
+			nqc, nclient, err = reconnectLoop(ctx, dial, client.Lease(), connect, logger)
+			if err != nil {
+				if ctx.Err() != nil {
+					logger.Info("tunnel down")
+					return nil
+				}
+				return fmt.Errorf("tunnel down: %w", err)
+			}
 		}
 		qc, client = nqc, nclient
 		// A connection that starts small (its path shrank) grows with
@@ -424,6 +473,47 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		status.setClient(client)
 		logger.Info("tunnel back", "after", time.Since(lost).Round(time.Millisecond).String(), "dropped_while_down", t.Dropped())
 	}
+}
+
+// errMoved ends a session that a new one has replaced.
+var errMoved = errors.New("moved to a new session")
+
+// moveResult is what moveOnGoAway did.
+type moveResult struct {
+	skipped    bool // no GOAWAY before the session ended
+	qc         *quicio.ClientConn
+	client     *tunnel.Client
+	err        error
+	beforeLoss bool // the new session was up while the old one still was
+}
+
+// moveOnGoAway waits for the server's GOAWAY on client while serveCtx
+// lasts; then it opens a new session (reconnectLoop, until ctx is done),
+// and ends the old one by calling stop once the new one is up. Without a
+// GOAWAY it reports skipped. With the draining server's listener closed,
+// the new session comes up once the server's replacement does (or at
+// once where the name leads to another server).
+func moveOnGoAway(ctx, serveCtx context.Context, client *tunnel.Client, stop func(),
+	dial func(context.Context) (*quicio.ClientConn, error), connect func(*quicio.ClientConn) (*tunnel.Client, error), logger *slog.Logger,
+) moveResult {
+	select {
+	case <-client.GoingAway():
+	case <-serveCtx.Done():
+		select {
+		case <-client.GoingAway():
+			// Both at once: the session ended after a GOAWAY.
+		default:
+			return moveResult{skipped: true}
+		}
+	}
+	logger.Info("server is draining (GOAWAY): opening a new session while this one lasts")
+	nqc, nclient, err := reconnectLoop(ctx, dial, client.Lease(), connect, logger)
+	if err != nil {
+		return moveResult{err: err}
+	}
+	before := serveCtx.Err() == nil
+	stop()
+	return moveResult{qc: nqc, client: nclient, beforeLoss: before}
 }
 
 // refusedCredentials reports whether the server refused the tunnel for
