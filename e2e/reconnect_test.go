@@ -139,14 +139,16 @@ func TestServerRestartDuringTransfer(t *testing.T) {
 }
 
 // TestServerDrainDuringTransfer: a rolling restart. masqued gets SIGTERM
-// during an upload: it stops accepting, ends every session cleanly and
-// exits within its drain timeout, having undone its changes; the client
-// sees the end at once (no idle timeout), and reconnects to the server
-// started in its place. The upload arrives intact.
+// during an upload: it stops accepting and sends HTTP/3 GOAWAY; the client
+// hears it at once and starts opening its next session while the old one
+// keeps carrying the upload until the drain deadline; then masqued ends the
+// session cleanly and exits, having undone its changes, and the client
+// reconnects to the server started in its place. The upload arrives intact.
 func TestServerDrainDuringTransfer(t *testing.T) {
 	tp := newTopo(t, false)
 	stateDir := t.TempDir()
-	srv := tp.startServer(t, "--state-dir", stateDir, "--drain-timeout", "3s")
+	const drain = 3 * time.Second
+	srv := tp.startServer(t, "--state-dir", stateDir, "--drain-timeout", drain.String())
 	c := tp.startClient(t, tp.client, tokenAuth("alice"))
 
 	const size = 24 << 20 // 12 s at 2 MB/s
@@ -154,14 +156,20 @@ func TestServerDrainDuringTransfer(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	took, killed := srv.stop(10 * time.Second)
 	if killed || srv.exitCode() != 0 {
-		t.Fatalf("masqued after SIGTERM: %s after %v (killed %v), want exit 0 within the 3 s drain", srv.exitString(), took, killed)
+		t.Fatalf("masqued after SIGTERM: %s after %v (killed %v), want exit 0 after the %v drain", srv.exitString(), took, killed, drain)
 	}
 	t.Logf("masqued drained and exited 0 %v after SIGTERM", took.Round(time.Millisecond))
-	if took > 3*time.Second {
-		t.Errorf("drain took %v, longer than --drain-timeout 3s", took.Round(time.Millisecond))
+	// The session lasts the drain, then the server ends it; the rest
+	// (a 250 ms grace for the ends to reach the clients, undoing NAT and
+	// routes) is quick.
+	if took < drain || took > drain+time.Second {
+		t.Errorf("drain took %v, want the --drain-timeout %v and at most 1 s more", took.Round(time.Millisecond), drain)
 	}
 	if !strings.Contains(srv.stderr.String(), "session down") {
 		t.Errorf("masqued did not end the session before exiting:\n%s", tail(srv.stderr.String(), 2000))
+	}
+	if !strings.Contains(c.stderr.String(), "server is draining (GOAWAY)") {
+		t.Errorf("the client did not hear the GOAWAY:\n%s", tail(c.stderr.String(), 2000))
 	}
 	tp.checkClean(tp.server)
 	// The client saw the end: it is reconnecting now, not waiting for an

@@ -60,7 +60,7 @@ func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
 	f.IntVar(&c.RetryThreshold, "retry-threshold", 0, "handshakes in flight above which new peers must answer a Retry first; -1 for always (default 128)")
 	f.IntVar(&c.MaxSessionsPerConn, "max-sessions-per-conn", 0, "CONNECT-IP sessions per QUIC connection (default 4)")
 	f.IntVar(&c.MaxSessionsPerIdentity, "max-sessions-per-identity", 0, "CONNECT-IP sessions per identity over all its connections (default 16)")
-	f.StringVar(&c.DrainTimeout, "drain-timeout", "", "on SIGTERM, how long to wait for sessions to end before closing what remains (default 5s)")
+	f.StringVar(&c.DrainTimeout, "drain-timeout", "", "on SIGTERM, how long sessions may go on after the GOAWAY before the rest are ended (default 5s)")
 	f.StringVar(&c.RequestTimeout, "request-timeout", "", "close a connection that sends no request this long after its handshake (default 5s)")
 	f.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics")
 	f.BoolVar(&c.Pprof, "pprof", false, "also serve Go profiles at /debug/pprof/ on the metrics listener (debugging; keep that listener private)")
