@@ -226,7 +226,7 @@ func TestUDPForwarderMovesOnGoAway(t *testing.T) {
 	other := startUDPServer(t, UDPConfig{})
 	echo := startEcho(t, nil)
 	f := startForwarder(t, draining.dial(t), UDPForwarderConfig{Authority: draining.addr,
-		Redial: func(ctx context.Context) (*quic.Conn, error) { return other.dial(t).Conn, nil },
+		Redial:   func(ctx context.Context) (*quic.Conn, error) { return other.dial(t).Conn, nil },
 		Forwards: []UDPForward{{Listen: "127.0.0.1:0", Target: echo.String()}}})
 	old := dialLocal(t, f.ListenAddrs()[0])
 	if got := exchange(t, old, []byte("before")); string(got) != "before" {
