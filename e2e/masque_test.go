@@ -19,6 +19,9 @@ type server struct {
 	ns string
 }
 
+// e2eDrain is masqued's --drain-timeout in the tests unless one sets its own.
+const e2eDrain = time.Second
+
 // startServer starts masqued in the server namespace with the test PKI, the
 // tokens file and metrics on 127.0.0.1:9090, and waits for msg=listening.
 func (tp *topo) startServer(t *testing.T, extra ...string) *server {
@@ -32,10 +35,14 @@ func (tp *topo) startServer(t *testing.T, extra ...string) *server {
 		"--state-dir", t.TempDir(),
 		"--metrics", "127.0.0.1:9090",
 		"--log-level", "debug",
+		// A client still connected when a test stops masqued keeps its
+		// session for the drain after the GOAWAY: keep that short (a
+		// test's own --drain-timeout comes later and wins).
+		"--drain-timeout", e2eDrain.String(),
 	}
 	argv = append(argv, extra...)
 	p := startProc(t, tp.server, "masqued", argv...)
-	p.grace = 15 * time.Second // longer than the default drain timeout (5 s)
+	p.grace = 15 * time.Second // longer than any drain timeout the tests set
 	p.wantExit0 = true
 	if _, err := p.waitLine(p.stderr, 15*time.Second, func(l string) bool { return strings.Contains(l, "msg=listening") }); err != nil {
 		t.Fatalf("masqued did not become ready: %v\nstderr:\n%s", err, tail(p.stderr.String(), 4000))
