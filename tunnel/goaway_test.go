@@ -264,3 +264,24 @@ func TestUDPForwarderMovesOnGoAway(t *testing.T) {
 		t.Errorf("flows: %d on the draining server, %d on the other; want 1 and 1", n, m)
 	}
 }
+
+// TestControlFrameOnSessionStreamClosesConnection: a SETTINGS frame among
+// a session's capsules is a connection error H3_FRAME_UNEXPECTED (RFC 9114
+// §7.2.4).
+func TestControlFrameOnSessionStreamClosesConnection(t *testing.T) {
+	ts := startServer(t)
+	h := dialH3(t, ts)
+	rs := h.session()
+	if _, err := rs.str.Write(appendFrame(nil, frameTypeSettings, nil)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.conn.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection still open 5 s after SETTINGS on a request stream")
+	}
+	ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(h.conn.Context()))
+	if !ok || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeFrameUnexpected) {
+		t.Fatalf("connection closed with %v, want H3_FRAME_UNEXPECTED from the server", context.Cause(h.conn.Context()))
+	}
+}

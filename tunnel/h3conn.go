@@ -302,12 +302,8 @@ func readControlFrames(r *bufio.Reader, goAway func(quic.StreamID)) error {
 			last = id
 			goAway(quic.StreamID(id))
 		default:
-			for l > 0 {
-				n, err := r.Discard(int(min(l, 1<<20)))
-				l -= uint64(n)
-				if err != nil {
-					return err
-				}
+			if err := discard(r, l); err != nil {
+				return err
 			}
 		}
 	}

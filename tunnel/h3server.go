@@ -139,8 +139,8 @@ func readRequestHeaders(r *bufio.Reader, limit int) ([]byte, error) {
 			return b, nil
 		case frameTypeData:
 			return nil, &connError{http3.ErrCodeFrameUnexpected, "DATA frame before HEADERS"}
-		case frameTypeCancelPush, frameTypeSettings, frameTypePushPromise, frameTypeGoAway, frameTypeMaxPushID,
-			0x02, 0x06, 0x08, 0x09: // and HTTP/2's reserved types (§7.2.8)
+		}
+		if forbiddenOnRequestStream(typ) {
 			return nil, &connError{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)}
 		}
 		if l > uint64(limit) {
@@ -151,6 +151,31 @@ func readRequestHeaders(r *bufio.Reader, limit int) ([]byte, error) {
 			return nil, incomplete(err)
 		}
 	}
+}
+
+// forbiddenOnRequestStream reports the frame types that are a connection
+// error H3_FRAME_UNEXPECTED on a request stream (RFC 9114 §7.2): those of
+// the control stream, PUSH_PROMISE from a client, and HTTP/2's reserved
+// types (§7.2.8).
+func forbiddenOnRequestStream(typ uint64) bool {
+	switch typ {
+	case frameTypeCancelPush, frameTypeSettings, frameTypePushPromise, frameTypeGoAway, frameTypeMaxPushID,
+		0x02, 0x06, 0x08, 0x09:
+		return true
+	}
+	return false
+}
+
+// discard skips n bytes of r, however many.
+func discard(r *bufio.Reader, n uint64) error {
+	for n > 0 {
+		d, err := r.Discard(int(min(n, 1<<20)))
+		n -= uint64(d)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // connectionSpecific are the fields HTTP/3 forbids (RFC 9114 §4.2).
@@ -462,20 +487,18 @@ func (s *h3stream) Read(b []byte) (int, error) {
 			s.left = l
 		case frameTypeHeaders:
 			// Trailers: nothing in them is of use to a tunnel.
-			if _, err := s.r.Discard(int(min(l, 1<<30))); err != nil {
+			if err := discard(s.r, l); err != nil {
 				return 0, unexpectedEOF(err)
 			}
 			s.trailed = true
-		case frameTypeCancelPush, frameTypeSettings, frameTypePushPromise, frameTypeGoAway, frameTypeMaxPushID,
-			0x02, 0x06, 0x08, 0x09:
-			return 0, &connError{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on a request stream", typ)}
 		default:
-			for l > 0 {
-				n, err := s.r.Discard(int(min(l, 1<<20)))
-				l -= uint64(n)
-				if err != nil {
-					return 0, unexpectedEOF(err)
-				}
+			if forbiddenOnRequestStream(typ) {
+				msg := fmt.Sprintf("frame type %#x on a request stream", typ)
+				s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeFrameUnexpected), msg)
+				return 0, &connError{http3.ErrCodeFrameUnexpected, msg}
+			}
+			if err := discard(s.r, l); err != nil {
+				return 0, unexpectedEOF(err)
 			}
 		}
 	}
