@@ -171,7 +171,7 @@ type Server struct {
 	mu      sync.Mutex // guards the fields below
 	conns   map[*quic.Conn]struct{}
 	sources map[netip.Prefix]int // connections per sourceKey
-	paths   *pathMemory // peers whose path shrank (pathmtu.go)
+	paths   *pathMemory          // peers whose path shrank (pathmtu.go)
 	closing bool
 }
 
