@@ -277,3 +277,48 @@ func (s *Server) anyConn() *h3conn {
 	}
 	return nil
 }
+
+// A session whose TUN writes are stuck holds its own batches and drops the
+// rest (queue_full); the connection's datagram dispatcher goes on, so a
+// new request on the same connection is still served and the other
+// session's datagrams still reach its queue.
+func TestStuckSessionDoesNotStallItsConnection(t *testing.T) {
+	ts := startServer(t)
+	t.Cleanup(func() {
+		// Unblock the TUN before the server's cleanup waits for its writers.
+		for {
+			select {
+			case <-ts.dev.Inbound:
+				continue
+			case <-time.After(200 * time.Millisecond):
+			}
+			return
+		}
+	})
+	h := dialH3(t, ts)
+	a := h.session()
+	before := ts.srv.counters.drops[dropQueueFull].Load()
+	// Nobody reads the server TUN: a's writer blocks on its first packet.
+	pkt := append([]byte{0}, udp4(a.v4, netip.MustParseAddr("198.18.2.2"), 1, 2, make([]byte, 32))...)
+	for range rxBatches*recvBatch + 200 {
+		a.sendDatagram(pkt)
+	}
+	waitFor(t, "queue_full drops", 5*time.Second, func() bool { return ts.srv.counters.drops[dropQueueFull].Load() > before })
+	done := make(chan *rawSession, 1)
+	go func() {
+		s := h.request(connectIPFields(ts.addr, testToken))
+		if s.status() == "200" {
+			done <- &rawSession{rawStream: s}
+			return
+		}
+		done <- nil
+	}()
+	select {
+	case b := <-done:
+		if b == nil {
+			t.Fatal("second session refused")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a second request on the connection was not answered while a session's TUN writes were stuck")
+	}
+}
