@@ -45,7 +45,8 @@ var dropReasonNames = [numDropReasons]string{
 func (r dropReason) String() string { return dropReasonNames[r] }
 
 // counters are the data path's counters. The zero value is ready; all fields
-// are updated atomically without allocating.
+// are updated atomically without allocating, but for refusalLog, the
+// budget of the refusal log, here for its count of suppressed lines.
 type counters struct {
 	drops              [numDropReasons]atomic.Uint64
 	txPackets, txBytes atomic.Uint64 // towards the peer (datagrams sent)
@@ -64,6 +65,8 @@ type counters struct {
 	// ADDRESS_REQUEST outcomes (grant).
 	addrChanges [numFamilies]atomic.Uint64     // by family
 	addrRefused [numAddrOutcomes]atomic.Uint64 // by addrOutcome; only the refusals move
+
+	refusalLog rateLog // CONNECT-IP's refused requests (ratelog.go)
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
@@ -221,6 +224,8 @@ var (
 		"HTTP datagrams received in DATAGRAM capsules on CONNECT-IP streams (RFC 9297 §3.5).", nil, nil)
 	descAddrChanges = prometheus.NewDesc("masque_tunnel_address_changes_total",
 		"Session addresses changed on a client's ADDRESS_REQUEST (RFC 9484 §4.7.2), by address family.", []string{"family"}, nil)
+	descLogSuppressed = prometheus.NewDesc("masque_tunnel_log_suppressed_total",
+		"Log lines about refused requests (CONNECT-IP and CONNECT-UDP) not written, over the per-source or global budget.", nil, nil)
 	descAddrRefused = prometheus.NewDesc("masque_tunnel_address_requests_refused_total",
 		"ADDRESS_REQUEST entries answered with the address held (or none), by reason.", []string{"reason"}, nil)
 )
@@ -235,7 +240,7 @@ type collector struct {
 var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descConnErrors, descUnrouted, descCapsuleDrops, descDatagramCapsules, descAddrChanges, descAddrRefused} {
+	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descConnErrors, descUnrouted, descCapsuleDrops, descDatagramCapsules, descAddrChanges, descAddrRefused, descLogSuppressed} {
 		ch <- d
 	}
 	describeUDP(ch)
@@ -287,5 +292,7 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descAddrRefused, prometheus.CounterValue, float64(c.addrRefused[o].Load()), addrRefusalNames[o])
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(descLogSuppressed, prometheus.CounterValue,
+		float64(c.refusalLog.suppressedTotal.Load()+c.udp.refusalLog.suppressedTotal.Load()))
 	c.udp.collect(ch)
 }

@@ -87,6 +87,8 @@ func TestCollector(t *testing.T) {
 	c.connErrors[connErrorIndex(http3.ErrCodeDatagramError)].Add(10)
 	c.addrChanges[familyIPv4].Add(11)
 	c.addrRefused[addrRefusedRate].Add(12)
+	c.refusalLog.suppressedTotal.Add(13)
+	c.udp.refusalLog.suppressedTotal.Add(1)
 
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(collector{c: &c, pool4: pool4}); err != nil {
@@ -144,6 +146,7 @@ func TestCollector(t *testing.T) {
 		"masque_tunnel_address_changes_total{family=ipv4}":                 11,
 		"masque_tunnel_address_requests_refused_total{reason=rate}":        12,
 		"masque_tunnel_address_requests_refused_total{reason=per_capsule}": 0,
+		"masque_tunnel_log_suppressed_total":                               14,
 	}
 	for k, w := range want {
 		if g, ok := got[k]; !ok || g != w {
