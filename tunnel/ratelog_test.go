@@ -180,3 +180,37 @@ func TestRateLogLines(t *testing.T) {
 		t.Errorf("suppressedTotal = %d, want 2", got)
 	}
 }
+
+// TestRefusalLogOverQUIC floods a real server with refused requests from
+// one source, CONNECT-IP and CONNECT-UDP with a wrong token: each writes
+// one line per refusalLogInterval, and the rest are counted as suppressed.
+func TestRefusalLogOverQUIC(t *testing.T) {
+	logs := newRecordCounter(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ts := startServer(t, func(c *ServerConfig) { c.Logger = slog.New(logs) })
+	h := dialH3(t, ts)
+	const flood = 200
+	start := time.Now()
+	for i := range flood {
+		fields := connectIPFields(ts.addr, "wrong-token")
+		if i%2 == 1 {
+			fields = udpFlowFields(ts.addr, netip.MustParseAddrPort("198.18.2.2:53"))
+			fields[len(fields)-1].Value = "Bearer wrong-token"
+		}
+		if got := h.request(fields).status(); got != "401" {
+			t.Fatalf("request %d: status %s, want 401", i, got)
+		}
+	}
+	maxLines := 1 + int(time.Since(start)/refusalLogInterval)
+	lines := 0
+	for _, msg := range []string{"request refused", "udp request refused"} {
+		_, n := logs.counts(msg)
+		if n < 1 || n > maxLines {
+			t.Errorf("%d %q lines for %d refusals, want 1 to %d", n, msg, flood/2, maxLines)
+		}
+		lines += n
+	}
+	c := &ts.srv.counters
+	if got := c.refusalLog.suppressedTotal.Load() + c.udp.refusalLog.suppressedTotal.Load(); got != uint64(flood-lines) {
+		t.Errorf("suppressed = %d, want %d", got, flood-lines)
+	}
+}
