@@ -78,6 +78,11 @@ func FuzzSessionCapsules(f *testing.F) {
 	f.Add(append(capsule(0x17, seq(10)), capsule(uint64(capsuleRouteAdvertisement), nil)...))
 	f.Add(quicvarint.Append([]byte{0x02}, 1<<30))
 	f.Add([]byte{0x00, 0x05, 0x00})
+	// A walk: several changes asked in one capsule, then again.
+	walk := capsule(uint64(capsuleAddressRequest), cat(addrEntry(1, 4, []byte{100, 64, 0, 3}, 32),
+		addrEntry(2, 4, []byte{100, 64, 0, 4}, 32), addrEntry(3, 6, netip.MustParseAddr("fd00:1::5").AsSlice(), 128),
+		addrEntry(4, 4, []byte{100, 64, 0, 5}, 32), addrEntry(5, 6, netip.MustParseAddr("fd00:1::6").AsSlice(), 128)))
+	f.Add(cat(walk, walk, walk))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		ss := newControlTestSession(t)
 		c := &ss.srv.counters
@@ -113,6 +118,17 @@ func FuzzSessionCapsules(f *testing.F) {
 		for _, addr := range []netip.Addr{a.v4, a.v6} {
 			if ss.srv.router.lookup(addr) != ss {
 				t.Fatalf("router does not send %v to the session", addr)
+			}
+		}
+		// At most one change per family per ADDRESS_REQUEST (the input's
+		// 0x02 bytes bound their number from above), and the address
+		// left is free at once: each pool holds one address.
+		if ch, asked := c.addrChanges[familyIPv4].Load()+c.addrChanges[familyIPv6].Load(), uint64(bytes.Count(in, []byte{byte(capsuleAddressRequest)})); ch > 2*asked {
+			t.Fatalf("%d address changes for at most %d ADDRESS_REQUEST capsules", ch, asked)
+		}
+		for _, pool := range []*policy.Pool{ss.srv.cfg.Pool4, ss.srv.cfg.Pool6} {
+			if in, l := pool.InUse(), pool.Leased(); in != 1 || l != 1 {
+				t.Fatalf("pool %s: InUse() = %d, Leased() = %d, want 1, 1", pool.Prefix(), in, l)
 			}
 		}
 		var moved uint64
