@@ -347,6 +347,8 @@ func TestAddressRequestWalk(t *testing.T) {
 	rs := h.session()
 	p6 := ts.srv.cfg.Pool6
 	held4, held6 := rs.v4, rs.v6
+	// serveIP logs "session up" after the capsules rs has read.
+	waitCounter(t, `"session up" lines`, func() uint64 { _, n := logs.counts("session up"); return uint64(n) }, 1)
 	infoBefore, _ := logs.counts("")
 
 	const capsules, entries = 17, 4000 // 68,000 requests: the whole pool and more
