@@ -19,15 +19,40 @@ var ErrPoolExhausted = errors.New("address pool exhausted")
 // identity when [NewPool] is given a zero lease time.
 const DefaultLeaseTime = 10 * time.Minute
 
+// DefaultMaxIdlePerIdentity is how many idle leases one identity may hold
+// when [PoolConfig.MaxIdlePerIdentity] is zero: as many as its sessions
+// (tunnel.DefaultMaxSessionsPerIdentity), so that every session of an
+// identity that reconnects gets its address back.
+const DefaultMaxIdlePerIdentity = 16
+
 // reclaimBatch bounds how many expired leases one Acquire reclaims.
 const reclaimBatch = 8
+
+// PoolConfig configures a [Pool]. Zero values mean the documented
+// defaults.
+type PoolConfig struct {
+	// Prefix holds the addresses handed out. It must be masked and leave
+	// room for at least one client: at most /30 for IPv4, /126 for IPv6.
+	Prefix netip.Prefix
+	// LeaseTime is how long a released address stays reserved for its
+	// identity (DefaultLeaseTime).
+	LeaseTime time.Duration
+	// MaxIdlePerIdentity caps the idle leases of one identity
+	// (DefaultMaxIdlePerIdentity): a release that would exceed it drops
+	// that identity's oldest idle lease, so no identity reserves more of
+	// the pool than its sessions plus this many addresses.
+	MaxIdlePerIdentity int
+}
 
 // Pool hands out single addresses (/32 or /128) from a prefix, for the inner
 // addresses of CONNECT-IP sessions (RFC 9484 §4.7.1).
 //
 // Leases are per identity: a released address stays reserved for its
 // identity for the lease time, and the identity gets it back if it
-// reconnects within that time. Two concurrent sessions of one identity get
+// reconnects within that time. An identity holds at most
+// MaxIdlePerIdentity idle leases; a release beyond that drops its oldest.
+// [Pool.Free] releases an address without a lease, for a session that
+// moves to another address on request. Two concurrent sessions of one identity get
 // different addresses. The prefix's first address (network), the gateway
 // (first address + 1, the server's own address) and, for IPv4, the last
 // address (broadcast) are never handed out.
@@ -45,6 +70,7 @@ type Pool struct {
 	broadcast netip.Addr // IPv4 only; zero Addr for IPv6
 	usable    uint64     // addresses that may be handed out, saturated at MaxUint64
 	leaseTime time.Duration
+	maxIdle   int // idle leases per identity
 
 	// mu guards the fields below.
 	mu     sync.Mutex
@@ -93,8 +119,15 @@ func (h *expiryHeap) Pop() any {
 // NewPool returns a pool of the addresses in prefix. The prefix must be
 // masked (prefix == prefix.Masked()) and leave room for at least one client:
 // at most 30 bits for IPv4, at most 126 bits for IPv6. Leases last leaseTime
-// after release; zero means [DefaultLeaseTime].
+// after release; zero means [DefaultLeaseTime]. Each identity holds at most
+// [DefaultMaxIdlePerIdentity] idle leases.
 func NewPool(prefix netip.Prefix, leaseTime time.Duration) (*Pool, error) {
+	return NewPoolFromConfig(PoolConfig{Prefix: prefix, LeaseTime: leaseTime})
+}
+
+// NewPoolFromConfig returns a pool configured by c; see [PoolConfig].
+func NewPoolFromConfig(c PoolConfig) (*Pool, error) {
+	prefix, leaseTime := c.Prefix, c.LeaseTime
 	if !prefix.IsValid() {
 		return nil, fmt.Errorf("pool prefix %v: invalid", prefix)
 	}
@@ -111,13 +144,20 @@ func NewPool(prefix netip.Prefix, leaseTime time.Duration) (*Pool, error) {
 	if leaseTime < 0 {
 		return nil, fmt.Errorf("lease time %v: negative", leaseTime)
 	}
+	if c.MaxIdlePerIdentity < 0 {
+		return nil, fmt.Errorf("max idle leases per identity %d: negative", c.MaxIdlePerIdentity)
+	}
 	if leaseTime == 0 {
 		leaseTime = DefaultLeaseTime
+	}
+	if c.MaxIdlePerIdentity == 0 {
+		c.MaxIdlePerIdentity = DefaultMaxIdlePerIdentity
 	}
 	p := &Pool{
 		prefix:    prefix,
 		gateway:   a.Next(),
 		leaseTime: leaseTime,
+		maxIdle:   c.MaxIdlePerIdentity,
 		now:       time.Now,
 		leases:    make(map[netip.Addr]*lease),
 		idle:      make(map[Identity][]*lease),
@@ -149,6 +189,9 @@ func (p *Pool) Gateway() netip.Addr { return p.gateway }
 
 // LeaseTime returns how long a released address stays reserved.
 func (p *Pool) LeaseTime() time.Duration { return p.leaseTime }
+
+// MaxIdlePerIdentity returns how many idle leases one identity may hold.
+func (p *Pool) MaxIdlePerIdentity() int { return p.maxIdle }
 
 // SetClock replaces the pool's clock, for tests. nil restores time.Now.
 func (p *Pool) SetClock(now func() time.Time) {
@@ -198,27 +241,50 @@ func (p *Pool) AcquireSpecific(id Identity, want netip.Addr) (netip.Addr, error)
 	now := p.now()
 	p.reclaim(now)
 	want = want.Unmap().WithZone("")
-	if want.IsValid() && !want.IsUnspecified() && p.prefix.Contains(want) && !p.reserved(want) {
-		l := p.leases[want]
-		switch {
-		case l == nil:
-			p.newLease(want, id)
-			return want, nil
-		case l.inUse:
-			// Held by a session; fall back.
-		case l.id == id || !now.Before(l.expires):
-			p.removeIdle(l)
-			l.id = id
-			p.use(l)
-			return want, nil
-		}
+	if p.acquireExact(id, want, now) {
+		return want, nil
 	}
 	return p.acquire(id, now)
 }
 
+// AcquireExact is AcquireSpecific without the fallback: it reports whether
+// id got want, and takes nothing otherwise. A session that asks to move to
+// an address it cannot have keeps the one it holds, and no other address
+// is taken (and then leased) on its behalf.
+func (p *Pool) AcquireExact(id Identity, want netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	p.reclaim(now)
+	return p.acquireExact(id, want.Unmap().WithZone(""), now)
+}
+
+// acquireExact implements AcquireExact with p.mu held.
+func (p *Pool) acquireExact(id Identity, want netip.Addr, now time.Time) bool {
+	if !want.IsValid() || want.IsUnspecified() || !p.prefix.Contains(want) || p.reserved(want) {
+		return false
+	}
+	l := p.leases[want]
+	switch {
+	case l == nil:
+		p.newLease(want, id)
+		return true
+	case l.inUse:
+		// Held by a session.
+		return false
+	case l.id == id || !now.Before(l.expires):
+		p.removeIdle(l)
+		l.id = id
+		p.use(l)
+		return true
+	}
+	return false
+}
+
 // Release marks addr as no longer in use. It stays reserved for its
-// identity until the lease time has passed. Releasing an address that is
-// not in use does nothing.
+// identity until the lease time has passed, unless the identity already
+// holds MaxIdlePerIdentity idle leases: then its oldest idle lease is
+// dropped. Releasing an address that is not in use does nothing.
 func (p *Pool) Release(addr netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -229,9 +295,38 @@ func (p *Pool) Release(addr netip.Addr) {
 	l.inUse = false
 	p.inUse--
 	l.expires = p.now().Add(p.leaseTime)
+	ls := p.idle[l.id]
+	if len(ls) >= p.maxIdle {
+		// Drop the oldest: the one that expires first. O(maxIdle), as the
+		// list is unordered.
+		old := ls[0]
+		for _, o := range ls[1:] {
+			if o.expires.Before(old.expires) {
+				old = o
+			}
+		}
+		p.removeIdle(old)
+		delete(p.leases, old.addr)
+	}
 	l.idx = len(p.idle[l.id])
 	p.idle[l.id] = append(p.idle[l.id], l)
 	heap.Push(&p.expiry, l)
+}
+
+// Free releases addr without a lease: it is free at once, for any
+// identity. A session that moves to another address on request frees the
+// one it leaves, so that walking the pool reserves nothing. Freeing an
+// address that is not in use does nothing.
+func (p *Pool) Free(addr netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a := addr.Unmap().WithZone("")
+	l := p.leases[a]
+	if l == nil || !l.inUse {
+		return
+	}
+	p.inUse--
+	delete(p.leases, a)
 }
 
 // acquire implements Acquire with p.mu held.

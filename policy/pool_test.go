@@ -94,6 +94,138 @@ func TestNewPool(t *testing.T) {
 	}
 }
 
+func TestNewPoolFromConfig(t *testing.T) {
+	pfx := netip.MustParsePrefix("198.18.0.0/24")
+	tests := []struct {
+		name     string
+		cfg      PoolConfig
+		wantIdle int
+		wantErr  string
+	}{
+		{name: "default", cfg: PoolConfig{Prefix: pfx}, wantIdle: DefaultMaxIdlePerIdentity},
+		{name: "set", cfg: PoolConfig{Prefix: pfx, MaxIdlePerIdentity: 2}, wantIdle: 2},
+		{name: "negative", cfg: PoolConfig{Prefix: pfx, MaxIdlePerIdentity: -1}, wantErr: "negative"},
+		{name: "bad prefix", cfg: PoolConfig{Prefix: netip.MustParsePrefix("198.18.0.0/31")}, wantErr: "too small"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := NewPoolFromConfig(tt.cfg)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("NewPoolFromConfig(%+v) = %v, want error containing %q", tt.cfg, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("NewPoolFromConfig(%+v) = %v", tt.cfg, err)
+			}
+			if got := p.MaxIdlePerIdentity(); got != tt.wantIdle {
+				t.Errorf("MaxIdlePerIdentity() = %d, want %d", got, tt.wantIdle)
+			}
+		})
+	}
+}
+
+// TestPoolFree checks that a freed address is available to anyone at once
+// and leaves no lease behind.
+func TestPoolFree(t *testing.T) {
+	p, _ := newTestPool(t, "198.18.0.0/30", time.Hour) // one usable address
+	a := mustAcquire(t, p, "alice")
+	p.Free(a)
+	p.Free(a) // double free is a no-op
+	if in, l := p.InUse(), p.Leased(); in != 0 || l != 0 {
+		t.Fatalf("after Free: InUse() = %d, Leased() = %d, want 0, 0", in, l)
+	}
+	if got := mustAcquire(t, p, "bob"); got != a {
+		t.Fatalf("bob got %v after alice freed it, want %v", got, a)
+	}
+	// Free does not touch an idle lease.
+	p.Release(a)
+	p.Free(a)
+	if l := p.Leased(); l != 1 {
+		t.Fatalf("Free of an idle lease: Leased() = %d, want 1", l)
+	}
+	if got := mustAcquire(t, p, "bob"); got != a {
+		t.Fatalf("bob reconnecting got %v, want his lease %v", got, a)
+	}
+}
+
+// TestPoolIdleCap checks that an identity holds at most MaxIdlePerIdentity
+// idle leases and that the oldest goes first.
+func TestPoolIdleCap(t *testing.T) {
+	tests := []struct {
+		name     string
+		max      int
+		sessions int
+		wantKept int // idle leases of alice after releasing all
+	}{
+		{name: "under", max: 4, sessions: 3, wantKept: 3},
+		{name: "at", max: 4, sessions: 4, wantKept: 4},
+		{name: "over", max: 4, sessions: 10, wantKept: 4},
+		{name: "one", max: 1, sessions: 5, wantKept: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := NewPoolFromConfig(PoolConfig{Prefix: netip.MustParsePrefix("198.18.0.0/24"), LeaseTime: time.Hour, MaxIdlePerIdentity: tt.max})
+			if err != nil {
+				t.Fatal(err)
+			}
+			clock := newFakeClock()
+			p.SetClock(clock.now)
+			var as []netip.Addr
+			for range tt.sessions {
+				as = append(as, mustAcquire(t, p, "alice"))
+			}
+			b := mustAcquire(t, p, "bob")
+			for _, a := range as {
+				clock.advance(time.Second)
+				p.Release(a)
+			}
+			if in, l := p.InUse(), p.Leased(); in != 1 || l != 1+tt.wantKept {
+				t.Fatalf("InUse(), Leased() = %d, %d, want 1, %d", in, l, 1+tt.wantKept)
+			}
+			// alice gets back exactly her newest leases.
+			kept := map[netip.Addr]bool{}
+			for _, a := range as[len(as)-tt.wantKept:] {
+				kept[a] = true
+			}
+			for range tt.wantKept {
+				a := mustAcquire(t, p, "alice")
+				if !kept[a] {
+					t.Errorf("alice got %v, want one of her newest leases %v", a, as[len(as)-tt.wantKept:])
+				}
+				delete(kept, a)
+			}
+			if a := mustAcquire(t, p, "carol"); a == b {
+				t.Errorf("carol got bob's address %v", a)
+			}
+		})
+	}
+}
+
+func TestPoolAcquireExact(t *testing.T) {
+	p, _ := newTestPool(t, "198.18.0.0/24", time.Minute)
+	x := netip.MustParseAddr("198.18.0.9")
+	if !p.AcquireExact("other", x) {
+		t.Fatalf("AcquireExact(other, %v) = false on a free address", x)
+	}
+	for _, want := range []string{"198.18.0.9", "198.18.0.1", "198.18.1.9", "0.0.0.0"} {
+		if p.AcquireExact("alice", netip.MustParseAddr(want)) {
+			t.Errorf("AcquireExact(alice, %s) = true, want false", want)
+		}
+	}
+	if n := p.InUse(); n != 1 {
+		t.Errorf("InUse() = %d, want 1: a refused AcquireExact takes nothing", n)
+	}
+	p.Release(x)
+	if p.AcquireExact("alice", x) {
+		t.Errorf("AcquireExact(alice, %v) = true during other's lease", x)
+	}
+	if !p.AcquireExact("other", x) {
+		t.Errorf("AcquireExact(other, %v) = false on its own lease", x)
+	}
+}
+
 // TestPoolReserved drains small pools and checks exactly the non-reserved
 // addresses come out, then exhaustion.
 func TestPoolReserved(t *testing.T) {
@@ -449,16 +581,34 @@ func BenchmarkPoolAcquireRelease(b *testing.B) {
 
 // FuzzPool runs a random sequence of operations and checks that addresses
 // are always inside the prefix, never reserved, never held by two sessions,
-// and that a reconnect within the lease gets the old address back.
+// that a reconnect within the lease gets the old address back, that a freed
+// address keeps no lease, that no identity holds more than the cap of idle
+// leases (the oldest goes first), and that the pool's counts agree with
+// each other and with the model.
 func FuzzPool(f *testing.F) {
 	f.Add(uint8(0), []byte{0, 1, 2, 0, 1, 2, 3, 3, 3, 4, 5, 6, 7})
 	f.Add(uint8(1), []byte{0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x41, 0xc0, 0, 0x83, 0x83})
 	f.Add(uint8(2), []byte{0x80, 0x81, 0x82, 0x40, 0x41, 0xff, 0xc7, 0x10, 0x11})
 	f.Add(uint8(3), []byte{0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0xc0, 0xe0, 0x40, 0x21})
+	// Cap 1 and 2 on a /28: one identity releasing more than the cap.
+	f.Add(uint8(4), []byte{0, 0, 0, 0, 0x80, 0xc1, 0x80, 0xc1, 0x80, 0xc1, 0x80, 0, 0, 0})
+	f.Add(uint8(0x14), []byte{0, 0, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0, 0, 0, 0xc5, 0})
+	// Free: the address goes to another identity at once.
+	f.Add(uint8(0x24), []byte{0, 0, 0xa0, 0xa0, 1, 1, 0x44, 0x48, 0xa1, 0x4c, 0xc1})
 	prefixes := []string{"198.18.0.8/29", "2001:db8::/125", "198.18.0.0/30", "2001:db8::/126", "198.18.0.0/28"}
 	const lease = 10 * time.Second
 	f.Fuzz(func(t *testing.T, which uint8, ops []byte) {
-		p, clock := newTestPool(t, prefixes[int(which)%len(prefixes)], lease)
+		maxIdle := 1 + int(which>>4)%3
+		p, err := NewPoolFromConfig(PoolConfig{
+			Prefix:             netip.MustParsePrefix(prefixes[int(which&0xf)%len(prefixes)]),
+			LeaseTime:          lease,
+			MaxIdlePerIdentity: maxIdle,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clock := newFakeClock()
+		p.SetClock(clock.now)
 		pfx := p.Prefix()
 		base := pfx.Addr()
 		held := map[netip.Addr]Identity{} // in use
@@ -498,21 +648,53 @@ func FuzzPool(f *testing.F) {
 						t.Fatalf("AcquireSpecific(%s, %v) = %v, want %v (free)", id, want, a, want)
 					}
 				}
-			case 2: // Release the op-th held address
+			case 2: // Release (or, with 0x20, Free) the op-th held address
 				if len(order) > 0 {
-					i := int(op&0x3f) % len(order)
+					i := int(op&0x1f) % len(order)
 					r := order[i]
 					order = append(order[:i], order[i+1:]...)
-					released[r] = rel{held[r], clock.now()}
+					rid := held[r]
 					delete(held, r)
-					p.Release(r)
+					if op&0x20 != 0 {
+						p.Free(r)
+						if p.leases[r] != nil {
+							t.Fatalf("Free(%v): still leased", r)
+						}
+					} else {
+						before := idleOf(p, rid)
+						p.Release(r)
+						var gone []netip.Addr
+						for _, b := range before {
+							if l := p.leases[b]; l == nil || l.id != rid || l.inUse {
+								gone = append(gone, b)
+							}
+						}
+						switch {
+						case len(gone) > 1:
+							t.Fatalf("Release(%v) dropped %d idle leases of %s, want at most 1", r, len(gone), rid)
+						case len(gone) == 1 && len(before) < maxIdle:
+							t.Fatalf("Release(%v) dropped %v with %d idle leases under the cap %d", r, gone[0], len(before), maxIdle)
+						case len(gone) == 0 && len(before) >= maxIdle:
+							t.Fatalf("Release(%v) kept %d idle leases of %s, cap %d", r, len(before)+1, rid, maxIdle)
+						case len(gone) == 1:
+							for _, b := range before {
+								if released[b].at.Before(released[gone[0]].at) {
+									t.Fatalf("Release(%v) dropped %v, not the oldest %v", r, gone[0], b)
+								}
+							}
+							delete(released, gone[0])
+						}
+						released[r] = rel{rid, clock.now()}
+					}
 				}
+				checkPool(t, p, held, maxIdle)
 				continue
 			case 3: // advance the clock
 				clock.advance(time.Duration(op&0x3f) * time.Second)
 				continue
 			}
 			if errors.Is(err, ErrPoolExhausted) {
+				checkPool(t, p, held, maxIdle)
 				continue
 			}
 			if err != nil {
@@ -530,9 +712,61 @@ func FuzzPool(f *testing.F) {
 			delete(released, a)
 			held[a] = id
 			order = append(order, a)
-			if p.InUse() != len(held) {
-				t.Fatalf("InUse() = %d, want %d", p.InUse(), len(held))
-			}
+			checkPool(t, p, held, maxIdle)
 		}
 	})
+}
+
+// idleOf returns the addresses of id's idle leases.
+func idleOf(p *Pool, id Identity) []netip.Addr {
+	var as []netip.Addr
+	for _, l := range p.idle[id] {
+		as = append(as, l.addr)
+	}
+	return as
+}
+
+// checkPool checks the pool's internal consistency against the addresses
+// the model holds: every held address leased in use to its holder, the
+// counts agreeing, every idle lease in its identity's list and the heap
+// once, and no identity over the cap.
+func checkPool(t *testing.T, p *Pool, held map[netip.Addr]Identity, maxIdle int) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inUse != len(held) {
+		t.Fatalf("inUse = %d, want %d", p.inUse, len(held))
+	}
+	for a, id := range held {
+		if l := p.leases[a]; l == nil || !l.inUse || l.id != id || l.addr != a {
+			t.Fatalf("held %v (%s): lease %+v", a, id, l)
+		}
+	}
+	inUse, idle := 0, 0
+	for a, l := range p.leases {
+		if l.addr != a {
+			t.Fatalf("leases[%v].addr = %v", a, l.addr)
+		}
+		if l.inUse {
+			inUse++
+			continue
+		}
+		idle++
+		if ls := p.idle[l.id]; l.idx >= len(ls) || ls[l.idx] != l {
+			t.Fatalf("idle lease %v of %s not at its index %d", a, l.id, l.idx)
+		}
+		if l.heapIdx >= len(p.expiry) || p.expiry[l.heapIdx] != l {
+			t.Fatalf("idle lease %v not at its heap index %d", a, l.heapIdx)
+		}
+	}
+	n := 0
+	for id, ls := range p.idle {
+		if len(ls) > maxIdle {
+			t.Fatalf("%s holds %d idle leases, cap %d", id, len(ls), maxIdle)
+		}
+		n += len(ls)
+	}
+	if inUse != p.inUse || idle != n || idle != len(p.expiry) {
+		t.Fatalf("leases: %d in use, %d idle; inUse = %d, idle lists %d, heap %d", inUse, idle, p.inUse, n, len(p.expiry))
+	}
 }

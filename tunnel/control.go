@@ -171,26 +171,37 @@ func (ss *session) datagramCapsule(r http3.CapsuleReader) error {
 // §4.7.2) and answers with an ADDRESS_ASSIGN that carries the session's
 // complete assignment (§4.7.1: an assignment replaces the previous one):
 // one entry per request, in order (the unspecified address for one it
-// cannot grant), and the address of each family not asked for.
+// cannot grant), and the address of each family not asked for. A capsule
+// changes each family's address at most once: a later entry of that
+// family is answered with the address it holds then, so 4,000 entries
+// walking the pool cost at most two changes (grant).
 func (ss *session) answerAddressRequest(w io.Writer, req []addressEntry) error {
 	out := make([]addressEntry, 0, len(req)+2)
 	asked4, asked6 := false, false
+	moved4, moved6 := false, false
 	for _, e := range req {
-		a := ss.grant(e.prefix)
+		is4 := e.prefix.Addr().Is4()
+		moved := moved6
+		if is4 {
+			moved = moved4
+		}
+		a, how := ss.grant(e.prefix, moved)
 		var p netip.Prefix
 		switch {
 		case a.IsValid():
 			p = netip.PrefixFrom(a, a.BitLen())
-		case e.prefix.Addr().Is4():
+		case is4:
 			p = netip.PrefixFrom(netip.IPv4Unspecified(), 32)
 		default:
 			p = netip.PrefixFrom(netip.IPv6Unspecified(), 128)
 		}
 		out = append(out, addressEntry{reqID: e.reqID, prefix: p})
-		if e.prefix.Addr().Is4() {
+		if is4 {
 			asked4 = true
+			moved4 = moved4 || how == addrChanged
 		} else {
 			asked6 = true
+			moved6 = moved6 || how == addrChanged
 		}
 	}
 	cur := ss.addr.Load()

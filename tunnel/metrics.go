@@ -45,7 +45,8 @@ var dropReasonNames = [numDropReasons]string{
 func (r dropReason) String() string { return dropReasonNames[r] }
 
 // counters are the data path's counters. The zero value is ready; all fields
-// are updated atomically without allocating.
+// are updated atomically without allocating, but for refusalLog, the
+// budget of the refusal log, here for its count of suppressed lines.
 type counters struct {
 	drops              [numDropReasons]atomic.Uint64
 	txPackets, txBytes atomic.Uint64 // towards the peer (datagrams sent)
@@ -60,6 +61,12 @@ type counters struct {
 	capsuleDrops       [numCapsuleDrops]atomic.Uint64
 	datagramCapsules   atomic.Uint64 // DATAGRAM capsules taken on CONNECT-IP streams
 	udp                udpCounters   // CONNECT-UDP
+
+	// ADDRESS_REQUEST outcomes (grant).
+	addrChanges [numFamilies]atomic.Uint64     // by family
+	addrRefused [numAddrOutcomes]atomic.Uint64 // by addrOutcome; only the refusals move
+
+	refusalLog rateLog // CONNECT-IP's refused requests (ratelog.go)
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
@@ -84,6 +91,38 @@ var refusalNames = [numRefusals]string{
 	refuseConnLimit:     "conn_session_limit",
 	refuseIdentityLimit: "identity_session_limit",
 	refuseShuttingDown:  "shutting_down",
+}
+
+// family indexes per-family counters.
+type family uint8
+
+const (
+	familyIPv4 family = iota
+	familyIPv6
+	numFamilies
+)
+
+var familyNames = [numFamilies]string{familyIPv4: "ipv4", familyIPv6: "ipv6"}
+
+// addrOutcome is what a session did with one entry of an ADDRESS_REQUEST
+// (RFC 9484 §4.7.2, grant). Each refusal increments one counter.
+type addrOutcome uint8
+
+const (
+	addrKept               addrOutcome = iota // the unspecified address or the one held: answered with the one held
+	addrChanged                               // moved to the requested address
+	addrRefusedPerCapsule                     // the capsule already changed this family's address
+	addrRefusedRate                           // over the session's change rate (addrChangeRate)
+	addrRefusedUnavailable                    // not a host prefix, outside the pool, reserved, or held or leased by another
+	addrRefusedNoPool                         // the family is not tunnelled
+	numAddrOutcomes
+)
+
+var addrRefusalNames = [numAddrOutcomes]string{
+	addrRefusedPerCapsule:  "per_capsule",
+	addrRefusedRate:        "rate",
+	addrRefusedUnavailable: "unavailable",
+	addrRefusedNoPool:      "no_pool",
 }
 
 // unrouted says why a request reached neither CONNECT-IP nor CONNECT-UDP.
@@ -201,6 +240,12 @@ var (
 		"Capsules from clients on CONNECT-IP streams not acted on, by reason (malformed and too_large end the session).", []string{"reason"}, nil)
 	descDatagramCapsules = prometheus.NewDesc("masque_tunnel_datagram_capsules_total",
 		"HTTP datagrams received in DATAGRAM capsules on CONNECT-IP streams (RFC 9297 §3.5).", nil, nil)
+	descAddrChanges = prometheus.NewDesc("masque_tunnel_address_changes_total",
+		"Session addresses changed on a client's ADDRESS_REQUEST (RFC 9484 §4.7.2), by address family.", []string{"family"}, nil)
+	descLogSuppressed = prometheus.NewDesc("masque_tunnel_log_suppressed_total",
+		"Log lines about refused requests (CONNECT-IP and CONNECT-UDP) not written, over the per-source or global budget.", nil, nil)
+	descAddrRefused = prometheus.NewDesc("masque_tunnel_address_requests_refused_total",
+		"ADDRESS_REQUEST entries answered with the address held (or none), by reason.", []string{"reason"}, nil)
 )
 
 // collector exports counters and the address pools' occupancy to
@@ -213,7 +258,7 @@ type collector struct {
 var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descConnErrors, descUnrouted, descCapsuleDrops, descDatagramCapsules} {
+	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descConnErrors, descUnrouted, descCapsuleDrops, descDatagramCapsules, descAddrChanges, descAddrRefused, descLogSuppressed} {
 		ch <- d
 	}
 	describeUDP(ch)
@@ -255,5 +300,17 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descCapsuleDrops, prometheus.CounterValue, float64(c.capsuleDrops[d].Load()), d.String())
 	}
 	ch <- prometheus.MustNewConstMetric(descDatagramCapsules, prometheus.CounterValue, float64(c.datagramCapsules.Load()))
+	for f, pool := range [numFamilies]*policy.Pool{k.pool4, k.pool6} {
+		if pool != nil {
+			ch <- prometheus.MustNewConstMetric(descAddrChanges, prometheus.CounterValue, float64(c.addrChanges[f].Load()), familyNames[f])
+		}
+	}
+	for o := range numAddrOutcomes {
+		if addrRefusalNames[o] != "" {
+			ch <- prometheus.MustNewConstMetric(descAddrRefused, prometheus.CounterValue, float64(c.addrRefused[o].Load()), addrRefusalNames[o])
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descLogSuppressed, prometheus.CounterValue,
+		float64(c.refusalLog.suppressedTotal.Load()+c.udp.refusalLog.suppressedTotal.Load()))
 	c.udp.collect(ch)
 }

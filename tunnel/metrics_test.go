@@ -85,6 +85,10 @@ func TestCollector(t *testing.T) {
 	c.datagramCapsules.Add(8)
 	c.unrouted[unroutedNotFound].Add(9)
 	c.connErrors[connErrorIndex(http3.ErrCodeDatagramError)].Add(10)
+	c.addrChanges[familyIPv4].Add(11)
+	c.addrRefused[addrRefusedRate].Add(12)
+	c.refusalLog.suppressedTotal.Add(13)
+	c.udp.refusalLog.suppressedTotal.Add(1)
 
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(collector{c: &c, pool4: pool4}); err != nil {
@@ -138,6 +142,11 @@ func TestCollector(t *testing.T) {
 		"masque_tunnel_connection_errors_total{code=datagram_error}":     10,
 		"masque_tunnel_connection_errors_total{code=other}":              0,
 		"masque_tunnel_unrouted_requests_total{reason=headers}":          0,
+
+		"masque_tunnel_address_changes_total{family=ipv4}":                 11,
+		"masque_tunnel_address_requests_refused_total{reason=rate}":        12,
+		"masque_tunnel_address_requests_refused_total{reason=per_capsule}": 0,
+		"masque_tunnel_log_suppressed_total":                               14,
 	}
 	for k, w := range want {
 		if g, ok := got[k]; !ok || g != w {

@@ -420,7 +420,7 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := s.cfg.Auth.Authenticate(r.Header.Get("Authorization"), chains)
 	if err != nil {
-		log.Info("request refused", "reason", "unauthenticated", "err", err)
+		s.logRefused(r, log, slog.LevelInfo, "reason", "unauthenticated", "err", err)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="masque"`)
 		s.refuse(w, refuseAuth, http.StatusUnauthorized, "")
 		return
@@ -436,13 +436,13 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	}
 	if conn != nil && s.perConn[conn] >= s.cfg.MaxSessionsPerConn {
 		s.mu.Unlock()
-		log.Info("request refused", "reason", "too many sessions on connection", "limit", s.cfg.MaxSessionsPerConn)
+		s.logRefused(r, log, slog.LevelInfo, "reason", "too many sessions on connection", "limit", s.cfg.MaxSessionsPerConn)
 		s.refuse(w, refuseConnLimit, http.StatusTooManyRequests, "connection_limit_reached")
 		return
 	}
 	if s.perID[id] >= s.cfg.MaxSessionsPerIdentity {
 		s.mu.Unlock()
-		log.Info("request refused", "reason", "too many sessions for identity", "limit", s.cfg.MaxSessionsPerIdentity)
+		s.logRefused(r, log, slog.LevelInfo, "reason", "too many sessions for identity", "limit", s.cfg.MaxSessionsPerIdentity)
 		s.refuse(w, refuseIdentityLimit, http.StatusTooManyRequests, "connection_limit_reached")
 		return
 	}
@@ -466,7 +466,7 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 
 	ss := &session{srv: s, id: s.nextID.Add(1), identity: id, scope: scope}
 	if err := ss.acquireAddresses(); err != nil {
-		log.Warn("request refused", "reason", "address pool exhausted", "err", err)
+		s.logRefused(r, log, slog.LevelWarn, "reason", "address pool exhausted", "err", err)
 		s.refuse(w, refusePoolExhausted, http.StatusServiceUnavailable, "")
 		return
 	}

@@ -12,6 +12,7 @@ import (
 	connectip "github.com/quic-go/connect-ip-go"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/time/rate"
 )
 
 // session is one CONNECT-IP tunnel on the server.
@@ -29,6 +30,10 @@ type session struct {
 	// every datagram we send (RFC 9297 §2.1, RFC 9484 §6).
 	dgramPrefix []byte
 	rx          rxPipe
+
+	// changes limits the address changes the client asks for
+	// (addrChangeRate); made and used by the capsule reader only.
+	changes *rate.Limiter
 
 	// The session's addresses. Set before the session is registered;
 	// replaced (never modified) when an ADDRESS_REQUEST moves the session
@@ -149,30 +154,38 @@ func (ss *session) scopedRoutes() []connectip.IPRoute {
 	return sortMergeRoutes(out)
 }
 
+// The rate of address changes a session may make on request (RFC 9484
+// §4.7.2): a burst of addrChangeBurst (a client asking for its old IPv4
+// and IPv6 addresses after a reconnect, twice), then one a second. With
+// at most one change per family per capsule and the vacated address freed
+// at once (policy.Pool.Free), a session walking the pool reserves nothing
+// and costs the pool and the log a change a second.
+const (
+	addrChangeRate  rate.Limit = 1
+	addrChangeBurst            = 4
+)
+
 // grant decides one requested prefix and returns the address the session
-// holds for that family afterwards (invalid: the family is not tunnelled).
-func (ss *session) grant(p netip.Prefix) netip.Addr {
+// holds for that family afterwards (invalid: the family is not tunnelled)
+// and what it did. moved says whether this capsule already changed the
+// family's address: a capsule changes each family's address at most once.
+// The address the session leaves is freed without a lease. grant is called
+// only by the session's capsule reader.
+func (ss *session) grant(p netip.Prefix, moved bool) (netip.Addr, addrOutcome) {
 	cfg := &ss.srv.cfg
 	cur := ss.addr.Load()
-	pool, held := cfg.Pool4, cur.v4
+	pool, held, fam := cfg.Pool4, cur.v4, familyIPv4
 	if p.Addr().Is6() {
-		pool, held = cfg.Pool6, cur.v6
+		pool, held, fam = cfg.Pool6, cur.v6, familyIPv6
 	}
-	if pool == nil {
-		return netip.Addr{}
+	out := ss.decideGrant(pool, held, p, moved)
+	if out != addrChanged {
+		if out != addrKept {
+			ss.srv.counters.addrRefused[out].Add(1)
+		}
+		return held, out
 	}
 	want := p.Addr()
-	if want.IsUnspecified() || want == held || p.Bits() != want.BitLen() || !pool.Prefix().Contains(want) {
-		return held
-	}
-	got, err := pool.AcquireSpecific(ss.identity, want)
-	if err != nil {
-		return held
-	}
-	if got != want {
-		pool.Release(got)
-		return held
-	}
 	next := *cur
 	if want.Is4() {
 		next.v4 = want
@@ -182,9 +195,39 @@ func (ss *session) grant(p netip.Prefix) netip.Addr {
 	ss.srv.router.add(ss, want)
 	ss.addr.Store(&next)
 	ss.srv.router.remove(ss, held)
-	pool.Release(held)
-	ss.log.Info("address changed on request", "old", held, "new", want)
-	return want
+	pool.Free(held)
+	ss.srv.counters.addrChanges[fam].Add(1)
+	ss.log.Debug("address changed on request", "old", held, "new", want)
+	return want, addrChanged
+}
+
+// decideGrant is grant's decision; for addrChanged it has acquired p's
+// address from pool.
+func (ss *session) decideGrant(pool *policy.Pool, held netip.Addr, p netip.Prefix, moved bool) addrOutcome {
+	if pool == nil {
+		return addrRefusedNoPool
+	}
+	want := p.Addr()
+	switch {
+	case want.IsUnspecified() || want == held:
+		return addrKept
+	case p.Bits() != want.BitLen() || !pool.Prefix().Contains(want):
+		return addrRefusedUnavailable
+	case moved:
+		return addrRefusedPerCapsule
+	}
+	if ss.changes == nil {
+		ss.changes = rate.NewLimiter(addrChangeRate, addrChangeBurst)
+	}
+	// An attempt costs a token whether or not the address is free: the
+	// limit bounds the pool work a session causes, not only its changes.
+	if !ss.changes.Allow() {
+		return addrRefusedRate
+	}
+	if !pool.AcquireExact(ss.identity, want) {
+		return addrRefusedUnavailable
+	}
+	return addrChanged
 }
 
 // nonBlocking is a context whose Done channel is always closed but whose

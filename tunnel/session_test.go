@@ -2,11 +2,16 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
+	"log/slog"
 	"net/netip"
 	"strconv"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/masque-vpn/masque/policy"
+	"github.com/quic-go/quic-go/http3"
 )
 
 var (
@@ -275,4 +280,160 @@ func FuzzCheckInbound(f *testing.F) {
 			t.Errorf("rxBytes = %d, want %d", c.rxBytes.Load(), n)
 		}
 	})
+}
+
+// recordCounter is a slog.Handler that counts the records at Info or above
+// and the records by message, and passes all on.
+type recordCounter struct {
+	slog.Handler
+	c *recordCounts
+}
+
+type recordCounts struct {
+	mu    sync.Mutex
+	info  int
+	byMsg map[string]int
+}
+
+func newRecordCounter(h slog.Handler) recordCounter {
+	return recordCounter{h, &recordCounts{byMsg: map[string]int{}}}
+}
+
+// counts returns the records at Info or above and those with msg.
+func (h recordCounter) counts(msg string) (info, withMsg int) {
+	h.c.mu.Lock()
+	defer h.c.mu.Unlock()
+	return h.c.info, h.c.byMsg[msg]
+}
+
+func (h recordCounter) Handle(ctx context.Context, r slog.Record) error {
+	h.c.mu.Lock()
+	if r.Level >= slog.LevelInfo {
+		h.c.info++
+	}
+	h.c.byMsg[r.Message]++
+	h.c.mu.Unlock()
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h recordCounter) WithAttrs(as []slog.Attr) slog.Handler {
+	h.Handler = h.Handler.WithAttrs(as)
+	return h
+}
+
+func (h recordCounter) WithGroup(g string) slog.Handler {
+	h.Handler = h.Handler.WithGroup(g)
+	return h
+}
+
+// TestAddressRequestWalk is issue 13's pool walk over real QUIC: one
+// session sends ADDRESS_REQUEST capsules of 4,000 entries walking
+// 100.64.0.0/16 (and two IPv6 entries each). Each capsule changes each
+// family's address at most once, all capsules together at most the change
+// rate allows, the addresses left are free at once (the pool holds one
+// address of each family), nothing is logged at Info or above, and another
+// identity still gets addresses.
+func TestAddressRequestWalk(t *testing.T) {
+	logs := newRecordCounter(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	p4, err := policy.NewPool(netip.MustParsePrefix("100.64.0.0/16"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, func(c *ServerConfig) {
+		c.Pool4 = p4
+		c.Logger = slog.New(logs)
+	})
+	h := dialH3(t, ts)
+	rs := h.session()
+	p6 := ts.srv.cfg.Pool6
+	held4, held6 := rs.v4, rs.v6
+	// serveIP logs "session up" after the capsules rs has read.
+	waitCounter(t, `"session up" lines`, func() uint64 { _, n := logs.counts("session up"); return uint64(n) }, 1)
+	infoBefore, _ := logs.counts("")
+
+	const capsules, entries = 17, 4000 // 68,000 requests: the whole pool and more
+	base4, base6 := p4.Prefix().Addr().As4(), p6.Prefix().Addr().As16()
+	parser := http3.NewCapsuleParser(rs.data)
+	changes := 0
+	start := time.Now()
+	for k := range capsules {
+		var v []byte
+		for j := range entries {
+			// .0.3 to .255.254: the session holds .0.2, and asking for
+			// the held address is no request to change.
+			off := 3 + uint32(k*entries+j)%65532
+			a := base4
+			a[2], a[3] = byte(off>>8), byte(off)
+			v = append(v, addrEntry(uint64(1+j), 4, a[:], 32)...)
+		}
+		for j := range 2 {
+			a := base6
+			a[14], a[15] = byte(k), byte(3+j)
+			v = append(v, addrEntry(uint64(1+entries+j), 6, a[:], 128)...)
+		}
+		rs.writeData(capsule(uint64(capsuleAddressRequest), v))
+
+		typ, b := rs.nextCapsule(parser)
+		if typ != capsuleAddressAssign {
+			t.Fatalf("capsule %d: answer type %#x, want ADDRESS_ASSIGN", k, typ)
+		}
+		es, err := parseAddresses(b)
+		if err != nil {
+			t.Fatalf("capsule %d: answer: %v", k, err)
+		}
+		if len(es) != entries+2 {
+			t.Fatalf("capsule %d: answer has %d entries, want %d", k, len(es), entries+2)
+		}
+		moved4, moved6 := 0, 0
+		for i, e := range es {
+			if e.reqID != uint64(i+1) {
+				t.Fatalf("capsule %d: answer %d has request ID %d, want %d", k, i, e.reqID, i+1)
+			}
+			held, moved := &held4, &moved4
+			if i >= entries {
+				held, moved = &held6, &moved6
+			}
+			if a := e.prefix.Addr(); a != *held {
+				*held = a
+				*moved++
+			}
+		}
+		if moved4 > 1 || moved6 > 1 {
+			t.Fatalf("capsule %d: the address changed %d (IPv4) and %d (IPv6) times, want at most once each", k, moved4, moved6)
+		}
+		changes += moved4 + moved6
+	}
+	elapsed := time.Since(start)
+	if max := addrChangeBurst + int(float64(addrChangeRate)*elapsed.Seconds()) + 1; changes > max {
+		t.Errorf("%d address changes in %v, want at most %d", changes, elapsed, max)
+	}
+	if changes < addrChangeBurst {
+		t.Errorf("%d address changes, want at least the burst %d", changes, addrChangeBurst)
+	}
+	c := &ts.srv.counters
+	if got := c.addrChanges[familyIPv4].Load() + c.addrChanges[familyIPv6].Load(); got != uint64(changes) {
+		t.Errorf("address changes counted %d, seen %d", got, changes)
+	}
+	refused := c.addrRefused[addrRefusedPerCapsule].Load() + c.addrRefused[addrRefusedRate].Load()
+	if want := uint64(capsules*(entries+2) - changes); refused != want {
+		t.Errorf("refused per_capsule+rate = %d, want %d", refused, want)
+	}
+	if info, _ := logs.counts(""); info != infoBefore {
+		t.Errorf("%d lines at Info or above during the walk, want none", info-infoBefore)
+	}
+	for _, pool := range []*policy.Pool{p4, p6} {
+		if in, l := pool.InUse(), pool.Leased(); in != 1 || l != 1 {
+			t.Errorf("pool %s after the walk: InUse() = %d, Leased() = %d, want 1, 1", pool.Prefix(), in, l)
+		}
+	}
+	t.Logf("%d requests in %d capsules: %d changes in %v", capsules*(entries+2), capsules, changes, elapsed)
+
+	// The session carries packets on its new address.
+	rs.v4 = held4
+	rs.passes()
+	// Another identity gets addresses.
+	if got := h.request(connectIPFields(ts.addr, testToken+"-bob")).status(); got != "200" {
+		t.Fatalf("bob's CONNECT-IP after the walk: status %s, want 200", got)
+	}
+	waitCounter(t, "addresses in use", func() uint64 { return uint64(p4.InUse()) }, 2)
 }

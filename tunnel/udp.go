@@ -267,7 +267,7 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 		anon, ok := rules.Anonymous()
 		none := r.Header.Get("Authorization") == "" && len(chains) == 0
 		if !ok || !none || !errors.Is(err, policy.ErrNoCredentials) {
-			log.Info("udp request refused", "reason", "unauthenticated", "err", err)
+			p.logRefused(r, log, slog.LevelInfo, "reason", "unauthenticated", "err", err)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="masque"`)
 			p.refuse(w, udpRefuseAuth, http.StatusUnauthorized, proxyStatus{})
 			return
@@ -284,13 +284,13 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	log = log.With("target", target.String())
 	// A name that no pattern can match is refused before any resolution.
 	if restricted && target.name != "" && !allow.MayAllow(target.name, target.port) {
-		p.refuseNotAllowed(w, log, id)
+		p.refuseNotAllowed(w, r, log, id)
 		return
 	}
 
 	conn, _ := r.Context().Value(connKey{}).(*quic.Conn)
 	if why, ok := p.acquire(conn, id); !ok {
-		log.Info("udp request refused", "reason", why)
+		p.logRefused(r, log, slog.LevelInfo, "reason", why)
 		status := http.StatusTooManyRequests
 		if why == udpRefuseShuttingDown {
 			status = http.StatusServiceUnavailable
@@ -302,18 +302,18 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 
 	addr, why, ps, ok := p.resolve(r.Context(), target, allow, restricted)
 	if !ok && why == udpRefuseNotAllowed {
-		p.refuseNotAllowed(w, log, id)
+		p.refuseNotAllowed(w, r, log, id)
 		return
 	}
 	if !ok {
-		log.Info("udp request refused", "reason", why, "details", ps.details)
+		p.logRefused(r, log, slog.LevelInfo, "reason", why, "details", ps.details)
 		p.refuse(w, why, udpRefusalStatus(why), ps)
 		return
 	}
 	next := netip.AddrPortFrom(addr, target.port)
 	uc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(next))
 	if err != nil {
-		log.Warn("udp request refused", "reason", udpRefuseDial, "err", err)
+		p.logRefused(r, log, slog.LevelWarn, "reason", udpRefuseDial, "err", err)
 		p.refuse(w, udpRefuseDial, http.StatusBadGateway, proxyStatus{err: "destination_ip_unroutable", nextHop: next.String()})
 		return
 	}
@@ -355,14 +355,14 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 // refuseNotAllowed answers a target outside the identity's allow-list:
 // 403 for an identity, 401 for an anonymous request (credentials may open
 // more targets).
-func (p *udpProxy) refuseNotAllowed(w http.ResponseWriter, log *slog.Logger, id policy.Identity) {
+func (p *udpProxy) refuseNotAllowed(w http.ResponseWriter, r *http.Request, log *slog.Logger, id policy.Identity) {
 	if id == anonymous {
-		log.Info("udp request refused", "reason", "unauthenticated")
+		p.logRefused(r, log, slog.LevelInfo, "reason", "unauthenticated")
 		w.Header().Set("WWW-Authenticate", `Bearer realm="masque"`)
 		p.refuse(w, udpRefuseAuth, http.StatusUnauthorized, proxyStatus{})
 		return
 	}
-	log.Info("udp request refused", "reason", udpRefuseNotAllowed)
+	p.logRefused(r, log, slog.LevelInfo, "reason", udpRefuseNotAllowed)
 	p.refuse(w, udpRefuseNotAllowed, http.StatusForbidden, proxyStatus{err: "http_request_denied", details: "target not allowed for this identity"})
 }
 

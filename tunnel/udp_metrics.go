@@ -75,7 +75,8 @@ const maxPolicyReasons = 16
 
 // udpCounters are the CONNECT-UDP server's counters. "up" is client →
 // target, "down" is target → client. The zero value is ready; every field is
-// updated atomically without allocating.
+// updated atomically without allocating, but for refusalLog, the budget of
+// the refusal log, here for its count of suppressed lines.
 type udpCounters struct {
 	flows                    atomic.Int64
 	flowsTotal               atomic.Uint64
@@ -85,6 +86,8 @@ type udpCounters struct {
 	refused                  [numUDPRefusals]atomic.Uint64
 	denied                   [maxPolicyReasons]atomic.Uint64 // by policy.Reason
 	capsuleDrops             [numCapsuleDrops]atomic.Uint64  // unknown_type and malformed only
+
+	refusalLog rateLog // CONNECT-UDP's refused requests (ratelog.go)
 }
 
 var (
