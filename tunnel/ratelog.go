@@ -42,32 +42,27 @@ type rateLog struct {
 	suppressedTotal atomic.Uint64
 
 	mu         sync.Mutex // guards the fields below
-	last       map[netip.Addr]time.Time
+	last       map[netip.Prefix]time.Time
 	global     *rate.Limiter
 	suppressed uint64 // since the last line written
 }
 
-// sourceKey is the source a budget is kept for: the IPv4 address, or the
-// IPv6 address's /64. remoteAddr is an http.Request's RemoteAddr
-// ("host:port"); one that does not parse counts as one shared source.
-func sourceKey(remoteAddr string) netip.Addr {
+// sourceOf is the source (sourceKey) of remoteAddr, an http.Request's
+// RemoteAddr ("host:port"); one that does not parse counts as one shared
+// source, the zero Prefix.
+func sourceOf(remoteAddr string) netip.Prefix {
 	ap, err := netip.ParseAddrPort(remoteAddr)
 	if err != nil {
-		return netip.Addr{}
+		return netip.Prefix{}
 	}
-	a := ap.Addr().Unmap().WithZone("")
-	if a.Is4() {
-		return a
-	}
-	p, _ := a.Prefix(64)
-	return p.Addr()
+	return sourceKey(ap.Addr())
 }
 
 // allow reports whether a line about a request from remoteAddr fits the
 // budget now and, if so, how many lines were suppressed since the last
 // one written.
 func (rl *rateLog) allow(remoteAddr string) (bool, uint64) {
-	key := sourceKey(remoteAddr)
+	key := sourceOf(remoteAddr)
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
 	now := time.Now()
@@ -76,7 +71,7 @@ func (rl *rateLog) allow(remoteAddr string) (bool, uint64) {
 	}
 	if rl.global == nil {
 		rl.global = rate.NewLimiter(refusalLogRate, refusalLogBurst)
-		rl.last = make(map[netip.Addr]time.Time)
+		rl.last = make(map[netip.Prefix]time.Time)
 	}
 	// The source's budget first, so that a source over its own budget
 	// does not spend the global one.

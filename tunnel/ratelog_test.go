@@ -23,19 +23,19 @@ func newTestRateLog() (*rateLog, *testClock) {
 	return &rateLog{now: c.now}, c
 }
 
-func TestSourceKey(t *testing.T) {
+func TestSourceOf(t *testing.T) {
 	tests := []struct{ in, want string }{
-		{"198.51.100.7:443", "198.51.100.7"},
-		{"[2001:db8:1:2:3:4:5:6]:443", "2001:db8:1:2::"},
-		{"[2001:db8:1:2::ffff]:1", "2001:db8:1:2::"},
-		{"[::ffff:198.51.100.7]:1", "198.51.100.7"},
-		{"[fe80::1%eth0]:1", "fe80::"},
-		{"garbage", "invalid IP"},
-		{"", "invalid IP"},
+		{"198.51.100.7:443", "198.51.100.7/32"},
+		{"[2001:db8:1:2:3:4:5:6]:443", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2::ffff]:1", "2001:db8:1:2::/64"},
+		{"[::ffff:198.51.100.7]:1", "198.51.100.7/32"},
+		{"[fe80::1%eth0]:1", "fe80::/64"},
+		{"garbage", "invalid Prefix"},
+		{"", "invalid Prefix"},
 	}
 	for _, tt := range tests {
-		if got := sourceKey(tt.in).String(); got != tt.want {
-			t.Errorf("sourceKey(%q) = %s, want %s", tt.in, got, tt.want)
+		if got := sourceOf(tt.in).String(); got != tt.want {
+			t.Errorf("sourceOf(%q) = %s, want %s", tt.in, got, tt.want)
 		}
 	}
 }
