@@ -384,11 +384,16 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		chains = r.TLS.VerifiedChains
 	}
-	id, err := s.cfg.Auth.Authenticate(r.Header.Get("Authorization"), chains)
+	id, err := s.cfg.Auth.Authenticate(r.Header.Values("Authorization"), chains)
+	if err != nil && requestStatus(err) == http.StatusBadRequest {
+		log.Debug("bad connect-ip request", "err", err)
+		s.refuse(w, refuseBadRequest, requestStatus(err), "")
+		return
+	}
 	if err != nil {
 		log.Info("request refused", "reason", "unauthenticated", "err", err)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="masque"`)
-		s.refuse(w, refuseAuth, http.StatusUnauthorized, "")
+		s.refuse(w, refuseAuth, requestStatus(err), "")
 		return
 	}
 	log = log.With("identity", string(id))

@@ -259,9 +259,13 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		chains = r.TLS.VerifiedChains
 	}
-	id, err := p.auth.Authenticate(r.Header.Get("Authorization"), chains)
+	id, err := p.auth.Authenticate(r.Header.Values("Authorization"), chains)
 	rules := p.rules.Load()
 	allow, restricted := rules.For(id)
+	if err != nil && requestStatus(err) == http.StatusBadRequest {
+		p.refuseBadRequest(w, log, &udpRequestError{status: requestStatus(err), reason: err.Error()})
+		return
+	}
 	if err != nil {
 		// Requests without any credentials may be served to an operator's
 		// anonymous allow-list; wrong credentials never are.
@@ -270,7 +274,7 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 		if !ok || !none || !errors.Is(err, policy.ErrNoCredentials) {
 			log.Info("udp request refused", "reason", "unauthenticated", "err", err)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="masque"`)
-			p.refuse(w, udpRefuseAuth, http.StatusUnauthorized, proxyStatus{})
+			p.refuse(w, udpRefuseAuth, requestStatus(err), proxyStatus{})
 			return
 		}
 		id, allow, restricted = anonymous, anon, true
