@@ -16,11 +16,15 @@ func isClosed(err error) bool {
 }
 
 // requestStatus is the HTTP status of a CONNECT-IP or CONNECT-UDP request
-// refused for its credentials ([policy.Authenticator.Authenticate]); both
-// handlers answer with it.
+// refused for its :authority (serverNames.check) or its credentials
+// ([policy.Authenticator.Authenticate]); both handlers answer with it.
 func requestStatus(err error) int {
 	switch {
-	case errors.Is(err, policy.ErrDuplicateAuth):
+	case errors.Is(err, errMisdirected):
+		// RFC 9110 §15.5.20: the request is for an origin this server is
+		// not authoritative for; a client may retry it elsewhere.
+		return http.StatusMisdirectedRequest
+	case errors.Is(err, errBadAuthority), errors.Is(err, policy.ErrDuplicateAuth):
 		// Authorization is no list-based field (RFC 9110 §5.3, §11.6.2):
 		// two of them make a malformed request, not a failed login.
 		return http.StatusBadRequest

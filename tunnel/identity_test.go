@@ -10,6 +10,7 @@ import (
 	"math/big"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,8 +18,9 @@ import (
 	"github.com/quic-go/qpack"
 )
 
-// Identity checks over real QUIC: two Authorization fields, a certificate
-// and a token that disagree.
+// Identity and :authority checks over real QUIC: two Authorization
+// fields, a certificate and a token that disagree, and requests for hosts
+// that are not the server's.
 
 // testCA issues client certificates that a test server accepts.
 type testCA struct {
@@ -272,20 +274,60 @@ func TestUDPAllowForCertificateIdentity(t *testing.T) {
 	}
 }
 
-func TestRequestStatus(t *testing.T) {
+// The :authority must name the server: a name from ServerConfig.Names or
+// the address the client dialed (TestBadConnectIPRequestsAreRefused checks
+// the port); any other host is 421 Misdirected Request, counted under
+// misdirected.
+func TestAuthorityMustNameServer(t *testing.T) {
+	ts := startMTLSServer(t, newTestCA(t), func(c *ServerConfig) { c.Names = []string{"vpn.example", "*.pool.example"} })
+	port := ts.addr[strings.LastIndexByte(ts.addr, ':')+1:]
+	h := dialH3(t, ts)
+	target := netip.AddrPortFrom(udpTargetAddr, 7)
 	tests := []struct {
-		err  error
-		want int
+		authority string
+		status    string
 	}{
-		{policy.ErrDuplicateAuth, 400},
-		{policy.ErrIdentityMismatch, 401},
-		{policy.ErrBadToken, 401},
-		{policy.ErrMalformedAuth, 401},
-		{policy.ErrNoCredentials, 401},
+		{"evil.example:" + port, "421"},
+		{"localhost:" + port, "421"}, // in the certificate, but not in Names
+		{"127.0.0.2:" + port, "421"},
+		{"[::1]:" + port, "421"},
+		{"127.0.0.1:" + port, "200"}, // the address the client dialed
+		{"vpn.example:" + port, "200"},
+		{"VPN.Example.:" + port, "200"},
+		{"a.pool.example:" + port, "200"},
+		{"[::ffff:127.0.0.1]:" + port, "200"},
+		{"2001:db8::1", "400"},
 	}
 	for _, tt := range tests {
-		if got := requestStatus(tt.err); got != tt.want {
-			t.Errorf("requestStatus(%v) = %d, want %d", tt.err, got, tt.want)
+		for _, udp := range []bool{false, true} {
+			name := tt.authority + ", connect-ip"
+			if udp {
+				name = tt.authority + ", connect-udp"
+			}
+			t.Run(name, func(t *testing.T) {
+				h.t = t
+				fields := withField(connectIPFields(ts.addr, testToken), ":authority", tt.authority)
+				if udp {
+					fields = withField(udpFlowFields(ts.addr, target), ":authority", tt.authority)
+				}
+				ipBefore := ts.srv.counters.refused[refuseMisdirected].Load()
+				udpBefore := ts.srv.counters.udp.refused[udpRefuseMisdirected].Load()
+				if got := h.request(fields).status(); got != tt.status {
+					t.Errorf("status %s, want %s", got, tt.status)
+				}
+				ipWant, udpWant := ipBefore, udpBefore
+				if tt.status == "421" && udp {
+					udpWant++
+				} else if tt.status == "421" {
+					ipWant++
+				}
+				if got := ts.srv.counters.refused[refuseMisdirected].Load(); got != ipWant {
+					t.Errorf("refused{misdirected} = %d, want %d", got, ipWant)
+				}
+				if got := ts.srv.counters.udp.refused[udpRefuseMisdirected].Load(); got != udpWant {
+					t.Errorf("udp refused{misdirected} = %d, want %d", got, udpWant)
+				}
+			})
 		}
 	}
 }

@@ -74,6 +74,7 @@ const (
 	refuseConnLimit
 	refuseIdentityLimit
 	refuseShuttingDown
+	refuseMisdirected // :authority names another host or port (421)
 	numRefusals
 )
 
@@ -84,6 +85,7 @@ var refusalNames = [numRefusals]string{
 	refuseConnLimit:     "conn_session_limit",
 	refuseIdentityLimit: "identity_session_limit",
 	refuseShuttingDown:  "shutting_down",
+	refuseMisdirected:   "misdirected",
 }
 
 // unrouted says why a request reached neither CONNECT-IP nor CONNECT-UDP.

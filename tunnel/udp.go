@@ -110,8 +110,9 @@ const anonymous policy.Identity = ""
 // and checks the target, opens a UDP socket of its own and runs a udpFlow
 // on it. It is the CONNECT-UDP half of a Server.
 //
-// A request goes through, in order: masque-go's ParseProxyRequest (method,
-// :protocol, Capsule-Protocol, template variables) → authentication →
+// A request goes through, in order: the :authority (421 if it is not this
+// server) → masque-go's ParseProxyRequest (method, :protocol,
+// Capsule-Protocol, template variables) → authentication →
 // validation of the target → flow limits → resolution (with a timeout) →
 // the destination policy and the identity's allow-list on the resolved
 // address → a connected UDP socket → the flow. Each refusal answers with a
@@ -123,7 +124,7 @@ type udpProxy struct {
 	auth     *policy.Authenticator
 	dests    atomic.Pointer[policy.Destinations] // replaced by setPolicy
 	rules    atomic.Pointer[policy.UDPRules]     // nil: no allow-lists, no anonymous access
-	port     int
+	names    *serverNames                        // what a request's :authority may name
 	log      *slog.Logger
 	counters *udpCounters
 	nextID   atomic.Uint64
@@ -136,10 +137,10 @@ type udpProxy struct {
 	running sync.WaitGroup // one per registered flow; Add only under mu while !closing
 }
 
-func newUDPProxy(cfg UDPConfig, auth *policy.Authenticator, dests *policy.Destinations, port int, log *slog.Logger, c *udpCounters) *udpProxy {
+func newUDPProxy(cfg UDPConfig, auth *policy.Authenticator, dests *policy.Destinations, names *serverNames, log *slog.Logger, c *udpCounters) *udpProxy {
 	cfg.populate()
 	p := &udpProxy{
-		cfg: cfg, auth: auth, port: port,
+		cfg: cfg, auth: auth, names: names,
 		log:      log.With("component", "connect-udp"),
 		counters: c,
 		flows:    make(map[*udpFlow]struct{}),
@@ -249,6 +250,18 @@ func (p *udpProxy) refuse(w http.ResponseWriter, why udpRefusal, status int, ps 
 // the flow's lifetime.
 func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	log := p.log.With("remote_addr", r.RemoteAddr)
+	// The :authority first: masque-go would match a malformed one against
+	// the template and answer 500.
+	conn, _ := r.Context().Value(connKey{}).(*quic.Conn)
+	if err := p.names.check(r.Host, localAddrOf(conn)); err != nil {
+		why := udpRefuseBadRequest
+		if errors.Is(err, errMisdirected) {
+			why = udpRefuseMisdirected
+		}
+		log.Debug("bad udp request", "err", err, "authority", r.Host)
+		p.refuse(w, why, requestStatus(err), proxyStatus{details: err.Error()})
+		return
+	}
 	req, err := parseUDPProxyRequest(r)
 	if err != nil {
 		p.refuseBadRequest(w, log, err)
@@ -281,7 +294,7 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	log = log.With("identity", identityAttr(id))
 
-	target, err := validateUDPTarget(r.Host, p.port, req)
+	target, err := validateUDPTarget(req)
 	if err != nil {
 		p.refuseBadRequest(w, log, err)
 		return
@@ -293,7 +306,6 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	conn, _ := r.Context().Value(connKey{}).(*quic.Conn)
 	if why, ok := p.acquire(conn, id); !ok {
 		log.Info("udp request refused", "reason", why)
 		status := http.StatusTooManyRequests
