@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/masque-vpn/masque/policy"
+	"github.com/masque-vpn/masque/quicio"
 	"github.com/quic-go/qpack"
 )
 
@@ -86,9 +88,9 @@ func (ca *testCA) issue(t testing.TB, cn string) tls.Certificate {
 // ca besides the tokens; opts apply last.
 func startMTLSServer(t *testing.T, ca *testCA, opts ...func(*ServerConfig)) *testServer {
 	t.Helper()
-	mtls := func(c *tls.Config) {
-		c.ClientCAs = ca.pool
-		c.ClientAuth = tls.VerifyClientCertIfGiven
+	mtls := func(c *quicio.Config) {
+		c.TLSConfig.ClientCAs = ca.pool
+		c.TLSConfig.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	return startServerTLS(t, nil, mtls, append([]func(*ServerConfig){func(c *ServerConfig) {
 		c.Auth.ClientCerts = true
@@ -330,4 +332,42 @@ func TestAuthorityMustNameServer(t *testing.T) {
 			})
 		}
 	}
+}
+
+// A server on a wildcard address (masqued's default [::]:443) learns the
+// address each connection came to, so a client that dialed an IP address
+// may name it in :authority; another of the host's addresses it did not
+// dial is not the server's for that connection.
+func TestAuthorityWildcardListener(t *testing.T) {
+	for _, tt := range []struct{ listen, dial, other string }{
+		{"0.0.0.0:0", "127.0.0.1", "127.0.0.2"},
+		{"[::]:0", "127.0.0.1", "[::1]"},
+		{"[::]:0", "[::1]", "127.0.0.1"},
+	} {
+		t.Run(tt.listen+" "+tt.dial, func(t *testing.T) {
+			if strings.Contains(tt.listen+tt.dial, "::") && !hasIPv6Loopback() {
+				t.Skip("no IPv6 loopback")
+			}
+			ts := startServerTLS(t, nil, func(c *quicio.Config) { c.Addr = tt.listen })
+			port := ts.addr[strings.LastIndexByte(ts.addr, ':')+1:]
+			dialed := *ts
+			dialed.addr = tt.dial + ":" + port
+			h := dialH3(t, &dialed)
+			if got := h.request(connectIPFields(tt.other+":"+port, testToken)).status(); got != "421" {
+				t.Errorf(":authority %s (not dialed): status %s, want 421", tt.other, got)
+			}
+			if got := h.request(connectIPFields(dialed.addr, testToken)).status(); got != "200" {
+				t.Errorf(":authority %s (dialed): status %s, want 200", dialed.addr, got)
+			}
+		})
+	}
+}
+
+func hasIPv6Loopback() bool {
+	c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }

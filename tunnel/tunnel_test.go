@@ -84,8 +84,8 @@ func startServerWith(t *testing.T, destinations func(*policy.DestinationsConfig)
 }
 
 // startServerTLS is startServerWith with a hook that may change the
-// server's TLS configuration (serveTestTLS).
-func startServerTLS(t *testing.T, destinations func(*policy.DestinationsConfig), tlsHook func(*tls.Config), opts ...func(*ServerConfig)) *testServer {
+// QUIC server's configuration (serveTestTLS).
+func startServerTLS(t *testing.T, destinations func(*policy.DestinationsConfig), quicHook func(*quicio.Config), opts ...func(*ServerConfig)) *testServer {
 	t.Helper()
 	toks, err := policy.ParseTokens(strings.NewReader("alice " + testToken + "\nbob " + testToken + "-bob\n"))
 	if err != nil {
@@ -121,7 +121,7 @@ func startServerTLS(t *testing.T, destinations func(*policy.DestinationsConfig),
 	for _, o := range opts {
 		o(&cfg)
 	}
-	return serveTestTLS(t, cfg, tlsHook)
+	return serveTestTLS(t, cfg, quicHook)
 }
 
 // serveTest runs a Server with cfg (its Device a channel TUN) behind a
@@ -132,9 +132,9 @@ func serveTest(t testing.TB, cfg ServerConfig) *testServer {
 	return serveTestTLS(t, cfg, nil)
 }
 
-// serveTestTLS is serveTest with a hook that may change the server's TLS
-// configuration (to ask for client certificates).
-func serveTestTLS(t testing.TB, cfg ServerConfig, tlsHook func(*tls.Config)) *testServer {
+// serveTestTLS is serveTest with a hook that may change the QUIC server's
+// configuration: its TLS (to ask for client certificates) or its address.
+func serveTestTLS(t testing.TB, cfg ServerConfig, quicHook func(*quicio.Config)) *testServer {
 	t.Helper()
 	dev := tuntest.NewChannelTUN()
 	cfg.Device = dev.TUN()
@@ -143,14 +143,14 @@ func serveTestTLS(t testing.TB, cfg ServerConfig, tlsHook func(*tls.Config)) *te
 		t.Fatal(err)
 	}
 	cert, pool := selfSigned(t)
-	stc := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}}
-	if tlsHook != nil {
-		tlsHook(stc)
-	}
-	qs, err := quicio.NewServer(quicio.Config{
+	qcfg := quicio.Config{
 		Addr:      "127.0.0.1:0",
-		TLSConfig: stc,
-	}, srv)
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
+	}
+	if quicHook != nil {
+		quicHook(&qcfg)
+	}
+	qs, err := quicio.NewServer(qcfg, srv)
 	if err != nil {
 		t.Fatal(err)
 	}
