@@ -388,6 +388,8 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 	}
 	defer nat.Close()
 
+	// The local address of each connection is the server's too.
+	names := append(slices.Clone(m.names), s.ServerNames...)
 	app, err := tunnel.NewServer(tunnel.ServerConfig{
 		Auth:                   m.auth,
 		Pool4:                  pool4,
@@ -397,7 +399,7 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 		Routes:                 s.Routes,
 		DNS:                    s.DNS,
 		Port:                   int(s.Listen.Port()),
-		Names:                  append(slices.Clone(m.names), s.ServerNames...),
+		Names:                  names,
 		MaxSessionsPerConn:     s.MaxSessionsPerConn,
 		MaxSessionsPerIdentity: s.MaxSessionsPerIdentity,
 		RequestTimeout:         s.RequestTimeout,
@@ -452,7 +454,7 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 		defer metricsSrv.Close()
 	}
 
-	logger.Info("tunnel ready", "tun", s.Tun, "addresses", tunAddrs, "egress", s.Egress)
+	logger.Info("tunnel ready", "tun", s.Tun, "addresses", tunAddrs, "egress", s.Egress, "server_names", names)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- qs.Serve() }()
 	hup := make(chan os.Signal, 1)
