@@ -9,9 +9,23 @@
 // protocol outcomes is the caller's job.
 package policy
 
-// Identity is the authenticated name of a client: the identity of its bearer
-// token or the common name of its verified client certificate.
+import "strings"
+
+// Identity is the authenticated name of a client. Identities come from two
+// namespaces that cannot collide: a bearer token's identity from the tokens
+// file (1-64 characters of [A-Za-z0-9._@-], never a ':'), and, for a client
+// that presented only a verified certificate, [CertIdentityPrefix] followed
+// by the certificate's common name ("cert:laptop").
 type Identity string
+
+// validAuthIdentity reports whether s is an identity Authenticate can
+// return: a token identity or "cert:" and one.
+func validAuthIdentity(s string) bool {
+	if cn, ok := strings.CutPrefix(s, CertIdentityPrefix); ok {
+		return validIdentity(cn)
+	}
+	return validIdentity(s)
+}
 
 // validIdentity reports whether s is 1-64 characters of [A-Za-z0-9._@-].
 func validIdentity(s string) bool {

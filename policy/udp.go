@@ -282,10 +282,11 @@ const AnyIdentity = "*"
 
 // UDPRulesConfig configures [NewUDPRules].
 type UDPRulesConfig struct {
-	// Allow maps an identity (or AnyIdentity) to the patterns of the
-	// targets it may reach over CONNECT-UDP. An identity without an entry,
-	// when there is no AnyIdentity entry either, may reach every target
-	// that the destination checks allow. An empty list allows nothing.
+	// Allow maps an identity (a token's, "cert:CN" for a certificate's
+	// alone, or AnyIdentity) to the patterns of the targets it may reach
+	// over CONNECT-UDP. An identity without an entry, when there is no
+	// AnyIdentity entry either, may reach every target that the
+	// destination checks allow. An empty list allows nothing.
 	Allow map[string][]string
 	// Anonymous, if not empty, lets requests without credentials reach
 	// these targets and nothing else. Empty refuses them (the default).
@@ -309,8 +310,8 @@ func NewUDPRules(cfg UDPRulesConfig) (*UDPRules, error) {
 	}
 	slices.Sort(ids) // deterministic error order
 	for _, id := range ids {
-		if id != AnyIdentity && !validIdentity(id) {
-			errs = append(errs, fmt.Errorf("allow[%q]: not an identity (1-64 characters of A-Z a-z 0-9 . _ @ -) or %q", id, AnyIdentity))
+		if id != AnyIdentity && !validAuthIdentity(id) {
+			errs = append(errs, fmt.Errorf("allow[%q]: not an identity (1-64 characters of A-Z a-z 0-9 . _ @ -, or cert: and a certificate's common name) or %q", id, AnyIdentity))
 			continue
 		}
 		l, err := ParseUDPAllowList(cfg.Allow[id])

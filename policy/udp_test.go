@@ -125,6 +125,8 @@ func TestNewUDPRules(t *testing.T) {
 			"alice": {"198.18.2.2:7", "dns.example:53"},
 			"bob":   {},
 			"*":     {"*.example:*"},
+			// A certificate's identity alone is its own namespace.
+			"cert:laptop": {"198.18.2.2:9"},
 		},
 		Anonymous: []string{"198.18.2.2:8443"},
 	})
@@ -144,6 +146,9 @@ func TestNewUDPRules(t *testing.T) {
 		{"bob", "", 7, false, true},             // empty list: nothing
 		{"carol", "x.example", 9, true, true},   // "*"
 		{"carol", "", 7, false, true},
+		{"cert:laptop", "", 9, true, true},
+		{"cert:laptop", "x.example", 7, false, true}, // own entry, not "*"
+		{"laptop", "x.example", 9, true, true},       // a token's laptop is not the certificate's
 	}
 	for _, tt := range tests {
 		l, restricted := r.For(tt.id)
@@ -178,13 +183,16 @@ func TestNewUDPRulesErrors(t *testing.T) {
 		Allow: map[string][]string{
 			"bad identity!": {"*:*"},
 			"alice":         {"*:*", "x:0"},
+			"cert:":         {"*:*"},
+			"cert:a:b":      {"*:*"},
+			"token:alice":   {"*:*"},
 		},
 		Anonymous: []string{"nope"},
 	})
 	if err == nil {
 		t.Fatal("NewUDPRules accepted bad patterns")
 	}
-	for _, want := range []string{`allow["bad identity!"]`, `allow["alice"][1]`, `anonymous[0]`} {
+	for _, want := range []string{`allow["bad identity!"]`, `allow["alice"][1]`, `allow["cert:"]`, `allow["cert:a:b"]`, `allow["token:alice"]`, `anonymous[0]`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

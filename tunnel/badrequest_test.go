@@ -147,7 +147,8 @@ func TestDataBeforeHeadersClosesConnection(t *testing.T) {
 }
 
 // CONNECT-IP requests that HTTP/3 accepts but RFC 9484 does not: each is
-// answered with a status and counted under refused_requests{bad_request};
+// answered with a status and counted under refused_requests{bad_request}
+// (or {misdirected}, 421, for an :authority that is not this server's);
 // paths that are no MASQUE template get 404 under unrouted{not_found}.
 func TestBadConnectIPRequestsAreRefused(t *testing.T) {
 	ts := startServer(t, func(c *ServerConfig) { c.Port = 8443 })
@@ -158,7 +159,7 @@ func TestBadConnectIPRequestsAreRefused(t *testing.T) {
 		{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
 		{Name: ":authority", Value: authority}, {Name: ":path", Value: "/"},
 	}
-	const badRequest, notFound = 0, 1
+	const badRequest, notFound, misdirected = 0, 1, 2
 	tests := []struct {
 		name    string
 		fields  []qpack.HeaderField
@@ -174,8 +175,10 @@ func TestBadConnectIPRequestsAreRefused(t *testing.T) {
 		{"an empty query", withField(ok, ":path", IPPathPrefix+"*/*/?"), "400", badRequest},
 		{"target of 65 characters", withField(ok, ":path", IPPathPrefix+strings.Repeat("1", 65)+"/*/"), "400", badRequest},
 		{"connect-udp on the IP path", withField(ok, ":protocol", "connect-udp"), "501", badRequest},
-		{"another port in :authority", withField(ok, ":authority", "127.0.0.1:9999"), "400", badRequest},
-		{"no port in :authority (443)", withField(ok, ":authority", "127.0.0.1"), "400", badRequest},
+		{"another port in :authority", withField(ok, ":authority", "127.0.0.1:9999"), "421", misdirected},
+		{"no port in :authority (443)", withField(ok, ":authority", "127.0.0.1"), "421", misdirected},
+		{"another host in :authority", withField(ok, ":authority", "evil.example:8443"), "421", misdirected},
+		{"IPv6 without brackets in :authority", withField(ok, ":authority", "2001:db8::1"), "400", badRequest},
 		{"no Capsule-Protocol", withField(ok, "capsule-protocol", ""), "400", badRequest},
 		{"Capsule-Protocol ?0", withField(ok, "capsule-protocol", "?0"), "400", badRequest},
 		{"Capsule-Protocol not a boolean", withField(ok, "capsule-protocol", "1"), "400", badRequest},
@@ -191,9 +194,12 @@ func TestBadConnectIPRequestsAreRefused(t *testing.T) {
 				t.Errorf("status %s, want %s", got, tt.status)
 			}
 			want := before
-			if tt.counter == badRequest {
+			switch tt.counter {
+			case badRequest:
 				want.refused[refuseBadRequest]++
-			} else {
+			case misdirected:
+				want.refused[refuseMisdirected]++
+			default:
 				want.unrouted[unroutedNotFound]++
 			}
 			if got := countsOf(ts.srv); got != want {

@@ -81,6 +81,7 @@ const (
 	refuseConnLimit
 	refuseIdentityLimit
 	refuseShuttingDown
+	refuseMisdirected // :authority names another host or port (421)
 	numRefusals
 )
 
@@ -91,6 +92,7 @@ var refusalNames = [numRefusals]string{
 	refuseConnLimit:     "conn_session_limit",
 	refuseIdentityLimit: "identity_session_limit",
 	refuseShuttingDown:  "shutting_down",
+	refuseMisdirected:   "misdirected",
 }
 
 // family indexes per-family counters.

@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +59,15 @@ type ServerConfig struct {
 	// Port is the port clients address in the request's :authority (the
 	// listen port); 0 accepts any.
 	Port int
+	// Names are the hosts a request's :authority may name besides the
+	// local address of the connection it came on (which serves a client
+	// that dialed an IP address, whatever name its SNI held): DNS names
+	// ("*.NAME" matches one more label, as in a certificate) and IP
+	// addresses. masqued takes them from its certificate's subject
+	// alternative names and --server-name. Any other host, or another port
+	// than Port, is refused with 421 Misdirected Request (RFC 9110
+	// §15.5.20).
+	Names []string
 	// MaxSessionsPerConn caps sessions per QUIC connection
 	// (DefaultMaxSessionsPerConn).
 	MaxSessionsPerConn int
@@ -113,6 +120,9 @@ func (c *ServerConfig) Validate() error {
 	if c.RequestTimeout < 0 {
 		errs = append(errs, fmt.Errorf("request_timeout: %v is negative", c.RequestTimeout))
 	}
+	if _, err := newServerNames(c.Names, c.Port); err != nil {
+		errs = append(errs, err)
+	}
 	errs = append(errs, c.UDP.validate()...)
 	return errors.Join(errs...)
 }
@@ -136,6 +146,7 @@ type Server struct {
 	dns      []netip.Addr // sent in DNS_ASSIGN; empty sends none
 	nextID   atomic.Uint64
 	udp      *udpProxy
+	names    *serverNames                        // what a request's :authority may name
 	dests    atomic.Pointer[policy.Destinations] // cfg.Destinations until SetPolicy
 	budget   headerBudget                        // header bytes of unparsed requests, per source
 
@@ -190,13 +201,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		}
 	}
 	s.routes = prefixesToRoutes(routes)
+	s.names, _ = newServerNames(cfg.Names, cfg.Port) // validated above
 	for _, a := range cfg.DNS {
 		s.dns = append(s.dns, a.WithZone(""))
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(IPPathPrefix, s.serveIP)
 	s.dests.Store(cfg.Destinations)
-	s.udp = newUDPProxy(cfg.UDP, cfg.Auth, cfg.Destinations, cfg.Port, cfg.Logger, &s.counters.udp)
+	s.udp = newUDPProxy(cfg.UDP, cfg.Auth, cfg.Destinations, s.names, cfg.Logger, &s.counters.udp)
 	s.udp.muxOf = func(c *quic.Conn) *dgramMux {
 		if hc := s.h3connOf(c); hc != nil {
 			return hc.mux
@@ -393,9 +405,14 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, refuseBadRequest, http.StatusBadRequest, "")
 		return
 	}
-	if !s.authorityOK(r.Host) {
-		log.Debug("bad connect-ip request", "err", "authority does not match", "authority", r.Host)
-		s.refuse(w, refuseBadRequest, http.StatusBadRequest, "")
+	conn, _ := r.Context().Value(connKey{}).(*quic.Conn)
+	if err := s.names.check(r.Host, localAddrOf(conn)); err != nil {
+		why := refuseBadRequest
+		if errors.Is(err, errMisdirected) {
+			why = refuseMisdirected
+		}
+		log.Debug("bad connect-ip request", "err", err, "authority", r.Host)
+		s.refuse(w, why, requestStatus(err), "")
 		return
 	}
 	// connect-ip-go v0.6 does not expand template variables itself: check the
@@ -418,16 +435,20 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		chains = r.TLS.VerifiedChains
 	}
-	id, err := s.cfg.Auth.Authenticate(r.Header.Get("Authorization"), chains)
+	id, err := s.cfg.Auth.Authenticate(r.Header.Values("Authorization"), chains)
+	if err != nil && requestStatus(err) == http.StatusBadRequest {
+		log.Debug("bad connect-ip request", "err", err)
+		s.refuse(w, refuseBadRequest, requestStatus(err), "")
+		return
+	}
 	if err != nil {
 		s.logRefused(r, log, slog.LevelInfo, "reason", "unauthenticated", "err", err)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="masque"`)
-		s.refuse(w, refuseAuth, http.StatusUnauthorized, "")
+		s.refuse(w, refuseAuth, requestStatus(err), "")
 		return
 	}
 	log = log.With("identity", string(id))
 
-	conn, _ := r.Context().Value(connKey{}).(*quic.Conn)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -541,20 +562,6 @@ func (s *Server) h3connOf(c *quic.Conn) *h3conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.conns[c]
-}
-
-func (s *Server) authorityOK(host string) bool {
-	if host == "" {
-		return false
-	}
-	if s.cfg.Port == 0 {
-		return true
-	}
-	_, port, err := net.SplitHostPort(host)
-	if err != nil {
-		return s.cfg.Port == 443
-	}
-	return port == strconv.Itoa(s.cfg.Port)
 }
 
 func (s *Server) register(ss *session) bool {

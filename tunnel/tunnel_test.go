@@ -80,6 +80,13 @@ func startServer(t *testing.T, opts ...func(*ServerConfig)) *testServer {
 // destination policy's configuration.
 func startServerWith(t *testing.T, destinations func(*policy.DestinationsConfig), opts ...func(*ServerConfig)) *testServer {
 	t.Helper()
+	return startServerTLS(t, destinations, nil, opts...)
+}
+
+// startServerTLS is startServerWith with a hook that may change the
+// QUIC server's configuration (serveTestTLS).
+func startServerTLS(t *testing.T, destinations func(*policy.DestinationsConfig), quicHook func(*quicio.Config), opts ...func(*ServerConfig)) *testServer {
+	t.Helper()
 	toks, err := policy.ParseTokens(strings.NewReader("alice " + testToken + "\nbob " + testToken + "-bob\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -114,13 +121,20 @@ func startServerWith(t *testing.T, destinations func(*policy.DestinationsConfig)
 	for _, o := range opts {
 		o(&cfg)
 	}
-	return serveTest(t, cfg)
+	return serveTestTLS(t, cfg, quicHook)
 }
 
 // serveTest runs a Server with cfg (its Device a channel TUN) behind a
 // quicio.Server on 127.0.0.1, with a self-signed certificate for
 // "localhost", and stops both at the end of the test.
 func serveTest(t testing.TB, cfg ServerConfig) *testServer {
+	t.Helper()
+	return serveTestTLS(t, cfg, nil)
+}
+
+// serveTestTLS is serveTest with a hook that may change the QUIC server's
+// configuration: its TLS (to ask for client certificates) or its address.
+func serveTestTLS(t testing.TB, cfg ServerConfig, quicHook func(*quicio.Config)) *testServer {
 	t.Helper()
 	dev := tuntest.NewChannelTUN()
 	cfg.Device = dev.TUN()
@@ -129,11 +143,15 @@ func serveTest(t testing.TB, cfg ServerConfig) *testServer {
 		t.Fatal(err)
 	}
 	cert, pool := selfSigned(t)
-	qs, err := quicio.NewServer(quicio.Config{
+	qcfg := quicio.Config{
 		Addr:       "127.0.0.1:0",
 		TLSConfig:  &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
 		QUICConfig: srv.QUICConfig(),
-	}, srv)
+	}
+	if quicHook != nil {
+		quicHook(&qcfg)
+	}
+	qs, err := quicio.NewServer(qcfg, srv)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -109,8 +109,9 @@ const anonymous policy.Identity = ""
 // and checks the target, opens a UDP socket of its own and runs a udpFlow
 // on it. It is the CONNECT-UDP half of a Server.
 //
-// A request goes through, in order: masque-go's ParseProxyRequest (method,
-// :protocol, Capsule-Protocol, template variables) → authentication →
+// A request goes through, in order: the :authority (421 if it is not this
+// server) → masque-go's ParseProxyRequest (method, :protocol,
+// Capsule-Protocol, template variables) → authentication →
 // validation of the target → flow limits → resolution (with a timeout) →
 // the destination policy and the identity's allow-list on the resolved
 // address → a connected UDP socket → the flow. Each refusal answers with a
@@ -122,7 +123,7 @@ type udpProxy struct {
 	auth     *policy.Authenticator
 	dests    atomic.Pointer[policy.Destinations] // replaced by setPolicy
 	rules    atomic.Pointer[policy.UDPRules]     // nil: no allow-lists, no anonymous access
-	port     int
+	names    *serverNames                        // what a request's :authority may name
 	log      *slog.Logger
 	counters *udpCounters
 	nextID   atomic.Uint64
@@ -135,10 +136,10 @@ type udpProxy struct {
 	running sync.WaitGroup // one per registered flow; Add only under mu while !closing
 }
 
-func newUDPProxy(cfg UDPConfig, auth *policy.Authenticator, dests *policy.Destinations, port int, log *slog.Logger, c *udpCounters) *udpProxy {
+func newUDPProxy(cfg UDPConfig, auth *policy.Authenticator, dests *policy.Destinations, names *serverNames, log *slog.Logger, c *udpCounters) *udpProxy {
 	cfg.populate()
 	p := &udpProxy{
-		cfg: cfg, auth: auth, port: port,
+		cfg: cfg, auth: auth, names: names,
 		log:      log.With("component", "connect-udp"),
 		counters: c,
 		flows:    make(map[*udpFlow]struct{}),
@@ -248,6 +249,18 @@ func (p *udpProxy) refuse(w http.ResponseWriter, why udpRefusal, status int, ps 
 // the flow's lifetime.
 func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	log := p.log.With("remote_addr", r.RemoteAddr)
+	// The :authority first: masque-go would match a malformed one against
+	// the template and answer 500.
+	conn, _ := r.Context().Value(connKey{}).(*quic.Conn)
+	if err := p.names.check(r.Host, localAddrOf(conn)); err != nil {
+		why := udpRefuseBadRequest
+		if errors.Is(err, errMisdirected) {
+			why = udpRefuseMisdirected
+		}
+		log.Debug("bad udp request", "err", err, "authority", r.Host)
+		p.refuse(w, why, requestStatus(err), proxyStatus{details: err.Error()})
+		return
+	}
 	req, err := parseUDPProxyRequest(r)
 	if err != nil {
 		p.refuseBadRequest(w, log, err)
@@ -258,9 +271,13 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		chains = r.TLS.VerifiedChains
 	}
-	id, err := p.auth.Authenticate(r.Header.Get("Authorization"), chains)
+	id, err := p.auth.Authenticate(r.Header.Values("Authorization"), chains)
 	rules := p.rules.Load()
 	allow, restricted := rules.For(id)
+	if err != nil && requestStatus(err) == http.StatusBadRequest {
+		p.refuseBadRequest(w, log, &udpRequestError{status: requestStatus(err), reason: err.Error()})
+		return
+	}
 	if err != nil {
 		// Requests without any credentials may be served to an operator's
 		// anonymous allow-list; wrong credentials never are.
@@ -269,14 +286,14 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 		if !ok || !none || !errors.Is(err, policy.ErrNoCredentials) {
 			p.logRefused(r, log, slog.LevelInfo, "reason", "unauthenticated", "err", err)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="masque"`)
-			p.refuse(w, udpRefuseAuth, http.StatusUnauthorized, proxyStatus{})
+			p.refuse(w, udpRefuseAuth, requestStatus(err), proxyStatus{})
 			return
 		}
 		id, allow, restricted = anonymous, anon, true
 	}
 	log = log.With("identity", identityAttr(id))
 
-	target, err := validateUDPTarget(r.Host, p.port, req)
+	target, err := validateUDPTarget(req)
 	if err != nil {
 		p.refuseBadRequest(w, log, err)
 		return
@@ -288,7 +305,6 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	conn, _ := r.Context().Value(connKey{}).(*quic.Conn)
 	if why, ok := p.acquire(conn, id); !ok {
 		p.logRefused(r, log, slog.LevelInfo, "reason", why)
 		status := http.StatusTooManyRequests

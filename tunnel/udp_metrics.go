@@ -52,6 +52,7 @@ const (
 	udpRefuseConnLimit                       // too many flows on the QUIC connection
 	udpRefuseIdentityLimit                   // too many flows of the identity
 	udpRefuseShuttingDown                    // the server is shutting down
+	udpRefuseMisdirected                     // :authority names another host or port (421)
 	numUDPRefusals
 )
 
@@ -66,6 +67,7 @@ var udpRefusalNames = [numUDPRefusals]string{
 	udpRefuseConnLimit:     "conn_flow_limit",
 	udpRefuseIdentityLimit: "identity_flow_limit",
 	udpRefuseShuttingDown:  "shutting_down",
+	udpRefuseMisdirected:   "misdirected",
 }
 
 func (r udpRefusal) String() string { return udpRefusalNames[r] }

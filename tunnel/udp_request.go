@@ -89,14 +89,11 @@ func parseUDPProxyRequest(r *http.Request) (*masque.ProxyRequest, error) {
 }
 
 // validateUDPTarget checks what masque-go parsed against our stricter rules:
-// the :authority names this server (port is the listen port, 0 accepts any),
 // target_port is 1-65535, and target_host is an IP address without a zone or
 // a DNS host name of at most 253 characters. It returns a *udpRequestError.
-func validateUDPTarget(authority string, port int, req *masque.ProxyRequest) (udpTarget, error) {
+// The :authority is serverNames.check's.
+func validateUDPTarget(req *masque.ProxyRequest) (udpTarget, error) {
 	var t udpTarget
-	if !authorityMatches(authority, port) {
-		return t, badUDPRequest(":authority %q does not name this server", authority)
-	}
 	host, portStr, err := net.SplitHostPort(req.Target)
 	if err != nil {
 		return t, badUDPRequest("malformed target")
@@ -127,28 +124,12 @@ func validateUDPTarget(authority string, port int, req *masque.ProxyRequest) (ud
 
 // parseUDPRequest is parseUDPProxyRequest followed by validateUDPTarget;
 // serveUDP authenticates between the two.
-func parseUDPRequest(r *http.Request, port int) (udpTarget, error) {
+func parseUDPRequest(r *http.Request) (udpTarget, error) {
 	req, err := parseUDPProxyRequest(r)
 	if err != nil {
 		return udpTarget{}, err
 	}
-	return validateUDPTarget(r.Host, port, req)
-}
-
-// authorityMatches reports whether the request's :authority names the
-// port we listen on (port 0 accepts any); a missing port means 443.
-func authorityMatches(authority string, port int) bool {
-	if authority == "" {
-		return false
-	}
-	if port == 0 {
-		return true
-	}
-	_, p, err := net.SplitHostPort(authority)
-	if err != nil {
-		return port == 443
-	}
-	return p == strconv.Itoa(port)
+	return validateUDPTarget(req)
 }
 
 // authorityChars reports whether s has only characters of a host name, an

@@ -34,8 +34,10 @@ func newCertCmd() *cobra.Command {
 		Short: "Generate a CA, a server certificate and client certificates",
 		Long: `Generates DIR/ca.crt and ca.key (the CA), DIR/server.crt and server.key for
 --host (a DNS name or an IP address), and for each --client NAME a client
-certificate DIR/NAME.crt and NAME.key whose common name is the client's identity.
-An existing CA in DIR is reused, so clients can be added later. Keys are 0600.`,
+certificate DIR/NAME.crt and NAME.key with common name NAME. Alone, such a
+certificate authenticates as identity cert:NAME; with a bearer token, the token's
+identity must be NAME. An existing CA in DIR is reused, so clients can be added
+later. Keys are 0600.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" || host == "" {

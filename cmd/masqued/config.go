@@ -16,6 +16,7 @@ import (
 	"unicode"
 
 	"github.com/masque-vpn/masque/policy"
+	"github.com/masque-vpn/masque/tunnel"
 )
 
 // Defaults of the server configuration.
@@ -37,6 +38,7 @@ type Config struct {
 	Listen              string   `json:"listen,omitempty"`
 	Cert                string   `json:"cert,omitempty"`
 	Key                 string   `json:"key,omitempty"`
+	ServerNames         []string `json:"server_names,omitempty"` // besides the certificate's SANs and the local address
 	ClientCA            string   `json:"client_ca,omitempty"`
 	Tokens              string   `json:"tokens,omitempty"`
 	Pool4               string   `json:"pool4,omitempty"` // "off" disables IPv4
@@ -165,6 +167,7 @@ func loadConfig(path string) (*Config, error) {
 type settings struct {
 	Listen              netip.AddrPort
 	Cert, Key           string
+	ServerNames         []string // names and addresses clients may put in :authority, besides the certificate's
 	ClientCA            string
 	Tokens              string
 	Pool4, Pool6        netip.Prefix // invalid when off
@@ -228,6 +231,12 @@ func (c *Config) resolve() (*settings, error) {
 	if s.Key == "" {
 		bad("key", "required")
 	}
+	for i, n := range c.ServerNames {
+		if !tunnel.ValidServerName(n) {
+			bad(fmt.Sprintf("server_names[%d]", i), "%q is not a DNS name, *.NAME or an IP address without a zone", n)
+		}
+	}
+	s.ServerNames = c.ServerNames
 	if s.Tokens == "" && s.ClientCA == "" {
 		bad("tokens", "need --tokens or --client-ca (or both) to authenticate clients")
 	}

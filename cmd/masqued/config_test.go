@@ -207,6 +207,13 @@ func TestResolve(t *testing.T) {
 				t.Errorf("LeaseTime %v, DrainTimeout %v, MaxConns %d, MaxSessionsPerConn %d", s.LeaseTime, s.DrainTimeout, s.MaxConns, s.MaxSessionsPerConn)
 			}
 		}},
+		{"server names", func(c *Config) {
+			c.ServerNames = []string{"vpn.example", "VPN2.example.", "*.pool.example", "198.18.0.1", "2001:db8::1"}
+		}, func(t *testing.T, s *settings) {
+			if diff := cmp.Diff([]string{"vpn.example", "VPN2.example.", "*.pool.example", "198.18.0.1", "2001:db8::1"}, s.ServerNames); diff != "" {
+				t.Errorf("ServerNames mismatch (-want +got):\n%s", diff)
+			}
+		}},
 		{"15-character TUN name", func(c *Config) { c.Tun = "masqued-0123456" }, func(t *testing.T, s *settings) {
 			if s.Tun != "masqued-0123456" {
 				t.Errorf("Tun = %q", s.Tun)
@@ -297,6 +304,12 @@ func TestResolveErrors(t *testing.T) {
 		{"lease time overflow", func(c *Config) { c.LeaseTime = "9999999999h" }, "lease_time"},
 		{"drain timeout zero", func(c *Config) { c.DrainTimeout = "0" }, "drain_timeout"},
 		{"metrics garbage", func(c *Config) { c.Metrics = "::9090" }, "metrics"},
+		{"server name with space", func(c *Config) { c.ServerNames = []string{"vpn.example", "bad name"} }, "server_names[1]"},
+		{"server name with port", func(c *Config) { c.ServerNames = []string{"vpn.example:443"} }, "server_names[0]"},
+		{"server name with zone", func(c *Config) { c.ServerNames = []string{"fe80::1%eth0"} }, "server_names[0]"},
+		{"server name in brackets", func(c *Config) { c.ServerNames = []string{"[2001:db8::1]"} }, "server_names[0]"},
+		{"server name wildcard inside", func(c *Config) { c.ServerNames = []string{"a.*.example"} }, "server_names[0]"},
+		{"server name empty", func(c *Config) { c.ServerNames = []string{""} }, "server_names[0]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -334,6 +347,7 @@ func TestResolveReportsEverything(t *testing.T) {
 		LogLevel:           "loud",
 		Metrics:            "9090",
 		Tun:                "a-very-long-interface-name",
+		ServerNames:        []string{"not a name"},
 	}
 	_, err := c.resolve()
 	if err == nil {
@@ -342,7 +356,7 @@ func TestResolveReportsEverything(t *testing.T) {
 	want := []string{
 		"listen", "cert", "key", "tokens", "pool4", "pool6", "mtu", "dns[0]", "routes[0]",
 		"allow[0]", "deny[0]", "lease_time", "drain_timeout", "max_conns", "max_sessions_per_conn",
-		"log_level", "metrics", "tun",
+		"log_level", "metrics", "tun", "server_names[0]",
 	}
 	if diff := cmp.Diff(want, problemFields(err), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
 		t.Errorf("resolve problems mismatch (-want +got):\n%s\nerror:\n%v", diff, err)
@@ -404,11 +418,12 @@ func TestNeedsRestart(t *testing.T) {
 	c.MTU = 1300
 	c.Listen = "[::]:8443"
 	c.MaxSessionsPerIdentity = 3
+	c.ServerNames = []string{"vpn.example"}
 	nw, err := c.resolve()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"listen", "mtu", "max_sessions_per_identity"}, needsRestart(old, nw)); diff != "" {
+	if diff := cmp.Diff([]string{"listen", "server_names", "mtu", "max_sessions_per_identity"}, needsRestart(old, nw)); diff != "" {
 		t.Errorf("needsRestart mismatch (-want +got):\n%s", diff)
 	}
 	if got := needsRestart(old, old); len(got) != 0 {

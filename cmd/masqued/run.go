@@ -41,7 +41,8 @@ func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
 	f.StringVar(&c.Listen, "listen", "", "UDP address to listen on (default "+defaultListen+")")
 	f.StringVar(&c.Cert, "cert", "", "server certificate (PEM)")
 	f.StringVar(&c.Key, "key", "", "server private key (PEM)")
-	f.StringVar(&c.ClientCA, "client-ca", "", "CA that signs client certificates (enables mTLS; identity = certificate CN)")
+	f.StringArrayVar(&c.ServerNames, "server-name", nil, "a name or address clients may address besides the certificate's and the one they dialed; others get 421 (repeatable; *.NAME matches one label)")
+	f.StringVar(&c.ClientCA, "client-ca", "", "CA that signs client certificates (enables mTLS; a certificate alone is identity cert:CN, with a token the token's identity must be the CN)")
 	f.StringVar(&c.Tokens, "tokens", "", "bearer tokens file, lines of IDENTITY TOKEN")
 	f.StringVar(&c.Pool4, "pool4", "", "IPv4 client address pool, or off (default "+defaultPool4+")")
 	f.StringVar(&c.Pool6, "pool6", "", "IPv6 client address pool, or off (default "+defaultPool6+")")
@@ -83,6 +84,7 @@ func mergeFlags(cmd *cobra.Command, file, flagged *Config) {
 	set("listen", func() { file.Listen = flagged.Listen })
 	set("cert", func() { file.Cert = flagged.Cert })
 	set("key", func() { file.Key = flagged.Key })
+	set("server-name", func() { file.ServerNames = flagged.ServerNames })
 	set("client-ca", func() { file.ClientCA = flagged.ClientCA })
 	set("tokens", func() { file.Tokens = flagged.Tokens })
 	set("pool4", func() { file.Pool4 = flagged.Pool4 })
@@ -188,8 +190,9 @@ func newConfigCmd() *cobra.Command {
 
 // material is what the settings name on disk, loaded and checked.
 type material struct {
-	tls  *tls.Config
-	auth *policy.Authenticator
+	tls   *tls.Config
+	auth  *policy.Authenticator
+	names []string // the server certificate's DNS and IP subject alternative names
 }
 
 func loadServerMaterial(s *settings) (*material, error) {
@@ -226,7 +229,28 @@ func loadServerMaterial(s *settings) (*material, error) {
 		}
 		auth.Tokens = toks
 	}
-	return &material{tls: tc, auth: auth}, nil
+	return &material{tls: tc, auth: auth, names: certNames(cert.Leaf)}, nil
+}
+
+// certNames returns the DNS names and IP addresses of leaf's subject
+// alternative names that can name this server in a request's :authority
+// (see tunnel.ValidServerName); TLS clients check the same names.
+func certNames(leaf *x509.Certificate) []string {
+	if leaf == nil {
+		return nil
+	}
+	var out []string
+	for _, n := range leaf.DNSNames {
+		if tunnel.ValidServerName(n) {
+			out = append(out, n)
+		}
+	}
+	for _, ip := range leaf.IPAddresses {
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			out = append(out, a.Unmap().String())
+		}
+	}
+	return out
 }
 
 func newLogger(level string) *slog.Logger {
@@ -364,6 +388,8 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 	}
 	defer nat.Close()
 
+	// The local address of each connection is the server's too.
+	names := append(slices.Clone(m.names), s.ServerNames...)
 	app, err := tunnel.NewServer(tunnel.ServerConfig{
 		Auth:                   m.auth,
 		Pool4:                  pool4,
@@ -373,6 +399,7 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 		Routes:                 s.Routes,
 		DNS:                    s.DNS,
 		Port:                   int(s.Listen.Port()),
+		Names:                  names,
 		MaxSessionsPerConn:     s.MaxSessionsPerConn,
 		MaxSessionsPerIdentity: s.MaxSessionsPerIdentity,
 		RequestTimeout:         s.RequestTimeout,
@@ -428,7 +455,7 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 		defer metricsSrv.Close()
 	}
 
-	logger.Info("tunnel ready", "tun", s.Tun, "addresses", tunAddrs, "egress", s.Egress)
+	logger.Info("tunnel ready", "tun", s.Tun, "addresses", tunAddrs, "egress", s.Egress, "server_names", names)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- qs.Serve() }()
 	hup := make(chan os.Signal, 1)
@@ -596,6 +623,7 @@ func needsRestart(old, new *settings) []string {
 	diff("listen", old.Listen != new.Listen)
 	diff("cert", old.Cert != new.Cert)
 	diff("key", old.Key != new.Key)
+	diff("server_names", !slices.Equal(old.ServerNames, new.ServerNames))
 	diff("client_ca", old.ClientCA != new.ClientCA)
 	diff("pool4", old.Pool4 != new.Pool4)
 	diff("pool6", old.Pool6 != new.Pool6)

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"crypto/x509"
 	"net"
 	"net/netip"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/cobra"
 )
 
 // TestIPNetPrefix: interface addresses keep their prefix length, IPv4 ones
@@ -34,5 +38,36 @@ func TestIPNetPrefix(t *testing.T) {
 				t.Errorf("ipNetPrefix(%v) = %v, %v, want %v, %v", tt.in, got, ok, want, wantOK)
 			}
 		})
+	}
+}
+
+func TestCertNames(t *testing.T) {
+	leaf := &x509.Certificate{
+		DNSNames:    []string{"vpn.example", "*.pool.example", "not a name", "a.*.example"},
+		IPAddresses: []net.IP{net.IPv4(198, 18, 0, 1), net.ParseIP("2001:db8::1")},
+	}
+	want := []string{"vpn.example", "*.pool.example", "198.18.0.1", "2001:db8::1"}
+	if diff := cmp.Diff(want, certNames(leaf)); diff != "" {
+		t.Errorf("certNames mismatch (-want +got):\n%s", diff)
+	}
+	if got := certNames(nil); got != nil {
+		t.Errorf("certNames(nil) = %v, want nil", got)
+	}
+}
+
+func TestServerNameFlag(t *testing.T) {
+	var (
+		c    Config
+		path string
+	)
+	cmd := &cobra.Command{Use: "x", RunE: func(*cobra.Command, []string) error { return nil }}
+	serverFlags(cmd, &c, &path)
+	if err := cmd.ParseFlags([]string{"--server-name", "vpn.example", "--server-name", "198.18.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	file := &Config{ServerNames: []string{"old.example"}}
+	mergeFlags(cmd, file, &c)
+	if diff := cmp.Diff([]string{"vpn.example", "198.18.0.1"}, file.ServerNames); diff != "" {
+		t.Errorf("server_names after flags mismatch (-want +got):\n%s", diff)
 	}
 }

@@ -13,7 +13,7 @@ func TestResolveUDP(t *testing.T) {
 	c := validConfig()
 	c.UDPIdleTimeout, c.UDPResolveTimeout = "2s", "500ms"
 	c.UDPMaxFlowsPerConn, c.UDPMaxFlowsPerIdentity = 3, 7
-	c.UDPAllow = map[string][]string{"alice": {"198.18.2.2:7"}, "*": {"*.example:53"}}
+	c.UDPAllow = map[string][]string{"alice": {"198.18.2.2:7"}, "*": {"*.example:53"}, "cert:laptop": {"198.18.2.2:9"}}
 	c.UDPAnonymous = []string{"198.18.2.2:8443"}
 	s, err := c.resolve()
 	if err != nil {
@@ -25,6 +25,9 @@ func TestResolveUDP(t *testing.T) {
 	a := netip.MustParseAddr("198.18.2.2")
 	if l, restricted := s.UDPRules.For("alice"); !restricted || !l.Allows("", a, 7) || l.Allows("", a, 8) {
 		t.Errorf("alice's allow-list = %v, %v", l, restricted)
+	}
+	if l, restricted := s.UDPRules.For("cert:laptop"); !restricted || !l.Allows("", a, 9) || l.Allows("", a, 7) {
+		t.Errorf("cert:laptop's allow-list = %v, %v", l, restricted)
 	}
 	if l, restricted := s.UDPRules.For("bob"); !restricted || !l.Allows("dns.example", a, 53) {
 		t.Errorf("bob's allow-list (from *) = %v, %v", l, restricted)
@@ -47,14 +50,14 @@ func TestResolveUDPErrors(t *testing.T) {
 	c.UDPIdleTimeout = "soon"
 	c.UDPResolveTimeout = "-1s"
 	c.UDPMaxFlowsPerConn, c.UDPMaxFlowsPerIdentity = -1, -2
-	c.UDPAllow = map[string][]string{"alice": {"198.18.2.2:0"}, "no spaces": {"*:*"}}
+	c.UDPAllow = map[string][]string{"alice": {"198.18.2.2:0"}, "no spaces": {"*:*"}, "cert:": {"*:*"}, "tls:alice": {"*:*"}}
 	c.UDPAnonymous = []string{"[::1]"}
 	_, err := c.resolve()
 	if err == nil {
 		t.Fatal("resolve accepted bad CONNECT-UDP settings")
 	}
 	for _, want := range []string{"udp_idle_timeout", "udp_resolve_timeout", "udp_max_flows_per_conn", "udp_max_flows_per_identity",
-		`udp_allow["alice"][0]`, `udp_allow["no spaces"]`, "udp_anonymous[0]"} {
+		`udp_allow["alice"][0]`, `udp_allow["no spaces"]`, `udp_allow["cert:"]`, `udp_allow["tls:alice"]`, "udp_anonymous[0]"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
@@ -69,14 +72,15 @@ func TestUDPFlags(t *testing.T) {
 	cmd := &cobra.Command{Use: "x", RunE: func(*cobra.Command, []string) error { return nil }}
 	serverFlags(cmd, &c, &path)
 	err := cmd.ParseFlags([]string{"--udp-allow", "alice=198.18.2.2:7", "--udp-allow", "alice=*.example:53", "--udp-allow", "*=*:53",
+		"--udp-allow", "cert:laptop=198.18.2.2:9",
 		"--udp-anonymous", "198.18.2.2:8443", "--udp-idle-timeout", "2s", "--udp-max-flows-per-conn", "9"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	file := &Config{UDPAllow: map[string][]string{"carol": {"*:*"}}, UDPIdleTimeout: "5m"}
 	mergeFlags(cmd, file, &c)
-	if got := file.UDPAllow; len(got) != 2 || len(got["alice"]) != 2 || got["*"][0] != "*:53" {
-		t.Errorf("udp_allow after flags = %v, want alice's two patterns and *", got)
+	if got := file.UDPAllow; len(got) != 3 || len(got["alice"]) != 2 || got["*"][0] != "*:53" || got["cert:laptop"][0] != "198.18.2.2:9" {
+		t.Errorf("udp_allow after flags = %v, want alice's two patterns, * and cert:laptop", got)
 	}
 	if file.UDPIdleTimeout != "2s" || file.UDPMaxFlowsPerConn != 9 || len(file.UDPAnonymous) != 1 {
 		t.Errorf("merged = %+v", file)
