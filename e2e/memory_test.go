@@ -170,22 +170,8 @@ func (m *monitor) sample(t *testing.T) usage {
 	u.reserved4 = int(need("masque_pool_addresses_reserved", `family="ipv4"`))
 	u.udpFlows = int(need("masque_udp_flows"))
 
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.pid))
-	if err != nil {
-		t.Fatalf("masqued status: %v", err)
-	}
-	for _, l := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			f := strings.Fields(rest)
-			kb, err := strconv.ParseInt(f[0], 10, 64)
-			if err != nil || len(f) != 2 || f[1] != "kB" {
-				t.Fatalf("masqued VmRSS line %q", l)
-			}
-			u.rss = kb << 10
-		}
-	}
-	if u.rss == 0 {
-		t.Fatalf("no VmRSS in /proc/%d/status", m.pid)
+	if u.rss, err = vmRSS(m.pid); err != nil {
+		t.Fatalf("masqued: %v", err)
 	}
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", m.pid))
 	if err != nil {
@@ -193,6 +179,25 @@ func (m *monitor) sample(t *testing.T) usage {
 	}
 	u.fds = len(fds)
 	return u
+}
+
+// vmRSS returns the resident memory of process pid (VmRSS), in bytes.
+func vmRSS(pid int) (int64, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil || len(f) != 2 || f[1] != "kB" {
+				return 0, fmt.Errorf("VmRSS line %q", l)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
 // baseline samples every 250 ms until masqued is steady (two samples in a
