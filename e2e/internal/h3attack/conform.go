@@ -358,7 +358,7 @@ func unknownFrames(e *caseEnv) error {
 		return nil
 	}
 	if !slices.ContainsFunc(ans, func(a addressEntry) bool { return a.reqID == 1 }) {
-		e.rep.Detail = fmt.Sprintf("ADDRESS_ASSIGN %v does not answer request 1", ans)
+		e.rep.Detail = fmt.Sprintf("ADDRESS_ASSIGN %v does not answer request 1", prefixes(ans))
 		e.rep.closeInfo, _ = connClosed(h.qc)
 		return nil
 	}
@@ -415,7 +415,7 @@ func trailers(e *caseEnv) error {
 	rq2.str.Close()
 	e.rep.closeInfo, _ = connClosed(h.qc)
 	e.rep.OK = e.rep.Outcome == "open"
-	e.rep.Detail = fmt.Sprintf("first session ended with a FIN; second session assigned %v", as)
+	e.rep.Detail = fmt.Sprintf("first session ended with a FIN; second session assigned %v", prefixes(as))
 	return nil
 }
 
@@ -503,4 +503,13 @@ func checksum(b []byte) uint16 {
 		s = s&0xffff + s>>16
 	}
 	return ^uint16(s)
+}
+
+// prefixes lists the prefixes of es.
+func prefixes(es []addressEntry) []netip.Prefix {
+	out := make([]netip.Prefix, len(es))
+	for i, e := range es {
+		out[i] = e.prefix
+	}
+	return out
 }
