@@ -1,0 +1,404 @@
+package e2e
+
+// Hostile clients (issue 13): h3attack runs each attack against the real
+// masqued with its default limits, and the tests assert the bounds the
+// server must keep: memory under a budget while unauthenticated peers try
+// to pin it, every such peer gone within the request timeout, legitimate
+// clients (token and mTLS) served meanwhile, the address pool not drained
+// by one identity, and the log within a budget. hostile_conform_test.go
+// has the identity and protocol conformance cases.
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Budgets the server must keep under attack. They are bounds, not
+// performance figures.
+const (
+	// pinRSSBudget is how far above its baseline masqued's RSS may rise
+	// while the pin attack runs. Provisional: the unfixed server rose by
+	// hundreds of MB; the final figure follows from the fixed server's
+	// per-connection and per-source memory budget.
+	pinRSSBudget = 48 << 20
+	// logLineBudget is how many lines masqued may log (at the default
+	// level, info) during one attack: a few lifecycle lines and the
+	// rate-limited refusals, not a line per address change or refusal.
+	logLineBudget = 40
+	// poolWalkChangeBudget is how many address changes a pool walk of 17
+	// capsules may get: one per capsule at most, under a rate limit per
+	// session.
+	poolWalkChangeBudget = 8
+	// poolLeaseBudget bounds the IPv4 leases in use and reserved after the
+	// walk: the walker's own, not the pool.
+	poolLeaseBudget = 32
+)
+
+// requestTimeout is masqued's default --request-timeout: a hostile
+// connection must be closed within it plus a second.
+const requestTimeout = 5 * time.Second
+
+// h3attackArgv is h3attack's command line in mode against the test server,
+// with alice's token as the valid one and an unknown one as the wrong one.
+func h3attackArgv(mode string, extra ...string) []string {
+	return append([]string{env.h3attack, mode, "-server", serverAddr,
+		"-ca", filepath.Join(env.certDir, "ca.crt"),
+		"-token-file", env.tokenFile["alice"], "-wrong-token-file", env.tokenFile["wrong"]}, extra...)
+}
+
+// runAttack runs h3attack in ns to completion, bounded by limit, fails t
+// unless it exits 0, and returns its stdout.
+func runAttack(t *testing.T, ns string, limit time.Duration, mode string, extra ...string) string {
+	t.Helper()
+	r := runIn(t, ns, limit, h3attackArgv(mode, extra...)...)
+	if r.code != 0 {
+		t.Fatalf("h3attack %s %v: exit %d\nstdout: %s\nstderr: %s", mode, extra, r.code, tail(r.stdout, 2000), tail(r.stderr, 2000))
+	}
+	return r.stdout
+}
+
+// startHostileServer starts masqued with its default limits, tokens and
+// mTLS, and pprof for the monitor.
+func (tp *topo) startHostileServer(t *testing.T, extra ...string) *server {
+	t.Helper()
+	return tp.startServer(t, append([]string{"--pprof", "--client-ca", filepath.Join(env.certDir, "ca.crt")}, extra...)...)
+}
+
+// logLines is how many lines masqued has written to stderr so far.
+func (s *server) logLines() int {
+	return strings.Count(s.stderr.String(), "\n")
+}
+
+// newLogLines returns masqued's stderr lines after the first n.
+func (s *server) newLogLines(n int) []string {
+	lines := strings.Split(s.stderr.String(), "\n")
+	if n > len(lines) {
+		return nil
+	}
+	return nonEmptyLines(strings.Join(lines[n:], "\n"))
+}
+
+// logSummary counts lines by their msg= attribute, for the failure message.
+func logSummary(lines []string) string {
+	n := map[string]int{}
+	for _, l := range lines {
+		msg := "?"
+		if _, rest, ok := strings.Cut(l, "msg="); ok {
+			msg = rest
+			if strings.HasPrefix(msg, `"`) {
+				if i := strings.Index(msg[1:], `"`); i >= 0 {
+					msg = msg[:i+2]
+				}
+			} else if i := strings.IndexByte(msg, ' '); i >= 0 {
+				msg = msg[:i]
+			}
+		}
+		n[msg]++
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(n)) {
+		parts = append(parts, fmt.Sprintf("%s ×%d", k, n[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// pinConn and pinSummary are h3attack pin's output lines.
+type pinConn struct {
+	Event         string  `json:"event"`
+	I             int     `json:"i"`
+	Local         string  `json:"local"`
+	DialError     string  `json:"dial_error"`
+	Streams       int     `json:"streams"`
+	StreamError   string  `json:"stream_error"`
+	Datagrams     int     `json:"datagrams"`
+	SendError     string  `json:"send_error"`
+	SentMs        float64 `json:"sent_ms"`
+	Closed        bool    `json:"closed"`
+	ClosedAfterMs float64 `json:"closed_after_ms"`
+	Outcome       string  `json:"outcome"`
+	Code          string  `json:"code"`
+	Remote        bool    `json:"remote"`
+	Reason        string  `json:"reason"`
+}
+
+type pinSummary struct {
+	Event      string         `json:"event"`
+	Conns      int            `json:"conns"`
+	Dialed     int            `json:"dialed"`
+	DialFailed int            `json:"dial_failed"`
+	Closed     int            `json:"closed"`
+	Open       int            `json:"open"`
+	Streams    int            `json:"streams"`
+	StreamsMin int            `json:"streams_min"`
+	StreamsMax int            `json:"streams_max"`
+	Datagrams  int            `json:"datagrams"`
+	CloseP50ms float64        `json:"close_p50_ms"`
+	CloseMaxms float64        `json:"close_max_ms"`
+	Codes      map[string]int `json:"codes"`
+	Seconds    float64        `json:"seconds"`
+}
+
+// legitClients opens, from client2, a session with alice's token
+// (connectload: it must get its ADDRESS_ASSIGN) and a tunnel with dave's
+// client certificate (masque up: a ping through it must be answered), and
+// closes both.
+func legitClients(t *testing.T, tp *topo, what string) {
+	t.Helper()
+	start := time.Now()
+	rep := runLoad(t, tp.client2, 40*time.Second, "-mode", "churn", "-n", "1", "-c", "1",
+		"-local", client2IP4, "-timeout", "15s", "-duration", "30s")
+	if rep.OK != 1 {
+		t.Errorf("%s: a client with a token got no session (%d failed: %v)", what, rep.Failed, rep.Errors)
+	} else {
+		t.Logf("%s: token client's session and address assignment in %.1f ms", what, rep.MaxMs)
+	}
+	c := tp.startClient(t, tp.client2, certAuth("dave"))
+	p := ping(t, tp.client2, targetIP4, 3)
+	if p.received == 0 {
+		t.Errorf("%s: mTLS client (dave) up, but no ping answered through its tunnel:\n%s", what, p.out)
+	} else {
+		t.Logf("%s: mTLS client up (%s), ping %d/%d answered", what, c.up.raw, p.received, p.sent)
+	}
+	if _, killed := c.stop(c.grace); killed || c.exitCode() != 0 {
+		t.Errorf("%s: masque up (dave) did not exit cleanly: %s", what, c.exitString())
+	}
+	t.Logf("%s: legitimate clients done in %v", what, time.Since(start).Round(time.Millisecond))
+}
+
+// pinHold is how long h3attack pin keeps its connections at most: longer
+// than the request timeout plus a second plus the time to send.
+const pinHold = 12 * time.Second
+
+// pinAttack runs h3attack pin from local with conns connections while the
+// legitimate clients connect, and checks masqued's memory, the hostile
+// connections' closes and the legitimate clients.
+func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, what, local string, conns int) {
+	t.Helper()
+	p := startProc(t, tp.client, "h3attack pin", h3attackArgv("pin", "-local", local, "-n", strconv.Itoa(conns),
+		"-streams", "100", "-datagrams", "32", "-size", "1150", "-duration", pinHold.String())...)
+	p.grace = 10 * time.Second
+
+	// Peak RSS, sampled without forcing a GC, until the attack ends.
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Go(func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if rss, err := vmRSS(srv.cmd.Process.Pid); err == nil && rss > peak.Load() {
+				peak.Store(rss)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	stopSampler := sync.OnceFunc(func() {
+		close(stop)
+		sampler.Wait()
+	})
+	defer stopSampler()
+
+	line, err := p.waitLine(p.stdout, pinHold+20*time.Second, func(l string) bool { return strings.Contains(l, `"event":"ready"`) })
+	if err != nil {
+		t.Fatalf("%s: h3attack pin: %v\nstderr: %s", what, err, tail(p.stderr.String(), 2000))
+	}
+	var ready pinSummary
+	lastJSON(t, "h3attack pin ready", line, &ready)
+	t.Logf("%s: everything sent after %.1f s: %d of %d connections up, %d streams (%d-%d per connection), %d datagrams",
+		what, ready.Seconds, ready.Dialed, conns, ready.Streams, ready.StreamsMin, ready.StreamsMax, ready.Datagrams)
+	held := peak.Load()
+
+	legitClients(t, tp, what)
+
+	if !p.wait(pinHold + 10*time.Second) {
+		t.Fatalf("%s: h3attack pin still runs %v after its -duration", what, 10*time.Second)
+	}
+	stopSampler()
+	if p.exitCode() != 0 {
+		t.Fatalf("%s: h3attack pin: %s\nstderr: %s", what, p.exitString(), tail(p.stderr.String(), 2000))
+	}
+	var done pinSummary
+	lastJSON(t, "h3attack pin done", p.stdout.String(), &done)
+	var late []string
+	for _, l := range nonEmptyLines(p.stdout.String()) {
+		var pc pinConn
+		if json.Unmarshal([]byte(l), &pc) != nil || pc.Event != "conn" || pc.DialError != "" {
+			continue
+		}
+		if !pc.Closed || pc.ClosedAfterMs > float64((requestTimeout+time.Second)/time.Millisecond) {
+			late = append(late, fmt.Sprintf("#%d from %s (%d streams): %s", pc.I, pc.Local, pc.Streams, closeString(pc)))
+		}
+	}
+	rise := peak.Load() - base.rss
+	t.Logf("%s: masqued RSS peak %.1f MB (%+.1f MB over the baseline %.1f MB; %.1f MB when all was sent); budget +%d MB",
+		what, float64(peak.Load())/(1<<20), float64(rise)/(1<<20), float64(base.rss)/(1<<20), float64(held)/(1<<20), pinRSSBudget>>20)
+	t.Logf("%s: %d connections (%d dial failures), %d closed by the server within %v (close after handshake p50 %.0f ms, max %.0f ms; codes %v), %d still open at the end",
+		what, done.Dialed, done.DialFailed, done.Closed, pinHold, done.CloseP50ms, done.CloseMaxms, done.Codes, done.Open)
+	t.Logf("%s: streams quic-go let each connection open: %d-%d (%d in all)", what, done.StreamsMin, done.StreamsMax, done.Streams)
+
+	if rise > pinRSSBudget {
+		t.Errorf("%s: masqued's RSS rose %.1f MB over its baseline, budget %d MB", what, float64(rise)/(1<<20), pinRSSBudget>>20)
+	}
+	if done.Dialed == 0 {
+		t.Errorf("%s: no hostile connection was established (%d dial failures): the attack did not run", what, done.DialFailed)
+	}
+	if len(late) > 0 {
+		t.Errorf("%s: %d of %d hostile connections not closed within the request timeout %v + 1 s, e.g.:\n  %s",
+			what, len(late), done.Dialed, requestTimeout, strings.Join(late[:min(len(late), 5)], "\n  "))
+	}
+}
+
+func closeString(pc pinConn) string {
+	if !pc.Closed {
+		return "still open"
+	}
+	return fmt.Sprintf("closed after %.0f ms (%s %s remote=%v %q)", pc.ClosedAfterMs, pc.Outcome, pc.Code, pc.Remote, pc.Reason)
+}
+
+// TestHostilePin: unauthenticated connections that open request streams
+// with a HEADERS frame announced but never finished, and send datagrams for
+// each, from one source and then from two, hold masqued's memory under a
+// budget, are all closed within the request timeout plus a second, and do
+// not keep a client with a token or a client certificate out. Afterwards
+// masqued is back at its baseline.
+func TestHostilePin(t *testing.T) {
+	tp := newTopo(t, true)
+	local := loadClientAddrs(t, tp, 2)
+	srv := tp.startHostileServer(t)
+	mon := newMonitor(t, srv)
+
+	// Warm-up: what the legitimate clients set up on first use exists at
+	// the baseline.
+	legitClients(t, tp, "warm-up")
+	base := mon.baseline(t)
+	t.Logf("baseline: %v", base)
+
+	first, _, _ := strings.Cut(local, "-")
+	for _, c := range []struct {
+		what, local string
+		conns       int
+	}{
+		{"one source", first, 64},
+		{"two sources", local, 128},
+	} {
+		pinAttack(t, tp, srv, mon, base, c.what, c.local, c.conns)
+		mon.checkBack(t, "after the pin attack from "+c.what, base, 20*time.Second)
+	}
+}
+
+// walkReport is h3attack poolwalk's output.
+type walkReport struct {
+	Initial  string  `json:"initial"`
+	Requests int     `json:"requests"`
+	Answers  int     `json:"answers"`
+	Distinct int     `json:"distinct"`
+	Changes  int     `json:"changes"`
+	Last     string  `json:"last"`
+	Seconds  float64 `json:"seconds"`
+	Error    string  `json:"error"`
+	Outcome  string  `json:"outcome"`
+	Code     string  `json:"code"`
+}
+
+// TestHostilePoolWalk: one authenticated session sends ADDRESS_REQUEST
+// capsules of 4,000 addresses each, walking the whole IPv4 pool. It gets a
+// handful of address changes, not the pool; the pool's leases stay few; a
+// fresh identity still gets addresses; and masqued logs within its budget.
+func TestHostilePoolWalk(t *testing.T) {
+	tp := newTopo(t, false)
+	srv := tp.startHostileServer(t, "--log-level", "info")
+
+	n0 := srv.logLines()
+	out := runAttack(t, tp.client, 60*time.Second, "poolwalk", "-capsules", "17", "-entries", "4000", "-duration", "45s")
+	time.Sleep(500 * time.Millisecond) // the session's end reaches the log
+	logged := srv.newLogLines(n0)
+	var rep walkReport
+	lastJSON(t, "h3attack poolwalk", out, &rep)
+	m := srv.metrics(t)
+	inUse := metricOr0(m, "masque_pool_addresses_in_use", `family="ipv4"`)
+	reserved := metricOr0(m, "masque_pool_addresses_reserved", `family="ipv4"`)
+	t.Logf("pool walk: %d ADDRESS_REQUEST capsules, %d answered in %.3f s, %d distinct addresses assigned (%d changes; first %s, last %s)%s",
+		rep.Requests, rep.Answers, rep.Seconds, rep.Distinct, rep.Changes, rep.Initial, rep.Last, walkEnd(rep))
+	t.Logf("after the walk: IPv4 leases in use %.0f, reserved %.0f; masqued logged %d lines: %s", inUse, reserved, len(logged), logSummary(logged))
+
+	if rep.Distinct == 0 {
+		t.Errorf("the walker's session got no address at all: %+v", rep)
+	}
+	if rep.Changes > poolWalkChangeBudget {
+		t.Errorf("the walker got %d address changes from %d capsules, budget %d", rep.Changes, rep.Requests, poolWalkChangeBudget)
+	}
+	if inUse > poolLeaseBudget || reserved > poolLeaseBudget {
+		t.Errorf("after the walk %.0f IPv4 addresses in use and %.0f reserved, want ≤ %d each", inUse, reserved, poolLeaseBudget)
+	}
+	if len(logged) > logLineBudget {
+		t.Errorf("masqued logged %d lines during the pool walk, budget %d: %s", len(logged), logLineBudget, logSummary(logged))
+	}
+
+	// A fresh identity: bob.
+	bob := runLoad(t, tp.client, 30*time.Second, "-mode", "churn", "-n", "1", "-c", "1",
+		"-token-file", env.tokenFile["bob"], "-timeout", "10s", "-duration", "20s")
+	if bob.OK != 1 {
+		t.Errorf("after the pool walk a fresh identity (bob) got no session: %v", bob.Errors)
+	} else {
+		t.Logf("after the pool walk bob got a session and addresses")
+	}
+}
+
+func walkEnd(rep walkReport) string {
+	if rep.Error == "" {
+		return ""
+	}
+	return fmt.Sprintf("; the answers stopped: %s (%s %s)", rep.Error, rep.Outcome, rep.Code)
+}
+
+// refuseReport is h3attack refuse's output.
+type refuseReport struct {
+	Requests    int64          `json:"requests"`
+	Answered    int64          `json:"answered"`
+	Statuses    map[string]int `json:"statuses"`
+	Errors      map[string]int `json:"errors"`
+	Connections int64          `json:"connections"`
+	Closes      map[string]int `json:"closes"`
+	Seconds     float64        `json:"seconds"`
+}
+
+// TestHostileRefusalFlood: 5,000 CONNECT-IP requests with a wrong token, as
+// fast as masqued answers them, cost masqued no more log lines than its
+// budget.
+func TestHostileRefusalFlood(t *testing.T) {
+	const n = 5000
+	tp := newTopo(t, false)
+	srv := tp.startHostileServer(t, "--log-level", "info")
+
+	n0 := srv.logLines()
+	out := runAttack(t, tp.client, 90*time.Second, "refuse", "-n", strconv.Itoa(n), "-c", "8", "-p", "4", "-duration", "60s")
+	time.Sleep(500 * time.Millisecond)
+	logged := srv.newLogLines(n0)
+	var rep refuseReport
+	lastJSON(t, "h3attack refuse", out, &rep)
+	t.Logf("refusal flood: %d requests in %.1f s on %d connections, %d answered %v, errors %v, connections closed by the server %v",
+		rep.Requests, rep.Seconds, rep.Connections, rep.Answered, rep.Statuses, rep.Errors, rep.Closes)
+	t.Logf("masqued logged %d lines during the flood: %s", len(logged), logSummary(logged))
+	if rep.Requests < n {
+		t.Errorf("the flood sent %d requests, want %d", rep.Requests, n)
+	}
+	if rep.Statuses["200"] != 0 {
+		t.Errorf("%d requests with a wrong token got 200", rep.Statuses["200"])
+	}
+	if len(logged) > logLineBudget {
+		t.Errorf("masqued logged %d lines during a flood of %d refused requests, budget %d: %s", len(logged), rep.Requests, logLineBudget, logSummary(logged))
+	}
+}
