@@ -59,8 +59,9 @@ type Config struct {
 	ServerID byte
 	// MaxConns caps concurrent connections (DefaultMaxConns).
 	MaxConns int
-	// MaxConnsPerSource caps concurrent connections from one source IP
-	// address, handshakes included (DefaultMaxConnsPerSource).
+	// MaxConnsPerSource caps concurrent connections from one source (an
+	// IPv4 address or an IPv6 /64), handshakes included
+	// (DefaultMaxConnsPerSource).
 	MaxConnsPerSource int
 	// RetryThreshold is the number of handshakes in flight above which new
 	// peers must first prove their address with a Retry
@@ -169,8 +170,8 @@ type Server struct {
 
 	mu      sync.Mutex // guards the fields below
 	conns   map[*quic.Conn]struct{}
-	sources map[netip.Addr]int
-	paths   *pathMemory // peers whose path shrank (pathmtu.go)
+	sources map[netip.Prefix]int // connections per sourceKey
+	paths   *pathMemory          // peers whose path shrank (pathmtu.go)
 	closing bool
 }
 
@@ -202,7 +203,7 @@ func NewServer(cfg Config, app Application) (*Server, error) {
 		app:     app,
 		log:     cfg.Logger.With("component", "quicio"),
 		conns:   make(map[*quic.Conn]struct{}),
-		sources: make(map[netip.Addr]int),
+		sources: make(map[netip.Prefix]int),
 		paths:   newPathMemory(),
 	}
 	if cfg.MaxHandshakeRate > 0 {
@@ -286,16 +287,29 @@ func (s *Server) verifySourceAddress(net.Addr) bool {
 }
 
 var (
-	errTooManyFromSource = errors.New("too many connections from this address")
+	errTooManyFromSource = errors.New("too many connections from this source")
 	errHandshakeRate     = errors.New("over the handshake rate")
 )
+
+// sourceKey is the unit the per-source limit counts: the address for IPv4,
+// its /64 for IPv6, the block one subscriber gets and can spread over at
+// will.
+func sourceKey(a netip.Addr) netip.Prefix {
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return netip.PrefixFrom(a, 32)
+	}
+	p, _ := a.Prefix(64)
+	return p
+}
 
 // connContext runs when quic-go creates a connection for a new peer, before
 // any crypto: it enforces the per-source limit and starts handshake tracking.
 func (s *Server) connContext(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
 	src := addrOf(info.RemoteAddr)
+	key := sourceKey(src)
 	s.mu.Lock()
-	if s.sources[src] >= s.cfg.MaxConnsPerSource {
+	if s.sources[key] >= s.cfg.MaxConnsPerSource {
 		s.mu.Unlock()
 		s.stats.source.Add(1)
 		return nil, errTooManyFromSource
@@ -307,7 +321,7 @@ func (s *Server) connContext(ctx context.Context, info *quic.ClientInfo) (contex
 		s.stats.rate.Add(1)
 		return nil, errHandshakeRate
 	}
-	s.sources[src]++
+	s.sources[key]++
 	s.mu.Unlock()
 
 	h := &handshake{s: s}
@@ -320,8 +334,8 @@ func (s *Server) connContext(ctx context.Context, info *quic.ClientInfo) (contex
 		}
 		h.finish()
 		s.mu.Lock()
-		if s.sources[src]--; s.sources[src] <= 0 {
-			delete(s.sources, src)
+		if s.sources[key]--; s.sources[key] <= 0 {
+			delete(s.sources, key)
 		}
 		s.mu.Unlock()
 	})

@@ -42,12 +42,48 @@ import (
 type h3conn struct {
 	conn     *quic.Conn
 	mux      *dgramMux
+	mem      *connBudget    // header bytes of requests not parsed yet
 	handlers sync.WaitGroup // request handlers still running
+
+	// unparsed holds a token for each request stream whose HEADERS have not
+	// been parsed yet: at most maxUnparsedRequests at once. The accept loop
+	// waits for a token before it accepts the next stream, so a peer that
+	// opens streams and never finishes their HEADERS holds that many
+	// goroutines and readers, not one per stream quic-go lets it open.
+	unparsed chan struct{}
+
+	// settingsDone is closed once the peer's SETTINGS have been read
+	// (peer is set before); a connection that ends first never closes it.
+	settingsDone chan struct{}
+	peer         peerSettings
 
 	mu        sync.Mutex       // guards the fields below
 	ctrl      *quic.SendStream // our control stream
 	next      quic.StreamID    // the first request stream not accepted yet
 	goingAway bool             // GOAWAY sent: later requests are rejected
+}
+
+// maxUnparsedRequests bounds the request streams of one connection whose
+// HEADERS are still being read.
+const maxUnparsedRequests = 8
+
+// waitSettings waits until the peer's SETTINGS have arrived or deadline
+// passes, and reports them; ok is false if they did not come in time.
+func (hc *h3conn) waitSettings(deadline time.Time) (ps peerSettings, ok bool) {
+	select {
+	case <-hc.settingsDone:
+		return hc.peer, true
+	default:
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-hc.settingsDone:
+		return hc.peer, true
+	case <-t.C:
+	case <-hc.conn.Context().Done():
+	}
+	return peerSettings{}, false
 }
 
 // goAway sends GOAWAY (RFC 9114 §5.2) once: the requests accepted so far
@@ -81,8 +117,21 @@ func (hc *h3conn) admit(id quic.StreamID) bool {
 }
 
 // serveH3 serves HTTP/3 on c until the connection ends.
+//
+// Nothing of a request stream counts as a request until its HEADERS have
+// been parsed: until then it holds no early-datagram queue, keeps no
+// connection alive (the request timeout runs on), must deliver its HEADERS
+// within the request timeout, and grows its header buffer only as bytes
+// arrive, within the connection's and its source's budgets (h3budget.go).
 func (s *Server) serveH3(c *quic.Conn) error {
-	hc := &h3conn{conn: c, mux: newDgramMux(c, &s.counters)}
+	hc := &h3conn{
+		conn:         c,
+		mux:          newDgramMux(c, &s.counters),
+		mem:          s.budget.forConn(c.RemoteAddr()),
+		unparsed:     make(chan struct{}, maxUnparsedRequests),
+		settingsDone: make(chan struct{}),
+	}
+	defer hc.mem.close()
 	ctrl, err := openControlStream(c)
 	if err != nil {
 		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
@@ -104,7 +153,14 @@ func (s *Server) serveH3(c *quic.Conn) error {
 
 	var wg sync.WaitGroup
 	wg.Go(hc.mux.run)
-	wg.Go(func() { acceptUniStreams(c, http3.ErrCodeStreamCreationError, controlHandlers{}) })
+	wg.Go(func() {
+		acceptUniStreams(c, http3.ErrCodeStreamCreationError, controlHandlers{
+			settings: func(ps peerSettings) {
+				hc.peer = ps
+				close(hc.settingsDone)
+			},
+		})
+	})
 	// A connection without a request in progress for RequestTimeout is
 	// closed: after the handshake, or after its last request ended (a
 	// refused one, say a 401). A peer that is not using the server holds
@@ -115,6 +171,13 @@ func (s *Server) serveH3(c *quic.Conn) error {
 	})
 	defer idle.stop()
 	for {
+		select {
+		case hc.unparsed <- struct{}{}:
+		case <-c.Context().Done():
+		}
+		if c.Context().Err() != nil {
+			break
+		}
 		str, err := c.AcceptStream(context.Background())
 		if err != nil {
 			break
@@ -123,23 +186,32 @@ func (s *Server) serveH3(c *quic.Conn) error {
 		if !hc.admit(id) {
 			// After GOAWAY (RFC 9114 §5.2): not processed, and the
 			// client may retry it elsewhere.
+			<-hc.unparsed
 			s.counters.refused[refuseShuttingDown].Add(1)
 			str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
 			str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
 			continue
 		}
-		idle.begin()
-		hc.mux.expect(id)
 		s.requests.Add(1)
 		hc.handlers.Go(func() {
 			defer s.requests.Add(-1)
-			handled := s.serveRequest(hc, str, s.handler)
-			hc.mux.forget(id)
-			idle.end()
-			if !handled {
-				// Header section too large (431), undecodable or cut
-				// short: answered or reset before any handler.
-				s.counters.unrouted[unroutedHeaders].Add(1)
+			wasParsed := false
+			why := s.serveRequest(hc, str, s.handler, func() {
+				// From here the stream is a request: it keeps the
+				// connection open and its early datagrams are kept.
+				wasParsed = true
+				<-hc.unparsed
+				idle.begin()
+				hc.mux.expect(id)
+			})
+			if wasParsed {
+				hc.mux.forget(id)
+				idle.end()
+			} else {
+				<-hc.unparsed
+			}
+			if why != unroutedNone {
+				s.counters.unrouted[why].Add(1)
 			}
 		})
 	}
@@ -193,19 +265,21 @@ func (ic *idleCloser) stop() {
 // §6.2) until the connection ends. The control stream's SETTINGS go to
 // h.settings (nil: checked and dropped), and a server's GOAWAY to h.goAway
 // (nil on the server, where a client's GOAWAY only limits pushes we never
-// make); the stream must then stay open, and its end closes the
-// connection. QPACK streams are drained: http3's QPACK uses no dynamic
-// table. A push stream is refused with pushCode (H3_STREAM_CREATION_ERROR
-// from a client, which may not push; H3_ID_ERROR from a server, as we send
-// no MAX_PUSH_ID). Reserved and unknown types are ignored (§6.2.3).
+// make, and is only checked); the stream must then stay open, and its end
+// closes the connection. The QPACK encoder and decoder streams are read
+// and checked (qpackstream.go): at most one of each, critical like the
+// control stream. A push stream is refused with pushCode
+// (H3_STREAM_CREATION_ERROR from a client, which may not push; H3_ID_ERROR
+// from a server, as we send no MAX_PUSH_ID). Reserved and unknown types are
+// ignored (§6.2.3). The peer is a server iff pushCode is H3_ID_ERROR.
 func acceptUniStreams(c *quic.Conn, pushCode http3.ErrCode, h controlHandlers) {
-	var ctrlSeen atomic.Bool
+	var seen uniStreamsSeen
 	for {
 		str, err := c.AcceptUniStream(context.Background())
 		if err != nil {
 			return
 		}
-		go serveUniStream(c, str, &ctrlSeen, pushCode, h)
+		go serveUniStream(c, str, &seen, pushCode, h)
 	}
 }
 
@@ -215,7 +289,13 @@ type controlHandlers struct {
 	goAway   func(next quic.StreamID)
 }
 
-func serveUniStream(c *quic.Conn, str *quic.ReceiveStream, ctrlSeen *atomic.Bool, pushCode http3.ErrCode, h controlHandlers) {
+// uniStreamsSeen records the critical streams a peer has opened: each may
+// be opened once (RFC 9114 §6.2.1, RFC 9204 §4.2).
+type uniStreamsSeen struct {
+	control, encoder, decoder atomic.Bool
+}
+
+func serveUniStream(c *quic.Conn, str *quic.ReceiveStream, seen *uniStreamsSeen, pushCode http3.ErrCode, h controlHandlers) {
 	r := bufio.NewReaderSize(str, 512)
 	typ, err := quicvarint.Read(r)
 	if err != nil {
@@ -224,35 +304,51 @@ func serveUniStream(c *quic.Conn, str *quic.ReceiveStream, ctrlSeen *atomic.Bool
 	closeConn := func(code http3.ErrCode, msg string) {
 		c.CloseWithError(quic.ApplicationErrorCode(code), msg)
 	}
+	// closeOn closes the connection for err if it is a connection error;
+	// otherwise (the stream ended or was reset) for the end of a critical
+	// stream, unless the connection is ending anyway.
+	closeOn := func(err error, what string) {
+		if ce, ok := errors.AsType[*connError](err); ok {
+			closeConn(ce.code, ce.msg)
+			return
+		}
+		if c.Context().Err() == nil {
+			closeConn(http3.ErrCodeClosedCriticalStream, what+" closed")
+		}
+	}
 	switch typ {
 	case streamTypeControl:
-		if !ctrlSeen.CompareAndSwap(false, true) {
-			closeConn(http3.ErrCodeStreamCreationError, "duplicate control stream")
+		if !seen.control.CompareAndSwap(false, true) {
+			closeConn(http3.ErrCodeStreamCreationError, "second control stream")
 			return
 		}
 		ps, err := readSettings(r)
 		if err != nil {
-			if se, ok := errors.AsType[*settingsError](err); ok {
-				closeConn(se.code, se.msg)
-			} else {
-				closeConn(http3.ErrCodeClosedCriticalStream, "")
-			}
+			closeOn(err, "control stream")
+			return
+		}
+		// RFC 9297 §2.1.1: H3_DATAGRAM=1 on a connection whose peer did
+		// not offer QUIC datagrams (max_datagram_frame_size).
+		if ps.datagram && !c.ConnectionState().SupportsDatagrams.Remote {
+			closeConn(http3.ErrCodeSettingsError, "H3_DATAGRAM without QUIC datagram support")
 			return
 		}
 		if h.settings != nil {
 			h.settings(ps)
 		}
-		if err := readControlFrames(r, h.goAway); err != nil {
-			if se, ok := errors.AsType[*settingsError](err); ok {
-				closeConn(se.code, se.msg)
-				return
-			}
+		closeOn(readControlFrames(r, pushCode == http3.ErrCodeIDError, h.goAway), "control stream")
+	case streamTypeQPACKEncoder:
+		if !seen.encoder.CompareAndSwap(false, true) {
+			closeConn(http3.ErrCodeStreamCreationError, "second QPACK encoder stream")
+			return
 		}
-		if c.Context().Err() == nil {
-			closeConn(http3.ErrCodeClosedCriticalStream, "control stream closed")
+		closeOn(readQPACKEncoderStream(r), "QPACK encoder stream")
+	case streamTypeQPACKDecoder:
+		if !seen.decoder.CompareAndSwap(false, true) {
+			closeConn(http3.ErrCodeStreamCreationError, "second QPACK decoder stream")
+			return
 		}
-	case streamTypeQPACKEncoder, streamTypeQPACKDecoder:
-		io.Copy(io.Discard, r)
+		closeOn(readQPACKDecoderStream(r), "QPACK decoder stream")
 	case streamTypePush:
 		closeConn(pushCode, "unexpected push stream")
 	default:
@@ -261,13 +357,14 @@ func serveUniStream(c *quic.Conn, str *quic.ReceiveStream, ctrlSeen *atomic.Bool
 }
 
 // readControlFrames reads a control stream's frames after SETTINGS until
-// it ends. Each GOAWAY goes to goAway (nil: ignored), which sees the
-// stream IDs only decrease (RFC 9114 §5.2). A frame that has no place on
-// a control stream, a malformed GOAWAY, or a GOAWAY that names no client
-// request stream or raises the last one is a *settingsError (a connection
-// error with its code). The rest (MAX_PUSH_ID, CANCEL_PUSH,
-// PRIORITY_UPDATE, unknown types) asks nothing of us.
-func readControlFrames(r *bufio.Reader, goAway func(quic.StreamID)) error {
+// it ends. A GOAWAY's ID may only decrease (RFC 9114 §5.2); from a server
+// it names a client-initiated bidirectional stream and goes to goAway (nil:
+// ignored); from a client it names a push ID and asks nothing of us. A
+// frame that has no place on this control stream (MAX_PUSH_ID from a
+// server among them), a malformed GOAWAY, or a GOAWAY ID that is not valid
+// or rises is a *connError. The rest (MAX_PUSH_ID from a client,
+// CANCEL_PUSH, PRIORITY_UPDATE, unknown types) asks nothing of us.
+func readControlFrames(r *bufio.Reader, peerIsServer bool, goAway func(quic.StreamID)) error {
 	last := uint64(1) << 62
 	for {
 		typ, err := quicvarint.Read(r)
@@ -278,12 +375,13 @@ func readControlFrames(r *bufio.Reader, goAway func(quic.StreamID)) error {
 		if err != nil {
 			return err
 		}
-		switch typ {
-		case frameTypeData, frameTypeHeaders, frameTypeSettings, frameTypePushPromise, 0x02, 0x06, 0x08, 0x09:
-			return &settingsError{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on the control stream", typ)}
-		case frameTypeGoAway:
+		switch {
+		case typ == frameTypeData, typ == frameTypeHeaders, typ == frameTypeSettings, typ == frameTypePushPromise,
+			typ == 0x02, typ == 0x06, typ == 0x08, typ == 0x09, typ == frameTypeMaxPushID && peerIsServer:
+			return &connError{http3.ErrCodeFrameUnexpected, fmt.Sprintf("frame type %#x on the control stream", typ)}
+		case typ == frameTypeGoAway:
 			if l == 0 || l > 8 {
-				return &settingsError{http3.ErrCodeFrameError, fmt.Sprintf("GOAWAY frame of %d bytes", l)}
+				return &connError{http3.ErrCodeFrameError, fmt.Sprintf("GOAWAY frame of %d bytes", l)}
 			}
 			var b [8]byte
 			if _, err := io.ReadFull(r, b[:l]); err != nil {
@@ -291,16 +389,15 @@ func readControlFrames(r *bufio.Reader, goAway func(quic.StreamID)) error {
 			}
 			id, n, err := quicvarint.Parse(b[:l])
 			if err != nil || n != int(l) {
-				return &settingsError{http3.ErrCodeFrameError, "malformed GOAWAY frame"}
+				return &connError{http3.ErrCodeFrameError, "malformed GOAWAY frame"}
 			}
-			if goAway == nil {
-				continue
-			}
-			if id%4 != 0 || id > last {
-				return &settingsError{http3.ErrCodeIDError, fmt.Sprintf("GOAWAY names stream %d after %d", id, last)}
+			if (peerIsServer && id%4 != 0) || id > last {
+				return &connError{http3.ErrCodeIDError, fmt.Sprintf("GOAWAY names %d after %d", id, last)}
 			}
 			last = id
-			goAway(quic.StreamID(id))
+			if peerIsServer && goAway != nil {
+				goAway(quic.StreamID(id))
+			}
 		default:
 			if err := discard(r, l); err != nil {
 				return err
@@ -331,19 +428,11 @@ type peerSettings struct {
 	datagram, extendedConnect bool
 }
 
-// settingsError is a connection error found in a SETTINGS frame.
-type settingsError struct {
-	code http3.ErrCode
-	msg  string
-}
-
-func (e *settingsError) Error() string { return e.msg }
-
 // readSettings reads the first frame of a control stream, which must be
 // SETTINGS (RFC 9114 §7.2.4), and checks it: no setting twice, none of the
 // HTTP/2 settings HTTP/3 reserves, H3_DATAGRAM and ENABLE_CONNECT_PROTOCOL
 // 0 or 1. Unknown settings are ignored. An error that is not a
-// *settingsError is the stream's own (it ended or was reset).
+// *connError is the stream's own (it ended or was reset).
 func readSettings(r io.ByteReader) (peerSettings, error) {
 	var ps peerSettings
 	typ, err := quicvarint.Read(r)
@@ -351,14 +440,14 @@ func readSettings(r io.ByteReader) (peerSettings, error) {
 		return ps, err
 	}
 	if typ != frameTypeSettings {
-		return ps, &settingsError{http3.ErrCode(errCodeH3MissingSetting), fmt.Sprintf("first control frame has type %#x, not SETTINGS", typ)}
+		return ps, &connError{http3.ErrCode(errCodeH3MissingSetting), fmt.Sprintf("first control frame has type %#x, not SETTINGS", typ)}
 	}
 	l, err := quicvarint.Read(r)
 	if err != nil {
 		return ps, err
 	}
 	if l > maxSettingsFrameLen {
-		return ps, &settingsError{http3.ErrCodeExcessiveLoad, fmt.Sprintf("SETTINGS frame of %d bytes", l)}
+		return ps, &connError{http3.ErrCodeExcessiveLoad, fmt.Sprintf("SETTINGS frame of %d bytes", l)}
 	}
 	buf := make([]byte, l)
 	for i := range buf {
@@ -367,18 +456,18 @@ func readSettings(r io.ByteReader) (peerSettings, error) {
 		}
 	}
 	frameErr := func(format string, args ...any) error {
-		return &settingsError{http3.ErrCode(errCodeH3SettingsError), fmt.Sprintf(format, args...)}
+		return &connError{http3.ErrCode(errCodeH3SettingsError), fmt.Sprintf(format, args...)}
 	}
 	seen := make(map[uint64]bool)
 	for len(buf) > 0 {
 		id, n, err := quicvarint.Parse(buf)
 		if err != nil {
-			return ps, &settingsError{http3.ErrCodeFrameError, "truncated SETTINGS frame"}
+			return ps, &connError{http3.ErrCodeFrameError, "truncated SETTINGS frame"}
 		}
 		buf = buf[n:]
 		val, n, err := quicvarint.Parse(buf)
 		if err != nil {
-			return ps, &settingsError{http3.ErrCodeFrameError, "truncated SETTINGS frame"}
+			return ps, &connError{http3.ErrCodeFrameError, "truncated SETTINGS frame"}
 		}
 		buf = buf[n:]
 		if seen[id] {
@@ -406,7 +495,8 @@ func readSettings(r io.ByteReader) (peerSettings, error) {
 type datagramSink interface {
 	// deliver takes one datagram's payload (context ID first; the slice is
 	// the sink's to keep) and reports whether the sink holds packets that
-	// wait for flush. It may block to apply backpressure.
+	// wait for flush. It must not block: it runs under the connection's
+	// dispatcher lock, and a sink that cannot take d drops and counts it.
 	deliver(d []byte) bool
 	// flush passes on what deliver held back; called when the
 	// connection's datagram queue is empty.
@@ -420,9 +510,12 @@ type dgramMux struct {
 	conn     *quic.Conn
 	counters *counters
 
-	mu      sync.Mutex // guards the fields below; held while a sink runs
+	// mu guards the fields below. It is held while a sink's deliver or
+	// flush runs, so neither may block (datagramSink).
+	mu      sync.Mutex
 	sinks   map[quic.StreamID]datagramSink
 	pending []datagramSink // sinks holding packets for flush
+	early   int            // datagrams held by all earlySinks
 }
 
 func newDgramMux(c *quic.Conn, cnt *counters) *dgramMux {
@@ -430,23 +523,31 @@ func newDgramMux(c *quic.Conn, cnt *counters) *dgramMux {
 }
 
 // earlyQueueLen is how many datagrams a request stream may receive before
-// its handler takes it over (RFC 9298 §5 lets clients send optimistically).
-const earlyQueueLen = 32
+// its handler takes it over (RFC 9298 §5 lets clients send optimistically),
+// and earlyConnLen how many all the request streams of a connection may
+// hold together. Only a request whose HEADERS have parsed has a queue: a
+// datagram for any other stream is dropped (unknown_stream).
+const (
+	earlyQueueLen = 32
+	earlyConnLen  = 64
+)
 
 // earlySink holds datagrams of a request whose handler has not registered.
-// Those beyond earlyQueueLen are dropped (queue_full); those still held
-// when the request ends without a session or flow are dropped by forget
-// (unknown_stream).
+// Those beyond earlyQueueLen, or beyond earlyConnLen on the connection, are
+// dropped (queue_full); those still held when the request ends without a
+// session or flow are dropped by forget (unknown_stream).
 type earlySink struct {
-	q        [][]byte
-	counters *counters
+	q [][]byte
+	m *dgramMux
 }
 
+// deliver is called with m.mu held.
 func (e *earlySink) deliver(d []byte) bool {
-	if len(e.q) < earlyQueueLen {
+	if len(e.q) < earlyQueueLen && e.m.early < earlyConnLen {
 		e.q = append(e.q, d)
+		e.m.early++
 	} else {
-		e.counters.drop(dropQueueFull)
+		e.m.counters.drop(dropQueueFull)
 	}
 	return false
 }
@@ -455,7 +556,7 @@ func (e *earlySink) flush() {}
 // expect notes a new request stream: its datagrams wait for register.
 func (m *dgramMux) expect(id quic.StreamID) {
 	m.mu.Lock()
-	m.sinks[id] = &earlySink{counters: m.counters}
+	m.sinks[id] = &earlySink{m: m}
 	m.mu.Unlock()
 }
 
@@ -466,6 +567,9 @@ func (m *dgramMux) register(id quic.StreamID, s datagramSink) {
 	defer m.mu.Unlock()
 	early, _ := m.sinks[id].(*earlySink)
 	m.sinks[id] = s
+	if early != nil {
+		m.early -= len(early.q)
+	}
 	if early != nil && len(early.q) > 0 {
 		for _, d := range early.q {
 			s.deliver(d)
@@ -488,6 +592,7 @@ func (m *dgramMux) forget(id quic.StreamID) {
 		// The request became no session or flow: its early datagrams
 		// were for a stream that is none.
 		m.counters.drops[dropUnknownStream].Add(uint64(len(e.q)))
+		m.early -= len(e.q)
 	}
 	if i := slices.Index(m.pending, s); i >= 0 {
 		m.pending = slices.Delete(m.pending, i, i+1)

@@ -26,7 +26,7 @@ func TestReadSettings(t *testing.T) {
 		name     string
 		in       []byte
 		want     peerSettings
-		wantCode http3.ErrCode // 0: no settingsError
+		wantCode http3.ErrCode // 0: no connError
 		wantErr  bool
 	}{
 		{"empty", settingsFrame(), peerSettings{}, 0, false},
@@ -48,7 +48,7 @@ func TestReadSettings(t *testing.T) {
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("readSettings(%x) = %+v, %v; want error %v", tt.in, got, err, tt.wantErr)
 			}
-			var se *settingsError
+			var se *connError
 			isSE := errors.As(err, &se)
 			switch {
 			case tt.wantCode != 0 && (!isSE || se.code != tt.wantCode):
@@ -65,7 +65,7 @@ func TestReadSettings(t *testing.T) {
 	}
 }
 
-// FuzzReadSettings: any byte string gives settings, a settingsError with a
+// FuzzReadSettings: any byte string gives settings, a connError with a
 // message, or the reader's error; never a panic, and never more than the
 // frame is read.
 func FuzzReadSettings(f *testing.F) {
@@ -77,7 +77,7 @@ func FuzzReadSettings(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)
 		ps, err := readSettings(r)
-		var se *settingsError
+		var se *connError
 		switch {
 		case err == nil:
 			if ps.datagram && !bytes.Contains(b, []byte{settingH3Datagram, 1}) {

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,11 +109,14 @@ type connError struct {
 func (e *connError) Error() string { return e.msg }
 
 // readRequestHeaders reads a request stream up to and including its
-// HEADERS frame and returns the frame's payload. Unknown and reserved frame
-// types before it are skipped (§9); a DATA frame or a frame that has no
-// place on a request stream is a connection error; the stream's end is a
-// requestError (H3_REQUEST_INCOMPLETE).
-func readRequestHeaders(r *bufio.Reader, limit int) ([]byte, error) {
+// HEADERS frame and returns the frame's payload. The payload's buffer grows
+// as its bytes arrive, never ahead of them from the announced length, and
+// every growth is first taken from reserve (nil: no budget); reserve's
+// error ends the read. Unknown and reserved frame types before HEADERS are
+// skipped (§9); a DATA frame or a frame that has no place on a request
+// stream is a connection error; the stream's end is a requestError
+// (H3_REQUEST_INCOMPLETE).
+func readRequestHeaders(r *bufio.Reader, limit int, reserve func(n int) error) ([]byte, error) {
 	incomplete := func(err error) error {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return &requestError{code: http3.ErrCodeRequestIncomplete, msg: "stream ended before the request's HEADERS"}
@@ -132,11 +137,7 @@ func readRequestHeaders(r *bufio.Reader, limit int) ([]byte, error) {
 			if l > uint64(limit) {
 				return nil, &requestError{code: http3.ErrCodeExcessiveLoad, tooLarge: true, msg: fmt.Sprintf("HEADERS frame of %d bytes", l)}
 			}
-			b := make([]byte, l)
-			if _, err := io.ReadFull(r, b); err != nil {
-				return nil, incomplete(err)
-			}
-			return b, nil
+			return readGrowing(r, int(l), reserve, incomplete)
 		case frameTypeData:
 			return nil, &connError{http3.ErrCodeFrameUnexpected, "DATA frame before HEADERS"}
 		}
@@ -151,6 +152,32 @@ func readRequestHeaders(r *bufio.Reader, limit int) ([]byte, error) {
 			return nil, incomplete(err)
 		}
 	}
+}
+
+// headerChunk is the first growth of a header buffer; later ones double it.
+const headerChunk = 512
+
+// readGrowing reads n bytes from r into a buffer that grows, by doubling
+// from headerChunk, only once the bytes it holds have arrived.
+func readGrowing(r *bufio.Reader, n int, reserve func(int) error, wrap func(error) error) ([]byte, error) {
+	var b []byte
+	for len(b) < n {
+		if len(b) == cap(b) {
+			grow := min(n-len(b), max(headerChunk, cap(b)))
+			if reserve != nil {
+				if err := reserve(grow); err != nil {
+					return nil, err
+				}
+			}
+			b = slices.Grow(b, grow)
+		}
+		m, err := r.Read(b[len(b):min(cap(b), n)])
+		b = b[:len(b)+m]
+		if err != nil && len(b) < n {
+			return nil, wrap(err)
+		}
+	}
+	return b, nil
 }
 
 // forbiddenOnRequestStream reports the frame types that are a connection
@@ -200,7 +227,10 @@ func parseRequest(block []byte, sizeLimit int) (*http.Request, error) {
 			break
 		}
 		if err != nil {
-			return nil, &requestError{code: http3.ErrCodeQPACKDecompressionFailed, msg: "qpack: " + err.Error()}
+			// RFC 9204 §2.2.3, §6: a field section that does not decode
+			// (a Required Insert Count other than 0 among them: we allow
+			// no dynamic table) is a connection error.
+			return nil, &connError{http3.ErrCodeQPACKDecompressionFailed, "qpack: " + err.Error()}
 		}
 		if size += len(f.Name) + len(f.Value) + 32; size > sizeLimit {
 			return nil, &requestError{code: http3.ErrCodeExcessiveLoad, tooLarge: true, msg: "header section too large"}
@@ -304,19 +334,49 @@ func parseRequest(block []byte, sizeLimit int) (*http.Request, error) {
 	return req, nil
 }
 
-// serveRequest reads the request on str and hands it to handler. It
-// reports whether the request reached the handler.
-func (s *Server) serveRequest(hc *h3conn, str *quic.Stream, handler http.Handler) (handled bool) {
+// serveRequest reads the request on str and hands it to handler. The
+// HEADERS must arrive within the request timeout and fit the connection's
+// header budget. Once they have parsed and the peer's SETTINGS are known,
+// parsed is called, and then the handler. It returns why the request
+// reached no handler, or unroutedNone.
+func (s *Server) serveRequest(hc *h3conn, str *quic.Stream, handler http.Handler, parsed func()) unrouted {
+	deadline := time.Now().Add(s.cfg.RequestTimeout)
+	str.SetReadDeadline(deadline)
+	reset := func(code http3.ErrCode) {
+		str.CancelRead(quic.StreamErrorCode(code))
+		str.CancelWrite(quic.StreamErrorCode(code))
+	}
 	br := bufio.NewReaderSize(str, 512)
-	block, err := readRequestHeaders(br, maxHeaderBytes)
+	reserved := 0
+	block, err := readRequestHeaders(br, maxHeaderBytes, func(n int) error {
+		if err := hc.mem.reserve(n); err != nil {
+			return err
+		}
+		reserved += n
+		return nil
+	})
 	var req *http.Request
 	if err == nil {
 		req, err = parseRequest(block, maxHeaderBytes)
 	}
+	hc.mem.release(reserved)
+	block = nil
 	if err != nil {
 		if ce, ok := errors.AsType[*connError](err); ok {
 			hc.conn.CloseWithError(quic.ApplicationErrorCode(ce.code), ce.msg)
-			return false
+			return unroutedHeaders
+		}
+		switch {
+		case errors.Is(err, errConnBudget), errors.Is(err, errSourceBudget):
+			s.log.Debug("bad request", "remote_addr", hc.conn.RemoteAddr(), "err", err)
+			reset(http3.ErrCodeExcessiveLoad)
+			if errors.Is(err, errConnBudget) {
+				return unroutedMemoryConn
+			}
+			return unroutedMemorySource
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			reset(http3.ErrCodeRequestIncomplete)
+			return unroutedHeadersTimeout
 		}
 		if re, ok := errors.AsType[*requestError](err); ok {
 			s.log.Debug("bad request", "remote_addr", hc.conn.RemoteAddr(), "err", re.msg)
@@ -326,17 +386,36 @@ func (s *Server) serveRequest(hc *h3conn, str *quic.Stream, handler http.Handler
 				w := newH3Response(str, nil)
 				w.WriteHeader(http.StatusRequestHeaderFieldsTooLarge)
 				str.Close()
-				return false
+				return unroutedHeaders
 			}
-			str.CancelRead(quic.StreamErrorCode(re.code))
-			str.CancelWrite(quic.StreamErrorCode(re.code))
-			return false
+			reset(re.code)
+			return unroutedHeaders
 		}
 		// The stream was reset or the connection ended.
-		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestIncomplete))
-		str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestIncomplete))
-		return false
+		reset(http3.ErrCodeRequestIncomplete)
+		return unroutedHeaders
 	}
+	str.SetReadDeadline(time.Time{})
+	// A MASQUE session needs HTTP datagrams, and we may send none before
+	// the peer's SETTINGS say H3_DATAGRAM=1 (RFC 9297 §2.1.1). SETTINGS
+	// come first on the peer's control stream, but that stream may be
+	// overtaken by a request: wait for them, within the same deadline.
+	ps, ok := hc.waitSettings(deadline)
+	if !ok {
+		if hc.conn.Context().Err() == nil {
+			hc.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeMissingSettings), "no SETTINGS before the request timeout")
+		}
+		return unroutedNoSettings
+	}
+	if req.Method == http.MethodConnect && req.Proto != "HTTP/3.0" && !ps.datagram {
+		s.log.Debug("bad request", "remote_addr", hc.conn.RemoteAddr(), "err", "extended CONNECT without H3_DATAGRAM")
+		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
+		w := newH3Response(str, nil)
+		w.WriteHeader(http.StatusBadRequest)
+		str.Close()
+		return unroutedNoDatagrams
+	}
+	parsed()
 	state := hc.conn.ConnectionState().TLS
 	req.TLS = &state
 	req.RemoteAddr = hc.conn.RemoteAddr().String()
@@ -359,12 +438,11 @@ func (s *Server) serveRequest(hc *h3conn, str *quic.Stream, handler http.Handler
 		panicked = false
 	}()
 	if w.taken {
-		return true
+		return unroutedNone
 	}
 	if panicked {
-		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeInternalError))
-		str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeInternalError))
-		return true
+		reset(http3.ErrCodeInternalError)
+		return unroutedNone
 	}
 	if !w.wrote {
 		w.WriteHeader(http.StatusOK)
@@ -373,7 +451,7 @@ func (s *Server) serveRequest(hc *h3conn, str *quic.Stream, handler http.Handler
 	// response.
 	str.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
 	str.Close()
-	return true
+	return unroutedNone
 }
 
 // h3Response is the http.ResponseWriter of serveRequest. The handler of a
@@ -456,7 +534,7 @@ type h3stream struct {
 	r    *bufio.Reader // reads str
 
 	left    uint64 // of the DATA frame being read
-	trailed bool   // trailers read: the body is over
+	trailed bool   // trailers read: the body is over, only the stream's end may follow
 
 	wmu  sync.Mutex // guards whdr
 	whdr [16]byte
@@ -466,14 +544,12 @@ type h3stream struct {
 }
 
 // Read reads the payload of the client's DATA frames. Unknown frame types
-// are skipped; a HEADERS frame (trailers) ends the body; a frame that has
-// no place on a request stream closes the connection
+// are skipped; a HEADERS frame (trailers) ends the body, and the stream
+// must then end: a DATA or HEADERS frame after trailers (RFC 9114 §4.1), or
+// a frame that has no place on a request stream, closes the connection
 // (H3_FRAME_UNEXPECTED).
 func (s *h3stream) Read(b []byte) (int, error) {
 	for s.left == 0 {
-		if s.trailed {
-			return 0, io.EOF
-		}
 		typ, err := quicvarint.Read(s.r)
 		if err != nil {
 			return 0, err
@@ -482,21 +558,23 @@ func (s *h3stream) Read(b []byte) (int, error) {
 		if err != nil {
 			return 0, unexpectedEOF(err)
 		}
-		switch typ {
-		case frameTypeData:
+		switch {
+		case s.trailed && (typ == frameTypeData || typ == frameTypeHeaders), forbiddenOnRequestStream(typ):
+			msg := fmt.Sprintf("frame type %#x on a request stream", typ)
+			if s.trailed {
+				msg = fmt.Sprintf("frame type %#x after trailers", typ)
+			}
+			s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeFrameUnexpected), msg)
+			return 0, &connError{http3.ErrCodeFrameUnexpected, msg}
+		case typ == frameTypeData:
 			s.left = l
-		case frameTypeHeaders:
+		case typ == frameTypeHeaders:
 			// Trailers: nothing in them is of use to a tunnel.
 			if err := discard(s.r, l); err != nil {
 				return 0, unexpectedEOF(err)
 			}
 			s.trailed = true
 		default:
-			if forbiddenOnRequestStream(typ) {
-				msg := fmt.Sprintf("frame type %#x on a request stream", typ)
-				s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeFrameUnexpected), msg)
-				return 0, &connError{http3.ErrCodeFrameUnexpected, msg}
-			}
 			if err := discard(s.r, l); err != nil {
 				return 0, unexpectedEOF(err)
 			}

@@ -91,8 +91,14 @@ func TestParseRequest(t *testing.T) {
 	if _, err := parseRequest(qpackBlock(t, big...), maxHeaderBytes); !isTooLarge(err) {
 		t.Errorf("16 KiB value: err = %v, want too large", err)
 	}
-	if _, err := parseRequest([]byte{0x00, 0x00, 0x80}, maxHeaderBytes); !isCode(err, http3.ErrCodeQPACKDecompressionFailed) {
-		t.Errorf("dynamic table reference: err = %v, want QPACK_DECOMPRESSION_FAILED", err)
+	for name, b := range map[string][]byte{
+		"dynamic table reference": {0x00, 0x00, 0x80},
+		"required insert count":   {0x05, 0x00, 0xd1},
+	} {
+		// RFC 9204 §2.2.3: a connection error, not the stream's.
+		if _, err := parseRequest(b, maxHeaderBytes); !isConnCode(err, http3.ErrCodeQPACKDecompressionFailed) {
+			t.Errorf("%s: err = %v, want connection error QPACK_DECOMPRESSION_FAILED", name, err)
+		}
 	}
 }
 
@@ -101,13 +107,13 @@ func isTooLarge(err error) bool {
 	return ok && re.tooLarge
 }
 
-func isCode(err error, code http3.ErrCode) bool {
-	re, ok := errors.AsType[*requestError](err)
-	return ok && re.code == code
+func isConnCode(err error, code http3.ErrCode) bool {
+	ce, ok := errors.AsType[*connError](err)
+	return ok && ce.code == code
 }
 
-// FuzzParseRequest: any header block gives a request or a requestError
-// with a code; a request always has a method and, unless plain CONNECT, a
+// FuzzParseRequest: any header block gives a request, a requestError with
+// a code, or a connection error QPACK_DECOMPRESSION_FAILED; a request always has a method and, unless plain CONNECT, a
 // path that starts with "/".
 func FuzzParseRequest(f *testing.F) {
 	f.Add(qpackBlock(f, ":method", "CONNECT", ":protocol", "connect-ip", ":scheme", "https", ":authority", "a:443", ":path", "/.well-known/masque/ip/*/*/"))
@@ -118,6 +124,12 @@ func FuzzParseRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, err := parseRequest(b, 4096)
 		if err != nil {
+			if ce, ok := errors.AsType[*connError](err); ok {
+				if ce.code != http3.ErrCodeQPACKDecompressionFailed || ce.msg == "" {
+					t.Fatalf("connection error %v (%#x) from a header block", err, ce.code)
+				}
+				return
+			}
 			re, ok := errors.AsType[*requestError](err)
 			if !ok || re.code == 0 || re.msg == "" {
 				t.Fatalf("error %v is no requestError with a code", err)
@@ -134,34 +146,42 @@ func FuzzParseRequest(f *testing.F) {
 }
 
 // TestReadControlFrames: after SETTINGS a control stream may carry GOAWAY
-// (IDs only decreasing, client request streams only), frames we ignore,
-// and nothing that belongs on a request stream.
+// (IDs only decreasing; from a server, client request streams only), frames
+// we ignore, and nothing that belongs on a request stream. MAX_PUSH_ID only
+// comes from a client. A client's GOAWAY names push IDs (RFC 9114 §5.2): it
+// is checked but goes nowhere.
 func TestReadControlFrames(t *testing.T) {
 	goaway := func(id uint64) []byte { return appendFrame(nil, frameTypeGoAway, quicvarint.Append(nil, id)) }
 	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
 	tests := []struct {
-		name string
-		in   []byte
-		want []quic.StreamID
-		code http3.ErrCode // 0: the stream's end
+		name   string
+		server bool // the peer is a server
+		in     []byte
+		want   []quic.StreamID
+		code   http3.ErrCode // 0: the stream's end
 	}{
-		{"two GOAWAYs", cat(goaway(8), appendFrame(nil, 0x21, []byte("grease")), goaway(4)), []quic.StreamID{8, 4}, 0},
-		{"GOAWAY that rises", cat(goaway(4), goaway(8)), []quic.StreamID{4}, http3.ErrCodeIDError},
-		{"GOAWAY for a server stream", goaway(3), nil, http3.ErrCodeIDError},
-		{"GOAWAY with trailing bytes", appendFrame(nil, frameTypeGoAway, []byte{0x04, 0x00}), nil, http3.ErrCodeFrameError},
-		{"empty GOAWAY", appendFrame(nil, frameTypeGoAway, nil), nil, http3.ErrCodeFrameError},
-		{"DATA", appendFrame(nil, frameTypeData, []byte("x")), nil, http3.ErrCodeFrameUnexpected},
-		{"second SETTINGS", appendFrame(nil, frameTypeSettings, nil), nil, http3.ErrCodeFrameUnexpected},
-		{"MAX_PUSH_ID", appendFrame(nil, frameTypeMaxPushID, []byte{0x01}), nil, 0},
+		{"two GOAWAYs", true, cat(goaway(8), appendFrame(nil, 0x21, []byte("grease")), goaway(4)), []quic.StreamID{8, 4}, 0},
+		{"GOAWAY that rises", true, cat(goaway(4), goaway(8)), []quic.StreamID{4}, http3.ErrCodeIDError},
+		{"GOAWAY for a server stream", true, goaway(3), nil, http3.ErrCodeIDError},
+		{"GOAWAY with trailing bytes", true, appendFrame(nil, frameTypeGoAway, []byte{0x04, 0x00}), nil, http3.ErrCodeFrameError},
+		{"empty GOAWAY", true, appendFrame(nil, frameTypeGoAway, nil), nil, http3.ErrCodeFrameError},
+		{"DATA", true, appendFrame(nil, frameTypeData, []byte("x")), nil, http3.ErrCodeFrameUnexpected},
+		{"second SETTINGS", true, appendFrame(nil, frameTypeSettings, nil), nil, http3.ErrCodeFrameUnexpected},
+		{"MAX_PUSH_ID from a server", true, appendFrame(nil, frameTypeMaxPushID, []byte{0x01}), nil, http3.ErrCodeFrameUnexpected},
+		{"MAX_PUSH_ID from a client", false, appendFrame(nil, frameTypeMaxPushID, []byte{0x01}), nil, 0},
+		{"client GOAWAYs for push IDs", false, cat(goaway(7), goaway(3), goaway(3)), nil, 0},
+		{"client GOAWAY that rises", false, cat(goaway(4), goaway(8)), nil, http3.ErrCodeIDError},
+		{"client GOAWAY that is malformed", false, appendFrame(nil, frameTypeGoAway, []byte{0x40}), nil, http3.ErrCodeFrameError},
+		{"DATA from a client", false, appendFrame(nil, frameTypeData, []byte("x")), nil, http3.ErrCodeFrameUnexpected},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []quic.StreamID
-			err := readControlFrames(bufio.NewReader(bytes.NewReader(tt.in)), func(id quic.StreamID) { got = append(got, id) })
+			err := readControlFrames(bufio.NewReader(bytes.NewReader(tt.in)), tt.server, func(id quic.StreamID) { got = append(got, id) })
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("GOAWAYs %v, want %v", got, tt.want)
 			}
-			se, ok := errors.AsType[*settingsError](err)
+			se, ok := errors.AsType[*connError](err)
 			switch {
 			case tt.code == 0 && err != io.EOF:
 				t.Errorf("err = %v, want the stream's end", err)
@@ -181,14 +201,22 @@ func FuzzReadControlFrames(f *testing.F) {
 	f.Add(appendFrame(nil, 0x21, []byte("x")))
 	f.Add(appendFrame(nil, frameTypeData, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// As a client's, the stream must end the same way, and nothing
+		// reaches goAway.
+		clientErr := readControlFrames(bufio.NewReader(bytes.NewReader(b)), false, func(id quic.StreamID) {
+			t.Fatalf("a client's GOAWAY %d was passed on", id)
+		})
+		if se, ok := errors.AsType[*connError](clientErr); ok && (se.code == 0 || se.msg == "") {
+			t.Fatalf("connection error without code or message: %+v", se)
+		}
 		last := quic.StreamID(1 << 62)
-		err := readControlFrames(bufio.NewReader(bytes.NewReader(b)), func(id quic.StreamID) {
+		err := readControlFrames(bufio.NewReader(bytes.NewReader(b)), true, func(id quic.StreamID) {
 			if id%4 != 0 || id > last {
 				t.Fatalf("GOAWAY %d after %d passed", id, last)
 			}
 			last = id
 		})
-		if se, ok := errors.AsType[*settingsError](err); ok && (se.code == 0 || se.msg == "") {
+		if se, ok := errors.AsType[*connError](err); ok && (se.code == 0 || se.msg == "") {
 			t.Fatalf("connection error without code or message: %+v", se)
 		}
 		if err == nil {

@@ -90,14 +90,26 @@ var refusalNames = [numRefusals]string{
 type unrouted uint8
 
 const (
-	unroutedHeaders  unrouted = iota // HTTP/3 refused the header section: too large (431), undecodable or cut short (stream reset)
-	unroutedNotFound                 // no handler for the path (404)
+	unroutedNone           unrouted = iota // reached a handler (not counted)
+	unroutedHeaders                        // HTTP/3 refused the header section: too large (431), undecodable or cut short (stream reset)
+	unroutedNotFound                       // no handler for the path (404)
+	unroutedHeadersTimeout                 // HEADERS not complete within the request timeout (reset H3_REQUEST_INCOMPLETE)
+	unroutedMemoryConn                     // the connection's header budget was spent (reset H3_EXCESSIVE_LOAD)
+	unroutedMemorySource                   // the source's header budget was spent (reset H3_EXCESSIVE_LOAD)
+	unroutedNoSettings                     // the peer's SETTINGS did not come within the request timeout (H3_MISSING_SETTINGS)
+	unroutedNoDatagrams                    // extended CONNECT from a peer without H3_DATAGRAM=1 (400)
 	numUnrouted
 )
 
 var unroutedNames = [numUnrouted]string{
-	unroutedHeaders:  "headers",
-	unroutedNotFound: "not_found",
+	unroutedNone:           "",
+	unroutedHeaders:        "headers",
+	unroutedNotFound:       "not_found",
+	unroutedHeadersTimeout: "headers_timeout",
+	unroutedMemoryConn:     "memory_conn",
+	unroutedMemorySource:   "memory_source",
+	unroutedNoSettings:     "no_settings",
+	unroutedNoDatagrams:    "no_h3_datagram",
 }
 
 // connErrorCodes are the HTTP/3 error codes (RFC 9114 §8.1, RFC 9204 §6,
@@ -108,7 +120,7 @@ var connErrorCodes = [...]http3.ErrCode{
 	http3.ErrCodeClosedCriticalStream, http3.ErrCodeFrameUnexpected, http3.ErrCodeFrameError,
 	http3.ErrCodeExcessiveLoad, http3.ErrCodeIDError, http3.ErrCodeSettingsError,
 	http3.ErrCodeMissingSettings, http3.ErrCodeMessageError, http3.ErrCodeDatagramError,
-	http3.ErrCodeQPACKDecompressionFailed,
+	http3.ErrCodeQPACKDecompressionFailed, errCodeQPACKEncoderStream, errCodeQPACKDecoderStream,
 }
 
 const numConnErrors = len(connErrorCodes) + 1 // the last: other
@@ -128,6 +140,12 @@ func connErrorIndex(code http3.ErrCode) int {
 func connErrorLabel(i int) string {
 	if i >= len(connErrorCodes) {
 		return "other"
+	}
+	switch connErrorCodes[i] {
+	case errCodeQPACKEncoderStream:
+		return "qpack_encoder_stream_error"
+	case errCodeQPACKDecoderStream:
+		return "qpack_decoder_stream_error"
 	}
 	return strings.ToLower(strings.TrimPrefix(connErrorCodes[i].String(), "H3_"))
 }
@@ -230,7 +248,7 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	for i := range numConnErrors {
 		ch <- prometheus.MustNewConstMetric(descConnErrors, prometheus.CounterValue, float64(c.connErrors[i].Load()), connErrorLabel(i))
 	}
-	for r := range numUnrouted {
+	for r := unroutedNone + 1; r < numUnrouted; r++ {
 		ch <- prometheus.MustNewConstMetric(descUnrouted, prometheus.CounterValue, float64(c.unrouted[r].Load()), unroutedNames[r])
 	}
 	for d := range numCapsuleDrops {

@@ -34,7 +34,7 @@ func TestDropReasonNames(t *testing.T) {
 	for what, labels := range map[string][]string{
 		"refusal":      refusalNames[:],
 		"capsule drop": capsuleDropNames[:],
-		"unrouted":     unroutedNames[:],
+		"unrouted":     unroutedNames[unroutedNone+1:],
 		"connection error": func() []string {
 			var l []string
 			for i := range numConnErrors {

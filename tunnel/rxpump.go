@@ -13,8 +13,9 @@ import (
 // does nothing per packet but check it and copy it into the session's
 // current batch; the TUN write, the slow part (GRO coalescing, syscalls),
 // runs in a goroutine of the session's own. Batches, not packets, cross the
-// channel, and the fixed number of batches is the backpressure: when all
-// are waiting for the TUN, deliver waits too.
+// channel, and the fixed number of batches bounds what a session holds:
+// when all are waiting for the TUN, deliver drops (it runs under the
+// dispatcher's lock and must not block).
 
 const (
 	// recvBatch is the most packets one TUN write carries.
@@ -74,12 +75,21 @@ func (ss *session) stopReceiver() {
 }
 
 // deliver checks one datagram from the client and copies its packet into
-// the current batch (datagramSink).
+// the current batch (datagramSink). It never blocks: when every batch is
+// waiting for the TUN, the packet is dropped and counted (queue_full), as a
+// router drops on a full interface queue, so a session whose TUN writes
+// lag cannot stall the connection's other sessions and flows, or its
+// accept of new requests, behind the dispatcher's lock.
 func (ss *session) deliver(d []byte) bool {
 	p := &ss.rx
 	cur := p.cur
 	if cur == nil {
-		cur = <-p.free
+		select {
+		case cur = <-p.free:
+		default:
+			ss.srv.counters.drop(dropQueueFull)
+			return false
+		}
 		p.cur = cur
 	}
 	if cur.arrs[cur.n] == nil {

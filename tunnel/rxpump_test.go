@@ -141,10 +141,11 @@ func TestSessionDeliverBatchesInOrder(t *testing.T) {
 	recycleRxBatch(ss, b)
 }
 
-// TestSessionDeliverWaitsForFreeBatch: when every batch waits for the TUN,
-// deliver blocks (backpressure on the connection's reader) until the
-// writer returns one.
-func TestSessionDeliverWaitsForFreeBatch(t *testing.T) {
+// TestSessionDeliverDropsWithoutFreeBatch: when every batch waits for the
+// TUN, deliver does not block (it runs under the connection's dispatcher
+// lock): the packet is dropped and counted as queue_full, and delivery
+// resumes once the writer returns a batch.
+func TestSessionDeliverDropsWithoutFreeBatch(t *testing.T) {
 	ss := newRxTestSession(t)
 	d, _ := okDatagram(0, 16)
 	for range rxBatches {
@@ -154,21 +155,23 @@ func TestSessionDeliverWaitsForFreeBatch(t *testing.T) {
 	if n := len(ss.rx.full); n != rxBatches {
 		t.Fatalf("%d batches handed over, want %d", n, rxBatches)
 	}
+	before := ss.srv.counters.drops[dropQueueFull].Load()
 	done := make(chan bool)
 	go func() { done <- ss.deliver(d) }()
 	select {
-	case <-done:
-		t.Fatal("deliver returned with no free batch")
-	case <-time.After(50 * time.Millisecond):
-	}
-	recycleRxBatch(ss, <-ss.rx.full)
-	select {
 	case held := <-done:
-		if !held {
-			t.Error("deliver after waiting = false, want true")
+		if held {
+			t.Error("deliver with no free batch = true, want false")
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("deliver still blocked after a batch was freed")
+		t.Fatal("deliver blocked with no free batch")
+	}
+	if got := ss.srv.counters.drops[dropQueueFull].Load(); got != before+1 {
+		t.Errorf("queue_full drops = %d, want %d", got, before+1)
+	}
+	recycleRxBatch(ss, <-ss.rx.full)
+	if !ss.deliver(d) {
+		t.Error("deliver after a batch was freed = false, want true")
 	}
 	ss.flush()
 	for len(ss.rx.full) > 0 {

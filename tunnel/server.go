@@ -137,6 +137,7 @@ type Server struct {
 	nextID   atomic.Uint64
 	udp      *udpProxy
 	dests    atomic.Pointer[policy.Destinations] // cfg.Destinations until SetPolicy
+	budget   headerBudget                        // header bytes of unparsed requests, per source
 
 	tunDone chan struct{}
 
@@ -207,6 +208,32 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	go s.runTUNReader()
 	return s, nil
 }
+
+// QUICConfig returns the QUIC settings the server's limits imply, for the
+// listener that serves it (quicio.Config.QUICConfig):
+//
+//   - MaxIncomingStreams: the sessions and CONNECT-UDP flows a connection
+//     may hold, and a few for requests being refused or ending, so that a
+//     peer cannot open quic-go's default 100 streams per connection;
+//   - MaxIncomingUniStreams: the peer's control and two QPACK streams and
+//     a few reserved (grease) ones;
+//   - receive windows sized for capsules, not bulk data (datagrams are not
+//     flow-controlled): what quic-go buffers of a peer's unread stream data
+//     is bounded by the connection window, 256 KiB until data is consumed.
+func (s *Server) QUICConfig() *quic.Config {
+	return &quic.Config{
+		MaxIncomingStreams:             int64(s.cfg.MaxSessionsPerConn + s.udp.cfg.MaxFlowsPerConn + streamSlack),
+		MaxIncomingUniStreams:          3 + streamSlack,
+		InitialStreamReceiveWindow:     64 << 10,
+		MaxStreamReceiveWindow:         1 << 20,
+		InitialConnectionReceiveWindow: 256 << 10,
+		MaxConnectionReceiveWindow:     4 << 20,
+	}
+}
+
+// streamSlack is how many streams of each kind a connection may open
+// beyond what its limits need.
+const streamSlack = 4
 
 // Collector returns the server's metrics for a Prometheus registry.
 func (s *Server) Collector() prometheus.Collector {

@@ -40,6 +40,7 @@ type session struct {
 	pending  *txBatch
 	txQueue  chan *txBatch
 	txFree   chan *txBatch
+	icmpQ    chan icmpMsg // ICMP errors from the receive path (sendICMP)
 	sendDone chan struct{}
 
 	closeOnce sync.Once
@@ -50,6 +51,7 @@ type session struct {
 func (ss *session) startSender(wg *sync.WaitGroup) {
 	ss.txQueue = make(chan *txBatch, sendQueueLen)
 	ss.txFree = make(chan *txBatch, sendQueueLen+1)
+	ss.icmpQ = make(chan icmpMsg, icmpQueueLen)
 	ss.sendDone = make(chan struct{})
 	for range sendQueueLen + 1 {
 		ss.txFree <- new(txBatch)
@@ -251,20 +253,36 @@ func (ss *session) checkInbound(d []byte, dst []byte) (int, bool) {
 }
 
 // sendICMP answers the client's packet pkt with an ICMP error from the
-// server's gateway address.
+// server's gateway address. It runs on the receive path, under the
+// connection's dispatcher lock, so it only queues the error for runSend
+// (SendDatagram blocks while quic-go's send queue is full); with
+// icmpQueueLen errors already waiting, this one is dropped (queue_full).
 func (ss *session) sendICMP(pkt []byte, kind icmpKind, mtu int) {
 	from := ss.srv.gatewayFor(pkt)
-	if !from.IsValid() || ss.str == nil {
+	if !from.IsValid() || ss.icmpQ == nil {
 		return
 	}
-	var buf [1 + maxICMPv6Len]byte
-	b := appendICMPError(buf[:1], pkt, kind, mtu, from)
-	if len(b) == 1 {
+	buf := getSmallBuf()
+	b := appendICMPError(buf[:Headroom], pkt, kind, mtu, from)
+	if len(b) == Headroom {
+		putSmallBuf(buf)
 		return
 	}
-	if ss.str.SendDatagram(b) == nil {
-		ss.srv.counters.icmpSent.Add(1)
+	select {
+	case ss.icmpQ <- icmpMsg{buf, len(b) - Headroom}:
+	default:
+		putSmallBuf(buf)
+		ss.srv.counters.drop(dropQueueFull)
 	}
+}
+
+// icmpQueueLen is how many ICMP errors may wait for a session's sender.
+const icmpQueueLen = 8
+
+// icmpMsg is an ICMP error waiting for runSend: n bytes at buf[Headroom:].
+type icmpMsg struct {
+	buf *smallBuf
+	n   int
 }
 
 // send delivers a packet from the TUN to the client. b holds the packet at

@@ -130,8 +130,9 @@ func serveTest(t testing.TB, cfg ServerConfig) *testServer {
 	}
 	cert, pool := selfSigned(t)
 	qs, err := quicio.NewServer(quicio.Config{
-		Addr:      "127.0.0.1:0",
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
+		Addr:       "127.0.0.1:0",
+		TLSConfig:  &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
+		QUICConfig: srv.QUICConfig(),
 	}, srv)
 	if err != nil {
 		t.Fatal(err)

@@ -126,6 +126,8 @@ func (ss *session) dropQueued() {
 		case p := <-ss.txQueue:
 			ss.srv.counters.drops[dropNoSession].Add(uint64(p.n))
 			p.recycle()
+		case m := <-ss.icmpQ:
+			putSmallBuf(m.buf)
 		default:
 			return
 		}
@@ -160,6 +162,12 @@ func (ss *session) runSend() {
 		}
 		select {
 		case p = <-ss.txQueue:
+		case m := <-ss.icmpQ:
+			if ss.send(m.buf[:Headroom+m.n]) == nil {
+				s.counters.icmpSent.Add(1)
+			}
+			putSmallBuf(m.buf)
+			continue
 		case <-ss.sendDone:
 			ss.dropQueued()
 			return

@@ -28,9 +28,8 @@ const (
 	DefaultUDPIdleTimeout = 2 * time.Minute
 	// DefaultUDPResolveTimeout bounds the resolution of a target name.
 	DefaultUDPResolveTimeout = 5 * time.Second
-	// DefaultUDPMaxFlowsPerConn caps flows on one QUIC connection; quic-go
-	// allows 100 concurrent request streams by default, so this leaves
-	// room for CONNECT-IP sessions and other requests.
+	// DefaultUDPMaxFlowsPerConn caps flows on one QUIC connection; the
+	// connection's stream limit follows it (Server.QUICConfig).
 	DefaultUDPMaxFlowsPerConn = 64
 	// DefaultUDPMaxFlowsPerIdentity caps the flows of one identity over
 	// all its connections.

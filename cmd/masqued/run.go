@@ -397,6 +397,7 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 	qs, err := quicio.NewServer(quicio.Config{
 		Addr:              s.Listen.String(),
 		TLSConfig:         m.tls,
+		QUICConfig:        app.QUICConfig(),
 		StateDir:          s.StateDir,
 		MaxConns:          s.MaxConns,
 		MaxConnsPerSource: s.MaxConnsPerSource,
