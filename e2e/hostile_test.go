@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -220,6 +221,7 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, wh
 	t.Logf("%s: everything sent after %.1f s: %d of %d connections up, %d streams (%d-%d per connection), %d datagrams",
 		what, ready.Seconds, ready.Dialed, conns, ready.Streams, ready.StreamsMin, ready.StreamsMax, ready.Datagrams)
 	held := peak.Load()
+	heldMemory(t, mon, what)
 
 	legitClients(t, tp, what)
 
@@ -258,6 +260,31 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, wh
 	if len(late) > 0 {
 		t.Errorf("%s: %d of %d hostile connections not closed within the request timeout %v + 1 s, e.g.:\n  %s",
 			what, len(late), done.Dialed, requestTimeout, strings.Join(late[:min(len(late), 5)], "\n  "))
+	}
+}
+
+// heldMemory logs masqued's heap while the attack holds it (no forced
+// GC), and with MASQUE_E2E_HEAP_DIR set (a dev knob) saves a heap profile
+// there for go tool pprof.
+func heldMemory(t *testing.T, mon *monitor, what string) {
+	t.Helper()
+	if text, err := mon.get("/metrics"); err == nil {
+		heap, _ := metricValue(text, "go_memstats_heap_inuse_bytes")
+		sys, _ := metricValue(text, "go_memstats_sys_bytes")
+		t.Logf("%s: while the attack holds: heap in use %.1f MB, Go runtime total %.1f MB", what, heap/(1<<20), sys/(1<<20))
+	}
+	dir := os.Getenv("MASQUE_E2E_HEAP_DIR")
+	if dir == "" {
+		return
+	}
+	prof, err := mon.get("/debug/pprof/heap")
+	if err == nil {
+		name := filepath.Join(dir, "pin-"+strings.ReplaceAll(what, " ", "-")+".pb.gz")
+		err = os.WriteFile(name, []byte(prof), 0o644)
+		t.Logf("%s: heap profile in %s", what, name)
+	}
+	if err != nil {
+		t.Logf("%s: heap profile: %v", what, err)
 	}
 }
 
