@@ -368,6 +368,17 @@ func TestBadControlStreamsCloseConnection(t *testing.T) {
 		{"two control streams", [][]byte{ctrl(settingsOK...), ctrl(settingsOK...)}, false, http3.ErrCodeStreamCreationError},
 		{"a push stream", [][]byte{ctrl(settingsOK...), {streamTypePush, 0x00}}, false, http3.ErrCodeStreamCreationError},
 		{"control stream closed", [][]byte{ctrl(settingsOK...)}, true, http3.ErrCodeClosedCriticalStream},
+		{"client GOAWAY that rises", [][]byte{ctrl(slices.Concat(settingsOK, goAwayFrame(4), goAwayFrame(8))...)}, false, http3.ErrCodeIDError},
+		// RFC 9204 §4.2: one encoder and one decoder stream, both critical.
+		{"two QPACK encoder streams", [][]byte{ctrl(settingsOK...), {streamTypeQPACKEncoder}, {streamTypeQPACKEncoder}}, false, http3.ErrCodeStreamCreationError},
+		{"two QPACK decoder streams", [][]byte{ctrl(settingsOK...), {streamTypeQPACKDecoder}, {streamTypeQPACKDecoder}}, false, http3.ErrCodeStreamCreationError},
+		{"QPACK encoder stream closed", [][]byte{ctrl(settingsOK...), {streamTypeQPACKEncoder}}, true, http3.ErrCodeClosedCriticalStream},
+		{"QPACK decoder stream closed", [][]byte{ctrl(settingsOK...), {streamTypeQPACKDecoder}}, true, http3.ErrCodeClosedCriticalStream},
+		// We advertise a dynamic table of capacity 0 (RFC 9204 §4.3).
+		{"dynamic table capacity 4096", [][]byte{ctrl(settingsOK...), {streamTypeQPACKEncoder, 0x3f, 0xe1, 0x1f}}, false, errCodeQPACKEncoderStream},
+		{"insert with literal name", [][]byte{ctrl(settingsOK...), {streamTypeQPACKEncoder, 0x43, 'a', 'b', 'c', 0x01, 'v'}}, false, errCodeQPACKEncoderStream},
+		{"section acknowledgment", [][]byte{ctrl(settingsOK...), {streamTypeQPACKDecoder, 0x84}}, false, errCodeQPACKDecoderStream},
+		{"insert count increment", [][]byte{ctrl(settingsOK...), {streamTypeQPACKDecoder, 0x01}}, false, errCodeQPACKDecoderStream},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

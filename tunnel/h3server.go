@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,7 +168,11 @@ func readGrowing(r *bufio.Reader, n int, reserve func(int) error, wrap func(erro
 					return nil, err
 				}
 			}
-			b = slices.Grow(b, grow)
+			// make, not slices.Grow: the capacity is exactly what was
+			// reserved.
+			nb := make([]byte, len(b), len(b)+grow)
+			copy(nb, b)
+			b = nb
 		}
 		m, err := r.Read(b[len(b):min(cap(b), n)])
 		b = b[:len(b)+m]

@@ -335,6 +335,40 @@ func TestDgramMuxForgetCountsEarlyDatagrams(t *testing.T) {
 	}
 }
 
+// The early datagrams of all a connection's requests together are capped
+// at earlyConnLen; what a request hands over or drops frees its share.
+func TestDgramMuxEarlyDatagramsPerConnection(t *testing.T) {
+	c := &counters{}
+	m := newDgramMux(nil, c)
+	streams := earlyConnLen/earlyQueueLen + 1
+	for i := range streams {
+		id := quic.StreamID(4 * i)
+		m.expect(id)
+		for range earlyQueueLen {
+			m.dispatch(id, []byte{byte(i)})
+		}
+	}
+	if got, want := c.drops[dropQueueFull].Load(), uint64(streams*earlyQueueLen-earlyConnLen); got != want {
+		t.Errorf("queue_full drops = %d, want %d", got, want)
+	}
+	if m.early != earlyConnLen {
+		t.Errorf("early datagrams held = %d, want %d", m.early, earlyConnLen)
+	}
+	r := &recordSink{}
+	m.register(0, r)
+	if len(r.got) != earlyQueueLen {
+		t.Errorf("register handed over %d datagrams, want %d", len(r.got), earlyQueueLen)
+	}
+	m.forget(4)
+	if m.early != earlyConnLen-2*earlyQueueLen {
+		t.Errorf("early datagrams held after a register and a forget = %d, want %d", m.early, earlyConnLen-2*earlyQueueLen)
+	}
+	m.dispatch(quic.StreamID(4*(streams-1)), []byte{1})
+	if m.early != earlyConnLen-2*earlyQueueLen+1 {
+		t.Errorf("a freed share was not taken: %d held", m.early)
+	}
+}
+
 func TestDgramMuxRegisterForget(t *testing.T) {
 	m := newDgramMux(nil, &counters{})
 	a, b := &recordSink{hold: true}, &recordSink{hold: true}

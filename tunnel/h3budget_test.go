@@ -1,0 +1,96 @@
+package tunnel
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/quic-go/quic-go/quicvarint"
+)
+
+func TestSourceKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"198.18.0.7":            "198.18.0.7/32",
+		"::ffff:198.18.0.7":     "198.18.0.7/32",
+		"2001:db8:1:2:3:4:5:6":  "2001:db8:1:2::/64",
+		"fe80::1%eth0":          "fe80::/64",
+		"2001:db8:1:2:ffff::99": "2001:db8:1:2::/64",
+	} {
+		if got := sourceKey(netip.MustParseAddr(in)); got != netip.MustParsePrefix(want) {
+			t.Errorf("sourceKey(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestHeaderBudget(t *testing.T) {
+	var b headerBudget
+	udp := func(s string) net.Addr { return net.UDPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	// One /64: 17 connections of 64 KiB would be over the source's 1 MiB.
+	var conns []*connBudget
+	for i := range 16 {
+		c := b.forConn(udp(fmt.Sprintf("[2001:db8::%x]:443", i+1)))
+		if err := c.reserve(connHeaderBudget); err != nil {
+			t.Fatalf("conn %d: reserve the connection's budget: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	if err := conns[0].reserve(1); !errors.Is(err, errConnBudget) {
+		t.Errorf("over the connection budget: err = %v, want errConnBudget", err)
+	}
+	c17 := b.forConn(udp("[2001:db8::ffff]:443"))
+	if err := c17.reserve(1); !errors.Is(err, errSourceBudget) {
+		t.Errorf("over the source budget: err = %v, want errSourceBudget", err)
+	}
+	// Another source is not affected.
+	other := b.forConn(udp("198.18.0.1:443"))
+	if err := other.reserve(connHeaderBudget); err != nil {
+		t.Errorf("another source: %v", err)
+	}
+	conns[0].release(1000)
+	if err := c17.reserve(1000); err != nil {
+		t.Errorf("after a release: %v", err)
+	}
+	for _, c := range append(conns, c17, other) {
+		c.close()
+	}
+	if len(b.used) != 0 {
+		t.Errorf("budget after every connection closed: %v, want empty", b.used)
+	}
+}
+
+// FuzzReadRequestHeaders: whatever the stream holds and whatever the
+// budget, readRequestHeaders never reserves more than the bytes that
+// arrived (rounded up to the next growth) plus the first chunk, never
+// more than the limit, and returns exactly the announced HEADERS payload.
+func FuzzReadRequestHeaders(f *testing.F) {
+	hdr := func(n uint64, body []byte) []byte {
+		return append(quicvarint.Append(quicvarint.Append(nil, frameTypeHeaders), n), body...)
+	}
+	f.Add(hdr(16383, make([]byte, 64)), 1<<16)
+	f.Add(hdr(3, []byte("abc")), 100)
+	f.Add(append(appendFrame(nil, 0x21, []byte("grease")), hdr(2000, make([]byte, 2000))...), 1000)
+	f.Add(appendFrame(nil, frameTypeData, nil), 0)
+	f.Fuzz(func(t *testing.T, b []byte, budget int) {
+		reserved := 0
+		got, err := readRequestHeaders(bufio.NewReaderSize(bytes.NewReader(b), 16), maxHeaderBytes, func(n int) error {
+			if n <= 0 {
+				t.Fatalf("reserve(%d)", n)
+			}
+			if reserved+n > budget {
+				return errConnBudget
+			}
+			reserved += n
+			return nil
+		})
+		if reserved > maxHeaderBytes || reserved > max(2*len(b), headerChunk) {
+			t.Fatalf("reserved %d for %d bytes of input", reserved, len(b))
+		}
+		if err == nil && (len(got) > reserved || !bytes.Contains(b, got)) {
+			t.Fatalf("HEADERS of %d bytes with %d reserved, or not from the input", len(got), reserved)
+		}
+	})
+}
