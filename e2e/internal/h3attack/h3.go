@@ -262,10 +262,13 @@ func (rq *request) response(d time.Duration) (int, error) {
 	}
 }
 
+// errCodeRequestCancelled is H3_REQUEST_CANCELLED (RFC 9114 §8.1).
+const errCodeRequestCancelled = 0x10c
+
 // reset cancels both directions of the request stream.
 func (rq *request) reset() {
-	rq.str.CancelRead(0x100)
-	rq.str.CancelWrite(0x100)
+	rq.str.CancelRead(errCodeRequestCancelled)
+	rq.str.CancelWrite(errCodeRequestCancelled)
 }
 
 // dataReader yields the payload of the DATA frames of a stream, skipping
@@ -292,7 +295,10 @@ func (d *dataReader) Read(b []byte) (int, error) {
 			d.left = l
 			continue
 		}
-		if _, err := d.r.Discard(int(min(l, maxFrame))); err != nil {
+		if l > maxFrame {
+			return 0, fmt.Errorf("frame of %d bytes", l)
+		}
+		if _, err := d.r.Discard(int(l)); err != nil {
 			return 0, err
 		}
 		if typ == frameHeaders {
