@@ -125,6 +125,7 @@ type pinConn struct {
 	SentMs        float64 `json:"sent_ms"`
 	Closed        bool    `json:"closed"`
 	ClosedAfterMs float64 `json:"closed_after_ms"`
+	ClosedAtMs    int64   `json:"closed_at_unix_ms"`
 	Outcome       string  `json:"outcome"`
 	Code          string  `json:"code"`
 	Remote        bool    `json:"remote"`
@@ -212,18 +213,27 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, wh
 	})
 	defer stopSampler()
 
-	line, err := p.waitLine(p.stdout, pinHold+20*time.Second, func(l string) bool { return strings.Contains(l, `"event":"ready"`) })
-	if err != nil {
-		t.Fatalf("%s: h3attack pin: %v\nstderr: %s", what, err, tail(p.stderr.String(), 2000))
+	event := func(name string) pinSummary {
+		t.Helper()
+		line, err := p.waitLine(p.stdout, pinHold+20*time.Second, func(l string) bool { return strings.Contains(l, `"event":"`+name+`"`) })
+		if err != nil {
+			t.Fatalf("%s: h3attack pin: %v\nstderr: %s", what, err, tail(p.stderr.String(), 2000))
+		}
+		var s pinSummary
+		lastJSON(t, "h3attack pin "+name, line, &s)
+		return s
 	}
-	var ready pinSummary
-	lastJSON(t, "h3attack pin ready", line, &ready)
-	t.Logf("%s: everything sent after %.1f s: %d of %d connections up, %d streams (%d-%d per connection), %d datagrams",
-		what, ready.Seconds, ready.Dialed, conns, ready.Streams, ready.StreamsMin, ready.StreamsMax, ready.Datagrams)
+	opened := event("opened")
+	t.Logf("%s: %d of %d connections up after %.1f s with %d streams (%d-%d per connection); datagrams follow",
+		what, opened.Dialed, conns, opened.Seconds, opened.Streams, opened.StreamsMin, opened.StreamsMax)
+	// The legitimate clients connect while the datagrams flood in.
+	legitStart := time.Now()
+	legitClients(t, tp, what)
+	legitEnd := time.Now()
+	ready := event("ready")
+	t.Logf("%s: everything sent after %.1f s: %d datagrams", what, ready.Seconds, ready.Datagrams)
 	held := peak.Load()
 	heldMemory(t, mon, what)
-
-	legitClients(t, tp, what)
 
 	if !p.wait(pinHold + 10*time.Second) {
 		t.Fatalf("%s: h3attack pin still runs %v after its -duration", what, 10*time.Second)
@@ -234,11 +244,23 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, wh
 	}
 	var done pinSummary
 	lastJSON(t, "h3attack pin done", p.stdout.String(), &done)
-	var late []string
+	var (
+		late                  []string
+		firstClose, lastClose time.Time
+	)
 	for _, l := range nonEmptyLines(p.stdout.String()) {
 		var pc pinConn
 		if json.Unmarshal([]byte(l), &pc) != nil || pc.Event != "conn" || pc.DialError != "" {
 			continue
+		}
+		if pc.Closed {
+			at := time.UnixMilli(pc.ClosedAtMs)
+			if firstClose.IsZero() || at.Before(firstClose) {
+				firstClose = at
+			}
+			if at.After(lastClose) {
+				lastClose = at
+			}
 		}
 		if !pc.Closed || pc.ClosedAfterMs > float64((requestTimeout+time.Second)/time.Millisecond) {
 			late = append(late, fmt.Sprintf("#%d from %s (%d streams): %s", pc.I, pc.Local, pc.Streams, closeString(pc)))
@@ -251,6 +273,16 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, wh
 		what, done.Dialed, done.DialFailed, done.Closed, pinHold, done.CloseP50ms, done.CloseMaxms, done.Codes, done.Open)
 	t.Logf("%s: streams quic-go let each connection open: %d-%d (%d in all)", what, done.StreamsMin, done.StreamsMax, done.Streams)
 
+	switch {
+	case lastClose.IsZero() || legitEnd.Before(firstClose):
+		t.Logf("%s: the legitimate clients were done before the first hostile connection was closed", what)
+	case legitStart.Before(lastClose):
+		t.Logf("%s: the legitimate clients ran from %v before to %v after the first hostile close", what,
+			firstClose.Sub(legitStart).Round(time.Millisecond), legitEnd.Sub(firstClose).Round(time.Millisecond))
+	default:
+		t.Errorf("%s: the legitimate clients started %v after the last hostile connection was closed: they did not connect during the attack",
+			what, legitStart.Sub(lastClose).Round(time.Millisecond))
+	}
 	if rise > pinRSSBudget {
 		t.Errorf("%s: masqued's RSS rose %.1f MB over its baseline, budget %d MB", what, float64(rise)/(1<<20), pinRSSBudget>>20)
 	}

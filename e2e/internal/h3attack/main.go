@@ -8,9 +8,9 @@
 //	    N connections (round robin over -local), each opening up to S
 //	    request streams that announce a HEADERS frame of -announce bytes
 //	    and deliver -deliver, then D datagrams of -size bytes for each
-//	    stream; it prints "ready" once everything is sent and, per
-//	    connection, when and with which code the server closed it and how
-//	    many streams quic-go let it open.
+//	    stream; it prints "opened" once the streams are open, "ready" once
+//	    everything is sent and, per connection, when and with which code
+//	    the server closed it and how many streams quic-go let it open.
 //	h3attack poolwalk  -capsules K -entries E
 //	    one authenticated CONNECT-IP session, then K ADDRESS_REQUEST
 //	    capsules (RFC 9484 §4.7.2) of E entries each walking -pool; it

@@ -46,13 +46,16 @@ type pinConn struct {
 	SentMs      float64 `json:"sent_ms"` // from the handshake to the last datagram
 	Closed      bool    `json:"closed"`
 	// ClosedAfterMs is from the end of the handshake to the close.
-	ClosedAfterMs float64 `json:"closed_after_ms,omitempty"`
+	ClosedAfterMs  float64 `json:"closed_after_ms,omitempty"`
+	ClosedAtUnixMs int64   `json:"closed_at_unix_ms,omitempty"`
 	closeInfo
 }
 
 // pinSummary is the last line.
 type pinSummary struct {
-	Event      string         `json:"event"` // "ready" once all is sent, then "done"
+	// Event is "opened" once every connection has opened its streams,
+	// "ready" once all is sent, then "done".
+	Event      string         `json:"event"`
 	Conns      int            `json:"conns"`
 	Dialed     int            `json:"dialed"`
 	DialFailed int            `json:"dial_failed"`
@@ -72,15 +75,18 @@ func (p *pin) run(ctx context.Context, d *dialer, _ common) error {
 	start := time.Now()
 	conns := make([]*pinConn, p.n)
 	var (
-		sent, all sync.WaitGroup
-		dials     = make(chan struct{}, 16) // handshakes at once
+		opened, sent, all sync.WaitGroup
+		dials             = make(chan struct{}, 16) // handshakes at once
 	)
 	for i := range p.n {
 		pc := &pinConn{Event: "conn", I: i}
 		conns[i] = pc
+		opened.Add(1)
 		sent.Add(1)
-		all.Go(func() { p.conn(ctx, d, pc, dials, sent.Done) })
+		all.Go(func() { p.conn(ctx, d, pc, dials, opened.Done, sent.Done) })
 	}
+	opened.Wait()
+	emit(p.summary(conns, "opened", start))
 	sent.Wait()
 	s := p.summary(conns, "ready", start)
 	emit(s)
@@ -92,15 +98,16 @@ func (p *pin) run(ctx context.Context, d *dialer, _ common) error {
 	return nil
 }
 
-// conn runs one connection: it calls sent once everything is sent (or
-// failed), then waits for the server to close the connection or ctx to
-// end, and closes it.
-func (p *pin) conn(ctx context.Context, d *dialer, pc *pinConn, dials chan struct{}, sent func()) {
+// conn runs one connection: it calls opened once its streams are open,
+// sent once everything is sent (or either failed), then waits for the
+// server to close the connection or ctx to end, and closes it.
+func (p *pin) conn(ctx context.Context, d *dialer, pc *pinConn, dials chan struct{}, opened, sent func()) {
 	dials <- struct{}{}
 	h, err := d.openH3(ctx, quicConfig(true), defaultSettings)
 	<-dials
 	if err != nil {
 		pc.DialError = err.Error()
+		opened()
 		sent()
 		return
 	}
@@ -127,6 +134,7 @@ func (p *pin) conn(ctx context.Context, d *dialer, pc *pinConn, dials chan struc
 			break
 		}
 	}
+	opened()
 	// Datagrams round robin over the streams: quarter stream ID, context
 	// ID 0, filler up to p.size.
 	dg := make([]byte, 0, p.size+16)
@@ -153,6 +161,7 @@ send:
 	case <-h.qc.Context().Done():
 		pc.Closed = true
 		pc.ClosedAfterMs = ms(time.Since(t0))
+		pc.ClosedAtUnixMs = time.Now().UnixMilli()
 	case <-ctx.Done():
 	}
 	pc.closeInfo, _ = connClosed(h.qc)
@@ -168,7 +177,9 @@ func (p *pin) summary(conns []*pinConn, event string, start time.Time) pinSummar
 		}
 		s.Dialed++
 		s.Streams += pc.Streams
-		s.Datagrams += pc.Datagrams
+		if event != "opened" { // still being sent
+			s.Datagrams += pc.Datagrams
+		}
 		if s.StreamsMin < 0 || pc.Streams < s.StreamsMin {
 			s.StreamsMin = pc.Streams
 		}
