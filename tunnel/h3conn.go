@@ -192,21 +192,22 @@ func (s *Server) serveH3(c *quic.Conn) error {
 			str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
 			continue
 		}
-		s.requests.Add(1)
 		hc.handlers.Go(func() {
-			defer s.requests.Add(-1)
 			wasParsed := false
 			why := s.serveRequest(hc, str, s.handler, func() {
 				// From here the stream is a request: it keeps the
-				// connection open and its early datagrams are kept.
+				// connection open (and a drain waiting), and its early
+				// datagrams are kept.
 				wasParsed = true
 				<-hc.unparsed
+				s.requests.Add(1)
 				idle.begin()
 				hc.mux.expect(id)
 			})
 			if wasParsed {
 				hc.mux.forget(id)
 				idle.end()
+				s.requests.Add(-1)
 			} else {
 				<-hc.unparsed
 			}

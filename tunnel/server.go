@@ -129,7 +129,7 @@ type Server struct {
 	cfg      ServerConfig
 	log      *slog.Logger
 	handler  http.Handler // routes requests (serveRequest)
-	requests atomic.Int64 // requests in progress: sessions, flows and those being answered
+	requests atomic.Int64 // requests in progress (parsed): sessions, flows and those being answered
 	router   *ipRouter
 	counters counters
 	routes   []connectip.IPRoute
