@@ -112,6 +112,54 @@ func logSummary(lines []string) string {
 	return strings.Join(parts, ", ")
 }
 
+// counterDeltas lists the series whose name match accepts that changed
+// from before to after, as name{labels} +delta.
+func counterDeltas(before, after string, match func(name string) bool) string {
+	value := func(text string) map[string]float64 {
+		out := map[string]float64{}
+		for _, l := range strings.Split(text, "\n") {
+			f := strings.Fields(l)
+			if len(f) < 2 || strings.HasPrefix(l, "#") {
+				continue
+			}
+			name, _, _ := strings.Cut(f[0], "{")
+			if !match(name) {
+				continue
+			}
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				out[f[0]] = v
+			}
+		}
+		return out
+	}
+	b, a := value(before), value(after)
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(a)) {
+		if d := a[k] - b[k]; d != 0 {
+			parts = append(parts, fmt.Sprintf("%s %+.0f", k, d))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// refusalCounters matches the counters that say what masqued refused,
+// closed or dropped, and why.
+func refusalCounters(name string) bool {
+	return slices.Contains([]string{
+		"masque_tunnel_refused_requests_total", "masque_tunnel_unrouted_requests_total",
+		"masque_tunnel_connection_errors_total", "masque_tunnel_idle_connections_closed_total",
+		"masque_tunnel_dropped_packets_total", "masque_quic_connections_refused_total",
+	}, name)
+}
+
+// addressMetrics matches the metrics of the pools and of address requests.
+func addressMetrics(name string) bool {
+	return strings.HasPrefix(name, "masque_") && (strings.Contains(name, "address") || strings.Contains(name, "pool") || strings.Contains(name, "lease"))
+}
+
 // pinConn and pinSummary are h3attack pin's output lines.
 type pinConn struct {
 	Event         string  `json:"event"`
@@ -185,6 +233,7 @@ const pinHold = 12 * time.Second
 // connections' closes and the legitimate clients.
 func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, what, local string, conns int) {
 	t.Helper()
+	m0 := srv.metrics(t)
 	p := startProc(t, tp.client, "h3attack pin", h3attackArgv("pin", "-local", local, "-n", strconv.Itoa(conns),
 		"-streams", "100", "-datagrams", "32", "-size", "1150", "-duration", pinHold.String())...)
 	p.grace = 10 * time.Second
@@ -272,6 +321,7 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, wh
 	t.Logf("%s: %d connections (%d dial failures), %d closed by the server within %v (close after handshake p50 %.0f ms, max %.0f ms; codes %v), %d still open at the end",
 		what, done.Dialed, done.DialFailed, done.Closed, pinHold, done.CloseP50ms, done.CloseMaxms, done.Codes, done.Open)
 	t.Logf("%s: streams quic-go let each connection open: %d-%d (%d in all)", what, done.StreamsMin, done.StreamsMax, done.Streams)
+	t.Logf("%s: masqued's counters: %s", what, counterDeltas(m0, srv.metrics(t), refusalCounters))
 
 	switch {
 	case lastClose.IsZero() || legitEnd.Before(firstClose):
@@ -380,7 +430,7 @@ func TestHostilePoolWalk(t *testing.T) {
 	tp := newTopo(t, false)
 	srv := tp.startHostileServer(t, "--log-level", "info")
 
-	n0 := srv.logLines()
+	n0, m0 := srv.logLines(), srv.metrics(t)
 	out := runAttack(t, tp.client, 60*time.Second, "poolwalk", "-capsules", "17", "-entries", "4000", "-duration", "45s")
 	time.Sleep(500 * time.Millisecond) // the session's end reaches the log
 	logged := srv.newLogLines(n0)
@@ -392,6 +442,7 @@ func TestHostilePoolWalk(t *testing.T) {
 	t.Logf("pool walk: %d ADDRESS_REQUEST capsules, %d answered in %.3f s, %d distinct addresses assigned (%d changes; first %s, last %s)%s",
 		rep.Requests, rep.Answers, rep.Seconds, rep.Distinct, rep.Changes, rep.Initial, rep.Last, walkEnd(rep))
 	t.Logf("after the walk: IPv4 leases in use %.0f, reserved %.0f; masqued logged %d lines: %s", inUse, reserved, len(logged), logSummary(logged))
+	t.Logf("masqued's counters: %s", counterDeltas(m0, m, func(n string) bool { return refusalCounters(n) || addressMetrics(n) }))
 
 	if rep.Distinct == 0 {
 		t.Errorf("the walker's session got no address at all: %+v", rep)
@@ -442,7 +493,7 @@ func TestHostileRefusalFlood(t *testing.T) {
 	tp := newTopo(t, false)
 	srv := tp.startHostileServer(t, "--log-level", "info")
 
-	n0 := srv.logLines()
+	n0, m0 := srv.logLines(), srv.metrics(t)
 	out := runAttack(t, tp.client, 90*time.Second, "refuse", "-n", strconv.Itoa(n), "-c", "8", "-p", "4", "-duration", "60s")
 	time.Sleep(500 * time.Millisecond)
 	logged := srv.newLogLines(n0)
@@ -451,6 +502,12 @@ func TestHostileRefusalFlood(t *testing.T) {
 	t.Logf("refusal flood: %d requests in %.1f s on %d connections, %d answered %v, errors %v, connections closed by the server %v",
 		rep.Requests, rep.Seconds, rep.Connections, rep.Answered, rep.Statuses, rep.Errors, rep.Closes)
 	t.Logf("masqued logged %d lines during the flood: %s", len(logged), logSummary(logged))
+	m := srv.metrics(t)
+	t.Logf("masqued's counters: %s", counterDeltas(m0, m, refusalCounters))
+	// Not logged, but counted: every 401 is a refusal with its reason.
+	if got, want := metricDelta(m0, m, "masque_tunnel_refused_requests_total", `reason="unauthenticated"`), float64(rep.Statuses["401"]); got < want {
+		t.Errorf("masque_tunnel_refused_requests_total{reason=\"unauthenticated\"} grew by %.0f for %.0f requests answered 401", got, want)
+	}
 	if rep.Requests < n {
 		t.Errorf("the flood sent %d requests, want %d", rep.Requests, n)
 	}
