@@ -107,6 +107,13 @@ func setup(dir string) error {
 		{"build", "-buildvcs=false", "-o", env.connectload, "./e2e/internal/connectload"},
 		{"build", "-buildvcs=false", "-o", env.h3attack, "./e2e/internal/h3attack"},
 	}
+	// MASQUE_E2E_MASQUED=PATH runs the tests against that masqued binary
+	// instead of building one: to measure an older server (the "before"
+	// of a fix) with today's tests.
+	if prebuilt := os.Getenv("MASQUE_E2E_MASQUED"); prebuilt != "" {
+		env.masqued = prebuilt
+		builds = builds[1:]
+	}
 	for _, args := range builds {
 		cmd := exec.Command(goBin, args...)
 		cmd.Dir = ".." // the module root; go test runs in e2e/
