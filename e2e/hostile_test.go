@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -197,21 +198,21 @@ type pinSummary struct {
 	Seconds    float64        `json:"seconds"`
 }
 
-// legitClients opens, from client2, a session with alice's token
-// (connectload: it must get its ADDRESS_ASSIGN) and a tunnel with dave's
-// client certificate (masque up: a ping through it must be answered), and
-// closes both.
-func legitClients(t *testing.T, tp *topo, what string) {
+// legitClients opens, from client2 (local, its address toward the
+// server), a session with alice's token (connectload: it must get its
+// ADDRESS_ASSIGN) and a tunnel with dave's client certificate (masque up:
+// a ping through it must be answered), both to server, and closes both.
+func legitClients(t *testing.T, tp *topo, what, server, local string) {
 	t.Helper()
 	start := time.Now()
-	rep := runLoad(t, tp.client2, 40*time.Second, "-mode", "churn", "-n", "1", "-c", "1",
-		"-local", client2IP4, "-timeout", "15s", "-duration", "30s")
+	rep := runLoad(t, tp.client2, 40*time.Second, "-server", server, "-mode", "churn", "-n", "1", "-c", "1",
+		"-local", local, "-timeout", "15s", "-duration", "30s")
 	if rep.OK != 1 {
 		t.Errorf("%s: a client with a token got no session (%d failed: %v)", what, rep.Failed, rep.Errors)
 	} else {
 		t.Logf("%s: token client's session and address assignment in %.1f ms", what, rep.MaxMs)
 	}
-	c := tp.startClient(t, tp.client2, certAuth("dave"))
+	c := tp.startClient(t, tp.client2, certAuth("dave"), "--server", server)
 	p := ping(t, tp.client2, targetIP4, 3)
 	if p.received == 0 {
 		t.Errorf("%s: mTLS client (dave) up, but no ping answered through its tunnel:\n%s", what, p.out)
@@ -228,13 +229,28 @@ func legitClients(t *testing.T, tp *topo, what string) {
 // than the request timeout plus a second plus the time to send.
 const pinHold = 12 * time.Second
 
-// pinAttack runs h3attack pin from local with conns connections while the
-// legitimate clients connect, and checks masqued's memory, the hostile
-// connections' closes and the legitimate clients.
-func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, what, local string, conns int) {
+// pinCase is one run of the pin attack.
+type pinCase struct {
+	what   string
+	server string // masqued's address
+	local  string // the attacker's addresses (h3attack -local)
+	conns  int
+	// maxConns, if not 0, is the most connections masqued may accept
+	// from the attacker.
+	maxConns int
+	// legitLocal is client2's address toward the server, for the
+	// legitimate clients.
+	legitLocal string
+}
+
+// pinAttack runs h3attack pin while the legitimate clients connect, and
+// checks masqued's memory, the hostile connections' closes and the
+// legitimate clients.
+func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, pc pinCase) {
 	t.Helper()
+	what, conns := pc.what, pc.conns
 	m0 := srv.metrics(t)
-	p := startProc(t, tp.client, "h3attack pin", h3attackArgv("pin", "-local", local, "-n", strconv.Itoa(conns),
+	p := startProc(t, tp.client, "h3attack pin", h3attackArgv("pin", "-server", pc.server, "-local", pc.local, "-n", strconv.Itoa(conns),
 		"-streams", "100", "-datagrams", "32", "-size", "1150", "-duration", pinHold.String())...)
 	p.grace = 10 * time.Second
 
@@ -277,7 +293,7 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, wh
 		what, opened.Dialed, conns, opened.Seconds, opened.Streams, opened.StreamsMin, opened.StreamsMax)
 	// The legitimate clients connect while the datagrams flood in.
 	legitStart := time.Now()
-	legitClients(t, tp, what)
+	legitClients(t, tp, what, pc.server, pc.legitLocal)
 	legitEnd := time.Now()
 	ready := event("ready")
 	t.Logf("%s: everything sent after %.1f s: %d datagrams", what, ready.Seconds, ready.Datagrams)
@@ -339,6 +355,9 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, wh
 	if done.Dialed == 0 {
 		t.Errorf("%s: no hostile connection was established (%d dial failures): the attack did not run", what, done.DialFailed)
 	}
+	if pc.maxConns > 0 && done.Dialed > pc.maxConns {
+		t.Errorf("%s: masqued accepted %d of the attacker's %d connections, want at most %d", what, done.Dialed, conns, pc.maxConns)
+	}
 	if len(late) > 0 {
 		t.Errorf("%s: %d of %d hostile connections not closed within the request timeout %v + 1 s, e.g.:\n  %s",
 			what, len(late), done.Dialed, requestTimeout, strings.Join(late[:min(len(late), 5)], "\n  "))
@@ -391,21 +410,68 @@ func TestHostilePin(t *testing.T) {
 
 	// Warm-up: what the legitimate clients set up on first use exists at
 	// the baseline.
-	legitClients(t, tp, "warm-up")
+	legitClients(t, tp, "warm-up", serverAddr, client2IP4)
 	base := mon.baseline(t)
 	t.Logf("baseline: %v", base)
 
 	first, _, _ := strings.Cut(local, "-")
-	for _, c := range []struct {
-		what, local string
-		conns       int
-	}{
-		{"one source", first, 64},
-		{"two sources", local, 128},
+	for _, pc := range []pinCase{
+		{what: "one source", server: serverAddr, local: first, conns: 64, legitLocal: client2IP4},
+		{what: "two sources", server: serverAddr, local: local, conns: 128, legitLocal: client2IP4},
 	} {
-		pinAttack(t, tp, srv, mon, base, c.what, c.local, c.conns)
-		mon.checkBack(t, "after the pin attack from "+c.what, base, 20*time.Second)
+		pinAttack(t, tp, srv, mon, base, pc)
+		mon.checkBack(t, "after the pin attack from "+pc.what, base, 20*time.Second)
 	}
+}
+
+// Addresses of the IPv6 pin attack: masqued listens on its IPv6 address,
+// with a certificate for it.
+const (
+	serverIP6   = "2001:db8:1::2"
+	server6Addr = "[" + serverIP6 + "]:4433"
+	client2IP6  = "2001:db8:3::1"
+)
+
+// maxConnsPerSource is masqued's default --max-conns-per-source.
+const maxConnsPerSource = 64
+
+// TestHostilePinIPv6Prefix: an IPv6 /64 is one source to masqued. The pin
+// attack with 128 connections from four addresses of one /64 gets at most
+// --max-conns-per-source of them accepted, and is bounded like the attack
+// from one IPv4 source: memory, closes, legitimate clients served.
+func TestHostilePinIPv6Prefix(t *testing.T) {
+	tp := newTopo(t, true)
+	local := addClientAddrs(t, tp, netip.MustParseAddr("2001:db8:1::10"), 4)
+	pki := serverCertFor(t, serverIP6)
+	srv := tp.startHostileServer(t, "--listen", server6Addr,
+		"--cert", filepath.Join(pki, "server.crt"), "--key", filepath.Join(pki, "server.key"))
+	mon := newMonitor(t, srv)
+
+	legitClients(t, tp, "warm-up", server6Addr, client2IP6)
+	base := mon.baseline(t)
+	t.Logf("baseline: %v", base)
+	pc := pinCase{what: "one /64", server: server6Addr, local: local, conns: 2 * maxConnsPerSource,
+		maxConns: maxConnsPerSource, legitLocal: client2IP6}
+	pinAttack(t, tp, srv, mon, base, pc)
+	mon.checkBack(t, "after the pin attack from one /64", base, 20*time.Second)
+}
+
+// serverCertFor issues, with the test CA, a server certificate for host in
+// a directory of the test's own, and returns the directory.
+func serverCertFor(t *testing.T, host string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"ca.crt", "ca.key"} {
+		b, err := os.ReadFile(filepath.Join(env.certDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustRun(t, env.masqued, "cert", "--dir", dir, "--host", host)
+	return dir
 }
 
 // walkReport is h3attack poolwalk's output.

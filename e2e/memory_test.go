@@ -260,11 +260,21 @@ func (m *monitor) checkBack(t *testing.T, what string, base usage, d time.Durati
 // Cleanup removes them before the topology checks the namespace.
 func loadClientAddrs(t *testing.T, tp *topo, n int) string {
 	t.Helper()
-	first := netip.MustParseAddr("198.18.1.10")
+	return addClientAddrs(t, tp, netip.MustParseAddr("198.18.1.10"), n)
+}
+
+// addClientAddrs is loadClientAddrs from first on, IPv4 or IPv6 (inside
+// the client's 198.18.1.0/24 or 2001:db8:1::/64).
+func addClientAddrs(t *testing.T, tp *topo, first netip.Addr, n int) string {
+	t.Helper()
 	last := first
 	for a := first; n > 0; a, n = a.Next(), n-1 {
-		p := a.String() + "/32"
-		mustRun(t, "ip", "-n", tp.client, "addr", "add", p, "dev", "c0")
+		p := netip.PrefixFrom(a, a.BitLen()).String()
+		args := []string{"-n", tp.client, "addr", "add", p, "dev", "c0"}
+		if a.Is6() {
+			args = append(args, "nodad")
+		}
+		mustRun(t, "ip", args...)
 		t.Cleanup(func() { mustRun(t, "ip", "-n", tp.client, "addr", "del", p, "dev", "c0") })
 		last = a
 	}
