@@ -106,7 +106,7 @@ func TestHostileConformance(t *testing.T) {
 		{"trailers", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			out := runAttack(t, tp.client, 30*time.Second, "conform", "-case", c.name, "-wait", "2s", "-ping", targetIP4, "-duration", "20s")
+			out := runAttack(t, tp.client, 30*time.Second, "conform", "-case", c.name, "-wait", "1500ms", "-ping", targetIP4, "-duration", "20s")
 			var rep conformReport
 			lastJSON(t, "h3attack conform", out, &rep)
 			stream := ""
