@@ -235,6 +235,10 @@ type pinCase struct {
 	server string // masqued's address
 	local  string // the attacker's addresses (h3attack -local)
 	conns  int
+	// datagrams per stream; trickle, if not 0, sends one more byte of
+	// every HEADERS frame this often (a slow loris).
+	datagrams int
+	trickle   time.Duration
 	// maxConns, if not 0, is the most connections masqued may accept
 	// from the attacker.
 	maxConns int
@@ -251,7 +255,8 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, pc
 	what, conns := pc.what, pc.conns
 	m0 := srv.metrics(t)
 	p := startProc(t, tp.client, "h3attack pin", h3attackArgv("pin", "-server", pc.server, "-local", pc.local, "-n", strconv.Itoa(conns),
-		"-streams", "100", "-datagrams", "32", "-size", "1150", "-duration", pinHold.String())...)
+		"-streams", "100", "-datagrams", strconv.Itoa(pc.datagrams), "-size", "1150", "-trickle", pc.trickle.String(),
+		"-duration", pinHold.String())...)
 	p.grace = 10 * time.Second
 
 	// Peak RSS, sampled without forcing a GC, until the attack ends.
@@ -289,7 +294,7 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, pc
 		return s
 	}
 	opened := event("opened")
-	t.Logf("%s: %d of %d connections up after %.1f s with %d streams (%d-%d per connection); datagrams follow",
+	t.Logf("%s: %d of %d connections up after %.1f s with %d streams (%d-%d per connection)",
 		what, opened.Dialed, conns, opened.Seconds, opened.Streams, opened.StreamsMin, opened.StreamsMax)
 	// The legitimate clients connect while the datagrams flood in.
 	legitStart := time.Now()
@@ -400,7 +405,8 @@ func closeString(pc pinConn) string {
 
 // TestHostilePin: unauthenticated connections that open request streams
 // with a HEADERS frame announced but never finished, and send datagrams for
-// each, from one source and then from two, hold masqued's memory under a
+// each, from one source and then from two, and then connections that
+// trickle their HEADERS a byte at a time, hold masqued's memory under a
 // budget, are all closed within the request timeout plus a second, and do
 // not keep a client with a token or a client certificate out. Afterwards
 // masqued is back at its baseline.
@@ -418,8 +424,10 @@ func TestHostilePin(t *testing.T) {
 
 	first, _, _ := strings.Cut(local, "-")
 	for _, pc := range []pinCase{
-		{what: "one source", server: serverAddr, local: first, conns: 64, legitLocal: client2IP4},
-		{what: "two sources", server: serverAddr, local: local, conns: 128, legitLocal: client2IP4},
+		{what: "one source", server: serverAddr, local: first, conns: 64, datagrams: 32, legitLocal: client2IP4},
+		{what: "two sources", server: serverAddr, local: local, conns: 128, datagrams: 32, legitLocal: client2IP4},
+		// Progress on a HEADERS frame must not extend its deadline.
+		{what: "one source trickling its HEADERS", server: serverAddr, local: first, conns: 64, trickle: 500 * time.Millisecond, legitLocal: client2IP4},
 	} {
 		pinAttack(t, tp, srv, mon, base, pc)
 		mon.checkBack(t, "after the pin attack from "+pc.what, base, 20*time.Second)
@@ -452,7 +460,7 @@ func TestHostilePinIPv6Prefix(t *testing.T) {
 	legitClients(t, tp, "warm-up", server6Addr, client2IP6)
 	base := mon.baseline(t)
 	t.Logf("baseline: %v", base)
-	pc := pinCase{what: "one /64", server: server6Addr, local: local, conns: 2 * maxConnsPerSource,
+	pc := pinCase{what: "one /64", server: server6Addr, local: local, conns: 2 * maxConnsPerSource, datagrams: 32,
 		maxConns: maxConnsPerSource, legitLocal: client2IP6}
 	pinAttack(t, tp, srv, mon, base, pc)
 	mon.checkBack(t, "after the pin attack from one /64", base, 20*time.Second)

@@ -13,11 +13,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/quicvarint"
 )
 
 type pin struct {
 	n, streams, datagrams, size, announce, deliver int
+	trickle                                        time.Duration
 }
 
 func pinFlags(fs *flag.FlagSet) *pin {
@@ -28,6 +30,7 @@ func pinFlags(fs *flag.FlagSet) *pin {
 	fs.IntVar(&p.size, "size", 1150, "bytes per datagram")
 	fs.IntVar(&p.announce, "announce", 16383, "length the HEADERS frame announces")
 	fs.IntVar(&p.deliver, "deliver", 64, "bytes of the HEADERS frame sent")
+	fs.DurationVar(&p.trickle, "trickle", 0, "after the datagrams, send one more byte of each HEADERS frame this often (0: none)")
 	return p
 }
 
@@ -43,7 +46,8 @@ type pinConn struct {
 	StreamError string  `json:"stream_error,omitempty"` // why it opened no more
 	Datagrams   int     `json:"datagrams"`              // datagrams sent
 	SendError   string  `json:"send_error,omitempty"`
-	SentMs      float64 `json:"sent_ms"` // from the handshake to the last datagram
+	Trickled    int     `json:"trickled,omitempty"` // bytes trickled per stream
+	SentMs      float64 `json:"sent_ms"`            // from the handshake to the last datagram
 	Closed      bool    `json:"closed"`
 	// ClosedAfterMs is from the end of the handshake to the close.
 	ClosedAfterMs  float64 `json:"closed_after_ms,omitempty"`
@@ -120,7 +124,10 @@ func (p *pin) conn(ctx context.Context, d *dialer, pc *pinConn, dials chan struc
 	head := quicvarint.Append(nil, frameHeaders)
 	head = quicvarint.Append(head, uint64(p.announce))
 	head = append(head, make([]byte, p.deliver)...)
-	var qsids []uint64
+	var (
+		qsids []uint64
+		strs  []*quic.Stream
+	)
 	for range p.streams {
 		str, err := h.qc.OpenStream()
 		if err != nil {
@@ -129,6 +136,7 @@ func (p *pin) conn(ctx context.Context, d *dialer, pc *pinConn, dials chan struc
 		}
 		pc.Streams++
 		qsids = append(qsids, uint64(str.StreamID())/4)
+		strs = append(strs, str)
 		if _, err := str.Write(head); err != nil {
 			pc.StreamError = err.Error()
 			break
@@ -157,12 +165,31 @@ send:
 	pc.SentMs = ms(time.Since(t0))
 	sent()
 
-	select {
-	case <-h.qc.Context().Done():
-		pc.Closed = true
-		pc.ClosedAfterMs = ms(time.Since(t0))
-		pc.ClosedAtUnixMs = time.Now().UnixMilli()
-	case <-ctx.Done():
+	// A slow loris: progress on every HEADERS frame, never its end (the
+	// announced length is far off).
+	var tick <-chan time.Time
+	if p.trickle > 0 {
+		t := time.NewTicker(p.trickle)
+		defer t.Stop()
+		tick = t.C
+	}
+	one := []byte{0}
+wait:
+	for {
+		select {
+		case <-tick:
+			for _, str := range strs {
+				str.Write(one)
+			}
+			pc.Trickled++
+		case <-h.qc.Context().Done():
+			pc.Closed = true
+			pc.ClosedAfterMs = ms(time.Since(t0))
+			pc.ClosedAtUnixMs = time.Now().UnixMilli()
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	pc.closeInfo, _ = connClosed(h.qc)
 }
