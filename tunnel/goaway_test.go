@@ -196,6 +196,17 @@ func TestGoAwayInterop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	go ts.srv.Shutdown(ctx)
+	// A request the server accepted before its GOAWAY is still served
+	// (RFC 9114 §5.2): dial only once the GOAWAY is out.
+	waitFor(t, "the server's GOAWAY", 5*time.Second, func() bool {
+		hc := ts.srv.anyConn()
+		if hc == nil {
+			return false
+		}
+		hc.mu.Lock()
+		defer hc.mu.Unlock()
+		return hc.goingAway
+	})
 	// Requests that cross the GOAWAY are rejected by the server
 	// (H3_REQUEST_REJECTED); once quic-go has read it, it sends none.
 	var last error

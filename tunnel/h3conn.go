@@ -140,7 +140,7 @@ func (s *Server) serveH3(c *quic.Conn) error {
 	hc.ctrl = ctrl
 	s.mu.Lock()
 	s.conns[c] = hc
-	closing := s.closing
+	closing := s.closing || s.draining
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()

@@ -146,7 +146,8 @@ type Server struct {
 	conns    map[*quic.Conn]*h3conn
 	perConn  map[*quic.Conn]int
 	perID    map[policy.Identity]int
-	closing  bool
+	draining bool // GOAWAY sent on every connection, and sent on new ones at once
+	closing  bool // no new session or flow: what is open is being ended
 }
 
 var _ quicio.Application = (*Server)(nil)
@@ -274,15 +275,16 @@ func (s *Server) ServeConn(ctx context.Context, c *quic.Conn) error {
 	return err
 }
 
-// Shutdown drains the server: new sessions and flows are refused, and every
-// connection gets a GOAWAY (RFC 9114 §5.2), which tells its client to open
-// its next session elsewhere or later; sessions and flows carry on. Once
+// Shutdown drains the server: every connection gets a GOAWAY (RFC 9114
+// §5.2), which tells its client to open its next session elsewhere or
+// later; requests after it are rejected, those before it are still served,
+// and sessions and flows carry on. Once
 // they have all ended, or ctx is done, what is left is ended (clients see
 // their tunnel closed), and after a short grace for those ends to reach the
 // clients each connection is closed with H3_NO_ERROR. It returns ctx's
 // error if sessions were still up when ctx was done.
 func (s *Server) Shutdown(ctx context.Context) error {
-	_, conns := s.startClosing()
+	_, conns := s.startClosing(false)
 	for _, hc := range conns {
 		hc.goAway()
 	}
@@ -298,7 +300,7 @@ wait:
 		case <-tick.C:
 		}
 	}
-	sessions, conns := s.startClosing()
+	sessions, conns := s.startClosing(true)
 	for _, ss := range sessions {
 		ss.close()
 	}
@@ -328,11 +330,16 @@ wait:
 // streams before it closes their connections.
 const shutdownGrace = 250 * time.Millisecond
 
-// startClosing marks the server closing and returns what is open.
-func (s *Server) startClosing() ([]*session, []*h3conn) {
+// startClosing marks the server draining, or closing if final, and returns
+// what is open.
+func (s *Server) startClosing(final bool) ([]*session, []*h3conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.closing = true
+	if final {
+		s.closing = true
+	} else {
+		s.draining = true
+	}
 	sessions := make([]*session, 0, len(s.sessions))
 	for ss := range s.sessions {
 		sessions = append(sessions, ss)
@@ -347,7 +354,7 @@ func (s *Server) startClosing() ([]*session, []*h3conn) {
 // Close ends everything at once. The Device must be closed by its owner
 // after Close returns for the TUN reader to exit; Close waits for it.
 func (s *Server) Close() error {
-	sessions, conns := s.startClosing()
+	sessions, conns := s.startClosing(true)
 	for _, ss := range sessions {
 		ss.close()
 	}
