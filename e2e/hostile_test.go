@@ -329,21 +329,30 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, pc
 	}
 }
 
-// heldMemory logs masqued's heap while the attack holds it (no forced
-// GC), and with MASQUE_E2E_HEAP_DIR set (a dev knob) saves a heap profile
+// heldMemory logs masqued's heap while the attack holds it: as it is
+// (live and garbage), and right after a forced GC (live only), and with
+// MASQUE_E2E_HEAP_DIR set (a dev knob) saves the heap profile of that GC
 // there for go tool pprof.
 func heldMemory(t *testing.T, mon *monitor, what string) {
 	t.Helper()
-	if text, err := mon.get("/metrics"); err == nil {
-		heap, _ := metricValue(text, "go_memstats_heap_inuse_bytes")
-		sys, _ := metricValue(text, "go_memstats_sys_bytes")
-		t.Logf("%s: while the attack holds: heap in use %.1f MB, Go runtime total %.1f MB", what, heap/(1<<20), sys/(1<<20))
+	heap := func() (inUse, sys float64) {
+		text, err := mon.get("/metrics")
+		if err != nil {
+			return 0, 0
+		}
+		inUse, _ = metricValue(text, "go_memstats_heap_inuse_bytes")
+		sys, _ = metricValue(text, "go_memstats_sys_bytes")
+		return inUse, sys
 	}
+	all, sys := heap()
+	prof, err := mon.get("/debug/pprof/heap?gc=1")
+	live, _ := heap()
+	t.Logf("%s: while the attack holds: heap in use %.1f MB, %.1f MB live after a GC; Go runtime total %.1f MB",
+		what, all/(1<<20), live/(1<<20), sys/(1<<20))
 	dir := os.Getenv("MASQUE_E2E_HEAP_DIR")
 	if dir == "" {
 		return
 	}
-	prof, err := mon.get("/debug/pprof/heap")
 	if err == nil {
 		name := filepath.Join(dir, "pin-"+strings.ReplaceAll(what, " ", "-")+".pb.gz")
 		err = os.WriteFile(name, []byte(prof), 0o644)
