@@ -1,7 +1,7 @@
 // Package e2e holds the end-to-end tests of masque. They build masqued, masque
-// and three helper programs (internal/nettool, internal/spoofclient,
-// internal/connectload) once, then drive each test in its own set of network
-// namespaces:
+// and four helper programs (internal/nettool, internal/spoofclient,
+// internal/connectload, internal/h3attack) once, then drive each test in its
+// own set of network namespaces:
 //
 //	client (198.18.1.1) ── veth ── server (198.18.1.2, 198.18.2.1) ── veth ── target (198.18.2.2)
 //

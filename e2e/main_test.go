@@ -23,6 +23,7 @@ var env struct {
 	nettool     string
 	spoofclient string
 	connectload string
+	h3attack    string
 
 	certDir   string            // ca.crt, server.crt/key, <client>.crt/key
 	tokens    string            // the server's tokens file
@@ -86,6 +87,7 @@ func setup(dir string) error {
 	env.nettool = filepath.Join(bin, "nettool")
 	env.spoofclient = filepath.Join(bin, "spoofclient")
 	env.connectload = filepath.Join(bin, "connectload")
+	env.h3attack = filepath.Join(bin, "h3attack")
 
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -103,6 +105,14 @@ func setup(dir string) error {
 		{"build", "-buildvcs=false", "-o", env.nettool, "./e2e/internal/nettool"},
 		{"build", "-buildvcs=false", "-o", env.spoofclient, "./e2e/internal/spoofclient"},
 		{"build", "-buildvcs=false", "-o", env.connectload, "./e2e/internal/connectload"},
+		{"build", "-buildvcs=false", "-o", env.h3attack, "./e2e/internal/h3attack"},
+	}
+	// MASQUE_E2E_MASQUED=PATH runs the tests against that masqued binary
+	// instead of building one: to measure an older server (the "before"
+	// of a fix) with today's tests.
+	if prebuilt := os.Getenv("MASQUE_E2E_MASQUED"); prebuilt != "" {
+		env.masqued = prebuilt
+		builds = builds[1:]
 	}
 	for _, args := range builds {
 		cmd := exec.Command(goBin, args...)

@@ -170,22 +170,8 @@ func (m *monitor) sample(t *testing.T) usage {
 	u.reserved4 = int(need("masque_pool_addresses_reserved", `family="ipv4"`))
 	u.udpFlows = int(need("masque_udp_flows"))
 
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.pid))
-	if err != nil {
-		t.Fatalf("masqued status: %v", err)
-	}
-	for _, l := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			f := strings.Fields(rest)
-			kb, err := strconv.ParseInt(f[0], 10, 64)
-			if err != nil || len(f) != 2 || f[1] != "kB" {
-				t.Fatalf("masqued VmRSS line %q", l)
-			}
-			u.rss = kb << 10
-		}
-	}
-	if u.rss == 0 {
-		t.Fatalf("no VmRSS in /proc/%d/status", m.pid)
+	if u.rss, err = vmRSS(m.pid); err != nil {
+		t.Fatalf("masqued: %v", err)
 	}
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", m.pid))
 	if err != nil {
@@ -193,6 +179,25 @@ func (m *monitor) sample(t *testing.T) usage {
 	}
 	u.fds = len(fds)
 	return u
+}
+
+// vmRSS returns the resident memory of process pid (VmRSS), in bytes.
+func vmRSS(pid int) (int64, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil || len(f) != 2 || f[1] != "kB" {
+				return 0, fmt.Errorf("VmRSS line %q", l)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
 // baseline samples every 250 ms until masqued is steady (two samples in a
@@ -255,11 +260,21 @@ func (m *monitor) checkBack(t *testing.T, what string, base usage, d time.Durati
 // Cleanup removes them before the topology checks the namespace.
 func loadClientAddrs(t *testing.T, tp *topo, n int) string {
 	t.Helper()
-	first := netip.MustParseAddr("198.18.1.10")
+	return addClientAddrs(t, tp, netip.MustParseAddr("198.18.1.10"), n)
+}
+
+// addClientAddrs is loadClientAddrs from first on, IPv4 or IPv6 (inside
+// the client's 198.18.1.0/24 or 2001:db8:1::/64).
+func addClientAddrs(t *testing.T, tp *topo, first netip.Addr, n int) string {
+	t.Helper()
 	last := first
 	for a := first; n > 0; a, n = a.Next(), n-1 {
-		p := a.String() + "/32"
-		mustRun(t, "ip", "-n", tp.client, "addr", "add", p, "dev", "c0")
+		p := netip.PrefixFrom(a, a.BitLen()).String()
+		args := []string{"-n", tp.client, "addr", "add", p, "dev", "c0"}
+		if a.Is6() {
+			args = append(args, "nodad")
+		}
+		mustRun(t, "ip", args...)
 		t.Cleanup(func() { mustRun(t, "ip", "-n", tp.client, "addr", "del", p, "dev", "c0") })
 		last = a
 	}

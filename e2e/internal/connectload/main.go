@@ -36,7 +36,6 @@ import (
 	"io"
 	"log"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
@@ -47,6 +46,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/masque-vpn/masque/e2e/internal/localaddr"
 	connectip "github.com/quic-go/connect-ip-go"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -163,7 +163,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	addrs, err := parseLocal(*local)
+	addrs, err := localaddr.Parse(*local)
 	if err != nil {
 		return err
 	}
@@ -437,35 +437,4 @@ func errorKey(err error) string {
 		w = w[:6]
 	}
 	return strings.Join(w, " ")
-}
-
-// parseLocal parses "a,b,first-last" into addresses; empty means one
-// unspecified address.
-func parseLocal(s string) ([]netip.Addr, error) {
-	if s == "" {
-		return []netip.Addr{netip.IPv4Unspecified()}, nil
-	}
-	var out []netip.Addr
-	for _, item := range strings.Split(s, ",") {
-		first, last, isRange := strings.Cut(item, "-")
-		a, err := netip.ParseAddr(first)
-		if err != nil {
-			return nil, fmt.Errorf("-local: %w", err)
-		}
-		if !isRange {
-			out = append(out, a)
-			continue
-		}
-		b, err := netip.ParseAddr(last)
-		if err != nil {
-			return nil, fmt.Errorf("-local: %w", err)
-		}
-		if a.Is4() != b.Is4() || b.Less(a) {
-			return nil, fmt.Errorf("-local: bad range %s", item)
-		}
-		for ; a.Compare(b) <= 0 && len(out) < 4096; a = a.Next() {
-			out = append(out, a)
-		}
-	}
-	return out, nil
 }
