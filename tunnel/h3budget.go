@@ -21,13 +21,22 @@ import (
 //   - all of it for at most the request timeout.
 //
 // Per source (an IPv4 address or an IPv6 /64, the unit a peer can cheaply
-// multiply), sourceHeaderBudget (1 MiB) of header bytes in all, and
-// quicio's per-source connection limit. A stream that would go over a
-// budget is reset with H3_EXCESSIVE_LOAD and counted
-// (masque_tunnel_unrouted_requests_total{reason="memory_conn"|"memory_source"}).
+// multiply), sourceHeaderBudget (1 MiB) of header bytes in all, and at most
+// maxUnauthConnsPerSource (16) connections that have not yet carried an
+// authenticated request; quicio's per-source limit (64) bounds the rest. A
+// stream that would go over a byte budget is reset with H3_EXCESSIVE_LOAD
+// and counted (masque_tunnel_unrouted_requests_total{reason="memory_conn"|
+// "memory_source"}); a connection over the unauthenticated limit is closed
+// with H3_EXCESSIVE_LOAD as soon as its handshake is done, and counted
+// (masque_tunnel_unauthenticated_connections_refused_total).
 const (
 	connHeaderBudget   = 64 << 10
 	sourceHeaderBudget = 1 << 20
+	// maxUnauthConnsPerSource bounds a source's connections that no
+	// authenticated request has used yet. A client's connection is
+	// unauthenticated only from its handshake to its first request, so
+	// a NAT with many clients behind one address rarely meets it.
+	maxUnauthConnsPerSource = 16
 	// maxBudgetSources bounds the sources tracked at once: a source has
 	// an entry only while one of its connections holds header bytes.
 	maxBudgetSources = 1 << 16
@@ -39,10 +48,12 @@ var (
 	errSourceBudget = errors.New("source header budget spent")
 )
 
-// headerBudget accounts the header bytes of unparsed requests per source.
+// headerBudget accounts per source the header bytes of unparsed requests
+// and the connections not authenticated yet.
 type headerBudget struct {
-	mu   sync.Mutex // guards used
-	used map[netip.Prefix]int
+	mu     sync.Mutex // guards the fields below
+	used   map[netip.Prefix]int
+	unauth map[netip.Prefix]int
 }
 
 // sourceKey is the budget unit of a peer address: the address for IPv4,
@@ -56,22 +67,53 @@ func sourceKey(a netip.Addr) netip.Prefix {
 	return p
 }
 
-// forConn returns the budget of a new connection from remote.
-func (b *headerBudget) forConn(remote net.Addr) *connBudget {
+// forConn returns the budget of a new connection from remote, or false if
+// its source has maxUnauthConnsPerSource unauthenticated connections
+// already.
+func (b *headerBudget) forConn(remote net.Addr) (*connBudget, bool) {
 	var key netip.Prefix
 	if ua, ok := remote.(*net.UDPAddr); ok {
 		key = sourceKey(ua.AddrPort().Addr())
 	}
-	return &connBudget{src: b, key: key}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, ok := b.unauth[key]
+	if n >= maxUnauthConnsPerSource || (!ok && len(b.unauth) >= maxBudgetSources) {
+		return nil, false
+	}
+	if b.unauth == nil {
+		b.unauth = make(map[netip.Prefix]int)
+	}
+	b.unauth[key] = n + 1
+	return &connBudget{src: b, key: key}, true
 }
 
-// connBudget is one connection's share of the header budget.
+// connBudget is one connection's share of its source's budget.
 type connBudget struct {
 	src *headerBudget
 	key netip.Prefix
 
-	mu   sync.Mutex // guards used
-	used int
+	mu     sync.Mutex // guards the fields below
+	used   int
+	authed bool // an authenticated request came: the connection no longer counts as unauthenticated
+}
+
+// authenticated notes that a request on the connection authenticated.
+func (c *connBudget) authenticated() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.authed {
+		c.authed = true
+		c.src.unauthDone(c.key)
+	}
+}
+
+func (b *headerBudget) unauthDone(key netip.Prefix) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.unauth[key]--; b.unauth[key] <= 0 {
+		delete(b.unauth, key)
+	}
 }
 
 // reserve takes n more bytes for the connection, or reports which budget
@@ -118,6 +160,10 @@ func (c *connBudget) close() {
 	if c.used > 0 {
 		c.src.releaseLocked(c.key, c.used)
 		c.used = 0
+	}
+	if !c.authed {
+		c.authed = true
+		c.src.unauthDone(c.key)
 	}
 }
 

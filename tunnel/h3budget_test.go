@@ -29,24 +29,33 @@ func TestSourceKey(t *testing.T) {
 func TestHeaderBudget(t *testing.T) {
 	var b headerBudget
 	udp := func(s string) net.Addr { return net.UDPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	conn := func(addr string) *connBudget {
+		t.Helper()
+		c, ok := b.forConn(udp(addr))
+		if !ok {
+			t.Fatalf("connection from %s refused", addr)
+		}
+		return c
+	}
 	// One /64: 17 connections of 64 KiB would be over the source's 1 MiB.
 	var conns []*connBudget
 	for i := range 16 {
-		c := b.forConn(udp(fmt.Sprintf("[2001:db8::%x]:443", i+1)))
+		c := conn(fmt.Sprintf("[2001:db8::%x]:443", i+1))
 		if err := c.reserve(connHeaderBudget); err != nil {
 			t.Fatalf("conn %d: reserve the connection's budget: %v", i, err)
 		}
+		c.authenticated()
 		conns = append(conns, c)
 	}
 	if err := conns[0].reserve(1); !errors.Is(err, errConnBudget) {
 		t.Errorf("over the connection budget: err = %v, want errConnBudget", err)
 	}
-	c17 := b.forConn(udp("[2001:db8::ffff]:443"))
+	c17 := conn("[2001:db8::ffff]:443")
 	if err := c17.reserve(1); !errors.Is(err, errSourceBudget) {
 		t.Errorf("over the source budget: err = %v, want errSourceBudget", err)
 	}
 	// Another source is not affected.
-	other := b.forConn(udp("198.18.0.1:443"))
+	other := conn("198.18.0.1:443")
 	if err := other.reserve(connHeaderBudget); err != nil {
 		t.Errorf("another source: %v", err)
 	}
@@ -57,8 +66,45 @@ func TestHeaderBudget(t *testing.T) {
 	for _, c := range append(conns, c17, other) {
 		c.close()
 	}
-	if len(b.used) != 0 {
-		t.Errorf("budget after every connection closed: %v, want empty", b.used)
+	if len(b.used) != 0 || len(b.unauth) != 0 {
+		t.Errorf("budget after every connection closed: %v, %v, want empty", b.used, b.unauth)
+	}
+}
+
+// A source holds at most maxUnauthConnsPerSource connections that have not
+// authenticated; authenticating or closing one frees its place.
+func TestUnauthenticatedConnsPerSource(t *testing.T) {
+	var b headerBudget
+	udp := func(s string) net.Addr { return net.UDPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	var conns []*connBudget
+	for i := range maxUnauthConnsPerSource {
+		c, ok := b.forConn(udp(fmt.Sprintf("[2001:db8:0:1::%x]:1", i+1)))
+		if !ok {
+			t.Fatalf("connection %d refused", i)
+		}
+		conns = append(conns, c)
+	}
+	if _, ok := b.forConn(udp("[2001:db8:0:1:ffff::1]:1")); ok {
+		t.Fatal("a connection over the source's unauthenticated limit was admitted")
+	}
+	if _, ok := b.forConn(udp("[2001:db8:0:2::1]:1")); !ok {
+		t.Fatal("another /64 was refused")
+	}
+	conns[0].authenticated()
+	conns[0].authenticated() // once is enough
+	if _, ok := b.forConn(udp("[2001:db8:0:1::99]:1")); !ok {
+		t.Fatal("refused after a connection authenticated")
+	}
+	if _, ok := b.forConn(udp("[2001:db8:0:1::9a]:1")); ok {
+		t.Fatal("admitted twice for one place")
+	}
+	conns[1].close()
+	if _, ok := b.forConn(udp("[2001:db8:0:1::9b]:1")); !ok {
+		t.Fatal("refused after a connection closed")
+	}
+	conns[0].close() // authenticated: frees no second place
+	if _, ok := b.forConn(udp("[2001:db8:0:1::9c]:1")); ok {
+		t.Fatal("closing an authenticated connection freed an unauthenticated place")
 	}
 }
 

@@ -124,14 +124,20 @@ func (hc *h3conn) admit(id quic.StreamID) bool {
 // within the request timeout, and grows its header buffer only as bytes
 // arrive, within the connection's and its source's budgets (h3budget.go).
 func (s *Server) serveH3(c *quic.Conn) error {
+	mem, ok := s.budget.forConn(c.RemoteAddr())
+	if !ok {
+		s.counters.unauthConnsRefused.Add(1)
+		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "too many unauthenticated connections from this source")
+		return nil
+	}
+	defer mem.close()
 	hc := &h3conn{
 		conn:         c,
 		mux:          newDgramMux(c, &s.counters),
-		mem:          s.budget.forConn(c.RemoteAddr()),
+		mem:          mem,
 		unparsed:     make(chan struct{}, maxUnparsedRequests),
 		settingsDone: make(chan struct{}),
 	}
-	defer hc.mem.close()
 	ctrl, err := openControlStream(c)
 	if err != nil {
 		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")

@@ -53,6 +53,7 @@ type counters struct {
 	rxPackets, rxBytes atomic.Uint64 // from the peer (datagrams received)
 	icmpSent           atomic.Uint64
 	idleConns          atomic.Uint64 // connections closed for sending no request
+	unauthConnsRefused atomic.Uint64 // connections closed over maxUnauthConnsPerSource
 	sessions           atomic.Int64
 	sessionsTotal      atomic.Uint64
 	refused            [numRefusals]atomic.Uint64
@@ -227,6 +228,8 @@ var (
 		"CONNECT-IP sessions opened since start.", nil, nil)
 	descIdleConns = prometheus.NewDesc("masque_tunnel_idle_connections_closed_total",
 		"QUIC connections closed because they sent no request in time (RequestTimeout).", nil, nil)
+	descUnauthConns = prometheus.NewDesc("masque_tunnel_unauthenticated_connections_refused_total",
+		"QUIC connections closed after their handshake because their source had too many connections without an authenticated request.", nil, nil)
 	descRefused = prometheus.NewDesc("masque_tunnel_refused_requests_total",
 		"CONNECT-IP requests refused, by reason.", []string{"reason"}, nil)
 	descPoolInUse = prometheus.NewDesc("masque_pool_addresses_in_use",
@@ -260,7 +263,7 @@ type collector struct {
 var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descPoolInUse, descPoolReserved, descConnErrors, descUnrouted, descCapsuleDrops, descDatagramCapsules, descAddrChanges, descAddrRefused, descLogSuppressed} {
+	for _, d := range []*prometheus.Desc{descDrops, descPackets, descBytes, descICMP, descSessions, descSessionsTotal, descRefused, descIdleConns, descUnauthConns, descPoolInUse, descPoolReserved, descConnErrors, descUnrouted, descCapsuleDrops, descDatagramCapsules, descAddrChanges, descAddrRefused, descLogSuppressed} {
 		ch <- d
 	}
 	describeUDP(ch)
@@ -289,6 +292,7 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(c.sessions.Load()))
 	ch <- prometheus.MustNewConstMetric(descSessionsTotal, prometheus.CounterValue, float64(c.sessionsTotal.Load()))
 	ch <- prometheus.MustNewConstMetric(descIdleConns, prometheus.CounterValue, float64(c.idleConns.Load()))
+	ch <- prometheus.MustNewConstMetric(descUnauthConns, prometheus.CounterValue, float64(c.unauthConnsRefused.Load()))
 	for r := range numRefusals {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(c.refused[r].Load()), refusalNames[r])
 	}

@@ -209,6 +209,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux.HandleFunc(IPPathPrefix, s.serveIP)
 	s.dests.Store(cfg.Destinations)
 	s.udp = newUDPProxy(cfg.UDP, cfg.Auth, cfg.Destinations, s.names, cfg.Logger, &s.counters.udp)
+	s.udp.authenticated = s.authenticated
 	s.udp.muxOf = func(c *quic.Conn) *dgramMux {
 		if hc := s.h3connOf(c); hc != nil {
 			return hc.mux
@@ -448,6 +449,7 @@ func (s *Server) serveIP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log = log.With("identity", string(id))
+	s.authenticated(r)
 
 	s.mu.Lock()
 	if s.closing {
@@ -552,6 +554,16 @@ const maxHeaderBytes = 16 << 10
 func (s *Server) serveNotFound(w http.ResponseWriter, _ *http.Request) {
 	s.counters.unrouted[unroutedNotFound].Add(1)
 	w.WriteHeader(http.StatusNotFound)
+}
+
+// authenticated notes that r, a request of an identity, authenticated: its
+// connection no longer counts against its source's unauthenticated ones.
+func (s *Server) authenticated(r *http.Request) {
+	if c, _ := r.Context().Value(connKey{}).(*quic.Conn); c != nil {
+		if hc := s.h3connOf(c); hc != nil {
+			hc.mem.authenticated()
+		}
+	}
 }
 
 // connKey carries the request's QUIC connection in its context.

@@ -118,15 +118,18 @@ const anonymous policy.Identity = ""
 // status and a Proxy-Status (RFC 9209) in refuse.
 type udpProxy struct {
 	// muxOf returns the datagram reader of a connection (set by NewServer).
-	muxOf    func(*quic.Conn) *dgramMux
-	cfg      UDPConfig
-	auth     *policy.Authenticator
-	dests    atomic.Pointer[policy.Destinations] // replaced by setPolicy
-	rules    atomic.Pointer[policy.UDPRules]     // nil: no allow-lists, no anonymous access
-	names    *serverNames                        // what a request's :authority may name
-	log      *slog.Logger
-	counters *udpCounters
-	nextID   atomic.Uint64
+	muxOf func(*quic.Conn) *dgramMux
+	// authenticated notes a request of an identity (set by NewServer;
+	// nil: nothing to note).
+	authenticated func(*http.Request)
+	cfg           UDPConfig
+	auth          *policy.Authenticator
+	dests         atomic.Pointer[policy.Destinations] // replaced by setPolicy
+	rules         atomic.Pointer[policy.UDPRules]     // nil: no allow-lists, no anonymous access
+	names         *serverNames                        // what a request's :authority may name
+	log           *slog.Logger
+	counters      *udpCounters
+	nextID        atomic.Uint64
 
 	mu      sync.Mutex // guards the fields below
 	flows   map[*udpFlow]struct{}
@@ -290,6 +293,8 @@ func (p *udpProxy) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		id, allow, restricted = anonymous, anon, true
+	} else if p.authenticated != nil {
+		p.authenticated(r)
 	}
 	log = log.With("identity", identityAttr(id))
 
