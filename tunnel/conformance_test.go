@@ -300,8 +300,12 @@ func TestStuckSessionDoesNotStallItsConnection(t *testing.T) {
 	before := ts.srv.counters.drops[dropQueueFull].Load()
 	// Nobody reads the server TUN: a's writer blocks on its first packet.
 	pkt := append([]byte{0}, udp4(a.v4, netip.MustParseAddr("198.18.2.2"), 1, 2, make([]byte, 32))...)
-	for range rxBatches*recvBatch + 200 {
+	// One at a time, so that each makes a batch of its own (the
+	// dispatcher flushes when quic-go's queue is empty): after rxBatches
+	// of them no batch is free.
+	for range 4 * rxBatches {
 		a.sendDatagram(pkt)
+		time.Sleep(2 * time.Millisecond)
 	}
 	waitFor(t, "queue_full drops", 5*time.Second, func() bool { return ts.srv.counters.drops[dropQueueFull].Load() > before })
 	done := make(chan *rawSession, 1)

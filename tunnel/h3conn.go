@@ -116,6 +116,10 @@ func (hc *h3conn) admit(id quic.StreamID) bool {
 	return true
 }
 
+// errUnauthLimit is serveH3's error for a connection closed at once because
+// its source holds maxUnauthConnsPerSource unauthenticated ones.
+var errUnauthLimit = errors.New("too many unauthenticated connections from this source")
+
 // serveH3 serves HTTP/3 on c until the connection ends.
 //
 // Nothing of a request stream counts as a request until its HEADERS have
@@ -128,7 +132,7 @@ func (s *Server) serveH3(c *quic.Conn) error {
 	if !ok {
 		s.counters.unauthConnsRefused.Add(1)
 		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "too many unauthenticated connections from this source")
-		return nil
+		return errUnauthLimit
 	}
 	defer mem.close()
 	hc := &h3conn{

@@ -273,13 +273,14 @@ func (s *Server) ServeConn(ctx context.Context, c *quic.Conn) error {
 	err := s.serveH3(c)
 	// serveH3 returns once the connection is closing; its context ends a
 	// moment later, with the cause. Count it if we (or http3, for us)
-	// closed it over a protocol error of the peer's.
+	// closed it over a protocol error of the peer's (not for our own
+	// limit, counted on its own).
 	select {
 	case <-c.Context().Done():
 	case <-time.After(time.Second):
 	}
 	if ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(c.Context())); ok && !ae.Remote &&
-		http3.ErrCode(ae.ErrorCode) != http3.ErrCodeNoError {
+		http3.ErrCode(ae.ErrorCode) != http3.ErrCodeNoError && err != errUnauthLimit {
 		s.counters.connErrors[connErrorIndex(http3.ErrCode(ae.ErrorCode))].Add(1)
 	}
 	s.mu.Lock()
