@@ -170,7 +170,7 @@ type Server struct {
 
 	mu      sync.Mutex // guards the fields below
 	conns   map[*quic.Conn]struct{}
-	sources map[netip.Prefix]int // connections per sourceKey
+	sources map[netip.Prefix]int // connections per SourceKey
 	paths   *pathMemory          // peers whose path shrank (pathmtu.go)
 	closing bool
 }
@@ -291,10 +291,10 @@ var (
 	errHandshakeRate     = errors.New("over the handshake rate")
 )
 
-// sourceKey is the unit the per-source limit counts: the address for IPv4,
-// its /64 for IPv6, the block one subscriber gets and can spread over at
-// will.
-func sourceKey(a netip.Addr) netip.Prefix {
+// SourceKey is the unit the per-source limits count: the address for
+// IPv4, its /64 for IPv6, the block one subscriber gets and can spread over
+// at will.
+func SourceKey(a netip.Addr) netip.Prefix {
 	a = a.Unmap().WithZone("")
 	if a.Is4() {
 		return netip.PrefixFrom(a, 32)
@@ -307,7 +307,7 @@ func sourceKey(a netip.Addr) netip.Prefix {
 // any crypto: it enforces the per-source limit and starts handshake tracking.
 func (s *Server) connContext(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
 	src := addrOf(info.RemoteAddr)
-	key := sourceKey(src)
+	key := SourceKey(src)
 	s.mu.Lock()
 	if s.sources[key] >= s.cfg.MaxConnsPerSource {
 		s.mu.Unlock()

@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+
+	"github.com/masque-vpn/masque/quicio"
 )
 
 // What a peer can make the server hold before one of its requests has
@@ -57,15 +59,8 @@ type headerBudget struct {
 }
 
 // sourceKey is the budget unit of a peer address: the address for IPv4,
-// its /64 for IPv6.
-func sourceKey(a netip.Addr) netip.Prefix {
-	a = a.Unmap().WithZone("")
-	if a.Is4() {
-		return netip.PrefixFrom(a, 32)
-	}
-	p, _ := a.Prefix(64)
-	return p
-}
+// its /64 for IPv6, as quicio's per-source connection limit counts.
+func sourceKey(a netip.Addr) netip.Prefix { return quicio.SourceKey(a) }
 
 // forConn returns the budget of a new connection from remote, or false if
 // its source has maxUnauthConnsPerSource unauthenticated connections
