@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/masque-vpn/masque/quicio"
+	"github.com/quic-go/quic-go"
 )
 
 // What a peer can make the server hold before one of its requests has
@@ -176,3 +177,29 @@ func (b *headerBudget) inUse(key netip.Prefix) int {
 	defer b.mu.Unlock()
 	return b.used[key]
 }
+
+// QUICConfig returns the QUIC settings the server's limits imply, for the
+// listener that serves it (quicio.Config.QUICConfig):
+//
+//   - MaxIncomingStreams: the sessions and CONNECT-UDP flows a connection
+//     may hold, and a few for requests being refused or ending, so that a
+//     peer cannot open quic-go's default 100 streams per connection;
+//   - MaxIncomingUniStreams: the peer's control and two QPACK streams and
+//     a few reserved (grease) ones;
+//   - receive windows sized for capsules, not bulk data (datagrams are not
+//     flow-controlled): what quic-go buffers of a peer's unread stream data
+//     is bounded by the connection window, 256 KiB until data is consumed.
+func (s *Server) QUICConfig() *quic.Config {
+	return &quic.Config{
+		MaxIncomingStreams:             int64(s.cfg.MaxSessionsPerConn + s.udp.cfg.MaxFlowsPerConn + streamSlack),
+		MaxIncomingUniStreams:          3 + streamSlack,
+		InitialStreamReceiveWindow:     64 << 10,
+		MaxStreamReceiveWindow:         1 << 20,
+		InitialConnectionReceiveWindow: 256 << 10,
+		MaxConnectionReceiveWindow:     4 << 20,
+	}
+}
+
+// streamSlack is how many streams of each kind a connection may open
+// beyond what its limits need.
+const streamSlack = 4

@@ -223,32 +223,6 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	return s, nil
 }
 
-// QUICConfig returns the QUIC settings the server's limits imply, for the
-// listener that serves it (quicio.Config.QUICConfig):
-//
-//   - MaxIncomingStreams: the sessions and CONNECT-UDP flows a connection
-//     may hold, and a few for requests being refused or ending, so that a
-//     peer cannot open quic-go's default 100 streams per connection;
-//   - MaxIncomingUniStreams: the peer's control and two QPACK streams and
-//     a few reserved (grease) ones;
-//   - receive windows sized for capsules, not bulk data (datagrams are not
-//     flow-controlled): what quic-go buffers of a peer's unread stream data
-//     is bounded by the connection window, 256 KiB until data is consumed.
-func (s *Server) QUICConfig() *quic.Config {
-	return &quic.Config{
-		MaxIncomingStreams:             int64(s.cfg.MaxSessionsPerConn + s.udp.cfg.MaxFlowsPerConn + streamSlack),
-		MaxIncomingUniStreams:          3 + streamSlack,
-		InitialStreamReceiveWindow:     64 << 10,
-		MaxStreamReceiveWindow:         1 << 20,
-		InitialConnectionReceiveWindow: 256 << 10,
-		MaxConnectionReceiveWindow:     4 << 20,
-	}
-}
-
-// streamSlack is how many streams of each kind a connection may open
-// beyond what its limits need.
-const streamSlack = 4
-
 // Collector returns the server's metrics for a Prometheus registry.
 func (s *Server) Collector() prometheus.Collector {
 	return collector{c: &s.counters, pool4: s.cfg.Pool4, pool6: s.cfg.Pool6}
@@ -287,96 +261,6 @@ func (s *Server) ServeConn(ctx context.Context, c *quic.Conn) error {
 	delete(s.perConn, c)
 	s.mu.Unlock()
 	return err
-}
-
-// Shutdown drains the server: every connection gets a GOAWAY (RFC 9114
-// §5.2), which tells its client to open its next session elsewhere or
-// later; requests after it are rejected, those before it are still served,
-// and sessions and flows carry on. Once
-// they have all ended, or ctx is done, what is left is ended (clients see
-// their tunnel closed), and after a short grace for those ends to reach the
-// clients each connection is closed with H3_NO_ERROR. It returns ctx's
-// error if sessions were still up when ctx was done.
-func (s *Server) Shutdown(ctx context.Context) error {
-	_, conns := s.startClosing(false)
-	for _, hc := range conns {
-		hc.goAway()
-	}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var err error
-wait:
-	for s.requests.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			err = ctx.Err()
-			break wait
-		case <-tick.C:
-		}
-	}
-	sessions, conns := s.startClosing(true)
-	for _, ss := range sessions {
-		ss.close()
-	}
-	s.udp.close()
-	grace, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	var wg sync.WaitGroup
-	for _, hc := range conns {
-		wg.Go(func() {
-			done := make(chan struct{})
-			go func() {
-				hc.handlers.Wait()
-				close(done)
-			}()
-			select {
-			case <-done:
-			case <-grace.Done():
-			}
-			hc.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "server shutting down")
-		})
-	}
-	wg.Wait()
-	return err
-}
-
-// shutdownGrace is how long Shutdown lets the sessions it ends finish their
-// streams before it closes their connections.
-const shutdownGrace = 250 * time.Millisecond
-
-// startClosing marks the server draining, or closing if final, and returns
-// what is open.
-func (s *Server) startClosing(final bool) ([]*session, []*h3conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if final {
-		s.closing = true
-	} else {
-		s.draining = true
-	}
-	sessions := make([]*session, 0, len(s.sessions))
-	for ss := range s.sessions {
-		sessions = append(sessions, ss)
-	}
-	conns := make([]*h3conn, 0, len(s.conns))
-	for _, hc := range s.conns {
-		conns = append(conns, hc)
-	}
-	return sessions, conns
-}
-
-// Close ends everything at once. The Device must be closed by its owner
-// after Close returns for the TUN reader to exit; Close waits for it.
-func (s *Server) Close() error {
-	sessions, conns := s.startClosing(true)
-	for _, ss := range sessions {
-		ss.close()
-	}
-	s.udp.close()
-	for _, hc := range conns {
-		hc.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "server closed")
-	}
-	return nil
 }
 
 // TUNDone is closed when the TUN reader has exited (after the Device was
