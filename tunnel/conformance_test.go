@@ -326,3 +326,28 @@ func TestStuckSessionDoesNotStallItsConnection(t *testing.T) {
 		t.Fatal("a second request on the connection was not answered while a session's TUN writes were stuck")
 	}
 }
+
+// With the unauthenticated connections of all sources at their limit, a
+// new connection ends the oldest unauthenticated one with
+// H3_EXCESSIVE_LOAD, and one that has authenticated is left alone.
+func TestOldestUnauthenticatedConnectionIsEvicted(t *testing.T) {
+	ts := startServer(t)
+	ts.srv.budget.mu.Lock()
+	ts.srv.budget.maxUnauth = 2
+	ts.srv.budget.mu.Unlock()
+	authed := dialH3(t, ts)
+	authed.session() // authenticated: no longer counted
+	first := dialH3(t, ts)
+	waitFor(t, "the first connection to be served", 5*time.Second, func() bool { return ts.srv.budget.unauthLen() == 1 })
+	second := dialH3(t, ts)
+	waitFor(t, "the second connection to be served", 5*time.Second, func() bool { return ts.srv.budget.unauthLen() == 2 })
+	dialH3(t, ts)
+	waitClosed(t, first.conn, http3.ErrCodeExcessiveLoad, 5*time.Second)
+	waitCounter(t, "unauthenticated connections evicted", ts.srv.counters.unauthClosed[1].Load, 1)
+	if err := second.conn.Context().Err(); err != nil {
+		t.Errorf("second connection closed: %v", context.Cause(second.conn.Context()))
+	}
+	if err := authed.conn.Context().Err(); err != nil {
+		t.Errorf("authenticated connection closed: %v", context.Cause(authed.conn.Context()))
+	}
+}

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"container/list"
 	"errors"
 	"net"
 	"net/netip"
@@ -26,12 +27,15 @@ import (
 // Per source (an IPv4 address or an IPv6 /64, the unit a peer can cheaply
 // multiply), sourceHeaderBudget (1 MiB) of header bytes in all, and at most
 // maxUnauthConnsPerSource (16) connections that have not yet carried an
-// authenticated request; quicio's per-source limit (64) bounds the rest. A
-// stream that would go over a byte budget is reset with H3_EXCESSIVE_LOAD
-// and counted (masque_tunnel_unrouted_requests_total{reason="memory_conn"|
-// "memory_source"}); a connection over the unauthenticated limit is closed
-// with H3_EXCESSIVE_LOAD as soon as its handshake is done, and counted
-// (masque_tunnel_unauthenticated_connections_refused_total).
+// authenticated request; quicio's per-source limit (64) bounds the rest. Of
+// all sources together, at most maxUnauthConns (1,024) unauthenticated
+// connections: a new one ends the oldest. A stream that would go over a
+// byte budget is reset with H3_EXCESSIVE_LOAD and counted
+// (masque_tunnel_unrouted_requests_total{reason="memory_conn"|
+// "memory_source"}); a connection over an unauthenticated limit is closed
+// with H3_EXCESSIVE_LOAD, the new one for its source's, the oldest for
+// the global one, and counted
+// (masque_tunnel_unauthenticated_connections_closed_total{reason}).
 const (
 	connHeaderBudget   = 64 << 10
 	sourceHeaderBudget = 1 << 20
@@ -40,6 +44,10 @@ const (
 	// unauthenticated only from its handshake to its first request, so
 	// a NAT with many clients behind one address rarely meets it.
 	maxUnauthConnsPerSource = 16
+	// maxUnauthConns bounds the unauthenticated connections of all
+	// sources together: at about 0.9 MB each under the pin attack, 1,024
+	// of them are about 1 GB. Beyond it the oldest is ended.
+	maxUnauthConns = 1024
 	// maxBudgetSources bounds the sources tracked at once: a source has
 	// an entry only while one of its connections holds header bytes.
 	maxBudgetSources = 1 << 16
@@ -54,9 +62,14 @@ var (
 // headerBudget accounts per source the header bytes of unparsed requests
 // and the connections not authenticated yet.
 type headerBudget struct {
-	mu     sync.Mutex // guards the fields below
-	used   map[netip.Prefix]int
-	unauth map[netip.Prefix]int
+	mu sync.Mutex // guards the fields below
+	// maxUnauth bounds the unauthenticated connections of all sources
+	// (0: maxUnauthConns).
+	maxUnauth int
+	used      map[netip.Prefix]int
+	unauth    map[netip.Prefix]int
+	// pending lists the unauthenticated connections, oldest first.
+	pending list.List
 }
 
 // sourceKey is the budget unit of a peer address: the address for IPv4,
@@ -65,50 +78,77 @@ func sourceKey(a netip.Addr) netip.Prefix { return quicio.SourceKey(a) }
 
 // forConn returns the budget of a new connection from remote, or false if
 // its source has maxUnauthConnsPerSource unauthenticated connections
-// already.
-func (b *headerBudget) forConn(remote net.Addr) (*connBudget, bool) {
+// already. When all sources together hold maxUnauth, the oldest
+// unauthenticated connection is ended with its evict function (called
+// before forConn returns) to make room, and evicted is true: a client
+// authenticates within a round trip or two of its handshake, so the
+// oldest is the likeliest to be one that never will.
+func (b *headerBudget) forConn(remote net.Addr, evict func()) (c *connBudget, ok, evicted bool) {
 	var key netip.Prefix
 	if ua, ok := remote.(*net.UDPAddr); ok {
 		key = sourceKey(ua.AddrPort().Addr())
 	}
+	var old *connBudget
+	defer func() {
+		if old != nil {
+			old.evict()
+		}
+	}()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	n, ok := b.unauth[key]
-	if n >= maxUnauthConnsPerSource || (!ok && len(b.unauth) >= maxBudgetSources) {
-		return nil, false
+	n, known := b.unauth[key]
+	if n >= maxUnauthConnsPerSource || (!known && len(b.unauth) >= maxBudgetSources) {
+		return nil, false, false
+	}
+	max := b.maxUnauth
+	if max <= 0 {
+		max = maxUnauthConns
+	}
+	if b.pending.Len() >= max {
+		old = b.pending.Front().Value.(*connBudget)
+		b.unauthDoneLocked(old)
 	}
 	if b.unauth == nil {
 		b.unauth = make(map[netip.Prefix]int)
 	}
-	b.unauth[key] = n + 1
-	return &connBudget{src: b, key: key}, true
+	b.unauth[key]++
+	c = &connBudget{src: b, key: key, evict: evict}
+	c.elem = b.pending.PushBack(c)
+	return c, true, old != nil
 }
 
 // connBudget is one connection's share of its source's budget.
 type connBudget struct {
-	src *headerBudget
-	key netip.Prefix
+	src   *headerBudget
+	key   netip.Prefix
+	evict func() // ends the connection to make room for another
 
-	mu     sync.Mutex // guards the fields below
-	used   int
-	authed bool // an authenticated request came: the connection no longer counts as unauthenticated
+	// elem is the connection's place in src.pending while it is
+	// unauthenticated; guarded by src.mu.
+	elem *list.Element
+
+	mu   sync.Mutex // guards used
+	used int
 }
 
-// authenticated notes that a request on the connection authenticated.
+// authenticated notes that a request on the connection authenticated: it
+// no longer counts as unauthenticated.
 func (c *connBudget) authenticated() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.authed {
-		c.authed = true
-		c.src.unauthDone(c.key)
-	}
+	c.src.mu.Lock()
+	defer c.src.mu.Unlock()
+	c.src.unauthDoneLocked(c)
 }
 
-func (b *headerBudget) unauthDone(key netip.Prefix) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.unauth[key]--; b.unauth[key] <= 0 {
-		delete(b.unauth, key)
+// unauthDoneLocked takes c off the unauthenticated connections, if it is
+// on them. b.mu is held.
+func (b *headerBudget) unauthDoneLocked(c *connBudget) {
+	if c.elem == nil {
+		return
+	}
+	b.pending.Remove(c.elem)
+	c.elem = nil
+	if b.unauth[c.key]--; b.unauth[c.key] <= 0 {
+		delete(b.unauth, c.key)
 	}
 }
 
@@ -152,15 +192,12 @@ func (c *connBudget) release(n int) {
 // close gives back whatever the connection still holds.
 func (c *connBudget) close() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.used > 0 {
 		c.src.releaseLocked(c.key, c.used)
 		c.used = 0
 	}
-	if !c.authed {
-		c.authed = true
-		c.src.unauthDone(c.key)
-	}
+	c.mu.Unlock()
+	c.authenticated()
 }
 
 func (b *headerBudget) releaseLocked(key netip.Prefix, n int) {
@@ -169,6 +206,13 @@ func (b *headerBudget) releaseLocked(key netip.Prefix, n int) {
 	if b.used[key] -= n; b.used[key] <= 0 {
 		delete(b.used, key)
 	}
+}
+
+// unauthLen reports the unauthenticated connections (for tests).
+func (b *headerBudget) unauthLen() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pending.Len()
 }
 
 // inUse reports the header bytes held for key (for tests).

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/quic-go/quic-go/quicvarint"
@@ -31,7 +32,7 @@ func TestHeaderBudget(t *testing.T) {
 	udp := func(s string) net.Addr { return net.UDPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
 	conn := func(addr string) *connBudget {
 		t.Helper()
-		c, ok := b.forConn(udp(addr))
+		c, ok, _ := b.forConn(udp(addr), func() { t.Errorf("connection from %s evicted", addr) })
 		if !ok {
 			t.Fatalf("connection from %s refused", addr)
 		}
@@ -66,8 +67,8 @@ func TestHeaderBudget(t *testing.T) {
 	for _, c := range append(conns, c17, other) {
 		c.close()
 	}
-	if len(b.used) != 0 || len(b.unauth) != 0 {
-		t.Errorf("budget after every connection closed: %v, %v, want empty", b.used, b.unauth)
+	if len(b.used) != 0 || len(b.unauth) != 0 || b.pending.Len() != 0 {
+		t.Errorf("budget after every connection closed: %v, %v, %d pending, want empty", b.used, b.unauth, b.pending.Len())
 	}
 }
 
@@ -76,35 +77,80 @@ func TestHeaderBudget(t *testing.T) {
 func TestUnauthenticatedConnsPerSource(t *testing.T) {
 	var b headerBudget
 	udp := func(s string) net.Addr { return net.UDPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	admit := func(addr string) (*connBudget, bool) {
+		c, ok, evicted := b.forConn(udp(addr), func() { t.Errorf("%s evicted", addr) })
+		if evicted {
+			t.Errorf("an eviction under the global limit")
+		}
+		return c, ok
+	}
 	var conns []*connBudget
 	for i := range maxUnauthConnsPerSource {
-		c, ok := b.forConn(udp(fmt.Sprintf("[2001:db8:0:1::%x]:1", i+1)))
+		c, ok := admit(fmt.Sprintf("[2001:db8:0:1::%x]:1", i+1))
 		if !ok {
 			t.Fatalf("connection %d refused", i)
 		}
 		conns = append(conns, c)
 	}
-	if _, ok := b.forConn(udp("[2001:db8:0:1:ffff::1]:1")); ok {
+	if _, ok := admit("[2001:db8:0:1:ffff::1]:1"); ok {
 		t.Fatal("a connection over the source's unauthenticated limit was admitted")
 	}
-	if _, ok := b.forConn(udp("[2001:db8:0:2::1]:1")); !ok {
+	if _, ok := admit("[2001:db8:0:2::1]:1"); !ok {
 		t.Fatal("another /64 was refused")
 	}
 	conns[0].authenticated()
 	conns[0].authenticated() // once is enough
-	if _, ok := b.forConn(udp("[2001:db8:0:1::99]:1")); !ok {
+	if _, ok := admit("[2001:db8:0:1::99]:1"); !ok {
 		t.Fatal("refused after a connection authenticated")
 	}
-	if _, ok := b.forConn(udp("[2001:db8:0:1::9a]:1")); ok {
+	if _, ok := admit("[2001:db8:0:1::9a]:1"); ok {
 		t.Fatal("admitted twice for one place")
 	}
 	conns[1].close()
-	if _, ok := b.forConn(udp("[2001:db8:0:1::9b]:1")); !ok {
+	if _, ok := admit("[2001:db8:0:1::9b]:1"); !ok {
 		t.Fatal("refused after a connection closed")
 	}
 	conns[0].close() // authenticated: frees no second place
-	if _, ok := b.forConn(udp("[2001:db8:0:1::9c]:1")); ok {
+	if _, ok := admit("[2001:db8:0:1::9c]:1"); ok {
 		t.Fatal("closing an authenticated connection freed an unauthenticated place")
+	}
+}
+
+// Beyond maxUnauth unauthenticated connections in all, a new one ends the
+// oldest unauthenticated one; authenticated connections are never ended.
+func TestUnauthenticatedConnsEvictOldest(t *testing.T) {
+	b := headerBudget{maxUnauth: 3}
+	var ended []int
+	admit := func(i int) (*connBudget, bool) {
+		c, ok, evicted := b.forConn(net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), 1)),
+			func() { ended = append(ended, i) })
+		if !ok {
+			t.Fatalf("connection %d refused", i)
+		}
+		if evicted != (len(ended) > 0 && ended[len(ended)-1] != -1) {
+			t.Errorf("connection %d: evicted = %v, ended %v", i, evicted, ended)
+		}
+		return c, ok
+	}
+	c1, _ := admit(1)
+	admit(2)
+	admit(3)
+	c1.authenticated() // 1 is no longer a candidate
+	admit(4)
+	if len(ended) != 0 {
+		t.Fatalf("ended %v with room left", ended)
+	}
+	admit(5)
+	if want := []int{2}; !slices.Equal(ended, want) {
+		t.Fatalf("ended %v, want %v (the oldest unauthenticated)", ended, want)
+	}
+	ended = append(ended, -1)
+	admit(6)
+	if want := []int{2, -1, 3}; !slices.Equal(ended, want) {
+		t.Fatalf("ended %v, want %v", ended, want)
+	}
+	if b.pending.Len() != 3 {
+		t.Errorf("%d unauthenticated, want 3", b.pending.Len())
 	}
 }
 

@@ -122,9 +122,14 @@ var errUnauthLimit = errors.New("too many unauthenticated connections from this 
 // within the request timeout, and grows its header buffer only as bytes
 // arrive, within the connection's and its source's budgets (h3budget.go).
 func (s *Server) serveH3(c *quic.Conn) error {
-	mem, ok := s.budget.forConn(c.RemoteAddr())
+	mem, ok, evicted := s.budget.forConn(c.RemoteAddr(), func() {
+		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "too many unauthenticated connections")
+	})
+	if evicted {
+		s.counters.unauthClosed[1].Add(1)
+	}
 	if !ok {
-		s.counters.unauthConnsRefused.Add(1)
+		s.counters.unauthClosed[0].Add(1)
 		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "too many unauthenticated connections from this source")
 		return errUnauthLimit
 	}

@@ -52,8 +52,8 @@ type counters struct {
 	txPackets, txBytes atomic.Uint64 // towards the peer (datagrams sent)
 	rxPackets, rxBytes atomic.Uint64 // from the peer (datagrams received)
 	icmpSent           atomic.Uint64
-	idleConns          atomic.Uint64 // connections closed for sending no request
-	unauthConnsRefused atomic.Uint64 // connections closed over maxUnauthConnsPerSource
+	idleConns          atomic.Uint64    // connections closed for sending no request
+	unauthClosed       [2]atomic.Uint64 // unauthenticated connections closed: [0] over maxUnauthConnsPerSource, [1] evicted over maxUnauthConns
 	sessions           atomic.Int64
 	sessionsTotal      atomic.Uint64
 	refused            [numRefusals]atomic.Uint64
@@ -228,8 +228,9 @@ var (
 		"CONNECT-IP sessions opened since start.", nil, nil)
 	descIdleConns = prometheus.NewDesc("masque_tunnel_idle_connections_closed_total",
 		"QUIC connections closed because they sent no request in time (RequestTimeout).", nil, nil)
-	descUnauthConns = prometheus.NewDesc("masque_tunnel_unauthenticated_connections_refused_total",
-		"QUIC connections closed after their handshake because their source had too many connections without an authenticated request.", nil, nil)
+	descUnauthConns = prometheus.NewDesc("masque_tunnel_unauthenticated_connections_closed_total",
+		"QUIC connections without an authenticated request closed to bound them, by reason "+
+			"(per_source: their source had too many; evicted: the oldest, to make room for a new one).", []string{"reason"}, nil)
 	descRefused = prometheus.NewDesc("masque_tunnel_refused_requests_total",
 		"CONNECT-IP requests refused, by reason.", []string{"reason"}, nil)
 	descPoolInUse = prometheus.NewDesc("masque_pool_addresses_in_use",
@@ -292,7 +293,8 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(c.sessions.Load()))
 	ch <- prometheus.MustNewConstMetric(descSessionsTotal, prometheus.CounterValue, float64(c.sessionsTotal.Load()))
 	ch <- prometheus.MustNewConstMetric(descIdleConns, prometheus.CounterValue, float64(c.idleConns.Load()))
-	ch <- prometheus.MustNewConstMetric(descUnauthConns, prometheus.CounterValue, float64(c.unauthConnsRefused.Load()))
+	ch <- prometheus.MustNewConstMetric(descUnauthConns, prometheus.CounterValue, float64(c.unauthClosed[0].Load()), "per_source")
+	ch <- prometheus.MustNewConstMetric(descUnauthConns, prometheus.CounterValue, float64(c.unauthClosed[1].Load()), "evicted")
 	for r := range numRefusals {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(c.refused[r].Load()), refusalNames[r])
 	}
