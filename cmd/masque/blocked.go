@@ -101,7 +101,7 @@ func startBlocked(c *upConfig, statePath string, readErr error, logger *slog.Log
 		ResolvConf: rc,
 	}
 	if err := tun.WriteState(statePath, st); err != nil {
-		return nil, stillBlocked(c.stateDir, err)
+		return nil, stillBlocked(c.stateDir, err, reasonStartedBlocked)
 	}
 	logger.Warn("state file corrupt: all traffic blocked until the tunnel is up",
 		"path", statePath, "copy", aside, "kill_switch", ks.Table, "err", readErr)
@@ -120,16 +120,18 @@ func startBlocked(c *upConfig, statePath string, readErr error, logger *slog.Log
 	// after a failure touches nothing else.
 	st = &tun.State{Version: tun.StateVersion, PID: os.Getpid(), NFTables: []string{ks.Table}}
 	if err := tun.WriteState(statePath, st); err != nil {
-		return nil, stillBlocked(c.stateDir, err)
+		return nil, stillBlocked(c.stateDir, err, reasonStartedBlocked)
 	}
 	return st, nil
 }
 
 // keepBlocked ends a run that started blocked and never got its tunnel up
-// (step 7): it undoes everything st names but the kill switch, leaves a
+// (step 7), or one whose tunnel ended for good with the kill switch on (a
+// forced exit: the server refused the credentials or gave other
+// addresses): it undoes everything st names but the kill switch, leaves a
 // state that names only the kill switch, and returns cause (nil: the user
-// interrupted it) saying the host stays blocked.
-func keepBlocked(stateDir, statePath string, st *tun.State, cause error) error {
+// interrupted it) saying the host stays blocked, and why.
+func keepBlocked(stateDir, statePath string, st *tun.State, cause error, why string) error {
 	if cause == nil {
 		cause = errors.New("interrupted before the tunnel was up")
 	}
@@ -137,23 +139,30 @@ func keepBlocked(stateDir, statePath string, st *tun.State, cause error) error {
 	rest.NFTables = slices.DeleteFunc(slices.Clone(st.NFTables), func(t string) bool { return t == tun.DefaultKillSwitchTable })
 	if err := tun.Undo(&rest); err != nil {
 		// st, still on disk, names what is left for masque down.
-		return stillBlocked(stateDir, fmt.Errorf("%w; %v", cause, oneLine(err)))
+		return stillBlocked(stateDir, fmt.Errorf("%w; %v", cause, oneLine(err)), why)
 	}
 	blocked := &tun.State{Version: tun.StateVersion, PID: os.Getpid(), NFTables: []string{tun.DefaultKillSwitchTable}}
 	if err := tun.WriteState(statePath, blocked); err != nil {
-		return stillBlocked(stateDir, fmt.Errorf("%w; %v", cause, err))
+		return stillBlocked(stateDir, fmt.Errorf("%w; %v", cause, err), why)
 	}
-	return stillBlocked(stateDir, cause)
+	return stillBlocked(stateDir, cause, why)
 }
 
-// stillBlocked adds to err that the host stays blocked and how to undo it.
-func stillBlocked(stateDir string, err error) error {
+// Why keepBlocked leaves the host blocked.
+const (
+	reasonStartedBlocked = "masque up started blocked (a corrupt state file, or a crashed run that left it up)"
+	reasonForcedExit     = "the tunnel ended for good with the kill switch on, and nothing may leak"
+)
+
+// stillBlocked adds to err that the host stays blocked, why, and how to
+// undo it.
+func stillBlocked(stateDir string, err error, why string) error {
 	down := "masque down"
 	if stateDir != defaultStateDir {
 		down += " --state-dir " + stateDir
 	}
-	return fmt.Errorf("%w; the host stays blocked by the kill switch (nftables table inet %s) because masque up started blocked (a corrupt state file, or a crashed run that left it up): %s unblocks it",
-		err, tun.DefaultKillSwitchTable, down)
+	return fmt.Errorf("%w; the host stays blocked by the kill switch (nftables table inet %s) because %s: %s unblocks it",
+		err, tun.DefaultKillSwitchTable, why, down)
 }
 
 // sweepCorrupt is masque down's answer to a corrupt state file: it removes

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"log"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -193,6 +192,8 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		stopDNS = func() {} // stops the DNS goroutine, once started
 		written = blocked   // st is on disk: there is something to undo
 		up      bool        // the tunnel came up
+		ksOn    bool        // the kill switch is up
+		forced  bool        // the run ends because the server refused to go on: credentials, addresses
 	)
 	defer func() {
 		stopDNS()
@@ -202,7 +203,13 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			return
 		}
 		if blocked && !up {
-			retErr = keepBlocked(c.stateDir, statePath, st, retErr)
+			retErr = keepBlocked(c.stateDir, statePath, st, retErr, reasonStartedBlocked)
+			return
+		}
+		if forced && ksOn {
+			// Fail closed, as a crash would: the host stays blocked
+			// until the user says otherwise.
+			retErr = keepBlocked(c.stateDir, statePath, st, retErr, reasonForcedExit)
 			return
 		}
 		if err := tun.Undo(st); err != nil {
@@ -308,6 +315,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			return err
 		}
 		logger.Info("kill switch on", "allow", ks.Allow)
+		ksOn = true
 	}
 	// The TUN starts at what a datagram carries now; Run raises it towards
 	// --mtu as QUIC's path MTU discovery finds room.
@@ -391,18 +399,22 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	dial := func(ctx context.Context) (*quicio.ClientConn, error) {
 		return redial.dial(ctx, redial.tls, routingFwMark(routing), logger)
 	}
+	// bo spaces the connections of the whole run: a session that ends
+	// soon after it came up counts as a failure (backoff.go).
+	var bo reconnectBackoff
+	sessionUp := time.Now()
 	for {
 		// When the server drains (GOAWAY), the next session is opened
 		// while this one still carries packets: make before break.
 		serveCtx, stopServe := context.WithCancelCause(ctx)
 		moved := make(chan moveResult, 1)
-		go func() {
+		go func(up time.Time) {
 			if !c.reconnect {
 				moved <- moveResult{skipped: true}
 				return
 			}
-			moved <- moveOnGoAway(ctx, serveCtx, client, func() { stopServe(errMoved) }, dial, connect, logger)
-		}()
+			moved <- moveOnGoAway(ctx, serveCtx, client, func() { stopServe(errMoved) }, &bo, up, dial, connect, logger)
+		}(sessionUp)
 		runErr := t.Serve(serveCtx, client)
 		movedOn := errors.Is(context.Cause(serveCtx), errMoved)
 		stopServe(nil)
@@ -444,6 +456,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		case !mv.skipped:
 			// The move failed for good (credentials, another lease).
 			qc.Close()
+			forced = true
 			return fmt.Errorf("tunnel down: %w", mv.err)
 		default:
 			if !c.reconnect {
@@ -453,16 +466,19 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			status.setReconnecting()
 			qc.Close()
 			client.Close()
-			nqc, nclient, err = reconnectLoop(ctx, dial, client.Lease(), connect, logger)
+			bo.ended(sessionUp)
+			nqc, nclient, err = reconnectLoop(ctx, &bo, dial, client.Lease(), connect, logger)
 			if err != nil {
 				if ctx.Err() != nil {
 					logger.Info("tunnel down")
 					return nil
 				}
+				forced = true
 				return fmt.Errorf("tunnel down: %w", err)
 			}
 		}
 		qc, client = nqc, nclient
+		sessionUp = time.Now()
 		// A connection that starts small (its path shrank) grows with
 		// path MTU discovery; until it carries what the TUN lets in,
 		// large packets would get Packet Too Big, which hosts remember
@@ -487,13 +503,14 @@ type moveResult struct {
 	beforeLoss bool // the new session was up while the old one still was
 }
 
-// moveOnGoAway waits for the server's GOAWAY on client while serveCtx
-// lasts; then it opens a new session (reconnectLoop, until ctx is done),
+// moveOnGoAway waits for the server's GOAWAY on client (whose session came
+// up at up) while serveCtx lasts; then it opens a new session
+// (reconnectLoop with bo, until ctx is done),
 // and ends the old one by calling stop once the new one is up. Without a
 // GOAWAY it reports skipped. With the draining server's listener closed,
 // the new session comes up once the server's replacement does (or at
 // once where the name leads to another server).
-func moveOnGoAway(ctx, serveCtx context.Context, client *tunnel.Client, stop func(),
+func moveOnGoAway(ctx, serveCtx context.Context, client *tunnel.Client, stop func(), bo *reconnectBackoff, up time.Time,
 	dial func(context.Context) (*quicio.ClientConn, error), connect func(*quicio.ClientConn) (*tunnel.Client, error), logger *slog.Logger,
 ) moveResult {
 	select {
@@ -507,7 +524,8 @@ func moveOnGoAway(ctx, serveCtx context.Context, client *tunnel.Client, stop fun
 		}
 	}
 	logger.Info("server is draining (GOAWAY): opening a new session while this one lasts")
-	nqc, nclient, err := reconnectLoop(ctx, dial, client.Lease(), connect, logger)
+	bo.ended(up)
+	nqc, nclient, err := reconnectLoop(ctx, bo, dial, client.Lease(), connect, logger)
 	if err != nil {
 		return moveResult{err: err}
 	}
@@ -523,47 +541,20 @@ func refusedCredentials(err error) bool {
 	return ok && (re.Status == 401 || re.Status == 403)
 }
 
-// Reconnect backoff: the first attempt at once, then doubling up to
-// maxReconnectDelay, each delay ±25% so that a fleet does not return in step.
-// A delay counts from the start of the previous attempt, not from its end:
-// a dial that times out has retransmitted its Initial with exponential
-// backoff (RFC 9002 §6.2.1) and has already been silent for its last
-// seconds (from 6.2 s to 10 s with quic-go's 200 ms first PTO and the
-// default --connect-timeout). Waiting up to 3.75 s more on top of that
-// left the path unprobed for up to 7.5 s, so a path that returned then was
-// used only 7.5 s later; issue 6 wants the tunnel back within 5 s.
-const (
-	firstReconnectDelay = 200 * time.Millisecond
-	maxReconnectDelay   = 3 * time.Second
-)
-
 // reconnectLoop dials and opens a session until it succeeds or ctx is
 // done. It gives up at once when the server refuses the credentials or
 // assigns other addresses than want (the TUN, routes and firewall hold
 // those).
-func reconnectLoop(ctx context.Context, dial func(context.Context) (*quicio.ClientConn, error), want []netip.Prefix,
+func reconnectLoop(ctx context.Context, bo *reconnectBackoff, dial func(context.Context) (*quicio.ClientConn, error), want []netip.Prefix,
 	connect func(*quicio.ClientConn) (*tunnel.Client, error), logger *slog.Logger,
 ) (*quicio.ClientConn, *tunnel.Client, error) {
-	delay := time.Duration(0)
-	var started time.Time // of the previous attempt
 	for attempt := 1; ; attempt++ {
-		if delay > 0 {
-			jittered := delay*3/4 + rand.N(delay/2)
-			if wait := time.Until(started.Add(jittered)); wait > 0 {
-				select {
-				case <-ctx.Done():
-					return nil, nil, ctx.Err()
-				case <-time.After(wait):
-				}
-			}
+		if err := bo.wait(ctx); err != nil {
+			return nil, nil, err
 		}
-		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
-		}
-		started = time.Now()
-		delay = min(max(2*delay, firstReconnectDelay), maxReconnectDelay)
 		qc, err := dial(ctx)
 		if err != nil {
+			bo.failed()
 			logger.Info("reconnect failed", "attempt", attempt, "err", err)
 			continue
 		}
@@ -573,6 +564,7 @@ func reconnectLoop(ctx context.Context, dial func(context.Context) (*quicio.Clie
 			if refusedCredentials(err) {
 				return nil, nil, err
 			}
+			bo.failed()
 			logger.Info("reconnect failed", "attempt", attempt, "err", err)
 			continue
 		}
@@ -705,7 +697,7 @@ func recoverLeftovers(c *upConfig, statePath string, logger *slog.Logger) (st *t
 	}
 	if keep {
 		if err := tun.WriteState(statePath, fresh); err != nil {
-			return nil, false, stillBlocked(c.stateDir, err)
+			return nil, false, stillBlocked(c.stateDir, err, reasonStartedBlocked)
 		}
 		logger.Warn("the crashed run left the kill switch up: all traffic stays blocked until the tunnel is up")
 		return fresh, true, nil

@@ -265,7 +265,7 @@ func TestReconnectSchedule(t *testing.T) {
 			ends = append(ends, time.Now())
 			return nil, errors.New("connect: timeout")
 		}
-		_, _, err := reconnectLoop(ctx, dial, nil, nil, slog.New(slog.DiscardHandler))
+		_, _, err := reconnectLoop(ctx, new(reconnectBackoff), dial, nil, nil, slog.New(slog.DiscardHandler))
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("reconnectLoop() = %v, want context.Canceled", err)
 		}
@@ -287,5 +287,55 @@ func TestReconnectSchedule(t *testing.T) {
 				t.Errorf("attempt %d started %v after attempt %d timed out, want at once", i+1, got, i)
 			}
 		}
+	})
+}
+
+// TestReconnectBackoffHoldsAcrossSessions: a server that ends every
+// session (or sends GOAWAY) right after it came up gets a connection less
+// and less often, up to one per maxChurnDelay; a session that lasted
+// stableSession resets the backoff; failed dials keep their short delays
+// unless churn made them longer.
+func TestReconnectBackoffHoldsAcrossSessions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := t.Context()
+		var bo reconnectBackoff
+		start := time.Now()
+		attempts := 0
+		for time.Since(start) < 5*time.Minute {
+			if err := bo.wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+			attempts++
+			up := time.Now() // the session comes up at once…
+			time.Sleep(100 * time.Millisecond)
+			bo.ended(up) // …and ends 100 ms later
+		}
+		// 1, 2, 4, 8, 16 s, then 30 s (±25%): about 12 in 5 minutes.
+		if attempts > 16 {
+			t.Errorf("%d connections in 5 minutes against a server that ends each session at once, want at most 16", attempts)
+		}
+		if bo.delay != maxChurnDelay {
+			t.Errorf("delay after the loop = %v, want %v", bo.delay, maxChurnDelay)
+		}
+		bo.failed()
+		if bo.delay != maxChurnDelay {
+			t.Errorf("a failed dial cut the churn delay to %v", bo.delay)
+		}
+		// A session that lasted: the next attempt goes at once.
+		up := time.Now()
+		time.Sleep(stableSession)
+		bo.ended(up)
+		before := time.Now()
+		if err := bo.wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if waited := time.Since(before); waited != 0 {
+			t.Errorf("after a stable session the next attempt waited %v, want none", waited)
+		}
+		bo.failed()
+		if bo.delay != firstReconnectDelay {
+			t.Errorf("delay after a failed dial = %v, want %v", bo.delay, firstReconnectDelay)
+		}
+		t.Logf("%d connections in 5 minutes against a closing server", attempts)
 	})
 }
