@@ -1,5 +1,5 @@
 // Command h3attack is a hostile HTTP/3 client for the e2e tests of issue
-// 13. It speaks HTTP/3 by hand on quic-go, quicvarint and qpack (no http3
+// 13, and a hostile CONNECT-IP server for those of issue 14. It speaks HTTP/3 by hand on quic-go, quicvarint and qpack (no http3
 // client), so that it can send what well-behaved clients never do, and
 // reports what the server did about it as JSON lines on stdout. Every run
 // is bounded by -duration.
@@ -24,6 +24,10 @@
 //	h3attack conform   -case NAME
 //	    one HTTP/3, QPACK or HTTP datagram conformance case; prints how
 //	    the connection (or stream) ended.
+//	h3attack serve     -listen ADDR -cert F -key F [-assign …] [-routes …] [-dns …]
+//	    a CONNECT-IP server that answers every request with the addresses,
+//	    routes and DNS servers it is told, and as told floods DNS, injects
+//	    packets and sends GOAWAY or closes after each session (serve.go).
 package main
 
 import (
@@ -79,6 +83,9 @@ func run(args []string) error {
 		return errors.New("usage: h3attack pin|poolwalk|refuse|identity|conform [flags]")
 	}
 	mode, args := args[0], args[1:]
+	if mode == "serve" {
+		return serve(args)
+	}
 	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
 	var c common
 	fs.StringVar(&c.server, "server", "198.18.1.2:4433", "masqued address")
