@@ -57,6 +57,16 @@ type Config struct {
 	// length of the address pool, for example 100.64.0.1/16, so that the
 	// kernel routes the whole pool into the device.
 	Addrs []netip.Prefix
+	// EndHost makes the link an end host's, not a router's or a LAN's:
+	// the client's TUN, whose far side (the server) is trusted with
+	// packets but not with the host. Create then sets the link's
+	// sysctls before it goes up so that it takes no router
+	// advertisements, autoconfiguration or redirects, gets no
+	// link-local address, filters received sources strictly by reverse
+	// path and forwards nothing that arrives on it (see
+	// [Device.Sysctls]). A server's TUN, which forwards, leaves it
+	// false.
+	EndHost bool
 }
 
 // Validate reports every problem in c at once, joined with [errors.Join];
@@ -155,6 +165,17 @@ type Device struct {
 	name     string
 	offloads bool
 	ctlFD    int // a socket in the link's network namespace, for MTU; -1 if none
+	endHost  bool
+
+	sysMu   sync.Mutex // guards sysctls, hasIPv6 and v6Pending
+	hasIPv6 bool       // the link has IPv6 addresses (else IPv6 is off on it)
+	// sysctls maps each sysctl key that the device changed to the value
+	// it held before.
+	sysctls map[string]string
+	// v6Pending: the link has no IPv6 configuration (an MTU below
+	// MinIPv6MTU removes it), so its IPv6 end-host sysctls are yet to be
+	// set once an MTU change brings it back.
+	v6Pending bool
 
 	events chan wgtun.Event // fed by runEvents, closed when it returns
 	done   chan struct{}    // closed when runEvents returns

@@ -14,10 +14,12 @@ import (
 	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
-// Create creates the TUN device that cfg describes, sets its MTU, adds its
-// addresses (IPv6 ones with IFA_F_NODAD, so that they are usable at once
-// instead of after duplicate address detection) and sets the link up. On
-// error it closes the device again, which removes the link.
+// Create creates the TUN device that cfg describes, sets its MTU, with
+// [Config.EndHost] its end-host sysctls, adds its addresses (IPv6 ones
+// with IFA_F_NODAD, so that they are usable at once instead of after
+// duplicate address detection) and sets the link up. On error it closes
+// the device again, which removes the link. It works in the calling
+// thread's network namespace.
 func Create(cfg Config) (*Device, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("create tun: %w", err)
@@ -56,6 +58,14 @@ func (d *Device) setUp(cfg *Config) error {
 	if err != nil {
 		return fmt.Errorf("look up link: %w", err)
 	}
+	d.endHost = cfg.EndHost
+	if cfg.EndHost {
+		// Before the link goes up: addr_gen_mode decides then whether
+		// it gets a link-local address.
+		if err := d.setEndHost(slices.ContainsFunc(cfg.Addrs, func(p netip.Prefix) bool { return p.Addr().Is6() })); err != nil {
+			return err
+		}
+	}
 	for _, p := range cfg.Addrs {
 		a := &netlink.Addr{IPNet: prefixIPNet(p)}
 		if p.Addr().Is6() {
@@ -67,6 +77,13 @@ func (d *Device) setUp(cfg *Config) error {
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set link up: %w", err)
+	}
+	if cfg.EndHost {
+		// addr_gen_mode=1 keeps the kernel from adding one; this makes
+		// sure (a kernel without it, a race with another program).
+		if err := flushLinkLocal(d.name); err != nil {
+			return err
+		}
 	}
 	return waitLocal(link, cfg.Addrs)
 }
@@ -131,7 +148,12 @@ func (d *Device) MTU() (int, error) {
 }
 
 // SetMTU sets the link's MTU, MinMTU..MaxMTU. The client raises it as the
-// tunnel's datagram budget grows with path MTU discovery.
+// tunnel's datagram budget grows with path MTU discovery. With
+// [Config.EndHost], an MTU that rises to MinIPv6MTU or more from below
+// brings back the link's IPv6 configuration with the kernel's defaults;
+// SetMTU then sets its end-host sysctls again, from the calling thread's
+// network namespace (every thread's, in a process that lives in one), and
+// deletes the link-local address the kernel gave it.
 func (d *Device) SetMTU(mtu int) error {
 	if mtu < MinMTU || mtu > MaxMTU {
 		return fmt.Errorf("set mtu of %s: %d out of range %d..%d", d.name, mtu, MinMTU, MaxMTU)
@@ -145,6 +167,9 @@ func (d *Device) SetMTU(mtu int) error {
 	}
 	ifr.SetUint32(uint32(mtu))
 	if err := unix.IoctlIfreq(d.ctlFD, unix.SIOCSIFMTU, ifr); err != nil {
+		return fmt.Errorf("set mtu of %s: %w", d.name, err)
+	}
+	if err := d.afterMTU(mtu); err != nil {
 		return fmt.Errorf("set mtu of %s: %w", d.name, err)
 	}
 	return nil

@@ -48,5 +48,8 @@ func (c *KillSwitchConfig) Validate() error {
 // (IPv6 neighbour discovery and router solicitation, DHCPv4/DHCPv6
 // requests). It covers IPv4 and IPv6 alike, so a tunnel without IPv6
 // blocks IPv6 rather than leaking it, and a route injected on a physical
-// interface cannot pull traffic out. Close deletes the table.
+// interface cannot pull traffic out. A forward chain in the same table
+// drops whatever the host would forward from the TUN to another
+// interface or from another interface into the TUN. Close deletes the
+// table.
 type KillSwitch struct{ nftTable }

@@ -58,6 +58,12 @@ type ClientConfig struct {
 	// OnDNS, if set, is called (from the capsule reader) with the DNS
 	// servers each DNS_ASSIGN names.
 	OnDNS func([]netip.Addr)
+	// LocalNetworks are the host's directly connected networks (its
+	// interfaces' prefixes, but loopback's and the TUN's): a packet from
+	// the server with a source inside one poses as the LAN and is
+	// dropped (source_local). At most maxLocalNetworks are checked; the
+	// TUN's reverse-path filter covers the rest.
+	LocalNetworks []netip.Prefix
 	// Logger receives lifecycle logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -99,6 +105,7 @@ type Client struct {
 
 	lease     []netip.Prefix // assigned at setup (RFC 9484 §4.7.1)
 	addresses []netip.Prefix // those of lease the session uses (set by Connect)
+	localNets []netip.Prefix // cfg.LocalNetworks, capped: no source of a received packet
 	stats     clientCounters
 	started   time.Time
 	budget    atomic.Int64 // largest inner packet a datagram carries now
@@ -145,6 +152,11 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		capsuleErr: make(chan error, 1), upErr: make(chan error, 1),
 		gotRoutes: make(chan struct{}), gotAddrs: make(chan struct{}),
 		goingAway: make(chan struct{}),
+	}
+	c.localNets = localNetworks(cfg.LocalNetworks)
+	if len(cfg.LocalNetworks) > maxLocalNetworks {
+		c.log.Warn("more connected networks than the client checks received sources against; the TUN's reverse-path filter covers the rest",
+			"networks", len(cfg.LocalNetworks), "checked", maxLocalNetworks)
 	}
 	fail := func(err error) (*Client, error) {
 		if c.str != nil {
@@ -654,7 +666,9 @@ func (c *Client) runDown(dev Device) error {
 
 // checkDatagram returns the packet a datagram from the server carries, if
 // it is for this session (quarter stream ID), has context ID 0, is a
-// well-formed IP packet and is addressed to us.
+// well-formed IP packet addressed to us, from a source that is neither
+// bogus nor local, and no ICMP message that configures a link
+// (clientcheck.go).
 func (c *Client) checkDatagram(d []byte) ([]byte, bool) {
 	prefix := c.dgramPrefix
 	if len(d) < len(prefix) || string(d[:len(prefix)-1]) != string(prefix[:len(prefix)-1]) {
@@ -673,6 +687,18 @@ func (c *Client) checkDatagram(d []byte) ([]byte, bool) {
 	}
 	if !c.ownAddr(h.dst) {
 		c.stats.drops[dropNoSession].Add(1)
+		return nil, false
+	}
+	if bogusSource(h.src) {
+		c.stats.drops[dropSourceBogus].Add(1)
+		return nil, false
+	}
+	if c.localSource(h.src) {
+		c.stats.drops[dropSourceLocal].Add(1)
+		return nil, false
+	}
+	if linkControlICMP(pkt, h) {
+		c.stats.drops[dropLinkControl].Add(1)
 		return nil, false
 	}
 	return pkt[:h.totalLen], true

@@ -25,6 +25,9 @@ const (
 	dropQueueFull                       // a queue was full: a session's send queue, or the early datagrams of a request not served yet
 	dropUnknownStream                   // datagram for a stream that is no session or flow
 	dropLinkLocal                       // client: link-local traffic the kernel sends on the TUN (router solicitations, MLD)
+	dropSourceBogus                     // client: from the server with a source no network has (loopback, link-local, multicast, unspecified, broadcast)
+	dropSourceLocal                     // client: from the server with our own address or one of the host's connected networks as source
+	dropLinkControl                     // client: ICMPv6 neighbour discovery (RA, NS, NA, redirect) or ICMPv4 redirect from the server
 	numDropReasons
 )
 
@@ -40,6 +43,9 @@ var dropReasonNames = [numDropReasons]string{
 	dropQueueFull:     "queue_full",
 	dropUnknownStream: "unknown_stream",
 	dropLinkLocal:     "link_local",
+	dropSourceBogus:   "source_bogus",
+	dropSourceLocal:   "source_local",
+	dropLinkControl:   "icmp_link_control",
 }
 
 func (r dropReason) String() string { return dropReasonNames[r] }

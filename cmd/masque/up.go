@@ -268,7 +268,9 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			MaxMTU:       c.mtu,
 			SetMTU:       func(mtu int) error { return dev.SetMTU(mtu) },
 			OnDNS:        onDNS,
-			Logger:       logger,
+			// Taken afresh for each session: the host may have moved.
+			LocalNetworks: lanPrefixes(c.tun),
+			Logger:        logger,
 		})
 		if refusedCredentials(err) {
 			return nil, fmt.Errorf("%w: check --token-file or the client certificate", err)
@@ -323,11 +325,22 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	if slices.ContainsFunc(client.Addresses(), func(p netip.Prefix) bool { return p.Addr().Is6() }) {
 		minMTU = tun.MinIPv6MTU
 	}
-	dev, err = tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), minMTU), Addrs: client.Addresses()})
+	// The TUN is not a LAN (EndHost): no router advertisements,
+	// autoconfiguration, redirects or link-local address on it, strict
+	// reverse-path filtering, nothing forwarded from it.
+	dev, err = tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), minMTU), Addrs: client.Addresses(), EndHost: true})
 	if err != nil {
 		return fmt.Errorf("create TUN %s: %w", c.tun, err)
 	}
 	defer dev.Close()
+	// The TUN's sysctls go with the link, which goes with this process
+	// (it is not persistent), so they are recorded only now; Undo skips
+	// those of a link that is gone.
+	if recordSysctls(st, dev.Sysctls()) {
+		if err := tun.WriteState(statePath, st); err != nil {
+			return fmt.Errorf("write state: %w", err)
+		}
+	}
 	if err := routing.Apply(); err != nil {
 		return fmt.Errorf("routes: %w", err)
 	}
@@ -489,6 +502,24 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		status.setClient(client)
 		logger.Info("tunnel back", "after", time.Since(lost).Round(time.Millisecond).String(), "dropped_while_down", t.Dropped())
 	}
+}
+
+// recordSysctls adds the sysctls in changed (key: the value to restore)
+// that st does not hold yet and reports whether it added any: the first
+// recorded value is the one from before masque changed it.
+func recordSysctls(st *tun.State, changed map[string]string) bool {
+	added := false
+	for k, v := range changed {
+		if _, ok := st.Sysctls[k]; ok {
+			continue
+		}
+		if st.Sysctls == nil {
+			st.Sysctls = map[string]string{}
+		}
+		st.Sysctls[k] = v
+		added = true
+	}
+	return added
 }
 
 // errMoved ends a session that a new one has replaced.

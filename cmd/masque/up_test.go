@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/masque-vpn/masque/quicio"
+	"github.com/masque-vpn/masque/tun"
 )
 
 // validUp returns options that validate, with a token file in dir.
@@ -338,4 +339,22 @@ func TestReconnectBackoffHoldsAcrossSessions(t *testing.T) {
 		}
 		t.Logf("%d connections in 5 minutes against a closing server", attempts)
 	})
+}
+
+func TestRecordSysctls(t *testing.T) {
+	st := &tun.State{}
+	if recordSysctls(st, nil) {
+		t.Error("recordSysctls(nothing) = true, want false")
+	}
+	changed := map[string]string{"net/ipv6/conf/masque0/accept_ra": "1", "net/ipv4/conf/masque0/rp_filter": "2"}
+	if !recordSysctls(st, changed) {
+		t.Error("recordSysctls(new) = false, want true")
+	}
+	// A later change does not overwrite the value from before the first.
+	if recordSysctls(st, map[string]string{"net/ipv6/conf/masque0/accept_ra": "0"}) {
+		t.Error("recordSysctls(recorded) = true, want false")
+	}
+	if diff := cmp.Diff(changed, st.Sysctls); diff != "" {
+		t.Errorf("Sysctls (-want +got):\n%s", diff)
+	}
 }
