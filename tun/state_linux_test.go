@@ -17,7 +17,7 @@ import (
 func TestUndo(t *testing.T) {
 	nstest.New(t)
 	path := filepath.Join(t.TempDir(), "state.json")
-	const tunName, table = "mqtest0", "mqtest"
+	const tunName, table = "mqtest0", DefaultNATTable
 	r := &Routing{
 		Link:     tunName,
 		Routes:   []netip.Prefix{v4Default, v6Default},

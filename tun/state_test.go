@@ -28,8 +28,8 @@ func testState() *State {
 			Routes:   []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 			Excludes: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
 		},
-		NFTables: []string{"masque"},
-		Sysctls:  map[string]string{"net/ipv4/ip_forward": "0", "net/ipv4/ip_local_port_range": "32768\t60999"},
+		NFTables: []string{DefaultKillSwitchTable},
+		Sysctls:  map[string]string{"net/ipv4/ip_forward": "0", "net/ipv6/conf/masque0/accept_ra": "2"},
 	}
 }
 
@@ -62,6 +62,7 @@ func TestStateRoundTrip(t *testing.T) {
 
 	// Overwriting leaves no temporary files behind.
 	want.Tun = ""
+	delete(want.Sysctls, "net/ipv6/conf/masque0/accept_ra") // a TUN's sysctl needs the TUN
 	if err := WriteState(path, want); err != nil {
 		t.Fatalf("second WriteState() = %v", err)
 	}

@@ -29,6 +29,9 @@ state.json.corrupt. Running it again is harmless.`,
 			out := cmd.OutOrStdout()
 			path := filepath.Join(stateDir, "state.json")
 			st, err := tun.ReadState(path)
+			if errors.Is(err, tun.ErrUntrustedState) {
+				return untrustedState(err)
+			}
 			if errors.Is(err, fs.ErrNotExist) {
 				fmt.Fprintln(out, "nothing to undo")
 				return nil
