@@ -155,7 +155,8 @@ func ownSysctl(key, tunName string) bool {
 	dir, name := path.Split(key)
 	dir, link := path.Split(strings.TrimSuffix(dir, "/"))
 	names, ok := tunSysctls[strings.TrimSuffix(dir, "/")]
-	return ok && link == tunName && slices.Contains(names, name)
+	// all and default are no links: their sysctls are host-wide.
+	return ok && link == tunName && link != "all" && link != "default" && slices.Contains(names, name)
 }
 
 // decimal reports whether v is a decimal integer as the sysctls masque
@@ -347,8 +348,9 @@ func RemoveState(path string) error {
 // routing, deletes the TUN link if it still exists (a link of that name
 // that is not a TUN is left alone and reported), deletes each nftables
 // table and restores each sysctl (sysctls that no longer exist, such as
-// those of a deleted link, are skipped) and restores resolv.conf. What is
-// already gone is no error, so Undo is idempotent; it carries on past
+// those of a deleted link, are skipped; those of a link named s.Tun that
+// is not a TUN are left alone and reported) and restores resolv.conf.
+// What is already gone is no error, so Undo is idempotent; it carries on past
 // failures and returns them joined with [errors.Join].
 //
 // A state that fails [State.Validate] is refused whole: Undo then
@@ -382,6 +384,19 @@ func Undo(s *State) error {
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Sysctls)) {
+		if !slices.Contains(forwardingSysctls, k) {
+			// One of s.Tun's own: mostly gone with the TUN. A link of
+			// that name that is not a TUN is not ours to change.
+			li, err := lookupLink(s.Tun)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("restore sysctl %s: %w", k, err))
+				continue
+			}
+			if li.exists && !li.tun {
+				errs = append(errs, fmt.Errorf("restore sysctl %s: %s is a %s link, not tun: left alone", k, s.Tun, li.kind))
+				continue
+			}
+		}
 		if _, err := SetSysctl(k, s.Sysctls[k]); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -281,7 +281,7 @@ func oneLine(err error) string {
 // directory or file that others could have written into one line, a
 // configuration error (exit 2): nothing of the state was acted on.
 func untrustedState(err error) error {
-	return usagef("%v: refusing to act on it as root (the state directory and file must be root's and not writable by group or others: chown root, chmod go-w, or another --state-dir)", err)
+	return usagef("%v: refused (state directory and file must be root's and not writable by group or others: chown root and chmod go-w them, or use another --state-dir)", err)
 }
 
 // isCorrupt reports whether err is ReadState's for a corrupt file.
