@@ -222,3 +222,56 @@ func TestUntrustedStateDirRefused(t *testing.T) {
 		t.Error("the table the refused states name is gone")
 	}
 }
+
+// TestMasquedPlantedState: masqued refuses a state directory of mode 0777
+// (exit 2, one line, nothing changed), and of a planted state in a
+// trusted one (core_pattern, a foreign nft table) undoes nothing: it
+// says so, comes up, and the foreign table and core_pattern are as they
+// were.
+func TestMasquedPlantedState(t *testing.T) {
+	tp := newTopo(t, false)
+	open := t.TempDir()
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	r := runIn(t, tp.server, 20*time.Second, env.masqued, "run", "--listen", serverAddr,
+		"--cert", env.certDir+"/server.crt", "--key", env.certDir+"/server.key", "--tokens", env.tokens,
+		"--state-dir", open)
+	if r.code != 2 {
+		t.Errorf("masqued run --state-dir (mode 0777): exit %d, want 2\nstderr: %s", r.code, r.stderr)
+	}
+	checkErrorLine(t, "masqued run with an untrusted state directory", r.stderr, "masqued: ", "state directory "+open+": writable by group or others (mode 0777)")
+	if entries, _ := os.ReadDir(open); len(entries) > 0 {
+		t.Errorf("masqued wrote %v into the untrusted state directory", entries)
+	}
+	tp.checkClean(tp.server)
+
+	t.Cleanup(func() { runInErr(tp.server, 10*time.Second, "nft", "delete", "table", "inet", "mqe_foreign") })
+	if r := runIn(t, tp.server, 10*time.Second, "nft", "add", "table", "inet", "mqe_foreign"); r.code != 0 {
+		t.Fatalf("nft add table: exit %d: %s", r.code, r.stderr)
+	}
+	core, err := os.ReadFile(corePattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if now, _ := os.ReadFile(corePattern); string(now) != string(core) {
+			os.WriteFile(corePattern, []byte(strings.TrimSuffix(string(core), "\n")), 0)
+		}
+	})
+	dir := t.TempDir()
+	planted := `{"version":1,"pid":4242,"sysctls":{"kernel/core_pattern":"|/bin/false mqe"},"nft_tables":["mqe_foreign"]}`
+	if err := os.WriteFile(filepath.Join(dir, "state.json"), []byte(planted), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := tp.startServer(t, "--state-dir", dir)
+	if !strings.Contains(srv.proc.stderr.String(), "ignoring unreadable state file") {
+		t.Errorf("masqued did not say it ignores the planted state:\n%s", tail(srv.proc.stderr.String(), 3000))
+	}
+	if rs := ruleset(t, tp.server); !strings.Contains(rs, "table inet mqe_foreign {") {
+		t.Errorf("masqued deleted the foreign table:\n%s", rs)
+	}
+	if now, _ := os.ReadFile(corePattern); string(now) != string(core) {
+		t.Errorf("kernel.core_pattern = %q after masqued started, was %q", now, core)
+	}
+}
