@@ -192,9 +192,12 @@ func (s *State) validateIn(dir string) error {
 
 // WriteState writes s to path atomically: it creates path's directory
 // with mode 0700 if needed, writes a temporary file of mode 0600 next to
-// path, syncs it and renames it over path. A zero Version is written as
-// StateVersion and a zero PID as the calling process's; s itself is not
-// modified.
+// path, syncs it and renames it over path. A directory that fails
+// ReadState's trust check, whether it existed or not, is refused with an
+// error that wraps [ErrUntrustedState], and so is a state that fails
+// [State.Validate] or names a resolv.conf backup outside the directory;
+// nothing is written then. A zero Version is written as StateVersion and
+// a zero PID as the calling process's; s itself is not modified.
 func WriteState(path string, s *State) error {
 	c := *s
 	if c.Version == 0 {
@@ -213,8 +216,7 @@ func WriteState(path string, s *State) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("write state: %w", err)
 		}
-		err = checkStateDir(dir)
-		if err != nil {
+		if err := checkStateDir(dir); err != nil {
 			return fmt.Errorf("write state: %w", err)
 		}
 	} else if err != nil {
