@@ -19,14 +19,23 @@ import (
 // can move dir aside and put a directory of their own in its place. The
 // ancestors are checked along dir's parent with its symbolic links
 // resolved. A dir that does not exist gives an error that satisfies
-// errors.Is(err, fs.ErrNotExist); one that fails the check, one that
-// wraps [ErrUntrustedState].
+// errors.Is(err, fs.ErrNotExist), unless a directory above it fails the
+// check; one that fails the check, an error that wraps
+// [ErrUntrustedState].
 func checkStateDir(dir string) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
 	}
 	fi, err := os.Lstat(abs)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Refuse now, not once it is created, if it would be created
+		// under a directory that others may write to.
+		if perr := checkAncestors(dir, filepath.Dir(abs)); perr != nil && !errors.Is(perr, fs.ErrNotExist) {
+			return perr
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}
@@ -39,11 +48,23 @@ func checkStateDir(dir string) error {
 	if err := checkOwnerMode("state directory", dir, fi, false); err != nil {
 		return err
 	}
-	parent, err := filepath.EvalSymlinks(filepath.Dir(abs))
+	return checkAncestors(dir, filepath.Dir(abs))
+}
+
+// checkAncestors checks parent, the parent of the state directory dir,
+// with its symbolic links resolved, and each directory above it, as
+// checkStateDir describes. A parent that does not exist is skipped up to
+// the first one that does.
+func checkAncestors(dir, parent string) error {
+	resolved, err := filepath.EvalSymlinks(parent)
+	for errors.Is(err, fs.ErrNotExist) && parent != filepath.Dir(parent) {
+		parent = filepath.Dir(parent)
+		resolved, err = filepath.EvalSymlinks(parent)
+	}
 	if err != nil {
 		return fmt.Errorf("state directory %s: %w", dir, err)
 	}
-	for p := parent; ; p = filepath.Dir(p) {
+	for p := resolved; ; p = filepath.Dir(p) {
 		fi, err := os.Lstat(p)
 		if err != nil {
 			return fmt.Errorf("state directory %s: %w", dir, err)

@@ -166,10 +166,15 @@ func TestReadStateMissing(t *testing.T) {
 			t.Errorf("ReadState(%s) = %v, want fs.ErrNotExist", p, err)
 		}
 	}
-	// An untrusted directory is refused even when it holds no state.
+	// An untrusted directory is refused even when it holds no state, and
+	// so is a missing one that would be created in one.
 	d := mkdir(t, base, "open", 0o777)
 	if _, err := ReadState(filepath.Join(d, "state.json")); !errors.Is(err, ErrUntrustedState) {
 		t.Errorf("ReadState in a directory of mode 0777 = %v, want ErrUntrustedState", err)
+	}
+	p := filepath.Join(d, "new", "deeper", "state.json")
+	if _, err := ReadState(p); !errors.Is(err, ErrUntrustedState) || !strings.Contains(err.Error(), "parent "+d+": writable by group or others") {
+		t.Errorf("ReadState(%s) = %v, want ErrUntrustedState naming %s", p, err, d)
 	}
 }
 
@@ -212,6 +217,11 @@ func TestWriteStateTrust(t *testing.T) {
 			}
 			if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("WriteState(%s) wrote the file: %v", path, err)
+			}
+			if tt.name == "under a parent writable by others" {
+				if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("WriteState(%s) made the directory: %v", path, err)
+				}
 			}
 		})
 	}

@@ -27,6 +27,7 @@ func TestExecuteExitCodes(t *testing.T) {
 		{"up with arguments", []string{"up", "extra"}, exitUsage},
 		{"down with nothing to undo", []string{"down", "--state-dir", empty}, exitOK},
 		{"down with a state dir writable by others", []string{"down", "--state-dir", open}, exitUsage},
+		{"down with a missing state dir under one writable by others", []string{"down", "--state-dir", open + "/new"}, exitUsage},
 		{"down with arguments", []string{"down", "extra"}, exitUsage},
 		{"status without a tunnel", []string{"status", "--state-dir", empty}, exitFailure},
 	}
