@@ -3,11 +3,22 @@ package tun
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 )
+
+// ManagedResolvConf is the resolver configuration that masque up rewrites
+// and the only one a [State] may name for [Undo] to restore. Tests point
+// it at a file of their own; nothing else changes it.
+var ManagedResolvConf = "/etc/resolv.conf"
+
+// ResolvConfBackup is the name, in the state directory, of the copy of
+// ManagedResolvConf's original bytes.
+const ResolvConfBackup = "resolv.conf.orig"
 
 // ResolvConf is the resolver configuration a client changed: Path (usually
 // /etc/resolv.conf) was rewritten after its original bytes were saved to
@@ -20,6 +31,18 @@ type ResolvConf struct {
 func (r *ResolvConf) validate() error {
 	if !strings.HasPrefix(r.Path, "/") || !strings.HasPrefix(r.Backup, "/") || r.Path == r.Backup {
 		return fmt.Errorf("resolv_conf: want two different absolute paths, have %q and %q", r.Path, r.Backup)
+	}
+	return nil
+}
+
+// validateOwn checks that r names what masque up changes: Path is
+// ManagedResolvConf and Backup a clean path named ResolvConfBackup.
+func (r *ResolvConf) validateOwn() error {
+	if r.Path != ManagedResolvConf {
+		return fmt.Errorf("resolv_conf: path %q is not %s, which masque manages", r.Path, ManagedResolvConf)
+	}
+	if filepath.Clean(r.Backup) != r.Backup || filepath.Base(r.Backup) != ResolvConfBackup {
+		return fmt.Errorf("resolv_conf: backup %q is not a clean path named %s", r.Backup, ResolvConfBackup)
 	}
 	return nil
 }
@@ -60,15 +83,23 @@ func (r *ResolvConf) Apply(servers []netip.Addr) error {
 }
 
 // Restore writes Backup's bytes back to Path, in place, and removes Backup.
-// Without a Backup there is nothing to restore and it is no error.
+// Without a Backup there is nothing to restore and it is no error. The
+// Backup is opened without following a symbolic link and must be a
+// regular file of the effective user's, not writable by group or others
+// (else the error wraps [ErrUntrustedState] and Path is not touched).
 func (r *ResolvConf) Restore() error {
 	if err := r.validate(); err != nil {
 		return err
 	}
-	orig, err := os.ReadFile(r.Backup)
+	f, err := openTrusted("resolv.conf backup", r.Backup)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
+	if err != nil {
+		return fmt.Errorf("resolv.conf: %w", err)
+	}
+	orig, err := io.ReadAll(f)
+	f.Close()
 	if err != nil {
 		return fmt.Errorf("resolv.conf: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 func TestResolvConf(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "resolv.conf")
+	setManagedResolvConf(t, path)
 	orig := []byte("# the host's own\nnameserver 192.0.2.53\nsearch example\noptions edns0\n")
 	if err := os.WriteFile(path, orig, 0o644); err != nil {
 		t.Fatal(err)
@@ -73,4 +74,11 @@ func TestResolvConf(t *testing.T) {
 	if err := r.Apply(nil); err == nil {
 		t.Error("Apply(no servers) = nil error")
 	}
+}
+
+// setManagedResolvConf points ManagedResolvConf at path for the test.
+func setManagedResolvConf(t *testing.T, path string) {
+	old := ManagedResolvConf
+	ManagedResolvConf = path
+	t.Cleanup(func() { ManagedResolvConf = old })
 }

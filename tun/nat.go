@@ -8,6 +8,10 @@ import (
 	"sync"
 )
 
+// DefaultNATTable is the inet nftables table of the server's
+// masquerading (masqued's).
+const DefaultNATTable = "masqued"
+
 // maxTableNameLen is nftables' NFT_NAME_MAXLEN minus the terminating NUL.
 const maxTableNameLen = 255
 

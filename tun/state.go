@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -48,8 +49,17 @@ type State struct {
 }
 
 // Validate reports every problem in s at once, joined with [errors.Join].
-// A state that passes names nothing that Undo could not safely act on: no
-// reserved routing table, no sysctl path outside /proc/sys.
+// A state that passes names nothing but what masque itself changes, so
+// that a root-run [Undo] of a planted or garbled state touches nothing
+// else: the routing table, mark and rule priorities are masque's defaults
+// ([DefaultTable], [DefaultFwMark], [DefaultRulePriority]); the nftables
+// tables are [DefaultKillSwitchTable] and [DefaultNATTable]; the sysctls
+// are the forwarding ones (net/ipv4/ip_forward,
+// net/ipv6/conf/all/forwarding) and a few of s.Tun's own (see
+// tunSysctls), each with a decimal value; resolv.conf is
+// [ManagedResolvConf], with its backup named [ResolvConfBackup].
+// [ReadState] and [WriteState] also insist that the backup is in the
+// state file's directory.
 func (s *State) Validate() error {
 	var errs []error
 	if s.Version != StateVersion {
@@ -69,22 +79,29 @@ func (s *State) Validate() error {
 		if err := s.Routing.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("routing: %w", err))
 		}
+		errs = append(errs, s.Routing.validateOwn()...)
 	}
 	for i, t := range s.NFTables {
 		if err := validateTableName(t); err != nil {
 			errs = append(errs, fmt.Errorf("nft_tables[%d]: %w", i, err))
+		} else if t != DefaultKillSwitchTable && t != DefaultNATTable {
+			errs = append(errs, fmt.Errorf("nft_tables[%d]: %q is not one of masque's tables (%s, %s)", i, t, DefaultKillSwitchTable, DefaultNATTable))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Sysctls)) {
 		if err := validateSysctlKey(k); err != nil {
 			errs = append(errs, fmt.Errorf("sysctls: %w", err))
+		} else if !ownSysctl(k, s.Tun) {
+			errs = append(errs, fmt.Errorf("sysctls: %q is not a sysctl masque sets", k))
 		}
-		if strings.ContainsRune(s.Sysctls[k], 0) {
-			errs = append(errs, fmt.Errorf("sysctls[%s]: value contains NUL", k))
+		if v := s.Sysctls[k]; !decimal(v) {
+			errs = append(errs, fmt.Errorf("sysctls[%s]: value %q is not a decimal integer", k, v))
 		}
 	}
 	if s.ResolvConf != nil {
 		if err := s.ResolvConf.validate(); err != nil {
+			errs = append(errs, err)
+		} else if err := s.ResolvConf.validateOwn(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -96,11 +113,91 @@ func (s *State) Validate() error {
 	return errors.Join(errs...)
 }
 
+// validateOwn checks that r names masque's own table, mark and rule
+// priorities: Remove flushes the table and deletes the rules at the
+// priorities, whoever put them there.
+func (r *Routing) validateOwn() []error {
+	var errs []error
+	if t := r.table(); t != DefaultTable {
+		errs = append(errs, fmt.Errorf("routing: table: %d is not masque's table %d", t, DefaultTable))
+	}
+	if m := r.fwMark(); m != DefaultFwMark {
+		errs = append(errs, fmt.Errorf("routing: fwmark: %#x is not masque's mark %#x", m, DefaultFwMark))
+	}
+	if p := r.priority(); p != DefaultRulePriority {
+		errs = append(errs, fmt.Errorf("routing: rule_priority: %d is not masque's %d", p, DefaultRulePriority))
+	}
+	return errs
+}
+
+// forwardingSysctls are the host-wide sysctls masqued sets.
+var forwardingSysctls = []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"}
+
+// tunSysctls are the sysctls of its own TUN that masque may set, by
+// directory: net/ipv4/conf/<tun>/<name> and net/ipv6/conf/<tun>/<name>.
+// They keep the TUN from acting as a LAN (router advertisements,
+// redirects, autoconfiguration, reverse-path filtering).
+var tunSysctls = map[string][]string{
+	"net/ipv4/conf": {"accept_redirects", "accept_source_route", "forwarding", "rp_filter", "send_redirects"},
+	"net/ipv6/conf": {"accept_ra", "accept_redirects", "accept_source_route", "addr_gen_mode", "autoconf", "disable_ipv6", "forwarding"},
+}
+
+// ownSysctl reports whether key, a valid sysctl key, is one masque sets:
+// a forwarding sysctl, or one of tunSysctls of the TUN tunName (not of
+// any other interface).
+func ownSysctl(key, tunName string) bool {
+	if slices.Contains(forwardingSysctls, key) {
+		return true
+	}
+	if tunName == "" {
+		return false
+	}
+	dir, name := path.Split(key)
+	dir, link := path.Split(strings.TrimSuffix(dir, "/"))
+	names, ok := tunSysctls[strings.TrimSuffix(dir, "/")]
+	// all and default are no links: their sysctls are host-wide.
+	return ok && link == tunName && link != "all" && link != "default" && slices.Contains(names, name)
+}
+
+// decimal reports whether v is a decimal integer as the sysctls masque
+// sets hold: an optional minus sign and 1 to 10 digits.
+func decimal(v string) bool {
+	v = strings.TrimPrefix(v, "-")
+	if len(v) == 0 || len(v) > 10 {
+		return false
+	}
+	for _, c := range []byte(v) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// validateIn checks what only the state file's directory dir tells: the
+// resolv.conf backup must be in it.
+func (s *State) validateIn(dir string) error {
+	if s.ResolvConf == nil {
+		return nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if d := filepath.Dir(s.ResolvConf.Backup); d != abs {
+		return fmt.Errorf("resolv_conf: backup %s is not in the state directory %s", s.ResolvConf.Backup, abs)
+	}
+	return nil
+}
+
 // WriteState writes s to path atomically: it creates path's directory
 // with mode 0700 if needed, writes a temporary file of mode 0600 next to
-// path, syncs it and renames it over path. A zero Version is written as
-// StateVersion and a zero PID as the calling process's; s itself is not
-// modified.
+// path, syncs it and renames it over path. A directory that fails
+// ReadState's trust check, whether it existed or not, is refused with an
+// error that wraps [ErrUntrustedState], and so is a state that fails
+// [State.Validate] or names a resolv.conf backup outside the directory;
+// nothing is written then. A zero Version is written as StateVersion and
+// a zero PID as the calling process's; s itself is not modified.
 func WriteState(path string, s *State) error {
 	c := *s
 	if c.Version == 0 {
@@ -109,7 +206,20 @@ func WriteState(path string, s *State) error {
 	if c.PID == 0 {
 		c.PID = os.Getpid()
 	}
-	if err := c.Validate(); err != nil {
+	dir := filepath.Dir(path)
+	if err := errors.Join(c.Validate(), c.validateIn(dir)); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	// A directory that exists already must pass the same check as
+	// ReadState's; one that does not is created 0700, and checked too.
+	if err := checkStateDir(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("write state: %w", err)
+		}
+		if err := checkStateDir(dir); err != nil {
+			return fmt.Errorf("write state: %w", err)
+		}
+	} else if err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
 	b, err := json.MarshalIndent(&c, "", "\t")
@@ -168,15 +278,35 @@ func writeFileAtomic(path string, b []byte) (err error) {
 	return nil
 }
 
-// ReadState reads the state file at path. When there is none the error
-// satisfies errors.Is(err, fs.ErrNotExist); when it cannot be parsed or
-// fails [State.Validate] the error wraps [ErrCorruptState].
+// ReadState reads the state file at path. The file's directory must pass
+// the trust check (owned by the effective user, not writable by group or
+// others, a real directory, its ancestors likewise or sticky) and the file
+// is opened without following a symbolic link and checked once open
+// (regular, one link, owner, mode); otherwise the error wraps
+// [ErrUntrustedState] and nothing of the file is read. When there is no
+// directory or no file the error satisfies errors.Is(err,
+// fs.ErrNotExist); when the file cannot be parsed or fails
+// [State.Validate] the error wraps [ErrCorruptState].
 func ReadState(path string) (*State, error) {
-	b, err := os.ReadFile(path)
+	dir := filepath.Dir(path)
+	if err := checkStateDir(dir); err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	f, err := openTrusted("state file", path)
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("read state: %w", err)
 	}
 	s, err := ParseState(b)
+	if err == nil {
+		if err = s.validateIn(dir); err != nil {
+			s, err = nil, fmt.Errorf("%w: %v", ErrCorruptState, err)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read state %s: %w", path, err)
 	}
@@ -220,13 +350,20 @@ func RemoveState(path string) error {
 // routing, deletes the TUN link if it still exists (a link of that name
 // that is not a TUN is left alone and reported), deletes each nftables
 // table and restores each sysctl (sysctls that no longer exist, such as
-// those of a deleted link, are skipped) and restores resolv.conf. What is
-// already gone is no error, so Undo is idempotent; it carries on past
+// those of a deleted link, are skipped; those of a link named s.Tun that
+// is not a TUN are left alone and reported) and restores resolv.conf.
+// What is already gone is no error, so Undo is idempotent; it carries on past
 // failures and returns them joined with [errors.Join].
+//
+// A state that fails [State.Validate] is refused whole: Undo then
+// changes nothing and returns an error that wraps [ErrCorruptState].
 //
 // Undo does not check whether process s.PID is still running; callers
 // that might be undoing the changes of a live process check that first.
 func Undo(s *State) error {
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("undo: %w: %v", ErrCorruptState, err)
+	}
 	var errs []error
 	if s.Resolved != nil {
 		if err := s.Resolved.Revert(); err != nil {
@@ -249,6 +386,19 @@ func Undo(s *State) error {
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Sysctls)) {
+		if !slices.Contains(forwardingSysctls, k) {
+			// One of s.Tun's own: mostly gone with the TUN. A link of
+			// that name that is not a TUN is not ours to change.
+			li, err := lookupLink(s.Tun)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("restore sysctl %s: %w", k, err))
+				continue
+			}
+			if li.exists && !li.tun {
+				errs = append(errs, fmt.Errorf("restore sysctl %s: %s is a %s link, not tun: left alone", k, s.Tun, li.kind))
+				continue
+			}
+		}
 		if _, err := SetSysctl(k, s.Sysctls[k]); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -2,6 +2,8 @@ package tun
 
 import (
 	"encoding/json"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -9,7 +11,8 @@ import (
 
 // FuzzReadState checks that ParseState either rejects its input or
 // returns a State that marshals to JSON which parses back to an equal
-// State.
+// State, and that names only what masque itself changes (checkOwnOnly):
+// a planted state cannot steer Undo anywhere else.
 func FuzzReadState(f *testing.F) {
 	f.Add([]byte(`{"version":1,"pid":7}`))
 	f.Add([]byte(`{"version":1,"pid":7,"tun":"masque0","routing":{"link":"masque0","table":100,"fwmark":4660,` +
@@ -20,6 +23,11 @@ func FuzzReadState(f *testing.F) {
 	f.Add([]byte(`{"version":1,"pid":7,"sysctls":{"../x":"1"}}`))
 	f.Add([]byte(`{"version":1,"pid":7,"tun":"masque0","resolved":{"link":"masque0","ifindex":12},` +
 		`"resolv_conf":{"path":"/etc/resolv.conf","backup":"/run/masque/resolv.conf.orig"}}`))
+	f.Add([]byte(`{"version":1,"pid":7,"tun":"masque0","sysctls":{"net/ipv6/conf/masque0/accept_ra":"0",` +
+		`"net/ipv4/conf/masque0/rp_filter":"1","net/ipv6/conf/all/forwarding":"1"},"nft_tables":["masque_killswitch","masqued"]}`))
+	f.Add([]byte(`{"version":1,"pid":7,"sysctls":{"kernel/core_pattern":"|/tmp/x"}}`))
+	f.Add([]byte(`{"version":1,"pid":7,"nft_tables":["firewalld"],"routing":{"table":51820,"fwmark":51820,"rule_priority":100}}`))
+	f.Add([]byte(`{"version":1,"pid":7,"resolv_conf":{"path":"/etc/passwd","backup":"/tmp/evil/resolv.conf.orig"}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := ParseState(b)
 		if err != nil {
@@ -28,6 +36,7 @@ func FuzzReadState(f *testing.F) {
 			}
 			return
 		}
+		checkOwnOnly(t, b, s)
 		b2, err := json.Marshal(s)
 		if err != nil {
 			t.Fatalf("json.Marshal(%+v) = %v", s, err)
@@ -40,4 +49,42 @@ func FuzzReadState(f *testing.F) {
 			t.Fatalf("state changed in a JSON round trip of %q (-first +second):\n%s", b, diff)
 		}
 	})
+}
+
+// ownSysctlKey is a TUN's sysctl as masque may set it; the TUN's name is
+// checked apart.
+var ownSysctlKey = regexp.MustCompile(`^net/ipv[46]/conf/([^/]+)/[a-z_]+$`)
+
+var decimalValue = regexp.MustCompile(`^-?[0-9]{1,10}$`)
+
+// checkOwnOnly fails t unless s, parsed from b, names only masque's own
+// table, mark, rule priorities, nftables tables, sysctls and
+// resolv.conf. It restates the allowlist rather than calling it.
+func checkOwnOnly(t *testing.T, b []byte, s *State) {
+	t.Helper()
+	if r := s.Routing; r != nil {
+		if (r.Table != 0 && r.Table != 0x4d51) || (r.FwMark != 0 && r.FwMark != 0x4d51) || (r.RulePriority != 0 && r.RulePriority != 5200) {
+			t.Errorf("ParseState(%q) accepted routing table %d, mark %#x, priority %d", b, r.Table, r.FwMark, r.RulePriority)
+		}
+	}
+	for _, tb := range s.NFTables {
+		if tb != "masque_killswitch" && tb != "masqued" {
+			t.Errorf("ParseState(%q) accepted nft table %q", b, tb)
+		}
+	}
+	for k, v := range s.Sysctls {
+		own := k == "net/ipv4/ip_forward" || k == "net/ipv6/conf/all/forwarding"
+		if m := ownSysctlKey.FindStringSubmatch(k); m != nil && m[1] == s.Tun && s.Tun != "all" && s.Tun != "default" {
+			own = true
+		}
+		if !own || !decimalValue.MatchString(v) {
+			t.Errorf("ParseState(%q) accepted sysctl %q = %q (tun %q)", b, k, v, s.Tun)
+		}
+	}
+	if rc := s.ResolvConf; rc != nil {
+		if rc.Path != "/etc/resolv.conf" || !strings.HasPrefix(rc.Backup, "/") ||
+			!strings.HasSuffix(rc.Backup, "/resolv.conf.orig") || strings.Contains(rc.Backup, "/../") || strings.Contains(rc.Backup, "//") {
+			t.Errorf("ParseState(%q) accepted resolv.conf %q with backup %q", b, rc.Path, rc.Backup)
+		}
+	}
 }

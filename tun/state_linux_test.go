@@ -17,7 +17,7 @@ import (
 func TestUndo(t *testing.T) {
 	nstest.New(t)
 	path := filepath.Join(t.TempDir(), "state.json")
-	const tunName, table = "mqtest0", "mqtest"
+	const tunName, table = "mqtest0", DefaultNATTable
 	r := &Routing{
 		Link:     tunName,
 		Routes:   []netip.Prefix{v4Default, v6Default},
@@ -106,5 +106,25 @@ func TestUndoNothing(t *testing.T) {
 	nstest.New(t)
 	if err := Undo(&State{Version: StateVersion}); err != nil {
 		t.Errorf("Undo(empty) = %v", err)
+	}
+}
+
+// TestUndoLeavesForeignLinkSysctls checks that a state naming a link
+// that is not a TUN (lo) as its TUN cannot have that link's sysctls
+// changed.
+func TestUndoLeavesForeignLinkSysctls(t *testing.T) {
+	nstest.New(t)
+	const key = "net/ipv6/conf/lo/disable_ipv6"
+	before, err := os.ReadFile("/proc/sys/" + key)
+	if err != nil {
+		t.Skipf("no %s: %v", key, err)
+	}
+	want := map[string]string{"0\n": "1", "1\n": "0"}[string(before)]
+	err = Undo(&State{Version: StateVersion, Tun: "lo", Sysctls: map[string]string{key: want}})
+	if err == nil || !strings.Contains(err.Error(), "restore sysctl "+key+": lo is a device link, not tun: left alone") {
+		t.Errorf("Undo(sysctl of lo) = %v, want refusal", err)
+	}
+	if after, _ := os.ReadFile("/proc/sys/" + key); string(after) != string(before) {
+		t.Errorf("%s = %q after Undo, was %q", key, after, before)
 	}
 }

@@ -28,8 +28,8 @@ func testState() *State {
 			Routes:   []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 			Excludes: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
 		},
-		NFTables: []string{"masque"},
-		Sysctls:  map[string]string{"net/ipv4/ip_forward": "0", "net/ipv4/ip_local_port_range": "32768\t60999"},
+		NFTables: []string{DefaultKillSwitchTable},
+		Sysctls:  map[string]string{"net/ipv4/ip_forward": "0", "net/ipv6/conf/masque0/accept_ra": "2"},
 	}
 }
 
@@ -62,6 +62,7 @@ func TestStateRoundTrip(t *testing.T) {
 
 	// Overwriting leaves no temporary files behind.
 	want.Tun = ""
+	delete(want.Sysctls, "net/ipv6/conf/masque0/accept_ra") // a TUN's sysctl needs the TUN
 	if err := WriteState(path, want); err != nil {
 		t.Fatalf("second WriteState() = %v", err)
 	}
@@ -146,6 +147,52 @@ func TestParseState(t *testing.T) {
 			want: &State{Version: 1, PID: 7, Resolved: &ResolvedLink{Link: "masque0", Ifindex: 12}}},
 		{name: "resolved without index", in: `{"version":1,"pid":7,"resolved":{"link":"masque0"}}`, wantErr: "resolved: ifindex 0 out of range"},
 		{name: "resolved bad link", in: `{"version":1,"pid":7,"resolved":{"link":"../x","ifindex":3}}`, wantErr: "resolved: link: invalid interface name"},
+		// Only masque's own kinds of change: a planted state that names
+		// anything else is corrupt, and Undo touches nothing of it.
+		{name: "core_pattern", in: `{"version":1,"pid":7,"sysctls":{"kernel/core_pattern":"|/tmp/x"}}`,
+			wantErr: `sysctls: "kernel/core_pattern" is not a sysctl masque sets`},
+		{name: "sysctl value not decimal", in: `{"version":1,"pid":7,"sysctls":{"net/ipv4/ip_forward":"1 2"}}`,
+			wantErr: `sysctls[net/ipv4/ip_forward]: value "1 2" is not a decimal integer`},
+		{name: "sysctl value empty", in: `{"version":1,"pid":7,"sysctls":{"net/ipv4/ip_forward":""}}`, wantErr: "not a decimal integer"},
+		{name: "sysctl value NUL", in: `{"version":1,"pid":7,"sysctls":{"net/ipv4/ip_forward":"1\u0000"}}`, wantErr: "not a decimal integer"},
+		{name: "forwarding sysctls", in: `{"version":1,"pid":7,"sysctls":{"net/ipv4/ip_forward":"0","net/ipv6/conf/all/forwarding":"1"}}`,
+			want: &State{Version: 1, PID: 7, Sysctls: map[string]string{"net/ipv4/ip_forward": "0", "net/ipv6/conf/all/forwarding": "1"}}},
+		{name: "the tun's sysctls", in: `{"version":1,"pid":7,"tun":"mq.0","sysctls":{"net/ipv6/conf/mq.0/accept_ra":"1","net/ipv4/conf/mq.0/rp_filter":"-1"}}`,
+			want: &State{Version: 1, PID: 7, Tun: "mq.0", Sysctls: map[string]string{"net/ipv6/conf/mq.0/accept_ra": "1", "net/ipv4/conf/mq.0/rp_filter": "-1"}}},
+		{name: "another link's sysctl", in: `{"version":1,"pid":7,"tun":"masque0","sysctls":{"net/ipv6/conf/eth0/accept_ra":"1"}}`,
+			wantErr: `"net/ipv6/conf/eth0/accept_ra" is not a sysctl masque sets`},
+		{name: "tun sysctl without a tun", in: `{"version":1,"pid":7,"sysctls":{"net/ipv6/conf/masque0/accept_ra":"1"}}`,
+			wantErr: "is not a sysctl masque sets"},
+		{name: "all's sysctl", in: `{"version":1,"pid":7,"tun":"all","sysctls":{"net/ipv6/conf/all/disable_ipv6":"1"}}`,
+			wantErr: `"net/ipv6/conf/all/disable_ipv6" is not a sysctl masque sets`},
+		{name: "default's sysctl", in: `{"version":1,"pid":7,"tun":"masque0","sysctls":{"net/ipv6/conf/default/disable_ipv6":"1"}}`,
+			wantErr: "is not a sysctl masque sets"},
+		{name: "tun sysctl not on the list", in: `{"version":1,"pid":7,"tun":"masque0","sysctls":{"net/ipv4/conf/masque0/arp_announce":"1"}}`,
+			wantErr: "is not a sysctl masque sets"},
+		{name: "tun sysctl too deep", in: `{"version":1,"pid":7,"tun":"masque0","sysctls":{"net/ipv4/conf/x/masque0/forwarding":"1"}}`,
+			wantErr: "is not a sysctl masque sets"},
+		{name: "foreign nft table", in: `{"version":1,"pid":7,"nft_tables":["firewalld"]}`,
+			wantErr: `nft_tables[0]: "firewalld" is not one of masque's tables (masque_killswitch, masqued)`},
+		{name: "masque's nft tables", in: `{"version":1,"pid":7,"nft_tables":["masque_killswitch","masqued"]}`,
+			want: &State{Version: 1, PID: 7, NFTables: []string{DefaultKillSwitchTable, DefaultNATTable}}},
+		{name: "foreign routing table", in: `{"version":1,"pid":7,"routing":{"table":51820}}`,
+			wantErr: "routing: table: 51820 is not masque's table 19793"},
+		{name: "foreign fwmark", in: `{"version":1,"pid":7,"routing":{"fwmark":51820}}`,
+			wantErr: "routing: fwmark: 0xca6c is not masque's mark 0x4d51"},
+		{name: "foreign rule priority", in: `{"version":1,"pid":7,"routing":{"rule_priority":100}}`,
+			wantErr: "routing: rule_priority: 100 is not masque's 5200"},
+		{name: "masque's routing spelt out", in: `{"version":1,"pid":7,"routing":{"table":19793,"fwmark":19793,"rule_priority":5200}}`,
+			want: &State{Version: 1, PID: 7, Routing: &Routing{Table: DefaultTable, FwMark: DefaultFwMark, RulePriority: DefaultRulePriority}}},
+		{name: "resolv_conf", in: `{"version":1,"pid":7,"resolv_conf":{"path":"/etc/resolv.conf","backup":"/run/masque/resolv.conf.orig"}}`,
+			want: &State{Version: 1, PID: 7, ResolvConf: &ResolvConf{Path: "/etc/resolv.conf", Backup: "/run/masque/resolv.conf.orig"}}},
+		{name: "resolv_conf elsewhere", in: `{"version":1,"pid":7,"resolv_conf":{"path":"/etc/passwd","backup":"/run/masque/resolv.conf.orig"}}`,
+			wantErr: `resolv_conf: path "/etc/passwd" is not /etc/resolv.conf`},
+		{name: "resolv_conf unclean", in: `{"version":1,"pid":7,"resolv_conf":{"path":"/etc/../etc/resolv.conf","backup":"/run/masque/resolv.conf.orig"}}`,
+			wantErr: "is not /etc/resolv.conf"},
+		{name: "resolv_conf backup misnamed", in: `{"version":1,"pid":7,"resolv_conf":{"path":"/etc/resolv.conf","backup":"/root/.ssh/id_ed25519"}}`,
+			wantErr: `resolv_conf: backup "/root/.ssh/id_ed25519" is not a clean path named resolv.conf.orig`},
+		{name: "resolv_conf backup unclean", in: `{"version":1,"pid":7,"resolv_conf":{"path":"/etc/resolv.conf","backup":"/run/masque/../x/resolv.conf.orig"}}`,
+			wantErr: "is not a clean path named resolv.conf.orig"},
 		{name: "all problems at once", in: `{"version":3,"pid":-2,"tun":"."}`, wantErr: "version: 3 unsupported, want 1\npid: -2 negative\ntun: invalid interface name"},
 	}
 	for _, tt := range tests {
@@ -178,6 +225,67 @@ func TestReadStateCorrupt(t *testing.T) {
 	}
 	if want := "read state " + path + ": corrupt state: "; !strings.HasPrefix(err.Error(), want) {
 		t.Errorf("ReadState(corrupt) = %q, want prefix %q", err, want)
+	}
+}
+
+// TestReadStateBackupElsewhere checks that a state naming a resolv.conf
+// backup outside its own directory is corrupt: Undo would copy a file of
+// the planter's choosing to /etc/resolv.conf.
+func TestReadStateBackupElsewhere(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.json")
+	elsewhere := filepath.Join(t.TempDir(), ResolvConfBackup)
+	in := `{"version":1,"pid":7,"resolv_conf":{"path":"/etc/resolv.conf","backup":"` + elsewhere + `"}}`
+	if err := os.WriteFile(path, []byte(in), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ReadState(path)
+	if want := "is not in the state directory " + dir; !errors.Is(err, ErrCorruptState) || !strings.Contains(err.Error(), want) {
+		t.Errorf("ReadState(backup elsewhere) = %v, want ErrCorruptState containing %q", err, want)
+	}
+	rc := &ResolvConf{Path: ManagedResolvConf, Backup: elsewhere}
+	if err := WriteState(path, &State{ResolvConf: rc}); err == nil || !strings.Contains(err.Error(), "is not in the state directory") {
+		t.Errorf("WriteState(backup elsewhere) = %v, want refusal", err)
+	}
+	rc.Backup = filepath.Join(dir, ResolvConfBackup)
+	if err := WriteState(path, &State{ResolvConf: rc}); err != nil {
+		t.Errorf("WriteState(backup in the state directory) = %v", err)
+	}
+	if _, err := ReadState(path); err != nil {
+		t.Errorf("ReadState(backup in the state directory) = %v", err)
+	}
+}
+
+// TestUndoRefusesForeign checks that Undo of a state that fails Validate
+// changes nothing at all, the valid parts included.
+func TestUndoRefusesForeign(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("keep\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(dir, ResolvConfBackup)
+	if err := os.WriteFile(backup, []byte("planted\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile("/proc/sys/kernel/core_pattern")
+	s := &State{
+		Version:    StateVersion,
+		Sysctls:    map[string]string{"kernel/core_pattern": "|/bin/false"},
+		ResolvConf: &ResolvConf{Path: victim, Backup: backup},
+	}
+	err := Undo(s)
+	if !errors.Is(err, ErrCorruptState) {
+		t.Fatalf("Undo(foreign) = %v, want ErrCorruptState", err)
+	}
+	if got, _ := os.ReadFile(victim); string(got) != "keep\n" {
+		t.Errorf("victim = %q after a refused Undo", got)
+	}
+	if _, err := os.Stat(backup); err != nil {
+		t.Errorf("backup gone after a refused Undo: %v", err)
+	}
+	if after, _ := os.ReadFile("/proc/sys/kernel/core_pattern"); string(after) != string(before) {
+		t.Errorf("core_pattern = %q after a refused Undo, was %q", after, before)
 	}
 }
 

@@ -58,7 +58,7 @@ const corruptSuffix = ".corrupt"
 // resolvConf is what masque up changes with --accept-dns: /etc/resolv.conf,
 // with its original saved in the state directory.
 func resolvConf(stateDir string) *tun.ResolvConf {
-	return &tun.ResolvConf{Path: "/etc/resolv.conf", Backup: filepath.Join(stateDir, "resolv.conf.orig")}
+	return &tun.ResolvConf{Path: tun.ManagedResolvConf, Backup: filepath.Join(stateDir, tun.ResolvConfBackup)}
 }
 
 // killSwitchConfig is the kill switch of a run with configuration c, the
@@ -284,6 +284,13 @@ func resolveMarked(ctx context.Context, hostport string, mark uint32) (string, e
 // oneLine joins the lines of err's text: the CLI prints one error line.
 func oneLine(err error) string {
 	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}
+
+// untrustedState turns ReadState's or WriteState's refusal of a state
+// directory or file that others could have written into one line, a
+// configuration error (exit 2): nothing of the state was acted on.
+func untrustedState(err error) error {
+	return usagef("%v: refused (state directory and file must be root's and not writable by group or others: chown root and chmod go-w them, or use another --state-dir)", err)
 }
 
 // isCorrupt reports whether err is ReadState's for a corrupt file.

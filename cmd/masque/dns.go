@@ -33,8 +33,8 @@ type dnsConfig struct {
 func (c *upConfig) dnsConfig() dnsConfig {
 	return dnsConfig{
 		mode:       c.dnsMode,
-		resolvConf: "/etc/resolv.conf",
-		backup:     filepath.Join(c.stateDir, "resolv.conf.orig"),
+		resolvConf: tun.ManagedResolvConf,
+		backup:     filepath.Join(c.stateDir, tun.ResolvConfBackup),
 		link:       c.tun,
 	}
 }

@@ -52,6 +52,9 @@ func TestApplyDNS(t *testing.T) {
 				resolvedtest.StartBus(t)
 			}
 			dir := t.TempDir()
+			old := tun.ManagedResolvConf
+			tun.ManagedResolvConf = filepath.Join(dir, "resolv.conf")
+			t.Cleanup(func() { tun.ManagedResolvConf = old })
 			d := dnsConfig{
 				mode:       tt.mode,
 				resolvConf: filepath.Join(dir, "resolv.conf"),

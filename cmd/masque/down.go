@@ -29,6 +29,9 @@ state.json.corrupt. Running it again is harmless.`,
 			out := cmd.OutOrStdout()
 			path := filepath.Join(stateDir, "state.json")
 			st, err := tun.ReadState(path)
+			if errors.Is(err, tun.ErrUntrustedState) {
+				return untrustedState(err)
+			}
 			if errors.Is(err, fs.ErrNotExist) {
 				fmt.Fprintln(out, "nothing to undo")
 				return nil
@@ -38,7 +41,7 @@ state.json.corrupt. Running it again is harmless.`,
 				if !force && statusAnswers(sock) {
 					return fmt.Errorf("%v, and a masque is running (its status socket %s answers): stop it (Ctrl-C), or use --force", err, sock)
 				}
-				fmt.Fprintf(out, "%v: removing masque's leftovers by name\n", err)
+				fmt.Fprintf(out, "%s: removing masque's leftovers by name\n", oneLine(err))
 				done, err := sweepCorrupt(stateDir, path, tunName)
 				for _, d := range done {
 					fmt.Fprintln(out, d)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/masque-vpn/masque/tun"
 	"github.com/spf13/cobra"
 )
 
@@ -55,7 +56,9 @@ func execute(args []string) int {
 	}
 	fmt.Fprintf(os.Stderr, "masque: %v\n", err)
 	var ue usageError
-	if errors.As(err, &ue) || isCobraUsage(err) {
+	// A state directory that others may write to is the configuration's
+	// fault, wherever in the run a state write found it.
+	if errors.As(err, &ue) || isCobraUsage(err) || errors.Is(err, tun.ErrUntrustedState) {
 		return exitUsage
 	}
 	return exitFailure

@@ -1,9 +1,16 @@
 package main
 
-import "testing"
+import (
+	"os"
+	"testing"
+)
 
 func TestExecuteExitCodes(t *testing.T) {
 	empty := t.TempDir() // a state dir with nothing in it
+	open := t.TempDir()  // a state dir that others may write to
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -19,6 +26,8 @@ func TestExecuteExitCodes(t *testing.T) {
 		{"up with a bad duration", []string{"up", "--connect-timeout", "soon"}, exitUsage},
 		{"up with arguments", []string{"up", "extra"}, exitUsage},
 		{"down with nothing to undo", []string{"down", "--state-dir", empty}, exitOK},
+		{"down with a state dir writable by others", []string{"down", "--state-dir", open}, exitUsage},
+		{"down with a missing state dir under one writable by others", []string{"down", "--state-dir", open + "/new"}, exitUsage},
 		{"down with arguments", []string{"down", "extra"}, exitUsage},
 		{"status without a tunnel", []string{"status", "--state-dir", empty}, exitFailure},
 	}

@@ -693,6 +693,9 @@ func dialError(addr string, timeout time.Duration, err error) error {
 func recoverLeftovers(c *upConfig, statePath string, logger *slog.Logger) (st *tun.State, blocked bool, err error) {
 	fresh := &tun.State{Version: tun.StateVersion, PID: os.Getpid()}
 	old, err := tun.ReadState(statePath)
+	if errors.Is(err, tun.ErrUntrustedState) {
+		return nil, false, untrustedState(err)
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return fresh, false, nil
 	}

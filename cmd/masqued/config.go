@@ -16,6 +16,7 @@ import (
 	"unicode"
 
 	"github.com/masque-vpn/masque/policy"
+	"github.com/masque-vpn/masque/tun"
 	"github.com/masque-vpn/masque/tunnel"
 )
 
@@ -29,7 +30,7 @@ const (
 	defaultMTU       = 1400
 	defaultLeaseTime = 10 * time.Minute
 	defaultDrain     = 5 * time.Second
-	nftTable         = "masqued"
+	nftTable         = tun.DefaultNATTable
 )
 
 // Config is masqued's configuration file (JSON, unknown keys are errors).

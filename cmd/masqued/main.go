@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/masque-vpn/masque/tun"
 	"github.com/spf13/cobra"
 )
 
@@ -52,7 +53,9 @@ func execute(args []string) int {
 	// One line, however many problems the error joins.
 	fmt.Fprintf(os.Stderr, "masqued: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 	var ue usageError
-	if errors.As(err, &ue) || isCobraUsage(err) {
+	// A state directory that others may write to is the configuration's
+	// fault, wherever in the run a state write found it.
+	if errors.As(err, &ue) || isCobraUsage(err) || errors.Is(err, tun.ErrUntrustedState) {
 		return exitUsage
 	}
 	return exitFailure

@@ -337,7 +337,9 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 	// Crash safety: undo what a previous run left behind, and record what
 	// this run is about to change before changing it.
 	statePath := filepath.Join(s.StateDir, "state.json")
-	if old, err := tun.ReadState(statePath); err == nil {
+	if old, err := tun.ReadState(statePath); errors.Is(err, tun.ErrUntrustedState) {
+		return usagef("%v: refused (state directory and file must be root's and not writable by group or others: chown root and chmod go-w them, or use another --state-dir)", err)
+	} else if err == nil {
 		logger.Warn("undoing leftovers of a previous run", "pid", old.PID)
 		if err := tun.Undo(old); err != nil {
 			logger.Warn("undo of previous run incomplete", "err", err)
