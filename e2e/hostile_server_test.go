@@ -37,8 +37,8 @@ func TestHostileServerLoops(t *testing.T) {
 	// 1 s, 2, 4, 8, 16 s ±25% after the first two: at most 7 in 20 s.
 	const window, budget = 20 * time.Second, 8
 	for _, tc := range []struct{ name, flag string }{
-		{"GOAWAY after each session", "-goaway-after=0s"},
-		{"close after each set-up", "-close-after=0s"},
+		{"GOAWAY after each session", "-goaway-after=100ms"},
+		{"close soon after each set-up", "-close-after=300ms"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := newTopo(t, false)
