@@ -60,3 +60,41 @@ func TestHostileServerLoops(t *testing.T) {
 		})
 	}
 }
+
+// TestHostileServerPackets: what a hostile server sends into the tunnel
+// does not configure the host or pass as local traffic. Router
+// advertisements (a default route via fe80::1, an on-link 2000::/3, a
+// SLAAC prefix) change no address or route; packets from a link-local
+// source, from the client's connected network and from the client's own
+// address are dropped and counted.
+func TestHostileServerPackets(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startRogueServer(t,
+		"-assign", "100.64.0.2/32,fd6d:6173:7175:6500::2/128",
+		"-inject", "ra,src=fe80::77,src=198.18.1.77,src=100.64.0.2,src=2001:db8:1::77",
+		"-inject-every", "100ms")
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+	time.Sleep(3 * time.Second)
+	addrs := runIn(t, tp.client, 10*time.Second, "ip", "-6", "addr", "show", "dev", "masque0").stdout
+	for _, bad := range []string{"2001:db8:77:", "fe80:"} {
+		if strings.Contains(addrs, bad) {
+			t.Errorf("the TUN has an address %s… after the server's router advertisements:\n%s", bad, addrs)
+		}
+	}
+	routes := runIn(t, tp.client, 10*time.Second, "ip", "-6", "route", "show", "table", "all").stdout
+	for _, bad := range []string{"2000::/3", "via fe80::1", "2001:db8:77::/64"} {
+		if strings.Contains(routes, bad) {
+			t.Errorf("a route %q after the server's router advertisements:\n%s", bad, routes)
+		}
+	}
+	st := c.status(t)
+	t.Logf("client drops: %v", st.Drops)
+	// The link-local sources (the RAs' fe80::1 among them: an RA to
+	// ff02::1 may also be dropped first as addressed to no one of the
+	// client's) are bogus; the LAN's and the client's own are local.
+	for _, reason := range []string{"source_bogus", "source_local"} {
+		if st.Drops[reason] == 0 {
+			t.Errorf("no %s drops after 3 s of injected packets; drops %v", reason, st.Drops)
+		}
+	}
+}

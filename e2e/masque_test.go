@@ -235,19 +235,20 @@ func containsStr(list []string, s string) bool {
 
 // status is the JSON of "masque status --json".
 type status struct {
-	State         string   `json:"state"`
-	Reconnects    int      `json:"reconnects"`
-	KillSwitch    bool     `json:"kill_switch"`
-	Server        string   `json:"server"`
-	Addresses     []string `json:"addresses"`
-	Routes        []string `json:"routes"`
-	TUN           string   `json:"tun"`
-	TxBytes       uint64   `json:"tx_bytes"`
-	RxBytes       uint64   `json:"rx_bytes"`
-	TxPackets     uint64   `json:"tx_packets"`
-	RxPackets     uint64   `json:"rx_packets"`
-	RTTMillis     float64  `json:"rtt_ms"`
-	UptimeSeconds float64  `json:"uptime_seconds"`
+	State         string            `json:"state"`
+	Reconnects    int               `json:"reconnects"`
+	KillSwitch    bool              `json:"kill_switch"`
+	Server        string            `json:"server"`
+	Addresses     []string          `json:"addresses"`
+	Routes        []string          `json:"routes"`
+	TUN           string            `json:"tun"`
+	TxBytes       uint64            `json:"tx_bytes"`
+	RxBytes       uint64            `json:"rx_bytes"`
+	TxPackets     uint64            `json:"tx_packets"`
+	RxPackets     uint64            `json:"rx_packets"`
+	RTTMillis     float64           `json:"rtt_ms"`
+	UptimeSeconds float64           `json:"uptime_seconds"`
+	Drops         map[string]uint64 `json:"drops"`
 }
 
 func (c *client) status(t *testing.T) status {

@@ -70,7 +70,7 @@ func serve(args []string) error {
 	fs.DurationVar(&c.dnsFloodEvery, "dns-flood-every", time.Millisecond, "between the flood's capsules")
 	fs.DurationVar(&c.goAwayAfter, "goaway-after", -1, "send GOAWAY this long after each session is up, then close the connection 200 ms later (<0: never)")
 	fs.DurationVar(&c.closeAfter, "close-after", -1, "close each connection this long after its session is up (<0: never)")
-	fs.StringVar(&inject, "inject", "", "packets to send into each session, comma-separated: ra (router advertisement), lan-src (UDP from 198.18.77.10), ll-src (UDP from fe80::77)")
+	fs.StringVar(&inject, "inject", "", "packets to send into each session, comma-separated: ra (router advertisement), src=ADDR (UDP from ADDR to the client's address of its family)")
 	fs.DurationVar(&c.injectEvery, "inject-every", 500*time.Millisecond, "between injections")
 	fs.DurationVar(&c.duration, "duration", 30*time.Second, "the longest the run may take")
 	if err := fs.Parse(args); err != nil {
@@ -89,7 +89,7 @@ func serve(args []string) error {
 	if inject != "" {
 		c.inject = strings.Split(inject, ",")
 		for _, k := range c.inject {
-			if k != "ra" && k != "lan-src" && k != "ll-src" {
+			if _, err := netip.ParseAddr(strings.TrimPrefix(k, "src=")); k != "ra" && (!strings.HasPrefix(k, "src=") || err != nil) {
 				return fmt.Errorf("-inject: unknown kind %q", k)
 			}
 		}
@@ -356,21 +356,19 @@ func appendDNS(b []byte, servers []netip.Addr) []byte {
 }
 
 // injectPacket builds one packet of kind for a client at c4 / c6 (nil for
-// a kind that needs an address the client lacks, or an unknown kind).
+// a kind that needs an address the client lacks).
 func injectPacket(kind string, c4, c6 netip.Addr) []byte {
-	switch kind {
-	case "ra":
+	if kind == "ra" {
 		return routerAdvertisement()
-	case "lan-src":
-		if !c4.IsValid() {
-			return nil
-		}
-		return udp4Packet(netip.MustParseAddr("198.18.77.10"), c4, 53, 40000, []byte("from the LAN"))
-	case "ll-src":
-		if !c6.IsValid() {
-			return nil
-		}
-		return udp6Packet(netip.MustParseAddr("fe80::77"), c6, 53, 40000, []byte("from a link-local"))
+	}
+	src, err := netip.ParseAddr(strings.TrimPrefix(kind, "src="))
+	switch {
+	case err != nil:
+		return nil
+	case src.Is4() && c4.IsValid():
+		return udp4Packet(src, c4, 53, 40000, []byte("spoofed source"))
+	case src.Is6() && c6.IsValid():
+		return udp6Packet(src, c6, 53, 40000, []byte("spoofed source"))
 	}
 	return nil
 }
