@@ -375,7 +375,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 
 	fmt.Fprintf(cmd.OutOrStdout(), "up: server=%s addresses=%s tun=%s\n", c.server, joinPrefixes(client.Addresses()), c.tun)
-	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", routing.Routes, "offloads", dev.Offloads(), "udp_gso", qc.ConnectionState().GSO)
+	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", logPrefixes(routing.Routes), "offloads", dev.Offloads(), "udp_gso", qc.ConnectionState().GSO)
 
 	t := tunnel.NewTunnel(dev)
 	defer dev.Close()
@@ -664,6 +664,19 @@ func familiesWith(routes, addrs []netip.Prefix) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// maxLoggedPrefixes bounds the prefixes a log line lists: up to
+// tunnel.MaxRoutes routes would make a line of tens of KiB.
+const maxLoggedPrefixes = 16
+
+// logPrefixes returns ps for a log line: all of them up to
+// maxLoggedPrefixes, else the first ones and how many more there are.
+func logPrefixes(ps []netip.Prefix) string {
+	if len(ps) <= maxLoggedPrefixes {
+		return joinPrefixes(ps)
+	}
+	return fmt.Sprintf("%s and %d more", joinPrefixes(ps[:maxLoggedPrefixes]), len(ps)-maxLoggedPrefixes)
 }
 
 func joinPrefixes(ps []netip.Prefix) string {
