@@ -20,6 +20,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/time/rate"
 )
 
 // DefaultClientMTU is the default cap on the client's inner MTU.
@@ -124,6 +125,12 @@ type Client struct {
 
 	goingAway    chan struct{} // closed by the server's first GOAWAY
 	goingAwayOne sync.Once
+
+	// capsuleLog bounds the lines the capsule reader logs about what the
+	// server sends (capsuleLogf): a flood of capsules is not a flood of
+	// lines.
+	capsuleLog        *rate.Limiter
+	capsuleSuppressed int // lines not logged since the last one; the capsule reader's
 }
 
 type clientCounters struct {
@@ -152,7 +159,8 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"),
 		capsuleErr: make(chan error, 1), upErr: make(chan error, 1),
 		gotRoutes: make(chan struct{}), gotAddrs: make(chan struct{}),
-		goingAway: make(chan struct{}),
+		goingAway:  make(chan struct{}),
+		capsuleLog: rate.NewLimiter(capsuleLogRate, capsuleLogBurst),
 	}
 	if ap, err := netip.ParseAddrPort(cfg.Conn.RemoteAddr().String()); err == nil {
 		c.server = ap.Addr().Unmap()
@@ -235,7 +243,7 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	}
 	lease, err := cfg.Policy.checkAssignment(c.assigned, c.server)
 	if err != nil {
-		c.log.Error("server's address assignment refused", "assigned", c.assigned, "err", err)
+		c.log.Error("server's address assignment refused", "addresses", len(c.assigned), "err", err)
 		c.Close()
 		return nil, err
 	}
@@ -325,7 +333,7 @@ func (c *Client) readCapsules() error {
 			if !assigned && !slices.Equal(hostPrefixes(prefixes), hostPrefixes(c.assigned)) {
 				// The TUN's addresses and routes follow the first
 				// assignment; packets keep that source.
-				c.log.Warn("server changed the assigned addresses; keeping the first", "assigned", prefixes, "kept", c.assigned)
+				c.capsuleLogf(slog.LevelWarn, "server changed the assigned addresses; keeping the first", "assigned", len(prefixes), "kept", c.assigned)
 			}
 		case capsuleRouteAdvertisement:
 			routes, err := parseRouteAdvertisement(b)
@@ -341,7 +349,7 @@ func (c *Client) readCapsules() error {
 				if rep.protocol+rep.overCap > 0 {
 					lvl = slog.LevelWarn
 				}
-				c.log.Log(context.Background(), lvl, "routes from the server refused", "ranges", len(routes),
+				c.capsuleLogf(lvl, "routes from the server refused", "ranges", len(routes),
 					"protocol_scoped", rep.protocol, "over_cap", rep.overCap, "max_routes", MaxRoutes,
 					"outside_policy", rep.outside, "routes", len(prefixes))
 			}
@@ -352,7 +360,7 @@ func (c *Client) readCapsules() error {
 			first := false
 			c.routesOnce.Do(func() { first = true; close(c.gotRoutes) })
 			if !first {
-				c.log.Info("routes updated", "routes", len(prefixes))
+				c.capsuleLogf(slog.LevelInfo, "routes updated", "routes", len(prefixes))
 			}
 			if offered != nil {
 				c.takeDNS(offered)
@@ -378,15 +386,49 @@ func (c *Client) takeDNS(offered []netip.Addr) {
 	c.offered, c.dns = offered, dns
 	c.mu.Unlock()
 	if len(bad) > 0 {
-		c.log.Warn("dns servers from the server refused", "refused", bad.String(), "max_dns_servers", MaxDNSServers, "accepted", dns)
+		c.capsuleLogf(slog.LevelWarn, "dns servers from the server refused", "refused", logList(bad), "max_dns_servers", MaxDNSServers, "accepted", dns)
 	}
 	if !changed {
 		return
 	}
-	c.log.Info("dns configuration received", "servers", dns)
+	c.capsuleLogf(slog.LevelInfo, "dns configuration received", "servers", dns)
 	if c.cfg.OnDNS != nil && len(dns) > 0 {
 		c.cfg.OnDNS(dns)
 	}
+}
+
+// The budget of the capsule reader's lines: a burst of capsuleLogBurst,
+// then capsuleLogRate a second.
+const (
+	capsuleLogRate  rate.Limit = 1
+	capsuleLogBurst            = 8
+)
+
+// capsuleLogf logs a line about what the server sent, within the budget;
+// the first line after some were dropped says how many (suppressed=N).
+// Only the capsule reader calls it.
+func (c *Client) capsuleLogf(lvl slog.Level, msg string, args ...any) {
+	if !c.log.Enabled(context.Background(), lvl) {
+		return
+	}
+	if !c.capsuleLog.Allow() {
+		c.capsuleSuppressed++
+		return
+	}
+	if c.capsuleSuppressed > 0 {
+		args = append(args, "suppressed", c.capsuleSuppressed)
+		c.capsuleSuppressed = 0
+	}
+	c.log.Log(context.Background(), lvl, msg, args...)
+}
+
+// logList returns the first entries of what a check refused, for a log
+// line: a DNS_ASSIGN may name thousands.
+func logList(r refused[netip.Addr]) string {
+	if len(r) > MaxDNSServers {
+		return fmt.Sprintf("%s and %d more", r[:MaxDNSServers], len(r)-MaxDNSServers)
+	}
+	return r.String()
 }
 
 // hostPrefixes returns the addresses of ps as host prefixes, /32 or /128.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/yosida95/uritemplate/v3"
+	"golang.org/x/time/rate"
 )
 
 // hostileAssignment is what a crafted server sends at the start of a
@@ -147,5 +149,25 @@ func TestConnectRoutesAndDNSInPolicy(t *testing.T) {
 			t.Fatalf("DNS() = %v, want %v", c.DNS(), want)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestCapsuleLogBudget: a flood of DNS_ASSIGN capsules, each naming other
+// servers, costs the log a burst of lines, not a line per capsule.
+func TestCapsuleLogBudget(t *testing.T) {
+	logs := newRecordCounter(slog.NewTextHandler(io.Discard, nil))
+	c := &Client{
+		log:        slog.New(logs),
+		routes:     prefixes("198.18.2.0/24"),
+		capsuleLog: rate.NewLimiter(capsuleLogRate, capsuleLogBurst),
+	}
+	for i := range 3000 {
+		c.takeDNS([]netip.Addr{netip.AddrFrom4([4]byte{198, 18, 2, byte(i)}), netip.MustParseAddr("127.0.0.53")})
+	}
+	if info, _ := logs.counts(""); info > 2*capsuleLogBurst {
+		t.Errorf("3000 DNS_ASSIGN capsules logged %d lines, want at most %d", info, 2*capsuleLogBurst)
+	}
+	if got := c.DNS(); !slices.Equal(got, []netip.Addr{netip.AddrFrom4([4]byte{198, 18, 2, byte(2999 % 256)})}) {
+		t.Errorf("DNS() = %v after the flood, want the last routed server", got)
 	}
 }

@@ -124,9 +124,19 @@ func (r refused[T]) String() string {
 // addresses are folded into one. Any refused entry refuses the whole
 // assignment.
 func (p *ClientPolicy) checkAssignment(lease []netip.Prefix, server netip.Addr) ([]netip.Prefix, error) {
+	var n4, n6 int
+	for _, pfx := range lease {
+		if pfx.Addr().Is4() {
+			n4++
+		} else {
+			n6++
+		}
+	}
+	if n4 > MaxAssignedAddresses || n6 > MaxAssignedAddresses {
+		return nil, fmt.Errorf("%w: %d IPv4 and %d IPv6 addresses, more than %d of one family", ErrAssignmentRefused, n4, n6, MaxAssignedAddresses)
+	}
 	var bad refused[netip.Prefix]
 	var out []netip.Prefix
-	var n4, n6 int
 	for _, pfx := range lease {
 		a := pfx.Addr()
 		why := badAddr(a)
@@ -143,19 +153,9 @@ func (p *ClientPolicy) checkAssignment(lease []netip.Prefix, server netip.Addr) 
 			bad = append(bad, refusedEntry[netip.Prefix]{pfx, why})
 			continue
 		}
-		host := netip.PrefixFrom(a, a.BitLen())
-		if slices.Contains(out, host) {
-			continue
+		if host := netip.PrefixFrom(a, a.BitLen()); !slices.Contains(out, host) {
+			out = append(out, host)
 		}
-		if a.Is4() {
-			n4++
-		} else {
-			n6++
-		}
-		if n4 > MaxAssignedAddresses || n6 > MaxAssignedAddresses {
-			return nil, fmt.Errorf("%w: %d addresses, more than %d of one family", ErrAssignmentRefused, len(lease), MaxAssignedAddresses)
-		}
-		out = append(out, host)
 	}
 	if len(bad) > 0 {
 		return nil, fmt.Errorf("%w: %s", ErrAssignmentRefused, bad)

@@ -73,7 +73,7 @@ func TestCheckAssignment(t *testing.T) {
 		{"link-local v6", []string{"fe80::/64"}, false, nil, "link-local"},
 		{"one bad refuses all", []string{"100.64.0.2/32", "fe80::1/128"}, false, nil, "fe80::1/128 (link-local)"},
 		{"at the cap", many4(MaxAssignedAddresses), false, many4(MaxAssignedAddresses), ""},
-		{"over the cap", many4(MaxAssignedAddresses + 1), false, nil, "more than 16 of one family"},
+		{"over the cap", many4(MaxAssignedAddresses + 1), false, nil, "17 IPv4 and 0 IPv6 addresses, more than 16 of one family"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
