@@ -305,6 +305,9 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	// become throw routes, so they win over any route.
 	routing.Routes = familiesWith(client.Routes(), client.Addresses())
 	routing.Excludes = client.Excludes()
+	if len(c.routes) > 0 && len(routing.Routes) == 0 {
+		logger.Warn("the server advertises none of --route: nothing is routed into the tunnel", "route", joinPrefixes(c.routes))
+	}
 
 	killSwitch := c.killSwitch
 	if !c.killSwitchSet {
