@@ -60,7 +60,7 @@ type ClientPolicy struct {
 	AllowLocalOverlap bool
 }
 
-// refuseReason is why an assigned address, a route or a DNS server is refused.
+// refuseReason is why an assigned address or a DNS server is refused.
 type refuseReason string
 
 const (
@@ -69,6 +69,7 @@ const (
 	refuseMulticast refuseReason = "multicast"
 	refuseBroadcast refuseReason = "broadcast"
 	refuseUnspec    refuseReason = "unspecified"
+	refuseReserved  refuseReason = "reserved"
 	refuseLinkLocal refuseReason = "link-local"
 	refuseServer    refuseReason = "the server's address"
 	refuseLocal     refuseReason = "the host's own or connected network"
@@ -92,6 +93,10 @@ func badAddr(a netip.Addr) refuseReason {
 		return refuseMulticast
 	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return refuseBroadcast
+	case a.Is4() && (a.As4()[0] == 0 || a.As4()[0] >= 240):
+		// "This network" (RFC 1122 §3.2.1.3: never a source) and
+		// the reserved 240.0.0.0/4 (RFC 1112 §4).
+		return refuseReserved
 	case a.IsLinkLocalUnicast():
 		return refuseLinkLocal
 	}
@@ -206,8 +211,14 @@ func (p *ClientPolicy) clientRoutes(adv []connectip.IPRoute, throws []netip.Pref
 	var out []netip.Prefix
 	seen := make(map[netip.Prefix]bool)
 	for _, r := range adv {
-		if r.IPProtocol != 0 {
+		switch {
+		case r.IPProtocol != 0:
 			rep.protocol++
+			continue
+		case len(out) == MaxRoutes:
+			// Full: nothing more fits, so a flood of ranges is not
+			// expanded.
+			rep.overCap++
 			continue
 		}
 		var mine []netip.Prefix
@@ -258,15 +269,20 @@ func limitPrefix(p netip.Prefix, limits []netip.Prefix) []netip.Prefix {
 }
 
 // acceptDNS returns the DNS servers the client points the host at, at most
-// MaxDNSServers of them: only those routed through the tunnel (inside
-// routes and no throw) that are not special-purpose (badAddr). The host's
+// MaxDNSServers of them, from the first 4×MaxDNSServers offered: only
+// those routed through the tunnel (inside routes and no throw) that are
+// not special-purpose (badAddr). The host's
 // own networks are throws, so no LAN resolver is taken from the server.
 func acceptDNS(servers []netip.Addr, routes, throws []netip.Prefix) ([]netip.Addr, refused[netip.Addr]) {
 	var bad refused[netip.Addr]
 	var out []netip.Addr
-	for _, a := range servers {
+	for i, a := range servers {
 		why := badAddr(a)
 		switch {
+		case len(out) == MaxDNSServers || i >= 4*MaxDNSServers:
+			// Enough, or enough looked at: a DNS_ASSIGN of
+			// thousands costs no more than one of 32.
+			why = refuseTooMany
 		case why != "":
 		case slices.ContainsFunc(throws, func(p netip.Prefix) bool { return p.Contains(a) }):
 			why = refuseExcluded
@@ -274,8 +290,6 @@ func acceptDNS(servers []netip.Addr, routes, throws []netip.Prefix) ([]netip.Add
 			why = refuseNotRouted
 		case slices.Contains(out, a):
 			continue
-		case len(out) == MaxDNSServers:
-			why = refuseTooMany
 		}
 		if why != "" {
 			bad = append(bad, refusedEntry[netip.Addr]{a, why})

@@ -71,6 +71,8 @@ func TestCheckAssignment(t *testing.T) {
 		{"unspecified", []string{"0.0.0.0/0"}, false, nil, "unspecified"},
 		{"link-local", []string{"169.254.1.1/32"}, false, nil, "link-local"},
 		{"link-local v6", []string{"fe80::/64"}, false, nil, "link-local"},
+		{"this network", []string{"0.1.2.3/32"}, false, nil, "reserved"},
+		{"reserved", []string{"240.0.0.1/32"}, false, nil, "reserved"},
 		{"one bad refuses all", []string{"100.64.0.2/32", "fe80::1/128"}, false, nil, "fe80::1/128 (link-local)"},
 		{"at the cap", many4(MaxAssignedAddresses), false, many4(MaxAssignedAddresses), ""},
 		{"over the cap", many4(MaxAssignedAddresses + 1), false, nil, "17 IPv4 and 0 IPv6 addresses, more than 16 of one family"},
@@ -187,6 +189,7 @@ func TestAcceptDNS(t *testing.T) {
 		{"excluded", []string{"200.1.1.1"}, nil, "excluded"},
 		{"not routed", []string{"2001:db8:3::53"}, nil, "2001:db8:3::53 (not routed through the tunnel)"},
 		{"capped", nine, nine[:MaxDNSServers], nine[MaxDNSServers] + " (over the cap)"},
+		{"looked at up to 32", append(slices.Repeat([]string{"127.0.0.53"}, 4*MaxDNSServers), "198.18.2.53"), nil, "198.18.2.53 (over the cap)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
