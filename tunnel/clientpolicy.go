@@ -204,8 +204,9 @@ func (r routeReport) any() bool { return r.protocol+r.overCap+r.outside > 0 }
 // limits; prefixes wholly inside a throw (throws: excludes, the host's
 // networks, the server) are dropped, and the throws, installed as throw
 // routes, cut the others. A range whose prefixes would take the total past
-// MaxRoutes is refused as a whole, so a flood costs at most MaxRoutes
-// routes.
+// MaxRoutes is refused as a whole, and so is every range after it (the
+// advertisement's order, RFC 9484 §4.7.3: IPv4 first, ascending), so a
+// flood costs at most MaxRoutes routes and about as much work.
 func (p *ClientPolicy) clientRoutes(adv []connectip.IPRoute, throws []netip.Prefix) ([]netip.Prefix, routeReport) {
 	var rep routeReport
 	var out []netip.Prefix
@@ -215,9 +216,10 @@ func (p *ClientPolicy) clientRoutes(adv []connectip.IPRoute, throws []netip.Pref
 		case r.IPProtocol != 0:
 			rep.protocol++
 			continue
-		case len(out) == MaxRoutes:
-			// Full: nothing more fits, so a flood of ranges is not
-			// expanded.
+		case rep.overCap > 0:
+			// The cap was reached: the ranges after it are refused
+			// unexpanded, so a flood costs at most MaxRoutes
+			// prefixes and one range's worth of work.
 			rep.overCap++
 			continue
 		}

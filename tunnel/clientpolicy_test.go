@@ -99,8 +99,8 @@ func TestCheckAssignment(t *testing.T) {
 
 func TestClientRoutes(t *testing.T) {
 	all := []connectip.IPRoute{route("0.0.0.0", "255.255.255.255", 0), route("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 0)}
-	// many is a flood of single-address ranges, one more than MaxRoutes,
-	// then a range that would still fit were the cap counted per range.
+	// many is a flood of single-address ranges, one more than MaxRoutes;
+	// after the cap, the range after it is refused too.
 	var many []connectip.IPRoute
 	for i := range MaxRoutes + 1 {
 		a := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})
@@ -146,11 +146,12 @@ func TestClientRoutes(t *testing.T) {
 			}
 		})
 	}
-	// A range too big for what is left of the cap is refused as a whole.
-	edge := append(slices.Clone(many[:MaxRoutes-1]), route("11.0.0.1", "11.0.0.6", 0))
+	// A range too big for what is left of the cap is refused as a whole,
+	// and so is what follows, though it would fit.
+	edge := append(slices.Clone(many[:MaxRoutes-1]), route("11.0.0.1", "11.0.0.6", 0), route("11.0.0.9", "11.0.0.9", 0))
 	got, rep := (&ClientPolicy{}).clientRoutes(edge, nil)
-	if len(got) != MaxRoutes-1 || rep.overCap != 1 {
-		t.Errorf("clientRoutes with a 4-prefix range and room for 1 = %d routes, %+v, want %d and the range refused", len(got), rep, MaxRoutes-1)
+	if len(got) != MaxRoutes-1 || rep.overCap != 2 {
+		t.Errorf("clientRoutes with a 4-prefix range and room for 1 = %d routes, %+v, want %d and the last two ranges refused", len(got), rep, MaxRoutes-1)
 	}
 }
 
@@ -223,6 +224,32 @@ func TestOwnAddrExact(t *testing.T) {
 	} {
 		if got := c.ownAddr(netip.MustParseAddr(tt.a)); got != tt.want {
 			t.Errorf("ownAddr(%s) = %v, want %v", tt.a, got, tt.want)
+		}
+	}
+}
+
+// BenchmarkClientRoutesFlood measures one 64 KiB ROUTE_ADVERTISEMENT of
+// unaligned IPv6 ranges (each expands to 254 prefixes), the worst a
+// server can send in one capsule.
+func BenchmarkClientRoutesFlood(b *testing.B) {
+	var adv []connectip.IPRoute
+	for i := range 65536 / 34 {
+		var lo, hi [16]byte
+		copy(lo[:], []byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 8), byte(i)})
+		copy(hi[:], lo[:6])
+		for j := 6; j < 16; j++ {
+			hi[j] = 0xff
+		}
+		lo[15], hi[15] = 1, 0xfe
+		start, end := netip.AddrFrom16(lo), netip.AddrFrom16(hi)
+		adv = append(adv, connectip.IPRoute{StartIP: start, EndIP: end})
+	}
+	p := &ClientPolicy{Local: testLocal}
+	throws := p.throws(lanServer)
+	b.ReportAllocs()
+	for b.Loop() {
+		if got, _ := p.clientRoutes(adv, throws); len(got) > MaxRoutes {
+			b.Fatal(len(got))
 		}
 	}
 }
