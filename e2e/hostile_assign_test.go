@@ -48,6 +48,9 @@ func TestHostileAssignmentRefused(t *testing.T) {
 		if c.exitCode() != 1 || !strings.Contains(c.stderr.String(), "address assignment refused: "+tt.assign+" ("+tt.why+")") {
 			t.Errorf("assigned %s: masque up %s, want exit 1 saying it was refused as %s; stderr:\n%s", tt.assign, c.exitString(), tt.why, tail(c.stderr.String(), 2000))
 		}
+		if hint := strings.Contains(c.stderr.String(), "--allow-local-overlap"); hint != (tt.why == "the host's own or connected network") {
+			t.Errorf("assigned %s: the error names --allow-local-overlap: %v, want it only for the LAN", tt.assign, hint)
+		}
 		if strings.Contains(c.stdout.String(), "up: ") {
 			t.Errorf("assigned %s: the tunnel came up", tt.assign)
 		}

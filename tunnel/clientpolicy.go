@@ -35,10 +35,25 @@ const (
 	MaxDNSServers = 8
 )
 
-// ErrAssignmentRefused is returned by [Connect] when the server's address
-// assignment breaks [ClientPolicy]'s rules; the error says which addresses
-// and why.
+// ErrAssignmentRefused matches the [AssignmentError] that [Connect]
+// returns when the server's address assignment breaks [ClientPolicy]'s
+// rules.
 var ErrAssignmentRefused = errors.New("connect-ip: address assignment refused")
+
+// AssignmentError says which assigned addresses [Connect] refused and why.
+type AssignmentError struct {
+	// Refused lists the entries refused, each with why, or says how many
+	// addresses were over the cap.
+	Refused string
+	// Local is set when some were refused only for overlapping the host's
+	// own networks, which ClientPolicy.AllowLocalOverlap would accept.
+	Local bool
+}
+
+func (e *AssignmentError) Error() string { return ErrAssignmentRefused.Error() + ": " + e.Refused }
+
+// Is makes an AssignmentError match ErrAssignmentRefused.
+func (e *AssignmentError) Is(target error) bool { return target == ErrAssignmentRefused }
 
 // ClientPolicy bounds what a client takes from the server. Its zero value
 // refuses only what no host should accept (loopback, multicast, broadcast,
@@ -138,7 +153,7 @@ func (p *ClientPolicy) checkAssignment(lease []netip.Prefix, server netip.Addr) 
 		}
 	}
 	if n4 > MaxAssignedAddresses || n6 > MaxAssignedAddresses {
-		return nil, fmt.Errorf("%w: %d IPv4 and %d IPv6 addresses, more than %d of one family", ErrAssignmentRefused, n4, n6, MaxAssignedAddresses)
+		return nil, &AssignmentError{Refused: fmt.Sprintf("%d IPv4 and %d IPv6 addresses, more than %d of one family", n4, n6, MaxAssignedAddresses)}
 	}
 	var bad refused[netip.Prefix]
 	var out []netip.Prefix
@@ -163,7 +178,7 @@ func (p *ClientPolicy) checkAssignment(lease []netip.Prefix, server netip.Addr) 
 		}
 	}
 	if len(bad) > 0 {
-		return nil, fmt.Errorf("%w: %s", ErrAssignmentRefused, bad)
+		return nil, &AssignmentError{Refused: bad.String(), Local: slices.ContainsFunc(bad, func(e refusedEntry[netip.Prefix]) bool { return e.why == refuseLocal })}
 	}
 	return out, nil
 }

@@ -60,6 +60,7 @@ func TestCheckAssignment(t *testing.T) {
 		{"half of IPv4", []string{"128.0.0.0/1"}, false, nil, "128.0.0.0/1 (the server's address)"},
 		{"the LAN", []string{"198.18.77.0/25"}, false, nil, "the host's own or connected network"},
 		{"the LAN, allowed", []string{"198.18.77.9/32"}, true, []string{"198.18.77.9/32"}, ""},
+		{"the LAN and multicast", []string{"198.18.77.9/32", "224.0.0.1/32"}, false, nil, "198.18.77.9/32 (the host's own or connected network), 224.0.0.1/32 (multicast)"},
 		{"the LAN v6", []string{"2001:db8:77::9/128"}, false, nil, "the host's own or connected network"},
 		{"the server's address", []string{"198.18.1.2/32"}, false, nil, "the server's address"},
 		{"a prefix holding the server", []string{"198.18.0.0/16"}, true, nil, "the server's address"},
@@ -84,6 +85,10 @@ func TestCheckAssignment(t *testing.T) {
 			if tt.wantErr != "" {
 				if !errors.Is(err, ErrAssignmentRefused) || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("checkAssignment(%v) = %v, %v, want an ErrAssignmentRefused with %q", tt.lease, got, err, tt.wantErr)
+				}
+				ae, ok := errors.AsType[*AssignmentError](err)
+				if wantLocal := strings.Contains(tt.wantErr, "connected network"); !ok || ae.Local != wantLocal {
+					t.Errorf("checkAssignment(%v) = %#v, want an AssignmentError with Local %v", tt.lease, err, wantLocal)
 				}
 				return
 			}

@@ -289,6 +289,9 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		if refusedCredentials(err) {
 			return nil, fmt.Errorf("%w: check --token-file or the client certificate", err)
 		}
+		if ae, ok := errors.AsType[*tunnel.AssignmentError](err); ok && ae.Local {
+			return nil, fmt.Errorf("%w (--allow-local-overlap lets in addresses inside the host's networks)", err)
+		}
 		return client, err
 	}
 	client, err := connect(qc)
