@@ -17,9 +17,11 @@ import (
 // Create creates the TUN device that cfg describes, sets its MTU, with
 // [Config.EndHost] its end-host sysctls, adds its addresses (IPv6 ones
 // with IFA_F_NODAD, so that they are usable at once instead of after
-// duplicate address detection) and sets the link up. On error it closes
-// the device again, which removes the link. It works in the calling
-// thread's network namespace.
+// duplicate address detection; host addresses, /32 and /128, with
+// IFA_F_NOPREFIXROUTE, so that the kernel adds no route to the main table
+// for them, not even the /128 it adds for an IPv6 one) and sets the link
+// up. On error it closes the device again, which removes the link. It
+// works in the calling thread's network namespace.
 func Create(cfg Config) (*Device, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("create tun: %w", err)
@@ -70,6 +72,9 @@ func (d *Device) setUp(cfg *Config) error {
 		a := &netlink.Addr{IPNet: prefixIPNet(p)}
 		if p.Addr().Is6() {
 			a.Flags = unix.IFA_F_NODAD
+		}
+		if p.IsSingleIP() {
+			a.Flags |= unix.IFA_F_NOPREFIXROUTE
 		}
 		if err := netlink.AddrAdd(link, a); err != nil {
 			return fmt.Errorf("add address %v: %w", p, err)

@@ -88,6 +88,9 @@ func TestCreate(t *testing.T) {
 					continue
 				}
 				got = append(got, p)
+				if noPrefix := a.Flags&unix.IFA_F_NOPREFIXROUTE != 0; noPrefix != p.IsSingleIP() {
+					t.Errorf("address %v flags = %#x: noprefixroute %v, want it exactly for host addresses", p, a.Flags, noPrefix)
+				}
 				if p.Addr().Is6() {
 					if a.Flags&unix.IFA_F_NODAD == 0 || a.Flags&unix.IFA_F_TENTATIVE != 0 {
 						t.Errorf("address %v flags = %#x, want nodad and not tentative", p, a.Flags)
@@ -99,6 +102,19 @@ func TestCreate(t *testing.T) {
 			sortPrefixes(want)
 			if diff := cmp.Diff(want, got, cmpPrefix); diff != "" {
 				t.Errorf("addresses (-want +got):\n%s", diff)
+			}
+			// Host addresses add no route to the main table.
+			routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL,
+				&netlink.Route{Table: unix.RT_TABLE_MAIN, LinkIndex: link.Attrs().Index}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, rt := range routes {
+				if rt.Dst != nil && slices.ContainsFunc(tt.cfg.Addrs, func(p netip.Prefix) bool {
+					return p.IsSingleIP() && ipNetPrefix(rt.Dst).Contains(p.Addr())
+				}) {
+					t.Errorf("main table route %v for a host address", rt.Dst)
+				}
 			}
 
 			name := d.Name()

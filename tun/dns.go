@@ -1,6 +1,7 @@
 package tun
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -8,7 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 )
 
 // ManagedResolvConf is the resolver configuration that masque up rewrites
@@ -49,9 +52,10 @@ func (r *ResolvConf) validateOwn() error {
 
 // Apply points the resolver at servers: it saves Path's bytes to Backup
 // (unless Backup exists: a second Apply, say after a reconnect, keeps the
-// true original) and rewrites Path in place, so that a bind-mounted file
-// (ip netns exec, containers) works too. A Path that is a symbolic link is
-// refused: it belongs to a resolver daemon (systemd-resolved), not to us.
+// true original) and replaces Path's content (replaceFile: no reader ever
+// sees it empty or partial), unless it already says the same. A Path that
+// is a symbolic link is refused: it belongs to a resolver daemon
+// (systemd-resolved), not to us.
 func (r *ResolvConf) Apply(servers []netip.Addr) error {
 	if err := r.validate(); err != nil {
 		return err
@@ -76,17 +80,21 @@ func (r *ResolvConf) Apply(servers []netip.Addr) error {
 	for _, s := range servers {
 		fmt.Fprintf(&b, "nameserver %s\n", s.WithZone(""))
 	}
-	if err := os.WriteFile(r.Path, []byte(b.String()), 0o644); err != nil {
+	if cur, err := os.ReadFile(r.Path); err == nil && string(cur) == b.String() {
+		return nil
+	}
+	if err := replaceFile(r.Path, []byte(b.String())); err != nil {
 		return fmt.Errorf("resolv.conf: %w", err)
 	}
 	return nil
 }
 
-// Restore writes Backup's bytes back to Path, in place, and removes Backup.
-// Without a Backup there is nothing to restore and it is no error. The
-// Backup is opened without following a symbolic link and must be a
-// regular file of the effective user's, not writable by group or others
-// (else the error wraps [ErrUntrustedState] and Path is not touched).
+// Restore writes Backup's bytes back to Path (replaceFile) and removes
+// Backup. Without a Backup there is nothing to restore and it is no
+// error. The Backup is opened without following a symbolic link and must
+// be a regular file of the effective user's, not writable by group or
+// others (else the error wraps [ErrUntrustedState] and Path is not
+// touched).
 func (r *ResolvConf) Restore() error {
 	if err := r.validate(); err != nil {
 		return err
@@ -103,11 +111,79 @@ func (r *ResolvConf) Restore() error {
 	if err != nil {
 		return fmt.Errorf("resolv.conf: %w", err)
 	}
-	if err := os.WriteFile(r.Path, orig, 0o644); err != nil {
+	if err := replaceFile(r.Path, orig); err != nil {
 		return fmt.Errorf("resolv.conf: restore %s: %w", r.Path, err)
 	}
 	if err := os.Remove(r.Backup); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("resolv.conf: %w", err)
 	}
 	return nil
+}
+
+// replaceFile replaces the content of path, a world-readable file such as
+// resolv.conf, with b, so that a reader sees the old content or the new,
+// never an empty or partial file (a resolver that read an empty
+// resolv.conf would fall back to 127.0.0.1): b goes into a temporary file
+// in the same directory, which is renamed over path. A path that is a
+// mount point cannot be renamed over (EBUSY): "ip netns exec" and
+// container runtimes bind-mount a resolv.conf of their own over
+// /etc/resolv.conf. There b is written in place by writeInPlace.
+func replaceFile(path string, b []byte) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".masque*")
+	if err != nil {
+		return writeInPlace(path, b)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(0o644); err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	err = os.Rename(f.Name(), path)
+	if errors.Is(err, syscall.EBUSY) {
+		os.Remove(f.Name())
+		return writeInPlace(path, b)
+	}
+	return err
+}
+
+// writeInPlace writes b over path's content in one write at offset 0,
+// padded with newlines to the old length, and then truncates to b's
+// length: the file never shrinks before the new content is in, so no
+// reader sees it empty or cut short (blank lines mean nothing to a
+// resolver). It is the fallback of replaceFile for a file that cannot be
+// renamed over.
+func writeInPlace(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	buf := b
+	if old := fi.Size(); old > int64(len(b)) {
+		buf = append(slices.Clone(b), bytes.Repeat([]byte{'\n'}, int(old)-len(b))...)
+	}
+	if _, err := f.WriteAt(buf, 0); err != nil {
+		return err
+	}
+	if err := f.Truncate(int64(len(b))); err != nil {
+		return err
+	}
+	return f.Sync()
 }

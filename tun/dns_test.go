@@ -1,6 +1,7 @@
 package tun
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -81,4 +82,115 @@ func setManagedResolvConf(t *testing.T, path string) {
 	old := ManagedResolvConf
 	ManagedResolvConf = path
 	t.Cleanup(func() { ManagedResolvConf = old })
+}
+
+// TestResolvConfAtomic samples resolv.conf from a goroutine while Apply
+// rewrites it many times: every sample is one whole configuration, never
+// an empty or partial file.
+func TestResolvConfAtomic(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "resolv.conf")
+	orig := "nameserver 192.0.2.53\n"
+	if err := os.WriteFile(path, []byte(orig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &ResolvConf{Path: path, Backup: filepath.Join(dir, "resolv.conf.orig")}
+	// Two configurations of different lengths, so that a write in place
+	// would show a shrunk or cut file.
+	configs := [][]netip.Addr{
+		{netip.MustParseAddr("198.18.2.53")},
+		{netip.MustParseAddr("198.18.2.53"), netip.MustParseAddr("2001:db8:2::53"), netip.MustParseAddr("2001:db8:2::54")},
+	}
+	valid := map[string]bool{orig: true}
+	for _, c := range configs {
+		if err := r.Apply(c); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(path)
+		valid[string(b)] = true
+	}
+	stop := make(chan struct{})
+	bad := make(chan string, 1)
+	samples := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { samples <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b, err := os.ReadFile(path)
+			n++
+			if err != nil || !valid[string(b)] {
+				select {
+				case bad <- fmt.Sprintf("%q (err %v)", b, err):
+				default:
+				}
+				return
+			}
+		}
+	}()
+	for i := range 300 {
+		if err := r.Apply(configs[i%2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	n := <-samples
+	select {
+	case s := <-bad:
+		t.Fatalf("a reader saw %s while resolv.conf was rewritten", s)
+	default:
+	}
+	if n < 100 {
+		t.Logf("only %d samples", n)
+	} else {
+		t.Logf("%d samples", n)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 2 {
+		t.Errorf("temporary files left in %s: %v", dir, entries)
+	}
+}
+
+// TestResolvConfUnchanged: an Apply that would write what is there already
+// leaves the file alone.
+func TestResolvConfUnchanged(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "resolv.conf")
+	r := &ResolvConf{Path: path, Backup: filepath.Join(dir, "resolv.conf.orig")}
+	servers := []netip.Addr{netip.MustParseAddr("198.18.2.53")}
+	if err := r.Apply(servers); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Apply(servers); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(before, after) {
+		t.Error("an Apply with the same servers replaced the file")
+	}
+}
+
+// TestWriteInPlace: the fallback for a file that cannot be renamed over
+// leaves exactly the new bytes, shorter or longer than the old.
+func TestWriteInPlace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "resolv.conf")
+	for _, s := range []string{"nameserver 198.18.2.53\nnameserver 198.18.2.54\n", "nameserver 198.18.2.55\n", "", "nameserver 2001:db8:2::53\nnameserver 2001:db8:2::54\n"} {
+		if err := writeInPlace(path, []byte(s)); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(path); string(got) != s {
+			t.Errorf("writeInPlace(%q) left %q", s, got)
+		}
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/time/rate"
 )
 
 // DefaultClientMTU is the default cap on the client's inner MTU.
@@ -56,7 +57,8 @@ type ClientConfig struct {
 	// as QUIC's path MTU discovery finds room.
 	SetMTU func(mtu int) error
 	// OnDNS, if set, is called (from the capsule reader) with the DNS
-	// servers each DNS_ASSIGN names.
+	// servers each DNS_ASSIGN names that Policy accepts (acceptDNS), when
+	// there are any; again when new routes change which are accepted.
 	OnDNS func([]netip.Addr)
 	// LocalNetworks are the host's directly connected networks (its
 	// interfaces' prefixes, but loopback's and the TUN's): a packet from
@@ -64,6 +66,9 @@ type ClientConfig struct {
 	// dropped (source_local). At most maxLocalNetworks are checked; the
 	// TUN's reverse-path filter covers the rest.
 	LocalNetworks []netip.Prefix
+	// Policy bounds the addresses, routes and DNS servers the client
+	// takes from the server (clientpolicy.go).
+	Policy ClientPolicy
 	// Logger receives lifecycle logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -103,9 +108,12 @@ type Client struct {
 	// every datagram (RFC 9297 §2.1, RFC 9484 §6).
 	dgramPrefix []byte
 
-	lease     []netip.Prefix // assigned at setup (RFC 9484 §4.7.1)
+	assigned  []netip.Prefix // the first ADDRESS_ASSIGN (RFC 9484 §4.7.1); the capsule reader's
+	lease     []netip.Prefix // assigned, checked by Connect, as host prefixes
 	addresses []netip.Prefix // those of lease the session uses (set by Connect)
 	localNets []netip.Prefix // cfg.LocalNetworks, capped: no source of a received packet
+	server    netip.Addr     // the server's address, never assigned or routed in
+	throws    []netip.Prefix // never routed into the tunnel (ClientPolicy.throws)
 	stats     clientCounters
 	started   time.Time
 	budget    atomic.Int64 // largest inner packet a datagram carries now
@@ -113,9 +121,10 @@ type Client struct {
 	capsuleErr chan error // the capsule reader's end: the session's
 	upErr      chan error // a send failure: the session's end
 
-	mu     sync.Mutex // guards routes and dns
-	routes []netip.Prefix
-	dns    []netip.Addr
+	mu      sync.Mutex // guards routes, dns and offered
+	routes  []netip.Prefix
+	dns     []netip.Addr
+	offered []netip.Addr // the DNS servers the server named last
 	// gotAddrs and gotRoutes are closed by the first ADDRESS_ASSIGN and
 	// ROUTE_ADVERTISEMENT, which Connect waits for.
 	gotRoutes, gotAddrs  chan struct{}
@@ -123,6 +132,12 @@ type Client struct {
 
 	goingAway    chan struct{} // closed by the server's first GOAWAY
 	goingAwayOne sync.Once
+
+	// capsuleLog bounds the lines the capsule reader logs about what the
+	// server sends (capsuleLogf): a flood of capsules is not a flood of
+	// lines.
+	capsuleLog        *rate.Limiter
+	capsuleSuppressed int // lines not logged since the last one; the capsule reader's
 }
 
 type clientCounters struct {
@@ -151,13 +166,18 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		cfg: cfg, log: cfg.Logger.With("component", "tunnel"),
 		capsuleErr: make(chan error, 1), upErr: make(chan error, 1),
 		gotRoutes: make(chan struct{}), gotAddrs: make(chan struct{}),
-		goingAway: make(chan struct{}),
+		goingAway:  make(chan struct{}),
+		capsuleLog: rate.NewLimiter(capsuleLogRate, capsuleLogBurst),
 	}
 	c.localNets = localNetworks(cfg.LocalNetworks)
 	if len(cfg.LocalNetworks) > maxLocalNetworks {
 		c.log.Warn("more connected networks than the client checks received sources against; the TUN's reverse-path filter covers the rest",
 			"networks", len(cfg.LocalNetworks), "checked", maxLocalNetworks)
 	}
+	if ap, err := netip.ParseAddrPort(cfg.Conn.RemoteAddr().String()); err == nil {
+		c.server = ap.Addr().Unmap()
+	}
+	c.throws = cfg.Policy.throws(c.server)
 	fail := func(err error) (*Client, error) {
 		if c.str != nil {
 			c.Close()
@@ -233,6 +253,13 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 			return fail(ctx.Err())
 		}
 	}
+	lease, err := cfg.Policy.checkAssignment(c.assigned, c.server)
+	if err != nil {
+		c.log.Error("server's address assignment refused", "addresses", len(c.assigned), "err", err)
+		c.Close()
+		return nil, err
+	}
+	c.lease = lease
 	c.addresses = c.lease
 	if len(c.addresses) == 0 {
 		c.Close()
@@ -311,43 +338,120 @@ func (c *Client) readCapsules() error {
 			prefixes := slices.DeleteFunc(all, func(p netip.Prefix) bool { return p.Addr().IsUnspecified() })
 			assigned := false
 			c.addrOnce.Do(func() {
-				c.lease = prefixes
+				c.assigned = prefixes // checked by Connect
 				assigned = true
 				close(c.gotAddrs)
 			})
-			if !assigned && !slices.Equal(prefixes, c.lease) {
+			if !assigned && !slices.Equal(hostPrefixes(prefixes), hostPrefixes(c.assigned)) {
 				// The TUN's addresses and routes follow the first
 				// assignment; packets keep that source.
-				c.log.Warn("server changed the assigned addresses; keeping the first", "assigned", prefixes, "kept", c.lease)
+				c.capsuleLogf(slog.LevelWarn, "server changed the assigned addresses; keeping the first", "assigned", len(prefixes), "kept", c.assigned)
 			}
 		case capsuleRouteAdvertisement:
 			routes, err := parseRouteAdvertisement(b)
 			if err != nil {
 				return err
 			}
-			prefixes := routesToPrefixes(routes)
+			prefixes, rep := c.cfg.Policy.clientRoutes(routes, c.throws)
+			if rep.any() {
+				// One line per advertisement, not per range; ranges
+				// outside --route are the user's choice, not the
+				// server's fault.
+				lvl := slog.LevelDebug
+				if rep.protocol+rep.overCap > 0 {
+					lvl = slog.LevelWarn
+				}
+				c.capsuleLogf(lvl, "routes from the server refused", "ranges", len(routes),
+					"protocol_scoped", rep.protocol, "over_cap", rep.overCap, "max_routes", MaxRoutes,
+					"outside_policy", rep.outside, "routes", len(prefixes))
+			}
 			c.mu.Lock()
 			c.routes = prefixes
+			offered := c.offered
 			c.mu.Unlock()
 			first := false
 			c.routesOnce.Do(func() { first = true; close(c.gotRoutes) })
 			if !first {
-				c.log.Info("routes updated", "routes", len(routes))
+				c.capsuleLogf(slog.LevelInfo, "routes updated", "routes", len(prefixes))
+			}
+			if offered != nil {
+				c.takeDNS(offered)
 			}
 		case capsuleDNSAssign:
 			dns, err := parseDNSAssign(b)
 			if err != nil {
 				return err
 			}
-			c.mu.Lock()
-			c.dns = dns
-			c.mu.Unlock()
-			c.log.Info("dns configuration received", "servers", dns)
-			if c.cfg.OnDNS != nil && len(dns) > 0 {
-				c.cfg.OnDNS(dns)
-			}
+			c.takeDNS(dns)
 		}
 	}
+}
+
+// takeDNS keeps those of the DNS servers the server offered that the
+// policy accepts (acceptDNS), logs once what it refused, and hands them to
+// OnDNS.
+func (c *Client) takeDNS(offered []netip.Addr) {
+	offered = slices.Clone(offered)
+	c.mu.Lock()
+	dns, bad := acceptDNS(offered, c.routes, c.throws)
+	changed := !slices.Equal(dns, c.dns)
+	c.offered, c.dns = offered, dns
+	c.mu.Unlock()
+	if len(bad) > 0 {
+		c.capsuleLogf(slog.LevelWarn, "dns servers from the server refused", "refused", logList(bad), "max_dns_servers", MaxDNSServers, "accepted", dns)
+	}
+	if !changed {
+		return
+	}
+	c.capsuleLogf(slog.LevelInfo, "dns configuration received", "servers", dns)
+	if c.cfg.OnDNS != nil && len(dns) > 0 {
+		c.cfg.OnDNS(dns)
+	}
+}
+
+// The budget of the capsule reader's lines: a burst of capsuleLogBurst,
+// then capsuleLogRate a second.
+const (
+	capsuleLogRate  rate.Limit = 1
+	capsuleLogBurst            = 8
+)
+
+// capsuleLogf logs a line about what the server sent, within the budget;
+// the first line after some were dropped says how many (suppressed=N).
+// Only the capsule reader calls it.
+func (c *Client) capsuleLogf(lvl slog.Level, msg string, args ...any) {
+	if !c.log.Enabled(context.Background(), lvl) {
+		return
+	}
+	if !c.capsuleLog.Allow() {
+		c.capsuleSuppressed++
+		return
+	}
+	if c.capsuleSuppressed > 0 {
+		args = append(args, "suppressed", c.capsuleSuppressed)
+		c.capsuleSuppressed = 0
+	}
+	c.log.Log(context.Background(), lvl, msg, args...)
+}
+
+// logList returns the first entries of what a check refused, for a log
+// line: a DNS_ASSIGN may name thousands.
+func logList(r refused[netip.Addr]) string {
+	if len(r) > MaxDNSServers {
+		return fmt.Sprintf("%s and %d more", r[:MaxDNSServers], len(r)-MaxDNSServers)
+	}
+	return r.String()
+}
+
+// hostPrefixes returns the addresses of ps as host prefixes, /32 or /128.
+func hostPrefixes(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		if a := p.Addr(); !slices.Contains(out, netip.PrefixFrom(a, a.BitLen())) {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out
 }
 
 func (c *Client) hasIPv6() bool {
@@ -374,9 +478,9 @@ func (c *Client) MTU() int {
 	return min(c.cfg.MaxMTU, int(c.budget.Load()))
 }
 
-// Addresses returns the assigned addresses the session uses: all of the
-// lease, or its IPv4 part when the path cannot carry IPv6's 1280-byte
-// packets.
+// Addresses returns the assigned addresses the session uses, as host
+// prefixes (/32, /128): all of the lease, or its IPv4 part when the path
+// cannot carry IPv6's 1280-byte packets.
 func (c *Client) Addresses() []netip.Prefix { return c.addresses }
 
 // minMTU is the smallest MTU runMTU sets on the TUN: IPv6's 1280 if the
@@ -389,8 +493,13 @@ func (c *Client) minMTU() int {
 	return minIPv4MTU
 }
 
-// Lease returns the addresses the server assigned.
+// Lease returns the addresses the server assigned, as host prefixes.
 func (c *Client) Lease() []netip.Prefix { return c.lease }
+
+// Excludes returns what is never routed into the tunnel, whatever the
+// server advertises: the policy's excludes and host networks and the
+// server's address. The caller installs them as throw routes.
+func (c *Client) Excludes() []netip.Prefix { return c.throws }
 
 // ipv6MTUWait bounds how long Connect waits for path MTU discovery to make
 // room for IPv6's 1280-byte packets.
@@ -417,7 +526,9 @@ func (c *Client) WaitMTU(ctx context.Context, want int, d time.Duration) int {
 	return last
 }
 
-// Routes returns the routes the server advertised, as prefixes.
+// Routes returns the routes the server advertised, as prefixes, inside
+// the policy (clientRoutes): at most MaxRoutes, none protocol-scoped, cut
+// to the policy's limits; Excludes cut them further.
 func (c *Client) Routes() []netip.Prefix {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -558,13 +669,16 @@ func (t *Tunnel) runReader() {
 // errSessionEnded stops the data path when the request stream has ended.
 var errSessionEnded = errors.New("session ended")
 
-// ownAddr reports whether a is inside an assigned prefix: the only valid
-// source of a packet we send and destination of one we receive (RFC 9484
-// §4.7.1). Destinations are the server's to police (it answers with ICMP);
-// the TUN's routes send only advertised prefixes here anyway.
+// ownAddr reports whether a is one of the assigned addresses, exactly: the
+// only valid source of a packet we send and destination of one we receive
+// (RFC 9484 §4.7.1). The client uses one address of each assigned prefix
+// and puts only that one on the TUN, so a destination elsewhere in the
+// prefix is not ours. At most 2×MaxAssignedAddresses are scanned.
+// Destinations are the server's to police (it answers with ICMP); the
+// TUN's routes send only advertised prefixes here anyway.
 func (c *Client) ownAddr(a netip.Addr) bool {
 	for _, p := range c.addresses {
-		if p.Contains(a) {
+		if p.Addr() == a {
 			return true
 		}
 	}

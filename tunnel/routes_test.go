@@ -365,12 +365,21 @@ func TestScopedRoutes(t *testing.T) {
 // does (prefixesToRoutes for the configured routes, scopedRoutes for the
 // request's scope) from any prefixes and scope: the advertisement parses
 // (RFC 9484 §4.7.3 order, no overlap), lies within the scope, and covers
-// exactly the configured addresses inside the scope.
+// exactly the configured addresses inside the scope. Then the client takes
+// it under a policy built from policyBytes (--route limits, excludes, the
+// host's networks, the server's address): at most MaxRoutes prefixes, none
+// from a protocol-scoped range, and an address is routed into the tunnel
+// (by a route and no throw route) only if it is advertised for all
+// protocols, inside the limits and outside every throw; unless the cap
+// refused a range, every such address is routed.
 func FuzzAdvertisedRoutes(f *testing.F) {
-	f.Add([]byte{4, 0, 0, 0, 0, 0}, []byte{4, 198, 18, 0, 0, 15}, byte(0))
-	f.Add([]byte{4, 10, 0, 0, 0, 8, 4, 10, 1, 0, 0, 16, 6, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32}, []byte{}, byte(6))
-	f.Add([]byte{4, 198, 18, 0, 0, 31, 4, 198, 18, 0, 2, 31}, []byte{4, 198, 18, 0, 1, 32}, byte(17))
-	f.Fuzz(func(t *testing.T, prefixBytes, scopeBytes []byte, proto byte) {
+	f.Add([]byte{4, 0, 0, 0, 0, 0}, []byte{4, 198, 18, 0, 0, 15}, byte(0), []byte{})
+	f.Add([]byte{4, 10, 0, 0, 0, 8, 4, 10, 1, 0, 0, 16, 6, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32}, []byte{}, byte(6), []byte{})
+	f.Add([]byte{4, 198, 18, 0, 0, 31, 4, 198, 18, 0, 2, 31}, []byte{4, 198, 18, 0, 1, 32}, byte(17), []byte{})
+	// Full tunnel, --route 10.99.0.0/16, --exclude 10.99.200.0/24, a LAN
+	// 198.18.77.0/24.
+	f.Add([]byte{4, 0, 0, 0, 0, 0}, []byte{}, byte(0), []byte{0, 4, 10, 99, 0, 0, 16, 1, 4, 10, 99, 200, 0, 24, 2, 4, 198, 18, 77, 0, 24})
+	f.Fuzz(func(t *testing.T, prefixBytes, scopeBytes []byte, proto byte, policyBytes []byte) {
 		take := func(b []byte) (netip.Prefix, []byte, bool) {
 			if len(b) < 1 {
 				return netip.Prefix{}, nil, false
@@ -446,6 +455,62 @@ func FuzzAdvertisedRoutes(f *testing.F) {
 			for _, a := range []netip.Addr{p.Addr(), p.Addr().Prev(), lastAddr(p), lastAddr(p).Next()} {
 				if a.IsValid() && covered(a) != configured(a) {
 					t.Fatalf("%v: advertised %v, configured %v (routes %v, prefixes %v, scope %+v)", a, covered(a), configured(a), routes, prefixes, scope)
+				}
+			}
+		}
+
+		// The client's side.
+		var pol ClientPolicy
+		for len(policyBytes) > 1 && len(pol.Routes)+len(pol.Excludes)+len(pol.Local) < 16 {
+			kind := policyBytes[0]
+			p, rest, ok := take(policyBytes[1:])
+			if !ok {
+				break
+			}
+			policyBytes = rest
+			switch kind % 3 {
+			case 0:
+				pol.Routes = append(pol.Routes, p)
+			case 1:
+				pol.Excludes = append(pol.Excludes, p)
+			case 2:
+				pol.Local = append(pol.Local, p)
+			}
+		}
+		server := netip.MustParseAddr("198.18.1.2")
+		throws := pol.throws(server)
+		got, rep := pol.clientRoutes(routes, throws)
+		if len(got) > MaxRoutes {
+			t.Fatalf("clientRoutes: %d routes, more than %d", len(got), MaxRoutes)
+		}
+		in := func(ps []netip.Prefix, a netip.Addr) bool {
+			return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
+		}
+		allowed := func(a netip.Addr) bool {
+			return scope.proto == 0 && covered(a) && (len(pol.Routes) == 0 || in(pol.Routes, a)) && !in(throws, a)
+		}
+		for _, q := range got {
+			if !q.IsValid() || q != q.Masked() {
+				t.Fatalf("clientRoutes: %v is not a masked prefix", q)
+			}
+			edges = append(edges, q)
+		}
+		edges = append(append(append(edges, pol.Routes...), pol.Excludes...), pol.Local...)
+		edges = append(edges, netip.PrefixFrom(server, 32))
+		for _, p := range edges {
+			if !p.IsValid() {
+				continue
+			}
+			for _, a := range []netip.Addr{p.Addr(), p.Addr().Prev(), lastAddr(p), lastAddr(p).Next()} {
+				if !a.IsValid() {
+					continue
+				}
+				routed := in(got, a) && !in(throws, a)
+				if routed && !allowed(a) {
+					t.Fatalf("%v routed into the tunnel outside the policy (routes %v, policy %+v, client routes %v)", a, routes, pol, got)
+				}
+				if !routed && allowed(a) && rep.overCap == 0 {
+					t.Fatalf("%v not routed though advertised and inside the policy (routes %v, policy %+v, client routes %v)", a, routes, pol, got)
 				}
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/masque-vpn/masque/tun"
@@ -28,6 +29,13 @@ type dnsConfig struct {
 	resolvConf string // the resolver configuration, /etc/resolv.conf
 	backup     string // where resolv.conf's original is kept
 	link       string // the TUN, whose DNS settings resolved takes
+	// routes are the routes installed into the tunnel: a DNS server
+	// outside them (say of a family the tunnel does not carry) would be
+	// reached past the tunnel, so it is not applied.
+	routes []netip.Prefix
+	// minInterval is the least time between two changes; 0 means
+	// dnsMinInterval.
+	minInterval time.Duration
 }
 
 func (c *upConfig) dnsConfig() dnsConfig {
@@ -39,10 +47,26 @@ func (c *upConfig) dnsConfig() dnsConfig {
 	}
 }
 
+// dnsMinInterval is the least time between two changes of the host's
+// DNS configuration: a server that floods DNS_ASSIGN capsules (or
+// reconnects in a loop) gets the host's resolver rewritten at most once
+// per interval, with the latest servers.
+const dnsMinInterval = 5 * time.Second
+
 // runDNS applies each DNS configuration that arrives on updates (the
-// latest one: a reconnect may bring another) until ctx is done. Failures
-// are logged: the tunnel works without DNS of its own.
+// latest one: a reconnect may bring another) until ctx is done: only the
+// servers inside d.routes, only when they differ from what it applied
+// last, and at most once per d.minInterval. Failures are logged: the
+// tunnel works without DNS of its own.
 func runDNS(ctx context.Context, st *tun.State, statePath string, d dnsConfig, updates <-chan []netip.Addr, logger *slog.Logger) {
+	var (
+		applied []netip.Addr
+		last    time.Time
+	)
+	interval := d.minInterval
+	if interval == 0 {
+		interval = dnsMinInterval
+	}
 	for {
 		var servers []netip.Addr
 		select {
@@ -50,6 +74,22 @@ func runDNS(ctx context.Context, st *tun.State, statePath string, d dnsConfig, u
 			return
 		case servers = <-updates:
 		}
+		if wait := time.Until(last.Add(interval)); wait > 0 && !slices.Equal(routedDNS(servers, d.routes), applied) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			select { // the latest configuration wins
+			case servers = <-updates:
+			default:
+			}
+		}
+		servers = routedDNS(servers, d.routes)
+		if len(servers) == 0 || slices.Equal(servers, applied) {
+			continue
+		}
+		last = time.Now()
 		mode, err := applyDNS(ctx, st, statePath, d, servers, logger)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -57,8 +97,16 @@ func runDNS(ctx context.Context, st *tun.State, statePath string, d dnsConfig, u
 			}
 			continue
 		}
+		applied = servers
 		logger.Info("dns applied", "mode", mode, "servers", servers)
 	}
+}
+
+// routedDNS keeps the servers inside routes.
+func routedDNS(servers []netip.Addr, routes []netip.Prefix) []netip.Addr {
+	return slices.DeleteFunc(slices.Clone(servers), func(a netip.Addr) bool {
+		return !slices.ContainsFunc(routes, func(p netip.Prefix) bool { return p.Contains(a) })
+	})
 }
 
 // applyDNS points the host's resolver at servers: through systemd-resolved

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/masque-vpn/masque/tun"
@@ -159,5 +161,101 @@ func TestApplyDNSNoLink(t *testing.T) {
 	}
 	if calls := fake.Calls(); len(calls) != 0 {
 		t.Errorf("calls = %+v, want none", calls)
+	}
+}
+
+// syncBuffer is a bytes.Buffer for a logger and a test goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestRunDNSRateLimited floods runDNS with configurations: it applies the
+// first at once, then at most one per minInterval, the latest one last,
+// never one that is already applied, and only the servers inside the
+// tunnel's routes.
+func TestRunDNSRateLimited(t *testing.T) {
+	dir := t.TempDir()
+	resolvConf := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(resolvConf, []byte(ownResolvConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The state may name only the managed resolv.conf.
+	old := tun.ManagedResolvConf
+	tun.ManagedResolvConf = resolvConf
+	t.Cleanup(func() { tun.ManagedResolvConf = old })
+	d := dnsConfig{
+		mode: dnsFile, resolvConf: resolvConf, backup: filepath.Join(dir, "state", "resolv.conf.orig"),
+		routes:      []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")},
+		minInterval: 300 * time.Millisecond,
+	}
+	st := &tun.State{Version: tun.StateVersion}
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	updates := make(chan []netip.Addr, 1)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runDNS(ctx, st, filepath.Join(dir, "state", "state.json"), d, updates, logger)
+	}()
+	offer := func(s []netip.Addr) {
+		select {
+		case updates <- s:
+		case <-updates: // the older one gives way, as up.go's onDNS does
+			updates <- s
+		}
+	}
+	start := time.Now()
+	var last []netip.Addr
+	for i := 0; time.Since(start) < time.Second; i++ {
+		// 2001:db8:9::53 is outside the routes: never applied.
+		last = []netip.Addr{netip.AddrFrom4([4]byte{198, 18, 2, byte(i % 200)}), netip.MustParseAddr("2001:db8:9::53")}
+		offer(last)
+		time.Sleep(time.Millisecond)
+	}
+	want := fmt.Sprintf("nameserver %s\n", last[0])
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		b, _ := os.ReadFile(resolvConf)
+		if strings.HasSuffix(string(b), want) {
+			if strings.Contains(string(b), "2001:db8:9::53") {
+				t.Errorf("resolv.conf names a server outside the routes:\n%s", b)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("resolv.conf never got the latest servers %v:\n%s", last, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The same servers again change nothing. (The log line follows the
+	// write.)
+	for !strings.Contains(logs.String(), "servers=["+last[0].String()+"]") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	n := strings.Count(logs.String(), "dns applied")
+	offer(last)
+	time.Sleep(400 * time.Millisecond)
+	cancel()
+	<-done
+	if got := strings.Count(logs.String(), "dns applied"); got != n {
+		t.Errorf("the same servers were applied again")
+	}
+	// About 1.3 s at one per 300 ms: the first at once, then at most 5.
+	if n > 6 {
+		t.Errorf("%d DNS changes in %v, want at most one per %v:\n%s", n, time.Since(start), d.minInterval, logs.String())
 	}
 }

@@ -44,9 +44,12 @@ type upOptions struct {
 	// gave it (unset: on for a full tunnel).
 	killSwitch, killSwitchSet bool
 	allowLAN                  bool
+	allowLocalOverlap         bool
 	reconnect                 bool
-	acceptDNS                 bool
-	dnsMode                   string
+	// acceptDNS is --accept-dns; acceptDNSSet says whether the user gave
+	// it (unset: on for a full tunnel, off with --route).
+	acceptDNS, acceptDNSSet bool
+	dnsMode                 string
 }
 
 // upConfig is a validated upOptions.
@@ -89,11 +92,15 @@ wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down do
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for crash-recovery state and the status socket")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.killSwitch, "kill-switch", true, "drop every packet that would leave outside the tunnel (default on for a full tunnel, off with --route)")
-	f.BoolVar(&o.acceptDNS, "accept-dns", true, "point the host's resolver at the DNS servers the server sends while the tunnel is up")
+	f.BoolVar(&o.acceptDNS, "accept-dns", true, "point the host's resolver at the DNS servers the server sends while the tunnel is up (default on for a full tunnel, off with --route)")
 	f.StringVar(&o.dnsMode, "dns-mode", dnsAuto, "how --accept-dns applies them: auto (systemd-resolved where it manages DNS, else resolv.conf), resolved or file (/etc/resolv.conf)")
 	f.BoolVar(&o.reconnect, "reconnect", true, "when the tunnel is lost, keep the TUN, routes and kill switch and reconnect with backoff (false: exit)")
 	f.BoolVar(&o.allowLAN, "allow-lan", false, "with the kill switch, still let the directly connected networks be reached")
-	cmd.PreRun = func(cmd *cobra.Command, _ []string) { o.killSwitchSet = cmd.Flags().Changed("kill-switch") }
+	f.BoolVar(&o.allowLocalOverlap, "allow-local-overlap", false, "accept tunnel addresses from the server inside the host's own or connected networks")
+	cmd.PreRun = func(cmd *cobra.Command, _ []string) {
+		o.killSwitchSet = cmd.Flags().Changed("kill-switch")
+		o.acceptDNSSet = cmd.Flags().Changed("accept-dns")
+	}
 	return cmd
 }
 
@@ -137,6 +144,13 @@ func (o *upOptions) validate() (*upConfig, error) {
 	}
 	if len(errs) > 0 {
 		return nil, usageError{errors.Join(errs...)}
+	}
+	if !o.acceptDNSSet {
+		// A split tunnel leaves the host's resolver alone: pointing all
+		// of the host's DNS at a resolver the server chose would send
+		// every name the host looks up to the server (or, outside the
+		// routes, past the tunnel).
+		c.acceptDNS = len(c.routes) == 0
 	}
 	tc, token, err := o.credentials()
 	if err != nil {
@@ -219,6 +233,14 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		_ = tun.RemoveState(statePath)
 	}()
 
+	// The host's own networks, read once: the server may neither assign
+	// addresses in them nor have them routed into the tunnel.
+	local, err := tun.LocalPrefixes(c.tun)
+	if err != nil {
+		return fmt.Errorf("read the host's networks: %w", err)
+	}
+	pol := tunnel.ClientPolicy{Routes: c.routes, Excludes: c.excludes, Local: local, AllowLocalOverlap: c.allowLocalOverlap}
+
 	routing := &tun.Routing{Link: c.tun}
 	dialCfg := c
 	if blocked {
@@ -268,12 +290,16 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 			MaxMTU:       c.mtu,
 			SetMTU:       func(mtu int) error { return dev.SetMTU(mtu) },
 			OnDNS:        onDNS,
+			Policy:       pol,
 			// Taken afresh for each session: the host may have moved.
 			LocalNetworks: lanPrefixes(c.tun),
 			Logger:        logger,
 		})
 		if refusedCredentials(err) {
 			return nil, fmt.Errorf("%w: check --token-file or the client certificate", err)
+		}
+		if ae, ok := errors.AsType[*tunnel.AssignmentError](err); ok && ae.Local {
+			return nil, fmt.Errorf("%w (--allow-local-overlap lets in addresses inside the host's networks)", err)
 		}
 		return client, err
 	}
@@ -286,12 +312,14 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 	defer func() { client.Close() }()
 
-	routing.Routes = c.routes
-	if len(routing.Routes) == 0 {
-		routing.Routes = client.Routes()
+	// The routes the server advertised, inside the policy (--route cuts
+	// them); the excludes, the host's networks and the server's address
+	// become throw routes, so they win over any route.
+	routing.Routes = familiesWith(client.Routes(), client.Addresses())
+	routing.Excludes = client.Excludes()
+	if len(c.routes) > 0 && len(routing.Routes) == 0 {
+		logger.Warn("the server advertises none of --route: nothing is routed into the tunnel", "route", joinPrefixes(c.routes))
 	}
-	routing.Routes = familiesWith(routing.Routes, client.Addresses())
-	routing.Excludes = c.excludes
 
 	killSwitch := c.killSwitch
 	if !c.killSwitchSet {
@@ -374,7 +402,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 
 	fmt.Fprintf(cmd.OutOrStdout(), "up: server=%s addresses=%s tun=%s\n", c.server, joinPrefixes(client.Addresses()), c.tun)
-	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", routing.Routes, "offloads", dev.Offloads(), "udp_gso", qc.ConnectionState().GSO)
+	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", logPrefixes(routing.Routes), "offloads", dev.Offloads(), "udp_gso", qc.ConnectionState().GSO)
 
 	t := tunnel.NewTunnel(dev)
 	defer dev.Close()
@@ -387,7 +415,9 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	dnsCtx, cancelDNS := context.WithCancel(ctx)
 	var dnsWG sync.WaitGroup
 	if c.acceptDNS {
-		dnsWG.Go(func() { runDNS(dnsCtx, st, statePath, c.dnsConfig(), dnsUpdates, logger) })
+		dc := c.dnsConfig()
+		dc.routes = routing.Routes
+		dnsWG.Go(func() { runDNS(dnsCtx, st, statePath, dc, dnsUpdates, logger) })
 	}
 	stopDNS = func() { cancelDNS(); dnsWG.Wait() }
 	defer func() {
@@ -663,6 +693,19 @@ func familiesWith(routes, addrs []netip.Prefix) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// maxLoggedPrefixes bounds the prefixes a log line lists: up to
+// tunnel.MaxRoutes routes would make a line of tens of KiB.
+const maxLoggedPrefixes = 16
+
+// logPrefixes returns ps for a log line: all of them up to
+// maxLoggedPrefixes, else the first ones and how many more there are.
+func logPrefixes(ps []netip.Prefix) string {
+	if len(ps) <= maxLoggedPrefixes {
+		return joinPrefixes(ps)
+	}
+	return fmt.Sprintf("%s and %d more", joinPrefixes(ps[:maxLoggedPrefixes]), len(ps)-maxLoggedPrefixes)
 }
 
 func joinPrefixes(ps []netip.Prefix) string {

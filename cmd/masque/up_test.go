@@ -79,6 +79,23 @@ func TestUpValidate(t *testing.T) {
 			}
 		}},
 		{"MTU bounds", func(o *upOptions) { o.mtu = 1280 }, nil},
+		{"accept-dns on for a full tunnel", func(o *upOptions) { o.acceptDNS = true }, func(t *testing.T, c *upConfig) {
+			if !c.acceptDNS {
+				t.Error("acceptDNS off for a full tunnel without --accept-dns")
+			}
+		}},
+		{"accept-dns off with --route", func(o *upOptions) { o.acceptDNS, o.routes = true, []string{"10.99.0.0/16"} }, func(t *testing.T, c *upConfig) {
+			if c.acceptDNS {
+				t.Error("acceptDNS on with --route and without --accept-dns")
+			}
+		}},
+		{"--accept-dns with --route", func(o *upOptions) {
+			o.acceptDNS, o.acceptDNSSet, o.routes = true, true, []string{"10.99.0.0/16"}
+		}, func(t *testing.T, c *upConfig) {
+			if !c.acceptDNS {
+				t.Error("acceptDNS off with --route --accept-dns")
+			}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
