@@ -287,7 +287,7 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, pc
 	var (
 		late                  []string
 		firstClose, lastClose time.Time
-		held                  int // not refused at once as over the unauthenticated limit
+		held                  int // not closed as over the unauthenticated limit (H3_EXCESSIVE_LOAD)
 	)
 	for _, l := range nonEmptyLines(p.stdout.String()) {
 		var pc pinConn
@@ -303,7 +303,7 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, pc
 				lastClose = at
 			}
 		}
-		if !pc.Closed || pc.Code != "0x107" || pc.ClosedAfterMs > 1000 {
+		if !pc.Closed || pc.Code != "0x107" {
 			held++
 		}
 		if !pc.Closed || pc.ClosedAfterMs > float64((requestTimeout+time.Second)/time.Millisecond) {
