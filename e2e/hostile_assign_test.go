@@ -1,11 +1,10 @@
 package e2e
 
-// A hostile server's assignment (issue 14): hostileip sends crafted
+// A hostile server's assignment (issue 14): h3attack serve sends crafted
 // addresses, routes and DNS servers to the real masque up, in a client
 // namespace whose LAN is 198.18.1.0/24 (the server's address is on it).
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,19 +14,6 @@ import (
 // (tunnel.MaxRoutes); the tunnel's table holds them plus a few throw
 // routes (the LAN, the server).
 const maxClientRoutes = 1024
-
-// startHostile runs hostileip on the server's address with args and waits
-// until it listens.
-func startHostile(t *testing.T, tp *topo, args ...string) *proc {
-	t.Helper()
-	argv := append([]string{env.hostileip, "-listen", serverAddr,
-		"-cert", filepath.Join(env.certDir, "server.crt"), "-key", filepath.Join(env.certDir, "server.key")}, args...)
-	p := startProc(t, tp.server, "hostileip", argv...)
-	if _, err := p.waitLine(p.stdout, 10*time.Second, func(l string) bool { return l == "ready" }); err != nil {
-		t.Fatalf("hostileip: %v\nstderr:\n%s", err, p.stderr.String())
-	}
-	return p
-}
 
 // TestHostileAssignmentRefused: masque up refuses an assignment inside its
 // LAN, one of multicast and one of the server's own address, with one
@@ -39,7 +25,7 @@ func TestHostileAssignmentRefused(t *testing.T) {
 		{"224.0.0.0/4", "multicast"},
 		{"198.18.1.2/32", "the server's address"},
 	} {
-		srv := startHostile(t, tp, "-assign", tt.assign, "-route", "0.0.0.0-255.255.255.255")
+		srv := tp.startRogueServer(t, "-assign", tt.assign, "-routes", "0.0.0.0/0")
 		stateDir := t.TempDir()
 		c := startProc(t, tp.client, "masque up", clientArgv(stateDir, tokenAuth("alice"))...)
 		if !c.wait(20 * time.Second) {
@@ -67,9 +53,9 @@ func TestHostileRoutesAndDNS(t *testing.T) {
 	tp := newTopo(t, false)
 	orig := "# the client host's own resolver\nnameserver 192.0.2.53\n"
 	resolvConf := clientResolvConf(t, tp, orig)
-	startHostile(t, tp,
+	tp.startRogueServer(t,
 		"-assign", "100.64.0.0/16,fd6d:6173:7175:6500::/64",
-		"-route", "198.18.2.0-198.18.2.255,172.16.0.0-172.31.255.255/17",
+		"-routes", "198.18.2.0-198.18.2.255,172.16.0.0-172.31.255.255/p17",
 		"-flood6", "1900", // one 64 KiB capsule
 		"-dns", "127.0.0.53,198.18.1.9,224.0.0.251,fe80::1,198.18.2.53,2001:db8:9::53")
 	c := tp.startClient(t, tp.client, tokenAuth("alice"))

@@ -24,7 +24,6 @@ var env struct {
 	spoofclient string
 	connectload string
 	h3attack    string
-	hostileip   string
 
 	certDir   string            // ca.crt, server.crt/key, <client>.crt/key
 	tokens    string            // the server's tokens file
@@ -89,7 +88,6 @@ func setup(dir string) error {
 	env.spoofclient = filepath.Join(bin, "spoofclient")
 	env.connectload = filepath.Join(bin, "connectload")
 	env.h3attack = filepath.Join(bin, "h3attack")
-	env.hostileip = filepath.Join(bin, "hostileip")
 
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -108,7 +106,6 @@ func setup(dir string) error {
 		{"build", "-buildvcs=false", "-o", env.spoofclient, "./e2e/internal/spoofclient"},
 		{"build", "-buildvcs=false", "-o", env.connectload, "./e2e/internal/connectload"},
 		{"build", "-buildvcs=false", "-o", env.h3attack, "./e2e/internal/h3attack"},
-		{"build", "-buildvcs=false", "-o", env.hostileip, "./e2e/internal/hostileip"},
 	}
 	// MASQUE_E2E_MASQUED=PATH runs the tests against that masqued binary
 	// instead of building one: to measure an older server (the "before"

@@ -42,6 +42,7 @@ type serveConfig struct {
 	assign                    []netip.Prefix
 	routes                    []route
 	dns                       []netip.Addr
+	flood6                    int
 	dnsFlood                  int
 	dnsFloodEvery             time.Duration
 	goAwayAfter, closeAfter   time.Duration // < 0: never
@@ -65,6 +66,7 @@ func serve(args []string) error {
 	fs.StringVar(&c.keyFile, "key", "", "server certificate's key")
 	fs.StringVar(&assign, "assign", "100.64.0.2/32", "ADDRESS_ASSIGN: comma-separated prefixes")
 	fs.StringVar(&routes, "routes", "0.0.0.0/0,::/0", "ROUTE_ADVERTISEMENT: comma-separated CIDR or START-END ranges, each optionally /pPROTO")
+	fs.IntVar(&c.flood6, "flood6", 0, "advertise this many more single-address IPv6 ranges in 2001:db8:f::/48, after -routes'")
 	fs.StringVar(&dns, "dns", "", "DNS_ASSIGN: comma-separated server addresses (none: no capsule)")
 	fs.IntVar(&c.dnsFlood, "dns-flood", 0, "send this many more DNS_ASSIGN capsules after the first")
 	fs.DurationVar(&c.dnsFloodEvery, "dns-flood-every", time.Millisecond, "between the flood's capsules")
@@ -82,6 +84,10 @@ func serve(args []string) error {
 	}
 	if c.routes, err = parseList(routes, parseRoute); err != nil {
 		return fmt.Errorf("-routes: %w", err)
+	}
+	for i := range c.flood6 {
+		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0x0f, 14: byte(i >> 8), 15: byte(i)})
+		c.routes = append(c.routes, route{start: a, end: a})
 	}
 	if c.dns, err = parseList(dns, netip.ParseAddr); err != nil {
 		return fmt.Errorf("-dns: %w", err)
