@@ -72,7 +72,7 @@ func serve(args []string) error {
 	fs.DurationVar(&c.dnsFloodEvery, "dns-flood-every", time.Millisecond, "between the flood's capsules")
 	fs.DurationVar(&c.goAwayAfter, "goaway-after", -1, "send GOAWAY this long after each session is up, then close the connection 200 ms later (<0: never)")
 	fs.DurationVar(&c.closeAfter, "close-after", -1, "close each connection this long after its session is up (<0: never)")
-	fs.StringVar(&inject, "inject", "", "packets to send into each session, comma-separated: ra (router advertisement), src=ADDR (UDP from ADDR to the client's address of its family)")
+	fs.StringVar(&inject, "inject", "", "packets to send into each session, comma-separated: ra (router advertisement), src=ADDR (UDP from ADDR to the client's address of its family), to=ADDR (UDP from 198.18.2.2 or 2001:db8:2::2 to ADDR, for the client to forward)")
 	fs.DurationVar(&c.injectEvery, "inject-every", 500*time.Millisecond, "between injections")
 	fs.DurationVar(&c.duration, "duration", 30*time.Second, "the longest the run may take")
 	if err := fs.Parse(args); err != nil {
@@ -95,7 +95,8 @@ func serve(args []string) error {
 	if inject != "" {
 		c.inject = strings.Split(inject, ",")
 		for _, k := range c.inject {
-			if _, err := netip.ParseAddr(strings.TrimPrefix(k, "src=")); k != "ra" && (!strings.HasPrefix(k, "src=") || err != nil) {
+			_, addr, _ := strings.Cut(k, "=")
+			if _, err := netip.ParseAddr(addr); k != "ra" && (!strings.HasPrefix(k, "src=") && !strings.HasPrefix(k, "to=") || err != nil) {
 				return fmt.Errorf("-inject: unknown kind %q", k)
 			}
 		}
@@ -366,6 +367,17 @@ func appendDNS(b []byte, servers []netip.Addr) []byte {
 func injectPacket(kind string, c4, c6 netip.Addr) []byte {
 	if kind == "ra" {
 		return routerAdvertisement()
+	}
+	if to, ok := strings.CutPrefix(kind, "to="); ok {
+		dst, err := netip.ParseAddr(to)
+		switch {
+		case err != nil:
+			return nil
+		case dst.Is4():
+			return udp4Packet(netip.MustParseAddr("198.18.2.2"), dst, 53, 40001, []byte("to be forwarded"))
+		default:
+			return udp6Packet(netip.MustParseAddr("2001:db8:2::2"), dst, 53, 40001, []byte("to be forwarded"))
+		}
 	}
 	src, err := netip.ParseAddr(strings.TrimPrefix(kind, "src="))
 	switch {
