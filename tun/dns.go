@@ -128,32 +128,16 @@ func (r *ResolvConf) Restore() error {
 // mount point cannot be renamed over (EBUSY): "ip netns exec" and
 // container runtimes bind-mount a resolv.conf of their own over
 // /etc/resolv.conf. There b is written in place by writeInPlace.
-func replaceFile(path string, b []byte) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".masque*")
+func replaceFile(path string, b []byte) error {
+	tmp, err := writeTemp(filepath.Dir(path), "."+filepath.Base(path)+".masque*", 0o644, b)
 	if err != nil {
 		return writeInPlace(path, b)
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(0o644); err != nil {
-		return err
+	err = os.Rename(tmp, path)
+	if err != nil {
+		os.Remove(tmp)
 	}
-	if _, err := f.Write(b); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	err = os.Rename(f.Name(), path)
 	if errors.Is(err, syscall.EBUSY) {
-		os.Remove(f.Name())
 		return writeInPlace(path, b)
 	}
 	return err

@@ -233,7 +233,10 @@ func WriteState(path string, s *State) error {
 	return nil
 }
 
-func writeFileAtomic(path string, b []byte) (err error) {
+// writeFileAtomic replaces path by a file of mode 0600 holding b, creating
+// path's directory (0700) if needed: a temporary file next to it, synced,
+// renamed over it, and the directory synced.
+func writeFileAtomic(path string, b []byte) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
@@ -241,29 +244,12 @@ func writeFileAtomic(path string, b []byte) (err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp*") // mode 0600
+	tmp, err := writeTemp(dir, "."+base+".tmp*", 0o600, b)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
 		return err
 	}
 	// Make the rename itself durable.
@@ -276,6 +262,35 @@ func writeFileAtomic(path string, b []byte) (err error) {
 		return err
 	}
 	return nil
+}
+
+// writeTemp writes b to a new file in dir, named by pattern as
+// os.CreateTemp names it, with mode, synced and closed, and returns its
+// name; on error it leaves nothing behind.
+func writeTemp(dir, pattern string, mode os.FileMode, b []byte) (name string, err error) {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return "", err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(mode); err != nil {
+		return "", err
+	}
+	if _, err := f.Write(b); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return f.Name(), nil
 }
 
 // ReadState reads the state file at path. The file's directory must pass
