@@ -68,3 +68,36 @@ func TestForcedExitStaysBlocked(t *testing.T) {
 		t.FailNow()
 	}
 }
+
+// TestForcedExitOnRefusedReassignment: a server that assigns, on the
+// reconnect, what the client refuses (an address in its LAN) ends the run
+// as a refused token does: exit 1, the kill switch stays, and masque down
+// unblocks.
+func TestForcedExitOnRefusedReassignment(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startRogueServer(t, "-assign", "100.64.0.2/32", "-assign-later", "198.18.1.128/25", "-close-after", "1s")
+	c := tp.startClient(t, tp.client, tokenAuth("alice"))
+	c.wantExit0 = false
+	if !c.wait(30 * time.Second) {
+		t.Fatalf("masque up still runs 30 s after the server's refused reassignment; log:\n%s", tail(c.stderr.String(), 3000))
+	}
+	lines := strings.Split(strings.TrimSpace(c.stderr.String()), "\n")
+	last := lines[len(lines)-1]
+	if c.exitCode() != 1 {
+		t.Errorf("masque up exited %d, want 1", c.exitCode())
+	}
+	for _, want := range []string{"address assignment refused", "stays blocked", "masque down"} {
+		if !strings.Contains(last, want) {
+			t.Errorf("last line of masque up %q lacks %q", last, want)
+		}
+	}
+	if !hasKillSwitch(ruleset(t, tp.client)) {
+		t.Errorf("kill switch gone after a refused reassignment")
+	}
+	if r := runIn(t, tp.client, 20*time.Second, env.masque, "down", "--state-dir", c.stateDir); r.code != 0 {
+		t.Fatalf("masque down: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if !tp.checkClean(tp.client) {
+		t.FailNow()
+	}
+}

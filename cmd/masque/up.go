@@ -603,9 +603,10 @@ func refusedCredentials(err error) bool {
 }
 
 // reconnectLoop dials and opens a session until it succeeds or ctx is
-// done. It gives up at once when the server refuses the credentials or
+// done. It gives up at once when the server refuses the credentials,
+// assigns what the client refuses (tunnel.ErrAssignmentRefused), or
 // assigns other addresses than want (the TUN, routes and firewall hold
-// those).
+// those): the caller fails closed.
 func reconnectLoop(ctx context.Context, bo *reconnectBackoff, dial func(context.Context) (*quicio.ClientConn, error), want []netip.Prefix,
 	connect func(*quicio.ClientConn) (*tunnel.Client, error), logger *slog.Logger,
 ) (*quicio.ClientConn, *tunnel.Client, error) {
@@ -622,7 +623,7 @@ func reconnectLoop(ctx context.Context, bo *reconnectBackoff, dial func(context.
 		client, err := connect(qc)
 		if err != nil {
 			qc.Close()
-			if refusedCredentials(err) {
+			if refusedCredentials(err) || errors.Is(err, tunnel.ErrAssignmentRefused) {
 				return nil, nil, err
 			}
 			bo.failed()

@@ -39,7 +39,7 @@ const (
 
 type serveConfig struct {
 	listen, certFile, keyFile string
-	assign                    []netip.Prefix
+	assign, assignLater       []netip.Prefix
 	routes                    []route
 	dns                       []netip.Addr
 	flood6                    int
@@ -64,7 +64,9 @@ func serve(args []string) error {
 	fs.StringVar(&c.listen, "listen", "198.18.1.2:4433", "UDP address to serve on")
 	fs.StringVar(&c.certFile, "cert", "", "server certificate")
 	fs.StringVar(&c.keyFile, "key", "", "server certificate's key")
+	var assignLater string
 	fs.StringVar(&assign, "assign", "100.64.0.2/32", "ADDRESS_ASSIGN: comma-separated prefixes")
+	fs.StringVar(&assignLater, "assign-later", "", "ADDRESS_ASSIGN from the second connection on (empty: -assign)")
 	fs.StringVar(&routes, "routes", "0.0.0.0/0,::/0", "ROUTE_ADVERTISEMENT: comma-separated CIDR or START-END ranges, each optionally /pPROTO")
 	fs.IntVar(&c.flood6, "flood6", 0, "advertise this many more single-address IPv6 ranges in 2001:db8:f::/48, after -routes'")
 	fs.StringVar(&dns, "dns", "", "DNS_ASSIGN: comma-separated server addresses (none: no capsule)")
@@ -81,6 +83,12 @@ func serve(args []string) error {
 	var err error
 	if c.assign, err = parseList(assign, netip.ParsePrefix); err != nil {
 		return fmt.Errorf("-assign: %w", err)
+	}
+	if c.assignLater, err = parseList(assignLater, netip.ParsePrefix); err != nil {
+		return fmt.Errorf("-assign-later: %w", err)
+	}
+	if len(c.assignLater) == 0 {
+		c.assignLater = c.assign
 	}
 	if c.routes, err = parseList(routes, parseRoute); err != nil {
 		return fmt.Errorf("-routes: %w", err)
@@ -193,8 +201,12 @@ func (c *serveConfig) serveSession(ctx context.Context, qc *quic.Conn, ctrl *qui
 		{Name: ":status", Value: "200"}, {Name: "capsule-protocol", Value: "?1"},
 	}))
 	var caps []byte
+	assign := c.assign
+	if i > 1 {
+		assign = c.assignLater
+	}
 	var es []addressEntry
-	for _, p := range c.assign {
+	for _, p := range assign {
 		es = append(es, addressEntry{prefix: p})
 	}
 	caps = appendAddresses(caps, capsuleAddressAssign, es)
@@ -226,7 +238,7 @@ func (c *serveConfig) serveSession(ctx context.Context, qc *quic.Conn, ctrl *qui
 	}
 	prefix := append(quicvarint.Append(nil, uint64(str.StreamID()/4)), 0)
 	var client4, client6 netip.Addr
-	for _, p := range c.assign {
+	for _, p := range assign {
 		if p.Addr().Is4() && !client4.IsValid() {
 			client4 = p.Addr()
 		} else if p.Addr().Is6() && !client6.IsValid() {
