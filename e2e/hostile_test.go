@@ -287,7 +287,7 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, pc
 	var (
 		late                  []string
 		firstClose, lastClose time.Time
-		held                  int // not closed as over the unauthenticated limit (H3_EXCESSIVE_LOAD)
+		held                  int // kept until the request timeout, or never closed
 	)
 	for _, l := range nonEmptyLines(p.stdout.String()) {
 		var pc pinConn
@@ -303,7 +303,11 @@ func pinAttack(t *testing.T, tp *topo, srv *server, mon *monitor, base usage, pc
 				lastClose = at
 			}
 		}
-		if !pc.Closed || pc.Code != "0x107" {
+		// Held: kept open until the request timeout closed it (H3_NO_ERROR),
+		// or never closed. Those over the limit are closed with
+		// H3_EXCESSIVE_LOAD; the odd one that fails otherwise (a handshake
+		// lost in the flood) was never held either.
+		if !pc.Closed || pc.Code == "0x100" {
 			held++
 		}
 		if !pc.Closed || pc.ClosedAfterMs > float64((requestTimeout+time.Second)/time.Millisecond) {
