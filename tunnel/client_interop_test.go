@@ -23,14 +23,6 @@ import (
 // ADDRESS_ASSIGN, ROUTE_ADVERTISEMENT and DNS_ASSIGN and its own datagram
 // path: what any RFC 9484 server built on it sends.
 func TestClientAgainstConnectIPGoProxy(t *testing.T) {
-	cert, pool := selfSigned(t)
-	ln, err := quic.ListenAddr("127.0.0.1:0",
-		&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
-		&quic.Config{EnableDatagrams: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
 	myAddr := netip.MustParsePrefix("198.18.64.9/32")
 	myAddr6 := netip.MustParsePrefix("2001:db8:64::9/128")
 	target := netip.MustParseAddr("198.18.2.2")
@@ -49,18 +41,7 @@ func TestClientAgainstConnectIPGoProxy(t *testing.T) {
 		SearchDomains:   []string{"example"},
 	}}
 	echoed := make(chan error, 1)
-	tmpl := uritemplate.MustNew("https://" + addr + ipPath(ipScope{}))
-	srv := &http3.Server{EnableDatagrams: true, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, err := connectip.ParseProxyRequest(r, tmpl); err != nil {
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		var p connectip.Proxy
-		conn, err := p.Proxy(w, &connectip.ProxyRequest{})
-		if err != nil {
-			return
-		}
-		defer conn.Close()
+	qc, addr := dialConnectIPProxy(t, func(conn *connectip.Conn) {
 		if err := conn.AssignAddresses([]netip.Prefix{myAddr, myAddr6}); err != nil {
 			echoed <- err
 			return
@@ -84,18 +65,9 @@ func TestClientAgainstConnectIPGoProxy(t *testing.T) {
 		reply := udp4(h.dst, h.src, 53, 1000, []byte("pong"))
 		_, err = conn.WritePacket(reply)
 		echoed <- err
-		<-r.Context().Done()
-	})}
-	go srv.ServeListener(ln)
-	t.Cleanup(func() { srv.Close() })
-
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	qc, err := quicio.Dial(ctx, quicio.DialConfig{Addr: addr, TLSConfig: &tls.Config{RootCAs: pool, NextProtos: []string{http3.NextProtoH3}}, ServerName: "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer qc.Close()
 	c, err := Connect(ctx, ClientConfig{Conn: qc.Conn, Authority: addr})
 	if err != nil {
 		t.Fatalf("Connect to connect-ip-go's proxy: %v", err)
@@ -143,4 +115,45 @@ func TestClientAgainstConnectIPGoProxy(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// dialConnectIPProxy runs connect-ip-go's proxy on loopback QUIC, hands
+// each session to serve (the session lasts until its request ends), and
+// dials it: it returns the connection, closed at the test's end, and the
+// authority to use.
+func dialConnectIPProxy(t *testing.T, serve func(conn *connectip.Conn)) (*quicio.ClientConn, string) {
+	t.Helper()
+	cert, pool := selfSigned(t)
+	ln, err := quic.ListenAddr("127.0.0.1:0",
+		&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
+		&quic.Config{EnableDatagrams: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	tmpl := uritemplate.MustNew("https://" + addr + ipPath(ipScope{}))
+	srv := &http3.Server{EnableDatagrams: true, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := connectip.ParseProxyRequest(r, tmpl); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		var p connectip.Proxy
+		conn, err := p.Proxy(w, &connectip.ProxyRequest{})
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		serve(conn)
+		<-r.Context().Done()
+	})}
+	go srv.ServeListener(ln)
+	t.Cleanup(func() { srv.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	qc, err := quicio.Dial(ctx, quicio.DialConfig{Addr: addr, TLSConfig: &tls.Config{RootCAs: pool, NextProtos: []string{http3.NextProtoH3}}, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qc.Close() })
+	return qc, addr
 }

@@ -2,21 +2,15 @@ package tunnel
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/masque-vpn/masque/quicio"
 	connectip "github.com/quic-go/connect-ip-go"
-	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/http3"
-	"github.com/yosida95/uritemplate/v3"
 	"golang.org/x/time/rate"
 )
 
@@ -32,26 +26,7 @@ type hostileAssignment struct {
 // proxy that sends a.
 func connectHostile(t *testing.T, a hostileAssignment, pol ClientPolicy) (*Client, error) {
 	t.Helper()
-	cert, pool := selfSigned(t)
-	ln, err := quic.ListenAddr("127.0.0.1:0",
-		&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
-		&quic.Config{EnableDatagrams: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	tmpl := uritemplate.MustNew("https://" + addr + ipPath(ipScope{}))
-	srv := &http3.Server{EnableDatagrams: true, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, err := connectip.ParseProxyRequest(r, tmpl); err != nil {
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		var p connectip.Proxy
-		conn, err := p.Proxy(w, &connectip.ProxyRequest{})
-		if err != nil {
-			return
-		}
-		defer conn.Close()
+	qc, addr := dialConnectIPProxy(t, func(conn *connectip.Conn) {
 		if conn.AssignAddresses(a.addrs) != nil || conn.AdvertiseRoute(a.routes) != nil {
 			return
 		}
@@ -64,21 +39,11 @@ func connectHostile(t *testing.T, a hostileAssignment, pol ClientPolicy) (*Clien
 					ns.IPv6Addresses = append(ns.IPv6Addresses, d)
 				}
 			}
-			if conn.SendDNSConfiguration([]connectip.DNSConfiguration{{Nameservers: []connectip.DNSNameserver{ns}}}) != nil {
-				return
-			}
+			conn.SendDNSConfiguration([]connectip.DNSConfiguration{{Nameservers: []connectip.DNSNameserver{ns}}})
 		}
-		<-r.Context().Done()
-	})}
-	go srv.ServeListener(ln)
-	t.Cleanup(func() { srv.Close() })
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	qc, err := quicio.Dial(ctx, quicio.DialConfig{Addr: addr, TLSConfig: &tls.Config{RootCAs: pool, NextProtos: []string{http3.NextProtoH3}}, ServerName: "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.Close() })
 	c, err := Connect(ctx, ClientConfig{Conn: qc.Conn, Authority: addr, Policy: pol, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
 	if c != nil {
 		t.Cleanup(func() { c.Close() })
