@@ -47,8 +47,9 @@ func TestHostileAssignmentRefused(t *testing.T) {
 
 // TestHostileRoutesAndDNS: a prefix assigned becomes a host address (no
 // route for the prefix in the main table), a protocol-scoped range is not
-// routed, a flood of ranges is capped, and only the DNS server routed
-// through the tunnel reaches resolv.conf.
+// routed, a flood of ranges is capped (200 more advertisements of 1,900
+// ranges each, 12 MB, cost the client its cap and little memory), and
+// only the DNS server routed through the tunnel reaches resolv.conf.
 func TestHostileRoutesAndDNS(t *testing.T) {
 	tp := newTopo(t, false)
 	orig := "# the client host's own resolver\nnameserver 192.0.2.53\n"
@@ -56,7 +57,8 @@ func TestHostileRoutesAndDNS(t *testing.T) {
 	tp.startRogueServer(t,
 		"-assign", "100.64.0.0/16,fd6d:6173:7175:6500::/64",
 		"-routes", "198.18.2.0-198.18.2.255,172.16.0.0-172.31.255.255/p17",
-		"-flood6", "1900", // one 64 KiB capsule
+		"-flood6", "1900", // a 64 KiB capsule
+		"-route-flood", "200",
 		"-dns", "127.0.0.53,198.18.1.9,224.0.0.251,fe80::1,198.18.2.53,2001:db8:9::53")
 	c := tp.startClient(t, tp.client, tokenAuth("alice"))
 	if got := c.up.addr4().String(); got != "100.64.0.0" {
@@ -85,6 +87,30 @@ func TestHostileRoutesAndDNS(t *testing.T) {
 	}
 	if strings.Contains(v4, "172.16.0.0/12") {
 		t.Errorf("the UDP-only range 172.16.0.0/12 is routed for every protocol:\n%s", v4)
+	}
+	// The flood has been read once the counters say so: 201
+	// advertisements, each with one UDP-only range and 1,900 ranges of
+	// which at most MaxRoutes fit.
+	var st status
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		st = c.status(t)
+		if st.Refused["routes_protocol_scoped"] >= 201 || time.Now().After(deadline) {
+			break
+		}
+	}
+	rss, err := vmRSS(c.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("route flood: refused %v; %d routes in the tunnel's table; masque up RSS %.1f MB", st.Refused, n, float64(rss)/(1<<20))
+	if st.Refused["routes_protocol_scoped"] != 201 || st.Refused["routes_over_cap"] < 201*(1900-maxClientRoutes) {
+		t.Errorf("status refused %v, want routes_protocol_scoped=201 and routes_over_cap at least %d", st.Refused, 201*(1900-maxClientRoutes))
+	}
+	if rss > 96<<20 {
+		t.Errorf("masque up RSS %.1f MB after the route flood, want at most 96 MB", float64(rss)/(1<<20))
+	}
+	if st.Refused["dns_servers"] != 5 {
+		t.Errorf("status refused dns_servers=%d, want the 5 bad servers of one DNS_ASSIGN", st.Refused["dns_servers"])
 	}
 	for _, want := range []string{"throw 198.18.1.0/24", "throw 198.18.1.2"} {
 		if !strings.Contains(v4, want) {

@@ -249,6 +249,7 @@ type status struct {
 	RTTMillis     float64           `json:"rtt_ms"`
 	UptimeSeconds float64           `json:"uptime_seconds"`
 	Drops         map[string]uint64 `json:"drops"`
+	Refused       map[string]uint64 `json:"refused"`
 }
 
 func (c *client) status(t *testing.T) status {

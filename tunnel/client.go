@@ -143,6 +143,28 @@ type Client struct {
 type clientCounters struct {
 	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
 	drops                                  [numDropReasons]atomic.Uint64
+	refused                                [numServerRefusals]atomic.Uint64
+}
+
+// serverRefusal is a kind of thing the client refused from the server's
+// capsules (clientpolicy.go): counted, and logged within a budget.
+type serverRefusal uint8
+
+const (
+	refusedRoutesProtocol serverRefusal = iota // protocol-scoped ranges
+	refusedRoutesOverCap                       // ranges past MaxRoutes
+	refusedRoutesOutside                       // ranges outside --route or thrown
+	refusedDNS                                 // DNS servers (acceptDNS)
+	refusedAddressChange                       // later ADDRESS_ASSIGNs that changed the addresses
+	numServerRefusals
+)
+
+var serverRefusalNames = [numServerRefusals]string{
+	refusedRoutesProtocol: "routes_protocol_scoped",
+	refusedRoutesOverCap:  "routes_over_cap",
+	refusedRoutesOutside:  "routes_outside_policy",
+	refusedDNS:            "dns_servers",
+	refusedAddressChange:  "address_changes",
 }
 
 // Connect opens a full-tunnel CONNECT-IP session on cfg.Conn and waits for
@@ -345,6 +367,7 @@ func (c *Client) readCapsules() error {
 			if !assigned && !slices.Equal(hostPrefixes(prefixes), hostPrefixes(c.assigned)) {
 				// The TUN's addresses and routes follow the first
 				// assignment; packets keep that source.
+				c.stats.refused[refusedAddressChange].Add(1)
 				c.capsuleLogf(slog.LevelWarn, "server changed the assigned addresses; keeping the first", "assigned", len(prefixes), "kept", c.assigned)
 			}
 		case capsuleRouteAdvertisement:
@@ -353,6 +376,9 @@ func (c *Client) readCapsules() error {
 				return err
 			}
 			prefixes, rep := c.cfg.Policy.clientRoutes(routes, c.throws)
+			c.stats.refused[refusedRoutesProtocol].Add(uint64(rep.protocol))
+			c.stats.refused[refusedRoutesOverCap].Add(uint64(rep.overCap))
+			c.stats.refused[refusedRoutesOutside].Add(uint64(rep.outside))
 			if rep.any() {
 				// One line per advertisement, not per range; ranges
 				// outside --route are the user's choice, not the
@@ -375,28 +401,32 @@ func (c *Client) readCapsules() error {
 				c.capsuleLogf(slog.LevelInfo, "routes updated", "routes", len(prefixes))
 			}
 			if offered != nil {
-				c.takeDNS(offered)
+				c.takeDNS(offered, false)
 			}
 		case capsuleDNSAssign:
 			dns, err := parseDNSAssign(b)
 			if err != nil {
 				return err
 			}
-			c.takeDNS(dns)
+			c.takeDNS(dns, true)
 		}
 	}
 }
 
 // takeDNS keeps those of the DNS servers the server offered that the
 // policy accepts (acceptDNS), logs once what it refused, and hands them to
-// OnDNS.
-func (c *Client) takeDNS(offered []netip.Addr) {
+// OnDNS. It counts the refused servers of a DNS_ASSIGN (fresh), not again
+// when new routes make it look at the same offer.
+func (c *Client) takeDNS(offered []netip.Addr, fresh bool) {
 	offered = slices.Clone(offered)
 	c.mu.Lock()
 	dns, bad := acceptDNS(offered, c.routes, c.throws)
 	changed := !slices.Equal(dns, c.dns)
 	c.offered, c.dns = offered, dns
 	c.mu.Unlock()
+	if fresh {
+		c.stats.refused[refusedDNS].Add(uint64(len(bad)))
+	}
 	if len(bad) > 0 {
 		c.capsuleLogf(slog.LevelWarn, "dns servers from the server refused", "refused", logList(bad), "max_dns_servers", MaxDNSServers, "accepted", dns)
 	}
@@ -546,8 +576,12 @@ func (c *Client) DNS() []netip.Addr {
 type ClientStats struct {
 	TxPackets, TxBytes, RxPackets, RxBytes uint64
 	Drops                                  map[string]uint64
-	RTT                                    time.Duration
-	Uptime                                 time.Duration
+	// Refused counts what the client refused from the server's capsules,
+	// by kind (routes_protocol_scoped, routes_over_cap,
+	// routes_outside_policy, dns_servers, address_changes).
+	Refused map[string]uint64
+	RTT     time.Duration
+	Uptime  time.Duration
 }
 
 // Stats returns a snapshot of the client's counters.
@@ -560,10 +594,16 @@ func (c *Client) Stats() ClientStats {
 		RTT:       c.cfg.Conn.ConnectionStats().SmoothedRTT,
 		Uptime:    time.Since(c.started),
 		Drops:     make(map[string]uint64),
+		Refused:   make(map[string]uint64),
 	}
 	for r := range numDropReasons {
 		if v := c.stats.drops[r].Load(); v > 0 {
 			st.Drops[r.String()] = v
+		}
+	}
+	for r := range numServerRefusals {
+		if v := c.stats.refused[r].Load(); v > 0 {
+			st.Refused[serverRefusalNames[r]] = v
 		}
 	}
 	return st

@@ -127,12 +127,16 @@ func TestCapsuleLogBudget(t *testing.T) {
 		capsuleLog: rate.NewLimiter(capsuleLogRate, capsuleLogBurst),
 	}
 	for i := range 3000 {
-		c.takeDNS([]netip.Addr{netip.AddrFrom4([4]byte{198, 18, 2, byte(i)}), netip.MustParseAddr("127.0.0.53")})
+		c.takeDNS([]netip.Addr{netip.AddrFrom4([4]byte{198, 18, 2, byte(i)}), netip.MustParseAddr("127.0.0.53")}, true)
 	}
 	if info, _ := logs.counts(""); info > 2*capsuleLogBurst {
 		t.Errorf("3000 DNS_ASSIGN capsules logged %d lines, want at most %d", info, 2*capsuleLogBurst)
 	}
 	if got := c.DNS(); !slices.Equal(got, []netip.Addr{netip.AddrFrom4([4]byte{198, 18, 2, byte(2999 % 256)})}) {
 		t.Errorf("DNS() = %v after the flood, want the last routed server", got)
+	}
+	// Every capsule's loopback server is counted, though few are logged.
+	if got := c.stats.refused[refusedDNS].Load(); got != 3000 {
+		t.Errorf("refused dns_servers = %d, want 3000", got)
 	}
 }

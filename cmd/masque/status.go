@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +37,7 @@ type Status struct {
 	TxPackets     uint64            `json:"tx_packets"`
 	RxPackets     uint64            `json:"rx_packets"`
 	Drops         map[string]uint64 `json:"drops,omitempty"`
+	Refused       map[string]uint64 `json:"refused,omitempty"` // from the server's capsules, by kind
 	RTTms         float64           `json:"rtt_ms"`
 	UptimeSeconds float64           `json:"uptime_seconds"`
 	KillSwitch    bool              `json:"kill_switch,omitempty"`
@@ -91,6 +95,7 @@ func (s *statusServer) status() Status {
 		TxPackets:     st.TxPackets,
 		RxPackets:     st.RxPackets,
 		Drops:         st.Drops,
+		Refused:       st.Refused,
 		KillSwitch:    s.killSwitch,
 		RTTms:         float64(st.RTT.Microseconds()) / 1000,
 		UptimeSeconds: st.Uptime.Seconds(),
@@ -198,6 +203,12 @@ func newStatusCmd() *cobra.Command {
 			}
 			fmt.Fprintf(out, "sent:      %d packets, %d bytes\n", st.TxPackets, st.TxBytes)
 			fmt.Fprintf(out, "received:  %d packets, %d bytes\n", st.RxPackets, st.RxBytes)
+			if len(st.Drops) > 0 {
+				fmt.Fprintf(out, "dropped:   %s\n", countList(st.Drops))
+			}
+			if len(st.Refused) > 0 {
+				fmt.Fprintf(out, "refused from the server: %s\n", countList(st.Refused))
+			}
 			fmt.Fprintf(out, "rtt:       %.2f ms\n", st.RTTms)
 			fmt.Fprintf(out, "uptime:    %s\n", (time.Duration(st.UptimeSeconds) * time.Second).String())
 			return nil
@@ -206,6 +217,18 @@ func newStatusCmd() *cobra.Command {
 	cmd.Flags().StringVar(&stateDir, "state-dir", defaultStateDir, "directory of the status socket")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// countList formats counters by name as "a=1 b=2", in name order.
+func countList(m map[string]uint64) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%d", k, m[k])
+	}
+	return b.String()
 }
 
 func queryStatus(sock string) (*Status, error) {

@@ -43,6 +43,7 @@ type serveConfig struct {
 	routes                    []route
 	dns                       []netip.Addr
 	flood6                    int
+	routeFlood                int
 	dnsFlood                  int
 	dnsFloodEvery             time.Duration
 	goAwayAfter, closeAfter   time.Duration // < 0: never
@@ -69,6 +70,7 @@ func serve(args []string) error {
 	fs.StringVar(&assignLater, "assign-later", "", "ADDRESS_ASSIGN from the second connection on (empty: -assign)")
 	fs.StringVar(&routes, "routes", "0.0.0.0/0,::/0", "ROUTE_ADVERTISEMENT: comma-separated CIDR or START-END ranges, each optionally /pPROTO")
 	fs.IntVar(&c.flood6, "flood6", 0, "advertise this many more single-address IPv6 ranges in 2001:db8:f::/48, after -routes'")
+	fs.IntVar(&c.routeFlood, "route-flood", 0, "send the ROUTE_ADVERTISEMENT this many more times after the first")
 	fs.StringVar(&dns, "dns", "", "DNS_ASSIGN: comma-separated server addresses (none: no capsule)")
 	fs.IntVar(&c.dnsFlood, "dns-flood", 0, "send this many more DNS_ASSIGN capsules after the first")
 	fs.DurationVar(&c.dnsFloodEvery, "dns-flood-every", time.Millisecond, "between the flood's capsules")
@@ -226,6 +228,15 @@ func (c *serveConfig) serveSession(ctx context.Context, qc *quic.Conn, ctrl *qui
 			}
 		}
 	}()
+	if c.routeFlood > 0 {
+		adv := appendFrame(nil, 0x00, appendRoutes(nil, c.routes))
+		for range c.routeFlood {
+			if _, err := str.Write(adv); err != nil {
+				return
+			}
+		}
+		emit(map[string]any{"event": "route_flood_sent", "i": i, "capsules": c.routeFlood, "bytes": c.routeFlood * len(adv)})
+	}
 	for k := range c.dnsFlood {
 		dns := append([]netip.Addr(nil), c.dns...)
 		if len(dns) == 0 {
