@@ -83,10 +83,17 @@ func TestResolvedApplyAndRevert(t *testing.T) {
 		t.Errorf("calls after Revert (-want +got):\n%s", diff)
 	}
 
-	// After a crash: masque down reads the state file and undoes it.
+	// After a crash: masque down reads the state file and undoes it. A
+	// state names resolved settings of its own TUN only.
+	d := createTestTUN(t)
+	var err error
+	if rl, err = NewResolvedLink(d.Name()); err != nil {
+		t.Fatal(err)
+	}
+	wantRevert = []resolvedtest.Call{{Method: "RevertLink", Ifindex: int32(rl.Ifindex)}}
 	fake.Reset()
 	path := filepath.Join(t.TempDir(), "state.json")
-	if err := WriteState(path, &State{Resolved: rl}); err != nil {
+	if err := WriteState(path, &State{Tun: d.Name(), Resolved: rl}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := ReadState(path)

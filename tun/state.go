@@ -108,6 +108,10 @@ func (s *State) Validate() error {
 	if s.Resolved != nil {
 		if err := s.Resolved.validate(); err != nil {
 			errs = append(errs, err)
+		} else if s.Resolved.Link != s.Tun {
+			// masque registers DNS on its own TUN only: Revert would
+			// drop another link's (a VPN's, a LAN's) DNS settings.
+			errs = append(errs, fmt.Errorf("resolved: link %q is not the state's tun %q", s.Resolved.Link, s.Tun))
 		}
 	}
 	return errors.Join(errs...)

@@ -143,8 +143,10 @@ func TestParseState(t *testing.T) {
 		{name: "sysctl escape", in: `{"version":1,"pid":7,"sysctls":{"../../etc/passwd":"x"}}`, wantErr: `sysctls: invalid sysctl key "../../etc/passwd"`},
 		{name: "sysctl absolute", in: `{"version":1,"pid":7,"sysctls":{"/etc/passwd":"x"}}`, wantErr: `sysctls: invalid sysctl key "/etc/passwd"`},
 		{name: "sysctl unclean", in: `{"version":1,"pid":7,"sysctls":{"net/../../x":"x"}}`, wantErr: "invalid sysctl key"},
-		{name: "resolved", in: `{"version":1,"pid":7,"resolved":{"link":"masque0","ifindex":12}}`,
-			want: &State{Version: 1, PID: 7, Resolved: &ResolvedLink{Link: "masque0", Ifindex: 12}}},
+		{name: "resolved", in: `{"version":1,"pid":7,"tun":"masque0","resolved":{"link":"masque0","ifindex":12}}`,
+			want: &State{Version: 1, PID: 7, Tun: "masque0", Resolved: &ResolvedLink{Link: "masque0", Ifindex: 12}}},
+		{name: "resolved another link", in: `{"version":1,"pid":7,"tun":"masque0","resolved":{"link":"eth0","ifindex":2}}`,
+			wantErr: `resolved: link "eth0" is not the state's tun "masque0"`},
 		{name: "resolved without index", in: `{"version":1,"pid":7,"resolved":{"link":"masque0"}}`, wantErr: "resolved: ifindex 0 out of range"},
 		{name: "resolved bad link", in: `{"version":1,"pid":7,"resolved":{"link":"../x","ifindex":3}}`, wantErr: "resolved: link: invalid interface name"},
 		// Only masque's own kinds of change: a planted state that names
