@@ -159,26 +159,34 @@ func TestHostileServerDNSFlood(t *testing.T) {
 // drops what is not addressed to it, and the kill switch and the TUN's
 // sysctls forbid forwarding from the TUN.
 func TestHostileServerCannotReachLAN(t *testing.T) {
-	tp := newTopo(t, false)
-	sysctl(t, tp.client, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-	// Before the topology's check that the namespace is as it was.
-	t.Cleanup(func() { sysctl(t, tp.client, "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0") })
-	tp.startRogueServer(t, "-assign", "100.64.0.2/32,fd6d:6173:7175:6500::2/128",
-		"-inject", "to="+serverIP4+",to=2001:db8:1::2", "-inject-every", "50ms")
-	dump := startCaptureOn(t, tp.server, "s0", "udp port 40001", false)
-	c := tp.startClient(t, tp.client, tokenAuth("alice"))
-	time.Sleep(3 * time.Second)
-	leaked := stopCapture(dump)
-	st := c.status(t)
-	t.Logf("packets for the LAN from the server: %d reached the LAN; client drops %v", len(leaked), st.Drops)
-	if len(leaked) != 0 {
-		t.Errorf("%d packets from the tunnel reached the client's LAN:\n%s", len(leaked), strings.Join(leaked[:min(len(leaked), 5)], "\n"))
-	}
-	var dropped uint64
-	for _, n := range st.Drops {
-		dropped += n
-	}
-	if dropped == 0 {
-		t.Errorf("the client counted no drops for the packets to its LAN: %v", st.Drops)
+	// Full tunnel (kill switch on) and split tunnel (no kill switch: the
+	// client's own check and the TUN's sysctls are all there is).
+	for _, mode := range []struct {
+		name  string
+		extra []string
+	}{
+		{"full tunnel", nil},
+		{"split tunnel", []string{"--route", "198.18.2.0/24", "--route", "2001:db8:2::/64"}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			tp := newTopo(t, false)
+			sysctl(t, tp.client, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+			// Before the topology's check that the namespace is as it was.
+			t.Cleanup(func() { sysctl(t, tp.client, "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0") })
+			tp.startRogueServer(t, "-assign", "100.64.0.2/32,fd6d:6173:7175:6500::2/128",
+				"-inject", "to="+serverIP4+",to=2001:db8:1::2", "-inject-every", "50ms")
+			dump := startCaptureOn(t, tp.server, "s0", "udp port 40001", false)
+			c := tp.startClient(t, tp.client, tokenAuth("alice"), mode.extra...)
+			time.Sleep(3 * time.Second)
+			leaked := stopCapture(dump)
+			st := c.status(t)
+			t.Logf("%s: packets for the LAN from the server: %d reached the LAN; client drops %v", mode.name, len(leaked), st.Drops)
+			if len(leaked) != 0 {
+				t.Errorf("%d packets from the tunnel reached the client's LAN:\n%s", len(leaked), strings.Join(leaked[:min(len(leaked), 5)], "\n"))
+			}
+			if st.Drops["no_session"] < 20 {
+				t.Errorf("the client counted %d no_session drops for the ~60 packets to its LAN, want at least 20: %v", st.Drops["no_session"], st.Drops)
+			}
+		})
 	}
 }
