@@ -67,7 +67,7 @@ func TestApplyDNS(t *testing.T) {
 				t.Fatal(err)
 			}
 			statePath := filepath.Join(dir, "state", "state.json")
-			st := &tun.State{Version: tun.StateVersion, Tun: "masque0"}
+			st := &tun.State{Version: tun.StateVersion, Tun: d.link} // resolved settings belong to the state's TUN
 			if err := tun.WriteState(statePath, st); err != nil {
 				t.Fatal(err)
 			}
@@ -134,6 +134,7 @@ func TestApplyDNS(t *testing.T) {
 					t.Errorf("resolved was called in resolv.conf mode: %+v", calls)
 				}
 			}
+			saved.Tun = "" // loopback stands in for the TUN: not Undo's to delete
 			if err := tun.Undo(saved); err != nil {
 				t.Fatalf("Undo = %v", err)
 			}

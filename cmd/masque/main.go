@@ -5,6 +5,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -54,7 +55,7 @@ func execute(args []string) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(os.Stderr, "masque: %v\n", err)
+	printError(os.Stderr, err)
 	var ue usageError
 	// A state directory that others may write to is the configuration's
 	// fault, wherever in the run a state write found it.
@@ -62,6 +63,18 @@ func execute(args []string) int {
 		return exitUsage
 	}
 	return exitFailure
+}
+
+// printError prints err on one line: a profile's problems, each of which
+// names its line and column, one to a line.
+func printError(w io.Writer, err error) {
+	if ce, ok := errors.AsType[configErrors](err); ok {
+		for _, e := range ce {
+			fmt.Fprintf(w, "masque: %v\n", e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "masque: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 }
 
 // isCobraUsage reports errors cobra returns for a wrong command line.

@@ -34,6 +34,7 @@ const (
 // upOptions are the flags of masque up.
 type upOptions struct {
 	serverOptions
+	instance string // the profile's name, or defaultInstance
 	routes   []string
 	excludes []string
 	tun      string
@@ -63,17 +64,52 @@ type upConfig struct {
 }
 
 func newUpCmd() *cobra.Command {
-	var o upOptions
+	var (
+		o  upOptions
+		pf profileFlags
+	)
 	cmd := &cobra.Command{
-		Use:   "up --server HOST:PORT [flags]",
+		Use:   "up [NAME] [flags]",
 		Short: "Bring the tunnel up in the foreground (full tunnel by default)",
+		Example: `  masque up work                     # the profile /etc/masque/work.conf
+  masque up --config ./work.conf      # a profile elsewhere (instance "work")
+  masque up --server vpn.example.com:443 --ca ca.crt --token-file token
+  masque up work --route 10.0.0.0/8  # a flag overrides the profile`,
 		Long: `Connects to a masqued server over CONNECT-IP, creates a TUN device with the
 addresses the server assigns, and routes traffic into it: everything the server
 advertises (a full tunnel) unless --route narrows it. The tunnel's own QUIC
 packets carry a firewall mark that bypasses the tunnel's routing table, like
-wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down does.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down does.
+
+A profile (NAME.conf in --config-dir, or --config FILE) is a TOML file whose
+keys are these flags' names (server = "vpn.example.com:443", route =
+["10.0.0.0/8"], kill-switch = false); MASQUE_<FLAG> variables (MASQUE_TOKEN_FILE)
+come next, and flags override both. The profile's name names the instance:
+its state directory (/run/masque/NAME), its TUN (masque-NAME; masque0 for the
+default instance) and its routing table, mark and kill switch, which no
+other instance touches.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, path, err := pf.resolve(args, true)
+			if err != nil {
+				return err
+			}
+			if err := checkProfileTrust(path); err != nil {
+				return err
+			}
+			if err := applyProfile(cmd.Flags(), path, os.Environ()); err != nil {
+				return err
+			}
+			o.instance = name
+			f := cmd.Flags()
+			o.killSwitchSet = f.Changed("kill-switch")
+			o.acceptDNSSet = f.Changed("accept-dns")
+			if !f.Changed("state-dir") {
+				o.stateDir = instanceStateDir(name)
+			}
+			if !f.Changed("tun") {
+				o.tun = instanceTun(name)
+			}
 			cfg, err := o.validate()
 			if err != nil {
 				return err
@@ -87,9 +123,10 @@ wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down do
 	o.addFlags(f)
 	f.StringArrayVar(&o.routes, "route", nil, "route only this prefix into the tunnel (repeatable; default: what the server advertises)")
 	f.StringArrayVar(&o.excludes, "exclude", nil, "keep this prefix out of the tunnel (repeatable)")
-	f.StringVar(&o.tun, "tun", defaultTun, "TUN device name")
+	pf.addFlags(f, true)
+	f.StringVar(&o.tun, "tun", defaultTun, "TUN device name (default masque0, or masque-NAME for profile NAME)")
 	f.IntVar(&o.mtu, "mtu", defaultMTU, "TUN MTU")
-	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for crash-recovery state and the status socket")
+	f.StringVar(&o.stateDir, "state-dir", instanceStateDir(defaultInstance), "directory for crash-recovery state and the status socket (default /run/masque/NAME)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.killSwitch, "kill-switch", true, "drop every packet that would leave outside the tunnel (default on for a full tunnel, off with --route)")
 	f.BoolVar(&o.acceptDNS, "accept-dns", true, "point the host's resolver at the DNS servers the server sends while the tunnel is up (default on for a full tunnel, off with --route)")
@@ -97,10 +134,6 @@ wg-quick. Ctrl-C (or SIGTERM) restores everything; after a crash, masque down do
 	f.BoolVar(&o.reconnect, "reconnect", true, "when the tunnel is lost, keep the TUN, routes and kill switch and reconnect with backoff (false: exit)")
 	f.BoolVar(&o.allowLAN, "allow-lan", false, "with the kill switch, still let the directly connected networks be reached")
 	f.BoolVar(&o.allowLocalOverlap, "allow-local-overlap", false, "accept tunnel addresses from the server inside the host's own or connected networks")
-	cmd.PreRun = func(cmd *cobra.Command, _ []string) {
-		o.killSwitchSet = cmd.Flags().Changed("kill-switch")
-		o.acceptDNSSet = cmd.Flags().Changed("accept-dns")
-	}
 	return cmd
 }
 
