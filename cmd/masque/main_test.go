@@ -28,7 +28,9 @@ func TestExecuteExitCodes(t *testing.T) {
 		{"down with nothing to undo", []string{"down", "--state-dir", empty}, exitOK},
 		{"down with a state dir writable by others", []string{"down", "--state-dir", open}, exitUsage},
 		{"down with a missing state dir under one writable by others", []string{"down", "--state-dir", open + "/new"}, exitUsage},
-		{"down with arguments", []string{"down", "extra"}, exitUsage},
+		{"down with two names", []string{"down", "a", "b"}, exitUsage},
+		{"down with a bad name", []string{"down", "../etc", "--state-dir", empty}, exitUsage},
+		{"status with a bad name", []string{"status", "Work"}, exitUsage},
 		{"status without a tunnel", []string{"status", "--state-dir", empty}, exitFailure},
 	}
 	for _, tt := range tests {

@@ -264,7 +264,6 @@ func applyEnv(fs *pflag.FlagSet, cmdline map[string]bool, environ []string) []er
 	return errs
 }
 
-
 // profileFlags are the flags that choose a profile.
 type profileFlags struct {
 	config    string // --config FILE

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/masque-vpn/masque/tun"
 	"github.com/masque-vpn/masque/tunnel"
 	"github.com/spf13/cobra"
 )
@@ -26,7 +28,9 @@ const statusSocket = "masque.sock"
 // Status is what masque status reports. Its JSON form is stable: fields are
 // only ever added.
 type Status struct {
-	State         string            `json:"state"`
+	State         string            `json:"state"` // connecting, up, reconnecting
+	Instance      string            `json:"instance,omitempty"`
+	PID           int               `json:"pid,omitempty"`
 	Server        string            `json:"server"`
 	Addresses     []string          `json:"addresses"`
 	Routes        []string          `json:"routes"`
@@ -47,18 +51,24 @@ type Status struct {
 
 // statusServer answers status requests on a unix socket.
 type statusServer struct {
-	cfg        *upConfig
-	routes     []netip.Prefix
-	killSwitch bool
+	cfg *upConfig
 
 	mu           sync.Mutex // guards the fields below
 	client       *tunnel.Client
+	routes       []netip.Prefix
+	killSwitch   bool
 	reconnecting bool
 	reconnects   int
 }
 
-func newStatusServer(cfg *upConfig, c *tunnel.Client, routes []netip.Prefix) *statusServer {
-	return &statusServer{cfg: cfg, client: c, routes: routes}
+// newStatusServer reports a tunnel that is connecting until setUp.
+func newStatusServer(cfg *upConfig) *statusServer { return &statusServer{cfg: cfg} }
+
+// setUp reports the tunnel up on its first session.
+func (s *statusServer) setUp(c *tunnel.Client, routes []netip.Prefix, killSwitch bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.client, s.routes, s.killSwitch = c, routes, killSwitch
 }
 
 // setReconnecting reports the tunnel lost and being re-established.
@@ -79,7 +89,12 @@ func (s *statusServer) setClient(c *tunnel.Client) {
 func (s *statusServer) status() Status {
 	s.mu.Lock()
 	client, reconnecting, reconnects := s.client, s.reconnecting, s.reconnects
+	routes, killSwitch := s.routes, s.killSwitch
 	s.mu.Unlock()
+	if client == nil {
+		return Status{State: "connecting", Instance: s.cfg.instance, PID: os.Getpid(), Server: s.cfg.server, Tun: s.cfg.tun,
+			Addresses: []string{}, Routes: []string{}}
+	}
 	st := client.Stats()
 	state := "up"
 	if reconnecting {
@@ -87,6 +102,8 @@ func (s *statusServer) status() Status {
 	}
 	out := Status{
 		State:         state,
+		Instance:      s.cfg.instance,
+		PID:           os.Getpid(),
 		Reconnects:    reconnects,
 		Server:        s.cfg.server,
 		Tun:           s.cfg.tun,
@@ -96,7 +113,7 @@ func (s *statusServer) status() Status {
 		RxPackets:     st.RxPackets,
 		Drops:         st.Drops,
 		Refused:       st.Refused,
-		KillSwitch:    s.killSwitch,
+		KillSwitch:    killSwitch,
 		RTTms:         float64(st.RTT.Microseconds()) / 1000,
 		UptimeSeconds: st.Uptime.Seconds(),
 		Addresses:     []string{},
@@ -105,7 +122,7 @@ func (s *statusServer) status() Status {
 	for _, a := range client.Addresses() {
 		out.Addresses = append(out.Addresses, a.String())
 	}
-	for _, r := range s.routes {
+	for _, r := range routes {
 		out.Routes = append(out.Routes, r.String())
 	}
 	for _, d := range client.DNS() {
@@ -114,7 +131,8 @@ func (s *statusServer) status() Status {
 	return out
 }
 
-// statusListener serves GET /status, a JSON [Status], on a unix socket (mode
+// statusListener serves GET /status, a JSON [Status], and POST /down,
+// which has the run end as Ctrl-C would (stop), on a unix socket (mode
 // 0600) until closed. masque up and masque udp both answer this way.
 type statusListener struct {
 	srv  *http.Server
@@ -122,7 +140,7 @@ type statusListener struct {
 	done chan struct{}
 }
 
-func listenStatus(path string, status func() Status) (*statusListener, error) {
+func listenStatus(path string, status func() Status, stop func()) (*statusListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
@@ -139,6 +157,12 @@ func listenStatus(path string, status func() Status) (*statusListener, error) {
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(status())
+	})
+	mux.HandleFunc("POST /down", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		json.NewEncoder(w).Encode(map[string]int{"pid": os.Getpid()})
+		stop()
 	})
 	// Go profiles, for root only like the rest of the socket:
 	// curl --unix-socket /run/masque/masque.sock http://x/debug/pprof/profile
@@ -167,13 +191,26 @@ func newStatusCmd() *cobra.Command {
 	var (
 		stateDir string
 		asJSON   bool
+		pf       profileFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "status [--json]",
-		Short: "Show the running tunnel's state and counters",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use:   "status [NAME] [--json]",
+		Short: "Show an instance's state and counters",
+		Example: `  masque status          # the default instance
+  masque status work --json`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, _, err := pf.resolve(args, false)
+			if err != nil {
+				return err
+			}
+			if !cmd.Flags().Changed("state-dir") {
+				stateDir = instanceStateDir(name)
+			}
 			st, err := queryStatus(filepath.Join(stateDir, statusSocket))
+			if errors.Is(err, errNotRunning) {
+				return notRunning(name, stateDir)
+			}
 			if err != nil {
 				return err
 			}
@@ -188,6 +225,9 @@ func newStatusCmd() *cobra.Command {
 				return nil
 			}
 			fmt.Fprintf(out, "state:     %s\n", st.State)
+			if st.Instance != "" {
+				fmt.Fprintf(out, "instance:  %s (pid %d)\n", st.Instance, st.PID)
+			}
 			fmt.Fprintf(out, "server:    %s\n", st.Server)
 			fmt.Fprintf(out, "tun:       %s\n", st.Tun)
 			fmt.Fprintf(out, "addresses: %v\n", st.Addresses)
@@ -214,7 +254,8 @@ func newStatusCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&stateDir, "state-dir", defaultStateDir, "directory of the status socket")
+	pf.addFlags(cmd.Flags(), false)
+	cmd.Flags().StringVar(&stateDir, "state-dir", instanceStateDir(defaultInstance), "directory of the status socket (default /run/masque/NAME)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
@@ -231,18 +272,25 @@ func countList(m map[string]uint64) string {
 	return b.String()
 }
 
-func queryStatus(sock string) (*Status, error) {
-	hc := &http.Client{
+// statusClient talks HTTP to the status socket sock.
+func statusClient(sock string) *http.Client {
+	return &http.Client{
 		Timeout: 3 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		}},
 	}
-	rsp, err := hc.Get("http://masque/status")
+}
+
+func queryStatus(sock string) (*Status, error) {
+	rsp, err := statusClient(sock).Get("http://masque/status")
 	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("status socket %s: permission denied: run as root (sudo masque status)", sock)
+		}
 		if errors.Is(err, os.ErrNotExist) || isConnRefused(err) {
-			return nil, errors.New("no tunnel is up (no masque up is running)")
+			return nil, errNotRunning
 		}
 		return nil, fmt.Errorf("query %s: %v", sock, err)
 	}
@@ -253,6 +301,62 @@ func queryStatus(sock string) (*Status, error) {
 	}
 	return &st, nil
 }
+
+// errNotRunning: nothing answers on the status socket.
+var errNotRunning = errors.New("no tunnel is up (no masque up is running)")
+
+// leftovers is what an instance without a live status socket left.
+type leftovers int
+
+const (
+	leftNothing    leftovers = iota // no state file: never up, or it exited cleanly
+	leftAlive                       // its process runs, but the socket does not answer
+	leftChanges                     // a crashed run's changes
+	leftBlocked                     // a crashed run's changes, the kill switch among them
+	leftUnreadable                  // a state file that cannot be read (corrupt, untrusted)
+	leftDenied                      // not root: the state directory is closed to us
+)
+
+// inspectLeftovers reads the state file in stateDir.
+func inspectLeftovers(stateDir string) (leftovers, *tun.State, error) {
+	st, err := tun.ReadState(filepath.Join(stateDir, "state.json"))
+	switch {
+	case errors.Is(err, os.ErrPermission):
+		return leftDenied, nil, err
+	case errors.Is(err, fs.ErrNotExist):
+		return leftNothing, nil, nil
+	case err != nil:
+		return leftUnreadable, nil, err
+	case processAlive(st.PID):
+		return leftAlive, st, nil
+	case slices.ContainsFunc(st.NFTables, isKillSwitchTable):
+		return leftBlocked, st, nil
+	}
+	return leftChanges, st, nil
+}
+
+// notRunning explains why instance name has no running masque: nothing
+// was ever up, or a crashed run left its changes (and maybe its kill
+// switch) on the host, which only masque down undoes.
+func notRunning(name, stateDir string) error {
+	kind, st, err := inspectLeftovers(stateDir)
+	switch kind {
+	case leftDenied:
+		return fmt.Errorf("state directory %s: permission denied: run as root (sudo masque status %s)", stateDir, name)
+	case leftNothing:
+		return fmt.Errorf("instance %s: no tunnel is up (no masque up is running)", name)
+	case leftUnreadable:
+		return fmt.Errorf("instance %s: no masque up is running, and its state file is unreadable (%v): run masque down %s", name, oneLine(err), name)
+	case leftAlive:
+		return fmt.Errorf("instance %s: masque up (pid %d) is running but its status socket does not answer", name, st.PID)
+	case leftBlocked:
+		return fmt.Errorf("host blocked by a crashed masque up (pid %d, kill switch on): run masque down %s", st.PID, name)
+	}
+	return fmt.Errorf("instance %s: a crashed masque up (pid %d) left %s: run masque down %s", name, st.PID, describeState(st), name)
+}
+
+// isKillSwitchTable reports whether t is the kill switch's nftables table.
+func isKillSwitchTable(t string) bool { return t == tun.DefaultKillSwitchTable }
 
 func isConnRefused(err error) bool {
 	var se *os.SyscallError

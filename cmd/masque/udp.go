@@ -250,7 +250,9 @@ func runUDP(ctx context.Context, cmd *cobra.Command, c *udpConfig) error {
 
 	status := &udpStatusServer{cfg: c, fwd: fwd}
 	sockPath := filepath.Join(c.stateDir, statusSocket)
-	if sl, err := listenStatus(sockPath, status.status); err != nil {
+	ctx, stopRun := context.WithCancel(ctx) // masque down's way in
+	defer stopRun()
+	if sl, err := listenStatus(sockPath, status.status, stopRun); err != nil {
 		logger.Warn("status socket unavailable", "path", sockPath, "err", err)
 	} else {
 		defer sl.close()

@@ -234,6 +234,19 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	if err != nil {
 		return err
 	}
+	// The status socket answers from the start (state connecting), so
+	// that masque status and masque down find a run that is still
+	// connecting; POST /down ends the run as Ctrl-C does.
+	ctx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	status := newStatusServer(c)
+	sockPath := filepath.Join(c.stateDir, statusSocket)
+	if sl, err := listenStatus(sockPath, status.status, stopRun); err != nil {
+		logger.Warn("status socket unavailable", "path", sockPath, "err", err)
+	} else {
+		defer sl.close()
+	}
+	logger.Info("connecting", "server", c.server, "instance", c.instance)
 	var (
 		stMu    sync.Mutex  // guards st once the DNS goroutine runs
 		stopDNS = func() {} // stops the DNS goroutine, once started
@@ -425,14 +438,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 	up = true
 
-	status := newStatusServer(c, client, routing.Routes)
-	status.killSwitch = killSwitch
-	sockPath := filepath.Join(c.stateDir, statusSocket)
-	if sl, err := listenStatus(sockPath, status.status); err != nil {
-		logger.Warn("status socket unavailable", "path", sockPath, "err", err)
-	} else {
-		defer sl.close()
-	}
+	status.setUp(client, routing.Routes, killSwitch)
 
 	fmt.Fprintf(cmd.OutOrStdout(), "up: server=%s addresses=%s tun=%s\n", c.server, joinPrefixes(client.Addresses()), c.tun)
 	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", logPrefixes(routing.Routes), "offloads", dev.Offloads(), "udp_gso", qc.ConnectionState().GSO)
