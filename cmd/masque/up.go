@@ -246,7 +246,9 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	} else {
 		defer sl.close()
 	}
-	logger.Info("connecting", "server", c.server, "instance", c.instance)
+	// Progress for a person, on stdout like the "up:" line; stderr keeps
+	// the log and the one error line.
+	fmt.Fprintf(cmd.OutOrStdout(), "connecting: server=%s instance=%s\n", c.server, c.instance)
 	var (
 		stMu    sync.Mutex  // guards st once the DNS goroutine runs
 		stopDNS = func() {} // stops the DNS goroutine, once started
