@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -43,8 +42,13 @@ type ClientConfig struct {
 	// The Client does not close it.
 	Conn *quic.Conn
 	// Authority is the request's :authority, "host:port" of the server as
-	// the user named it.
+	// the user named it. Template's host wins when Template is set.
 	Authority string
+	// Template is the server's CONNECT-IP URI template (RFC 9484 §2),
+	// e.g. "https://proxy.example:443/vpn{?target,ipproto}"; its
+	// variables target and ipproto, where it has them, are "*" (the whole
+	// Internet, every protocol). Empty: the well-known path on Authority.
+	Template string
 	// Token, if set, is sent as "Authorization: Bearer <Token>".
 	Token string
 	// SetupTimeout bounds the request and the wait for the address
@@ -230,9 +234,9 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		return fail(errors.New("connect-ip: server does not support extended CONNECT with HTTP datagrams"))
 	}
 
-	u, err := url.Parse("https://" + cfg.Authority + ipPath(ipScope{}))
+	u, err := requestURL(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect-ip: request URI: %w", err)
+		return fail(err)
 	}
 	// The request's context must outlive setup: it is the stream's.
 	req := (&http.Request{

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"errors"
 	"crypto/tls"
 	"net/http"
 	"net/netip"
@@ -123,6 +124,13 @@ func TestClientAgainstConnectIPGoProxy(t *testing.T) {
 // authority to use.
 func dialConnectIPProxy(t *testing.T, serve func(conn *connectip.Conn)) (*quicio.ClientConn, string) {
 	t.Helper()
+	return dialConnectIPProxyTemplate(t, func(addr string) string { return "https://" + addr + ipPath(ipScope{}) }, serve)
+}
+
+// dialConnectIPProxyTemplate is dialConnectIPProxy with the proxy's URI
+// template made by tmplFor from its address.
+func dialConnectIPProxyTemplate(t *testing.T, tmplFor func(addr string) string, serve func(conn *connectip.Conn)) (*quicio.ClientConn, string) {
+	t.Helper()
 	cert, pool := selfSigned(t)
 	ln, err := quic.ListenAddr("127.0.0.1:0",
 		&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}},
@@ -131,7 +139,7 @@ func dialConnectIPProxy(t *testing.T, serve func(conn *connectip.Conn)) (*quicio
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	tmpl := uritemplate.MustNew("https://" + addr + ipPath(ipScope{}))
+	tmpl := uritemplate.MustNew(tmplFor(addr))
 	srv := &http3.Server{EnableDatagrams: true, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, err := connectip.ParseProxyRequest(r, tmpl); err != nil {
 			w.WriteHeader(http.StatusBadRequest)
@@ -156,4 +164,37 @@ func dialConnectIPProxy(t *testing.T, serve func(conn *connectip.Conn)) (*quicio
 	}
 	t.Cleanup(func() { qc.Close() })
 	return qc, addr
+}
+
+// TestClientTemplateAuthority: a connect-ip-go proxy whose template names
+// its IP address refuses (400) a request whose :authority is the name the
+// user dialled, and takes the one made from the template.
+func TestClientTemplateAuthority(t *testing.T) {
+	proxy := func() (*quicio.ClientConn, string) {
+		var tmpl string
+		qc, _ := dialConnectIPProxyTemplate(t, func(addr string) string {
+			tmpl = "https://" + addr + "/vpn" // connect-ip-go takes templates without variables
+			return tmpl
+		}, func(conn *connectip.Conn) {
+			conn.AssignAddresses([]netip.Prefix{netip.MustParsePrefix("198.18.64.9/32")})
+			conn.AdvertiseRoute([]connectip.IPRoute{{StartIP: netip.MustParseAddr("0.0.0.0"), EndIP: netip.MustParseAddr("255.255.255.255")}})
+		})
+		return qc, tmpl
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	qc, _ := proxy()
+	_, err := Connect(ctx, ClientConfig{Conn: qc.Conn, Authority: "vpn.example:443"})
+	if re, ok := errors.AsType[*RefusedError](err); !ok || re.Status != http.StatusBadRequest {
+		t.Fatalf("Connect with :authority vpn.example:443 = %v, want the proxy's 400", err)
+	}
+	qc, tmpl := proxy()
+	c, err := Connect(ctx, ClientConfig{Conn: qc.Conn, Authority: "vpn.example:443", Template: tmpl})
+	if err != nil {
+		t.Fatalf("Connect with the template = %v", err)
+	}
+	defer c.Close()
+	if got := c.Addresses(); len(got) != 1 || got[0] != netip.MustParsePrefix("198.18.64.9/32") {
+		t.Errorf("Addresses() = %v", got)
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/yosida95/uritemplate/v3"
 )
 
 // IPPathPrefix is the path of RFC 9484's default URI template
@@ -91,4 +93,32 @@ func ipPath(s ipScope) string {
 		proto = strconv.Itoa(int(s.proto))
 	}
 	return IPPathPrefix + target + "/" + proto + "/"
+}
+
+// requestURL is the CONNECT-IP request's URL: cfg.Template expanded for
+// the whole Internet (RFC 9484 §2: target and ipproto "*"), or the
+// well-known path on cfg.Authority.
+func requestURL(cfg ClientConfig) (*url.URL, error) {
+	raw := "https://" + cfg.Authority + ipPath(ipScope{})
+	if cfg.Template != "" {
+		t, err := uritemplate.New(cfg.Template)
+		if err != nil {
+			return nil, fmt.Errorf("connect-ip: template %q: %v", cfg.Template, err)
+		}
+		raw, err = t.Expand(uritemplate.Values{"target": uritemplate.String("*"), "ipproto": uritemplate.String("*")})
+		if err != nil {
+			return nil, fmt.Errorf("connect-ip: template %q: %v", cfg.Template, err)
+		}
+		// "*" is a sub-delimiter, valid as is in a path and a query
+		// (RFC 3986 §3.3, §3.4), and the spelling RFC 9484 shows.
+		raw = strings.ReplaceAll(raw, "%2A", "*")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("connect-ip: request URI %q: %w", raw, err)
+	}
+	if u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("connect-ip: template %q: want an https URI with a host", cfg.Template)
+	}
+	return u, nil
 }

@@ -158,3 +158,29 @@ func FuzzParseIPPath(f *testing.F) {
 		}
 	})
 }
+
+// TestRequestURL: a template's host is the :authority and its variables
+// are the whole Internet; without one, the well-known path.
+func TestRequestURL(t *testing.T) {
+	for _, tt := range []struct {
+		tmpl, auth, want, wantErr string
+	}{
+		{"", "vpn.example:443", "https://vpn.example:443/.well-known/masque/ip/*/*/", ""},
+		{"https://198.18.1.2:4433/.well-known/masque/ip/{target}/{ipproto}/", "vpn.example:443", "https://198.18.1.2:4433/.well-known/masque/ip/*/*/", ""},
+		{"https://proxy.example/vpn{?target,ipproto}", "", "https://proxy.example/vpn?target=*&ipproto=*", ""},
+		{"https://proxy.example/fixed", "", "https://proxy.example/fixed", ""},
+		{"http://proxy.example/{target}", "", "", "want an https URI with a host"},
+		{"https:///{target}", "", "", "want an https URI with a host"},
+		{"https://x/{target", "", "", "template"},
+	} {
+		u, err := requestURL(ClientConfig{Template: tt.tmpl, Authority: tt.auth})
+		switch {
+		case tt.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("requestURL(%q) = %v, %v, want error %q", tt.tmpl, u, err, tt.wantErr)
+			}
+		case err != nil || u.String() != tt.want:
+			t.Errorf("requestURL(%q) = %v, %v, want %s", tt.tmpl, u, err, tt.want)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -37,6 +38,7 @@ type upOptions struct {
 	instance string // the profile's name, or defaultInstance
 	routes   []string
 	excludes []string
+	template string
 	tun      string
 	mtu      int
 	stateDir string
@@ -123,6 +125,7 @@ other instance touches.`,
 	o.addFlags(f)
 	f.StringArrayVar(&o.routes, "route", nil, "route only this prefix into the tunnel (repeatable; default: what the server advertises)")
 	f.StringArrayVar(&o.excludes, "exclude", nil, "keep this prefix out of the tunnel (repeatable)")
+	f.StringVar(&o.template, "template", "", "the server's CONNECT-IP URI template, e.g. https://198.18.1.2:4433/.well-known/masque/ip/{target}/{ipproto}/ (its host is the request's :authority, and the server to dial without --server)")
 	pf.addFlags(f, true)
 	f.StringVar(&o.tun, "tun", defaultTun, "TUN device name (default masque0, or masque-NAME for profile NAME)")
 	f.IntVar(&o.mtu, "mtu", defaultMTU, "TUN MTU")
@@ -138,9 +141,27 @@ other instance touches.`,
 }
 
 func (o *upOptions) validate() (*upConfig, error) {
+	var tmplErr error
+	if o.template != "" {
+		// The template names the server: its host is the :authority
+		// (a proxy checks it) and, without --server, where to dial.
+		u, err := url.Parse(strings.NewReplacer("{", "", "}", "").Replace(o.template))
+		if err != nil || u.Scheme != "https" || u.Hostname() == "" {
+			tmplErr = fmt.Errorf("--template %q: want an https URI template with a host", o.template)
+		} else if o.server == "" {
+			port := u.Port()
+			if port == "" {
+				port = "443"
+			}
+			o.server = net.JoinHostPort(u.Hostname(), port)
+		}
+	}
 	c := &upConfig{upOptions: *o}
 	authority, errs := o.check()
 	c.authority = authority
+	if tmplErr != nil {
+		errs = append(errs, tmplErr)
+	}
 	if o.tokenFile == "" && o.cert == "" {
 		errs = append(errs, errors.New("need --token-file or --cert/--key to authenticate"))
 	}
@@ -333,6 +354,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		client, err := tunnel.Connect(ctx, tunnel.ClientConfig{
 			Conn:         qc.Conn,
 			Authority:    c.authority,
+			Template:     c.template,
 			Token:        c.token,
 			SetupTimeout: c.connectTimeout,
 			MaxMTU:       c.mtu,
