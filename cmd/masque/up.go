@@ -39,6 +39,7 @@ type upOptions struct {
 	routes   []string
 	excludes []string
 	template string
+	metrics  string
 	tun      string
 	mtu      int
 	stateDir string
@@ -127,6 +128,7 @@ other instance touches.`,
 	f.StringArrayVar(&o.excludes, "exclude", nil, "keep this prefix out of the tunnel (repeatable)")
 	f.StringVar(&o.template, "template", "", "the server's CONNECT-IP URI template, e.g. https://198.18.1.2:4433/.well-known/masque/ip/{target}/{ipproto}/ (its host is the request's :authority, and the server to dial without --server)")
 	pf.addFlags(f, true)
+	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9091): state, bytes, packets, drops, refusals, reconnects, RTT")
 	f.StringVar(&o.tun, "tun", defaultTun, "TUN device name (default masque0, or masque-NAME for profile NAME)")
 	f.IntVar(&o.mtu, "mtu", defaultMTU, "TUN MTU")
 	f.StringVar(&o.stateDir, "state-dir", instanceStateDir(defaultInstance), "directory for crash-recovery state and the status socket (default /run/masque/NAME)")
@@ -266,6 +268,13 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		logger.Warn("status socket unavailable", "path", sockPath, "err", err)
 	} else {
 		defer sl.close()
+	}
+	if c.metrics != "" {
+		_, stopMetrics, err := serveMetrics(c.metrics, status.status, logger)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
 	}
 	// Progress for a person, on stdout like the "up:" line; stderr keeps
 	// the log and the one error line.
