@@ -38,15 +38,9 @@ moves the file aside to state.json.corrupt. Running it again is harmless.`,
   masque down --state-dir /run/masque/x --tun masque-x`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, _, err := pf.resolve(args, false)
+			name, err := instanceDirs(cmd, &pf, args, &stateDir, &tunName)
 			if err != nil {
 				return err
-			}
-			if !cmd.Flags().Changed("state-dir") {
-				stateDir = instanceStateDir(name)
-			}
-			if !cmd.Flags().Changed("tun") {
-				tunName = instanceTun(name)
 			}
 			if os.Geteuid() != 0 {
 				return fmt.Errorf("down: needs root to restore routes and the firewall: sudo masque down %s", name)

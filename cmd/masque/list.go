@@ -32,7 +32,7 @@ func newListCmd() *cobra.Command {
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tSTATE\tSERVER\tTUN")
 			for _, n := range names {
-				state, server, tunName := instanceState(n)
+				state, server, tunName := instanceState(&pf, n)
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n, state, server, tunName)
 			}
 			return w.Flush()
@@ -72,8 +72,12 @@ func instanceNames(dir string) ([]string, error) {
 }
 
 // instanceState says in a word or two what instance name is doing.
-func instanceState(name string) (state, server, tunName string) {
-	dir := instanceStateDir(name)
+func instanceState(pf *profileFlags, name string) (state, server, tunName string) {
+	_, path, _ := pf.resolve([]string{name}, false)
+	dir, _, err := profileDirs(name, path)
+	if err != nil {
+		return "profile broken: " + strings.SplitN(err.Error(), "\n", 2)[0], "-", "-"
+	}
 	st, err := queryStatus(filepath.Join(dir, statusSocket))
 	if err == nil {
 		return st.State, st.Server, st.Tun

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
@@ -353,4 +354,47 @@ func instanceTun(name string) string {
 	}
 	t := "masque-" + name
 	return t[:min(len(t), 15)]
+}
+
+// instanceDirs resolves the instance that masque down or status (cmd)
+// is about and, unless cmd's own flags set them, its state directory and
+// TUN name (profileDirs).
+func instanceDirs(cmd *cobra.Command, pf *profileFlags, args []string, stateDir, tunName *string) (string, error) {
+	name, path, err := pf.resolve(args, false)
+	if err != nil {
+		return "", err
+	}
+	sd, tn, err := profileDirs(name, path)
+	if err != nil {
+		return "", err
+	}
+	if !cmd.Flags().Changed("state-dir") {
+		*stateDir = sd
+	}
+	if tunName != nil && !cmd.Flags().Changed("tun") {
+		*tunName = tn
+	}
+	return name, nil
+}
+
+// profileDirs returns the state directory and TUN name of instance name
+// as its profile at path ("": none) sets them, else the instance's
+// defaults. Only the profile's own keys count, not the environment's,
+// which belongs to this shell.
+func profileDirs(name, path string) (stateDir, tunName string, err error) {
+	stateDir, tunName = instanceStateDir(name), instanceTun(name)
+	if path == "" {
+		return stateDir, tunName, nil
+	}
+	uf := newUpCmd().Flags()
+	if err := applyProfile(uf, path, nil); err != nil {
+		return "", "", err
+	}
+	if uf.Changed("state-dir") {
+		stateDir, _ = uf.GetString("state-dir")
+	}
+	if uf.Changed("tun") {
+		tunName, _ = uf.GetString("tun")
+	}
+	return stateDir, tunName, nil
 }

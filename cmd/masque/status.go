@@ -200,12 +200,9 @@ func newStatusCmd() *cobra.Command {
   masque status work --json`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, _, err := pf.resolve(args, false)
+			name, err := instanceDirs(cmd, &pf, args, &stateDir, nil)
 			if err != nil {
 				return err
-			}
-			if !cmd.Flags().Changed("state-dir") {
-				stateDir = instanceStateDir(name)
 			}
 			st, err := queryStatus(filepath.Join(stateDir, statusSocket))
 			if errors.Is(err, errNotRunning) {
