@@ -5,6 +5,7 @@ package tun
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 )
 
 // Create creates the TUN device that cfg describes. It is implemented only
@@ -29,3 +30,8 @@ func (d *Device) closeCtl() {}
 
 // SetMTU is not supported on this platform.
 func (d *Device) SetMTU(int) error { return errors.New("set mtu: not supported on this platform") }
+
+// SetAddrs is not supported on this platform.
+func (d *Device) SetAddrs([]netip.Prefix) error {
+	return fmt.Errorf("set addresses: %w", errors.ErrUnsupported)
+}

@@ -259,3 +259,50 @@ func prefixIPNet(p netip.Prefix) *net.IPNet {
 		Mask: net.CIDRMask(p.Bits(), a.BitLen()),
 	}
 }
+
+// SetAddrs replaces the device's addresses with addrs, added as Create
+// adds them: the new ones first, so the link is never without one, then
+// the old ones go. A device created without IPv6 (EndHost disabled IPv6
+// on it) takes no IPv6 address.
+func (d *Device) SetAddrs(addrs []netip.Prefix) error {
+	d.sysMu.Lock()
+	noIPv6 := d.endHost && !d.hasIPv6
+	d.sysMu.Unlock()
+	if noIPv6 && slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		return fmt.Errorf("set addresses of %s: the TUN was set up without IPv6", d.name)
+	}
+	link, err := netlink.LinkByName(d.name)
+	if err != nil {
+		return fmt.Errorf("set addresses of %s: %w", d.name, err)
+	}
+	have, err := netlink.AddrList(link, unix.AF_UNSPEC)
+	if err != nil {
+		return fmt.Errorf("set addresses of %s: %w", d.name, err)
+	}
+	has := func(p netip.Prefix) bool {
+		return slices.ContainsFunc(have, func(a netlink.Addr) bool { return ipNetAddr(a.IPNet) == p.Addr() })
+	}
+	for _, p := range addrs {
+		if has(p) {
+			continue
+		}
+		a := &netlink.Addr{IPNet: prefixIPNet(p)}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if p.IsSingleIP() {
+			a.Flags |= unix.IFA_F_NOPREFIXROUTE
+		}
+		if err := netlink.AddrAdd(link, a); err != nil {
+			return fmt.Errorf("add address %v: %w", p, err)
+		}
+	}
+	for _, a := range have {
+		if !slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr() == ipNetAddr(a.IPNet) }) {
+			if err := netlink.AddrDel(link, &a); err != nil {
+				return fmt.Errorf("delete address %v: %w", a.IPNet, err)
+			}
+		}
+	}
+	return waitLocal(link, addrs)
+}

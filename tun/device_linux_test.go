@@ -488,3 +488,56 @@ func TestSetMTU(t *testing.T) {
 		}
 	}
 }
+
+// TestSetAddrs: the TUN moves to new host addresses, keeps none of the
+// old, adds no prefix route, and refuses IPv6 on a TUN set up without it.
+func TestSetAddrs(t *testing.T) {
+	nstest.New(t)
+	d, err := Create(Config{Name: "mqtest3", EndHost: true, Addrs: []netip.Prefix{
+		netip.MustParsePrefix("100.64.0.2/32"), netip.MustParsePrefix("fd6d:6173:7175:6500::2/128"),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	want := []netip.Prefix{netip.MustParsePrefix("100.65.0.9/32"), netip.MustParsePrefix("fd6d:6173:7175:6501::9/128")}
+	if err := d.SetAddrs(want); err != nil {
+		t.Fatalf("SetAddrs = %v", err)
+	}
+	link, err := netlink.LinkByName("mqtest3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := netlink.AddrList(link, unix.AF_UNSPEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []netip.Prefix
+	for _, a := range addrs {
+		p, _ := netip.AddrFromSlice(a.IP)
+		ones, _ := a.Mask.Size()
+		got = append(got, netip.PrefixFrom(p.Unmap(), ones))
+	}
+	slices.SortFunc(got, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	if !slices.Equal(got, want) {
+		t.Errorf("addresses after SetAddrs = %v, want %v", got, want)
+	}
+	routes, err := netlink.RouteList(link, unix.AF_UNSPEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if r.Table == unix.RT_TABLE_MAIN && r.Dst != nil && !r.Dst.IP.IsLinkLocalUnicast() {
+			t.Errorf("main table route through the TUN after SetAddrs: %v", r.Dst)
+		}
+	}
+
+	v4, err := Create(Config{Name: "mqtest4", EndHost: true, Addrs: []netip.Prefix{netip.MustParsePrefix("100.64.0.3/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v4.Close()
+	if err := v4.SetAddrs(want); err == nil || !strings.Contains(err.Error(), "set up without IPv6") {
+		t.Errorf("SetAddrs(IPv6) on an IPv4-only TUN = %v, want a refusal", err)
+	}
+}
