@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"regexp"
 	"strconv"
 	"strings"
@@ -174,9 +175,13 @@ func certAuth(identity string) []string {
 // namespaces).
 func clientArgv(stateDir string, auth []string, extra ...string) []string {
 	argv := []string{env.masque, "up",
-		"--server", serverAddr,
 		"--ca", filepath.Join(env.certDir, "ca.crt"),
 		"--state-dir", stateDir,
+	}
+	// --server is a list (masque up fails over between them): extra's,
+	// if it names any, replace the test server.
+	if !slices.Contains(extra, "--server") {
+		argv = append(argv, "--server", serverAddr)
 	}
 	return append(append(argv, auth...), extra...)
 }

@@ -2,8 +2,8 @@ package tunnel
 
 import (
 	"context"
-	"errors"
 	"crypto/tls"
+	"errors"
 	"net/http"
 	"net/netip"
 	"slices"

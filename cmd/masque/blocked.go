@@ -221,32 +221,6 @@ func statusAnswers(sock string) bool {
 	return true
 }
 
-// pinServer returns c with --server resolved by resolveMarked and the TLS
-// name kept: the name, not the address, is what the certificate names.
-// An address in --server needs no lookup, and c is returned as it is.
-func pinServer(ctx context.Context, c *upConfig, mark uint32) (*upConfig, error) {
-	host, _, err := net.SplitHostPort(c.server)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return c, nil
-	}
-	rctx, cancel := context.WithTimeout(ctx, c.connectTimeout)
-	defer cancel()
-	addr, err := resolveMarked(rctx, c.server, mark)
-	if err != nil {
-		return nil, err
-	}
-	p := *c
-	p.server = addr
-	p.tls = c.tls.Clone()
-	if p.tls.ServerName == "" {
-		p.tls.ServerName = host
-	}
-	return &p, nil
-}
-
 // resolveMarked resolves the host of hostport, unless it is an address
 // already, with DNS queries from sockets that carry mark: with the
 // blocking kill switch up, only such packets may leave, and the server's

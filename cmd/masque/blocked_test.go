@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/masque-vpn/masque/tun"
+	"github.com/masque-vpn/masque/tunnel"
 )
 
 func TestCopyAside(t *testing.T) {
@@ -65,29 +66,37 @@ func TestStillBlocked(t *testing.T) {
 	}
 }
 
-func TestPinServer(t *testing.T) {
+// TestServerDialerTarget: a blocked start resolves a server's name from
+// marked sockets and dials the address under the name; a server dialled
+// before is dialled at the address it reached.
+func TestServerDialerTarget(t *testing.T) {
 	c := &upConfig{upOptions: upOptions{serverOptions: serverOptions{connectTimeout: defaultConnectTimeout}}}
 	c.tls = &tls.Config{}
+	d := &serverDialer{c: c, mark: 0x4d51, resolveMarked: true}
 	tests := []struct {
-		server, wantServer, wantName string
+		server, wantAddr, wantName string
 	}{
 		{"198.18.1.2:4433", "198.18.1.2:4433", ""},
 		{"[2001:db8::1]:443", "[2001:db8::1]:443", ""},
 		{"localhost:443", "127.0.0.1:443", "localhost"}, // /etc/hosts: no query
 	}
 	for _, tt := range tests {
-		c.server = tt.server
-		got, err := pinServer(t.Context(), c, 0x4d51)
+		addr, tc, err := d.target(t.Context(), tunnel.AgentServer{Addr: tt.server})
 		if err != nil {
-			t.Errorf("pinServer(%s) = %v", tt.server, err)
+			t.Errorf("target(%s) = %v", tt.server, err)
 			continue
 		}
-		if got.server != tt.wantServer || got.tls.ServerName != tt.wantName {
-			t.Errorf("pinServer(%s) = server %q, TLS name %q, want %q, %q", tt.server, got.server, got.tls.ServerName, tt.wantServer, tt.wantName)
+		if addr != tt.wantAddr || tc.ServerName != tt.wantName {
+			t.Errorf("target(%s) = %q, TLS name %q, want %q, %q", tt.server, addr, tc.ServerName, tt.wantAddr, tt.wantName)
 		}
 	}
-	if c.tls.ServerName != "" || c.server != "localhost:443" {
-		t.Errorf("pinServer changed its argument: server %q, TLS name %q", c.server, c.tls.ServerName)
+	if c.tls.ServerName != "" {
+		t.Errorf("target changed the configuration's TLS name to %q", c.tls.ServerName)
+	}
+	d.reached = map[string]string{"vpn.example:443": "198.18.1.7:443"}
+	d.resolveMarked = false
+	if addr, tc, err := d.target(t.Context(), tunnel.AgentServer{Addr: "vpn.example:443"}); err != nil || addr != "198.18.1.7:443" || tc.ServerName != "vpn.example" {
+		t.Errorf("target(a server reached before) = %q, %q, %v", addr, tc.ServerName, err)
 	}
 }
 

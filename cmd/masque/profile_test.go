@@ -23,7 +23,7 @@ func writeProfile(t *testing.T, body string) string {
 // the file replaces the flag's default rather than adding to it.
 func TestProfileMerge(t *testing.T) {
 	path := writeProfile(t, `# work VPN
-server = "vpn.example.com:443"
+server = ["vpn.example.com:443", "vpn2.example.com:443"]
 route = ["10.0.0.0/8", "192.0.2.0/24"]
 kill-switch = false
 mtu = 1300
@@ -40,8 +40,8 @@ token-file = "/etc/masque/work.token"
 		t.Fatalf("applyProfile = %v", err)
 	}
 	str := func(n string) string { v, _ := f.GetString(n); return v }
-	if got := str("server"); got != "vpn.example.com:443" {
-		t.Errorf("server = %q, want the file's", got)
+	if got, _ := f.GetStringArray("server"); !slices.Equal(got, []string{"vpn.example.com:443", "vpn2.example.com:443"}) {
+		t.Errorf("server = %q, want the file's two", got)
 	}
 	if got, _ := f.GetStringArray("route"); !slices.Equal(got, []string{"10.0.0.0/8", "192.0.2.0/24"}) {
 		t.Errorf("route = %q, want the file's two", got)
@@ -75,10 +75,10 @@ func TestProfileErrors(t *testing.T) {
 			`:2:1: unknown key "bogus"`,
 			`:3:3: unknown key "token_file" (did you mean "token-file"?)`,
 		}},
-		{"types", "mtu = \"big\"\nkill-switch = \"yes\"\nserver = [\"a:1\", \"b:1\"]\nroute = 10\nconnect-timeout = 5\n", []string{
+		{"types", "mtu = \"big\"\nkill-switch = \"yes\"\ntun = [\"a\", \"b\"]\nroute = 10\nconnect-timeout = 5\n", []string{
 			`:1:1: mtu: want a number, not a string (write it without quotes)`,
 			`:2:1: kill-switch: want true or false, not a string (write it without quotes)`,
-			`:3:1: server: want a string, not a list`,
+			`:3:1: tun: want a string, not a list`,
 			`:4:1: route: want a string or a list of strings, not a number`,
 			`:5:1: connect-timeout: want a duration in quotes ("10s"), not a number`,
 		}},

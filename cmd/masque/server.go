@@ -21,7 +21,8 @@ import (
 // serverOptions are the flags that name a server and the credentials for
 // it, shared by masque up and masque udp.
 type serverOptions struct {
-	server         string
+	servers        []string // --server, in order (masque up fails over between them)
+	server         string   // the first of them, once checked; the one dial dials
 	serverName     string
 	ca             string
 	tokenFile      string
@@ -30,7 +31,7 @@ type serverOptions struct {
 }
 
 func (o *serverOptions) addFlags(f *pflag.FlagSet) {
-	f.StringVar(&o.server, "server", "", "server HOST:PORT (required)")
+	f.StringArrayVar(&o.servers, "server", nil, "server HOST:PORT (required; masque up takes several, the same operator's, and fails over between them)")
 	f.StringVar(&o.serverName, "server-name", "", "TLS server name to verify (needed when --server is an IP literal and the certificate names a host)")
 	f.StringVar(&o.ca, "ca", "", "CA certificate to trust for the server (default: system roots)")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token")
@@ -40,18 +41,26 @@ func (o *serverOptions) addFlags(f *pflag.FlagSet) {
 }
 
 // check reports what is wrong with the flags themselves and returns the
-// :authority requests use: --server, with --server-name as its host if
-// given.
-func (o *serverOptions) check() (authority string, errs []error) {
-	if o.server == "" {
+// :authority requests use for each --server: the server, with
+// --server-name as its host if given.
+func (o *serverOptions) check() (authorities []string, errs []error) {
+	if len(o.servers) == 0 {
 		errs = append(errs, errors.New("--server is required"))
-	} else if host, port, err := net.SplitHostPort(o.server); err != nil || host == "" || port == "" {
-		errs = append(errs, fmt.Errorf("--server %q: want HOST:PORT", o.server))
-	} else {
-		authority = o.server
+	}
+	for _, srv := range o.servers {
+		host, port, err := net.SplitHostPort(srv)
+		if err != nil || host == "" || port == "" {
+			errs = append(errs, fmt.Errorf("--server %q: want HOST:PORT", srv))
+			continue
+		}
+		authority := srv
 		if o.serverName != "" {
 			authority = net.JoinHostPort(o.serverName, port)
 		}
+		authorities = append(authorities, authority)
+	}
+	if len(o.servers) > 0 {
+		o.server = o.servers[0]
 	}
 	if (o.cert == "") != (o.key == "") {
 		errs = append(errs, errors.New("--cert and --key go together"))
@@ -62,7 +71,7 @@ func (o *serverOptions) check() (authority string, errs []error) {
 	if o.connectTimeout <= 0 {
 		errs = append(errs, errors.New("--connect-timeout must be positive"))
 	}
-	return authority, errs
+	return authorities, errs
 }
 
 // credentials loads the files the flags name: the TLS configuration (CA,

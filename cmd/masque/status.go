@@ -46,7 +46,8 @@ type Status struct {
 	UptimeSeconds float64           `json:"uptime_seconds"`
 	KillSwitch    bool              `json:"kill_switch,omitempty"`
 	Reconnects    int               `json:"reconnects,omitempty"`
-	UDP           *UDPStatus        `json:"udp,omitempty"` // masque udp only
+	Failovers     int               `json:"failovers,omitempty"` // reconnects that moved to another server
+	UDP           *UDPStatus        `json:"udp,omitempty"`       // masque udp only
 }
 
 // statusServer answers status requests on a unix socket.
@@ -54,21 +55,46 @@ type statusServer struct {
 	cfg *upConfig
 
 	mu           sync.Mutex // guards the fields below
+	server       string     // the session's, as the user named it
 	client       *tunnel.Client
 	routes       []netip.Prefix
 	killSwitch   bool
 	reconnecting bool
 	reconnects   int
+	failovers    int
 }
 
 // newStatusServer reports a tunnel that is connecting until setUp.
 func newStatusServer(cfg *upConfig) *statusServer { return &statusServer{cfg: cfg} }
 
-// setUp reports the tunnel up on its first session.
-func (s *statusServer) setUp(c *tunnel.Client, routes []netip.Prefix, killSwitch bool) {
+// setUp reports the tunnel up on its first session, on server.
+func (s *statusServer) setUp(server string, c *tunnel.Client, routes []netip.Prefix, killSwitch bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.client, s.routes, s.killSwitch = c, routes, killSwitch
+	s.server, s.client, s.routes, s.killSwitch = server, c, routes, killSwitch
+}
+
+// setRoutes reports the routes the host carries now.
+func (s *statusServer) setRoutes(routes []netip.Prefix) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.routes = routes
+}
+
+// onEvent follows the Agent (tunnel.AgentConfig.OnEvent).
+func (s *statusServer) onEvent(e tunnel.AgentEvent) {
+	switch e.Kind {
+	case tunnel.AgentLost:
+		s.setReconnecting()
+	case tunnel.AgentBack:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.server, s.client, s.reconnecting = e.Server.Addr, e.Client, false
+		s.reconnects++
+		if e.Failover {
+			s.failovers++
+		}
+	}
 }
 
 // setReconnecting reports the tunnel lost and being re-established.
@@ -78,21 +104,13 @@ func (s *statusServer) setReconnecting() {
 	s.reconnecting = true
 }
 
-// setClient reports the tunnel back, on a new session.
-func (s *statusServer) setClient(c *tunnel.Client) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.client, s.reconnecting = c, false
-	s.reconnects++
-}
-
 func (s *statusServer) status() Status {
 	s.mu.Lock()
 	client, reconnecting, reconnects := s.client, s.reconnecting, s.reconnects
-	routes, killSwitch := s.routes, s.killSwitch
+	routes, killSwitch, server, failovers := s.routes, s.killSwitch, s.server, s.failovers
 	s.mu.Unlock()
 	if client == nil {
-		return Status{State: "connecting", Instance: s.cfg.instance, PID: os.Getpid(), Server: s.cfg.server, Tun: s.cfg.tun,
+		return Status{State: "connecting", Instance: s.cfg.instance, PID: os.Getpid(), Server: strings.Join(s.cfg.servers, ","), Tun: s.cfg.tun,
 			Addresses: []string{}, Routes: []string{}}
 	}
 	st := client.Stats()
@@ -105,7 +123,8 @@ func (s *statusServer) status() Status {
 		Instance:      s.cfg.instance,
 		PID:           os.Getpid(),
 		Reconnects:    reconnects,
-		Server:        s.cfg.server,
+		Failovers:     failovers,
+		Server:        server,
 		Tun:           s.cfg.tun,
 		TxBytes:       st.TxBytes,
 		RxBytes:       st.RxBytes,
@@ -237,6 +256,9 @@ func newStatusCmd() *cobra.Command {
 			}
 			if st.Reconnects > 0 {
 				fmt.Fprintf(out, "reconnects: %d\n", st.Reconnects)
+			}
+			if st.Failovers > 0 {
+				fmt.Fprintf(out, "failovers: %d\n", st.Failovers)
 			}
 			fmt.Fprintf(out, "sent:      %d packets, %d bytes\n", st.TxPackets, st.TxBytes)
 			fmt.Fprintf(out, "received:  %d packets, %d bytes\n", st.RxPackets, st.RxBytes)

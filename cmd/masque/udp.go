@@ -93,9 +93,14 @@ Counters: masque status --state-dir DIR, where DIR is this command's
 }
 
 func (o *udpOptions) validate() (*udpConfig, error) {
+	authorities, errs := o.check()
+	if len(o.servers) > 1 {
+		errs = append(errs, errors.New("--server: masque udp takes one"))
+	}
 	c := &udpConfig{udpOptions: *o}
-	authority, errs := o.check()
-	c.authority = authority
+	if len(authorities) > 0 {
+		c.authority = authorities[0]
+	}
 	if (o.listen == "") != (o.target == "") {
 		errs = append(errs, errors.New("--listen and --target go together"))
 	} else if o.listen != "" {

@@ -22,7 +22,7 @@ func TestUDPOptionsValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := func() udpOptions {
-		return udpOptions{serverOptions: serverOptions{server: "198.18.1.2:4433", connectTimeout: time.Second},
+		return udpOptions{serverOptions: serverOptions{servers: []string{"198.18.1.2:4433"}, connectTimeout: time.Second},
 			listen: "127.0.0.1:5353", target: "198.18.2.2:53", idleTimeout: time.Minute, maxFlows: 8, logLevel: "info"}
 	}
 	tests := []struct {
@@ -47,7 +47,7 @@ func TestUDPOptionsValidate(t *testing.T) {
 		{name: "nothing to forward", mod: func(o *udpOptions) { o.listen, o.target = "", "" }, wantErr: []string{"need --listen and --target"}},
 		{name: "listen without target", mod: func(o *udpOptions) { o.target = "" }, wantErr: []string{"go together"}},
 		{name: "everything wrong", mod: func(o *udpOptions) {
-			o.server = "nohost"
+			o.servers = []string{"nohost"}
 			o.listen = "localhost"
 			o.forwards = []string{"nope", "127.0.0.1:1=x:0", "127.0.0.1:1=x:99999", "example.com:5=x:1"}
 			o.idleTimeout, o.maxFlows, o.connectTimeout = 0, 0, 0

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -59,11 +58,11 @@ type upOptions struct {
 // upConfig is a validated upOptions.
 type upConfig struct {
 	upOptions
-	authority string
-	token     string
-	tls       *tls.Config
-	routes    []netip.Prefix
-	excludes  []netip.Prefix
+	authorities []string // each server's :authority
+	token       string
+	tls         *tls.Config
+	routes      []netip.Prefix
+	excludes    []netip.Prefix
 }
 
 func newUpCmd() *cobra.Command {
@@ -150,17 +149,16 @@ func (o *upOptions) validate() (*upConfig, error) {
 		u, err := url.Parse(strings.NewReplacer("{", "", "}", "").Replace(o.template))
 		if err != nil || u.Scheme != "https" || u.Hostname() == "" {
 			tmplErr = fmt.Errorf("--template %q: want an https URI template with a host", o.template)
-		} else if o.server == "" {
+		} else if len(o.servers) == 0 {
 			port := u.Port()
 			if port == "" {
 				port = "443"
 			}
-			o.server = net.JoinHostPort(u.Hostname(), port)
+			o.servers = []string{net.JoinHostPort(u.Hostname(), port)}
 		}
 	}
-	c := &upConfig{upOptions: *o}
-	authority, errs := o.check()
-	c.authority = authority
+	authorities, errs := o.check()
+	c := &upConfig{upOptions: *o, authorities: authorities}
 	if tmplErr != nil {
 		errs = append(errs, tmplErr)
 	}
@@ -245,7 +243,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	log.SetOutput(tunnel.NewLibraryLogWriter(logger, time.Second))
 
 	if os.Geteuid() != 0 {
-		return errors.New("up: needs root (CAP_NET_ADMIN) to create the TUN device and routes")
+		return errors.New("up: needs root (CAP_NET_ADMIN) to create the TUN device and routes: sudo masque up")
 	}
 	statePath := filepath.Join(c.stateDir, "state.json")
 	// st records the host changes: it is written before each change, and
@@ -278,27 +276,31 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 	// Progress for a person, on stdout like the "up:" line; stderr keeps
 	// the log and the one error line.
-	fmt.Fprintf(cmd.OutOrStdout(), "connecting: server=%s instance=%s\n", c.server, c.instance)
-	var (
-		stMu    sync.Mutex  // guards st once the DNS goroutine runs
-		stopDNS = func() {} // stops the DNS goroutine, once started
-		written = blocked   // st is on disk: there is something to undo
-		up      bool        // the tunnel came up
-		ksOn    bool        // the kill switch is up
-		forced  bool        // the run ends because the server refused to go on: credentials, addresses
-	)
+	fmt.Fprintf(cmd.OutOrStdout(), "connecting: server=%s instance=%s\n", strings.Join(c.servers, ","), c.instance)
+
+	// The host's own networks, read once: the server may neither assign
+	// addresses in them nor have them routed into the tunnel.
+	local, err := tun.LocalPrefixes(c.tun)
+	if err != nil {
+		return fmt.Errorf("read the host's networks: %w", err)
+	}
+	h := &upHost{
+		c: c, st: st, statePath: statePath, blocked: blocked, written: blocked,
+		routing: &tun.Routing{Link: c.tun}, status: status, out: cmd.OutOrStdout(), logger: logger,
+		dnsUpdates: make(chan []netip.Addr, 1), stopDNS: func() {},
+	}
 	defer func() {
-		stopDNS()
-		stMu.Lock()
-		defer stMu.Unlock()
-		if !written {
+		h.stopDNS()
+		h.stMu.Lock()
+		defer h.stMu.Unlock()
+		if !h.written {
 			return
 		}
-		if blocked && !up {
+		if h.blocked && !h.up {
 			retErr = keepBlocked(c.stateDir, statePath, st, retErr, reasonStartedBlocked)
 			return
 		}
-		if forced && ksOn {
+		if _, forced := errors.AsType[*tunnel.ForcedError](retErr); forced && h.ksOn {
 			// Fail closed, as a crash would: the host stays blocked
 			// until the user says otherwise.
 			retErr = keepBlocked(c.stateDir, statePath, st, retErr, reasonForcedExit)
@@ -310,300 +312,54 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		}
 		_ = tun.RemoveState(statePath)
 	}()
+	defer h.close(&retErr)
 
-	// The host's own networks, read once: the server may neither assign
-	// addresses in them nor have them routed into the tunnel.
-	local, err := tun.LocalPrefixes(c.tun)
-	if err != nil {
-		return fmt.Errorf("read the host's networks: %w", err)
-	}
 	pol := tunnel.ClientPolicy{Routes: c.routes, Excludes: c.excludes, Local: local, AllowLocalOverlap: c.allowLocalOverlap}
-
-	routing := &tun.Routing{Link: c.tun}
-	dialCfg := c
-	if blocked {
-		// The kill switch lets only marked packets out: look the server's
-		// name up from marked sockets, then dial its address under the
-		// name.
-		pinned, err := pinServer(ctx, c, routingFwMark(routing))
-		if err != nil {
-			return err
-		}
-		dialCfg = pinned
-	}
-	qc, err := dialCfg.dial(ctx, dialCfg.tls, routingFwMark(routing), logger)
+	d := &serverDialer{c: c, mark: routingFwMark(h.routing), resolveMarked: blocked, logger: logger}
+	agent, err := tunnel.NewAgent(tunnel.AgentConfig{
+		Servers: c.agentServers(),
+		Dial:    d.dial,
+		Connect: func(ctx context.Context, qc *quicio.ClientConn, s tunnel.AgentServer) (*tunnel.Client, error) {
+			client, err := tunnel.Connect(ctx, tunnel.ClientConfig{
+				Conn:         qc.Conn,
+				Authority:    s.Authority,
+				Template:     s.Template,
+				Token:        c.token,
+				SetupTimeout: c.connectTimeout,
+				MaxMTU:       c.mtu,
+				SetMTU:       func(mtu int) error { return h.setMTU(mtu) },
+				OnDNS:        h.onDNS,
+				Policy:       pol,
+				// Taken afresh for each session: the host may have moved.
+				LocalNetworks: lanPrefixes(c.tun),
+				Logger:        logger,
+			})
+			if tunnel.RefusedCredentials(err) {
+				return nil, fmt.Errorf("%w: check --token-file or the client certificate", err)
+			}
+			if ae, ok := errors.AsType[*tunnel.AssignmentError](err); ok && ae.Local {
+				return nil, fmt.Errorf("%w (--allow-local-overlap lets in addresses inside the host's networks)", err)
+			}
+			return client, err
+		},
+		Host:      h,
+		Reconnect: c.reconnect,
+		OnEvent:   status.onEvent,
+		Logger:    logger,
+	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
 		return err
 	}
-	defer func() { qc.Close() }()
-	var dev *tun.Device // created once the addresses are known
-	// DNS configurations from the server, latest first, applied once the
-	// state file records what to restore.
-	dnsUpdates := make(chan []netip.Addr, 1)
-	onDNS := func(servers []netip.Addr) {
-		if !c.acceptDNS {
-			return
-		}
-		for {
-			select {
-			case dnsUpdates <- servers:
-				return
-			default: // full: the older configuration gives way
-			}
-			select {
-			case <-dnsUpdates:
-			default:
-			}
-		}
-	}
-	connect := func(qc *quicio.ClientConn) (*tunnel.Client, error) {
-		client, err := tunnel.Connect(ctx, tunnel.ClientConfig{
-			Conn:         qc.Conn,
-			Authority:    c.authority,
-			Template:     c.template,
-			Token:        c.token,
-			SetupTimeout: c.connectTimeout,
-			MaxMTU:       c.mtu,
-			SetMTU:       func(mtu int) error { return dev.SetMTU(mtu) },
-			OnDNS:        onDNS,
-			Policy:       pol,
-			// Taken afresh for each session: the host may have moved.
-			LocalNetworks: lanPrefixes(c.tun),
-			Logger:        logger,
-		})
-		if refusedCredentials(err) {
-			return nil, fmt.Errorf("%w: check --token-file or the client certificate", err)
-		}
-		if ae, ok := errors.AsType[*tunnel.AssignmentError](err); ok && ae.Local {
-			return nil, fmt.Errorf("%w (--allow-local-overlap lets in addresses inside the host's networks)", err)
-		}
-		return client, err
-	}
-	client, err := connect(qc)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	defer func() { client.Close() }()
+	return agent.Run(ctx)
+}
 
-	// The routes the server advertised, inside the policy (--route cuts
-	// them); the excludes, the host's networks and the server's address
-	// become throw routes, so they win over any route.
-	routing.Routes = familiesWith(client.Routes(), client.Addresses())
-	routing.Excludes = client.Excludes()
-	if len(c.routes) > 0 && len(routing.Routes) == 0 {
-		logger.Warn("the server advertises none of --route: nothing is routed into the tunnel", "route", joinPrefixes(c.routes))
+// agentServers are the servers the Agent dials, in the user's order.
+func (c *upConfig) agentServers() []tunnel.AgentServer {
+	out := make([]tunnel.AgentServer, len(c.servers))
+	for i, s := range c.servers {
+		out[i] = tunnel.AgentServer{Addr: s, Authority: c.authorities[i], Template: c.template}
 	}
-
-	killSwitch := c.killSwitch
-	if !c.killSwitchSet {
-		killSwitch = len(c.routes) == 0 // full tunnel
-	}
-
-	// Crash safety: record what is about to change before changing it.
-	st.Tun = c.tun
-	st.Routing = routing
-	if killSwitch && !slices.Contains(st.NFTables, tun.DefaultKillSwitchTable) {
-		st.NFTables = append(st.NFTables, tun.DefaultKillSwitchTable)
-	}
-	if err := tun.WriteState(statePath, st); err != nil {
-		return fmt.Errorf("write state: %w", err)
-	}
-	written = true
-	// The kill switch goes up before any route moves traffic, and stays
-	// until the routes are gone (Undo deletes its table). After a corrupt
-	// state file it replaces the blocking one, the same table, atomically.
-	if killSwitch {
-		ks := killSwitchConfig(c, routingFwMark(routing))
-		if _, err := tun.NewKillSwitch(ks); err != nil {
-			return err
-		}
-		logger.Info("kill switch on", "allow", ks.Allow)
-		ksOn = true
-	}
-	// The TUN starts at what a datagram carries now; Run raises it towards
-	// --mtu as QUIC's path MTU discovery finds room.
-	minMTU := tun.MinMTU
-	if slices.ContainsFunc(client.Addresses(), func(p netip.Prefix) bool { return p.Addr().Is6() }) {
-		minMTU = tun.MinIPv6MTU
-	}
-	// The TUN is not a LAN (EndHost): no router advertisements,
-	// autoconfiguration, redirects or link-local address on it, strict
-	// reverse-path filtering, nothing forwarded from it.
-	dev, err = tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), minMTU), Addrs: client.Addresses(), EndHost: true})
-	if err != nil {
-		return fmt.Errorf("create TUN %s: %w", c.tun, err)
-	}
-	defer dev.Close()
-	// The TUN's sysctls go with the link, which goes with this process
-	// (it is not persistent), so they are recorded only now; Undo skips
-	// those of a link that is gone.
-	if recordSysctls(st, dev.Sysctls()) {
-		if err := tun.WriteState(statePath, st); err != nil {
-			return fmt.Errorf("write state: %w", err)
-		}
-	}
-	if err := routing.Apply(); err != nil {
-		return fmt.Errorf("routes: %w", err)
-	}
-
-	if blocked && !killSwitch {
-		// The tunnel is up: the blocking state has served its purpose and
-		// the user asked for no kill switch. Delete first, then record:
-		// a crash in between leaves a state naming a table that is gone,
-		// which Undo takes in its stride.
-		if err := tun.DeleteTable(tun.DefaultKillSwitchTable); err != nil {
-			return err
-		}
-		stMu.Lock()
-		st.NFTables = slices.DeleteFunc(st.NFTables, func(t string) bool { return t == tun.DefaultKillSwitchTable })
-		err := tun.WriteState(statePath, st)
-		stMu.Unlock()
-		if err != nil {
-			return fmt.Errorf("write state: %w", err)
-		}
-		logger.Info("kill switch off: the tunnel is up")
-	}
-	up = true
-
-	status.setUp(client, routing.Routes, killSwitch)
-
-	fmt.Fprintf(cmd.OutOrStdout(), "up: server=%s addresses=%s tun=%s\n", c.server, joinPrefixes(client.Addresses()), c.tun)
-	logger.Info("tunnel up", "server", c.server, "addresses", client.Addresses(), "routes", logPrefixes(routing.Routes), "offloads", dev.Offloads(), "udp_gso", qc.ConnectionState().GSO)
-
-	t := tunnel.NewTunnel(dev)
-	defer dev.Close()
-
-	// DNS settings for systemd-resolved belong to the TUN's link, so
-	// applying waits for the TUN (updates meanwhile wait in dnsUpdates),
-	// and they are reverted before dev.Close deletes the link (resolved
-	// would forget them then anyway). Until runDNS returns it alone
-	// touches st.
-	dnsCtx, cancelDNS := context.WithCancel(ctx)
-	var dnsWG sync.WaitGroup
-	if c.acceptDNS {
-		dc := c.dnsConfig()
-		dc.routes = routing.Routes
-		dnsWG.Go(func() { runDNS(dnsCtx, st, statePath, dc, dnsUpdates, logger) })
-	}
-	stopDNS = func() { cancelDNS(); dnsWG.Wait() }
-	defer func() {
-		stopDNS()
-		if st.Resolved != nil {
-			if err := st.Resolved.Revert(); err != nil {
-				retErr = errors.Join(retErr, err)
-			}
-		}
-	}()
-	// Reconnects dial the address the first dial reached, under the name
-	// the first dial checked the certificate for: with the kill switch on,
-	// a name could not be resolved again.
-	redial := *dialCfg
-	redial.server = qc.RemoteAddr().String()
-	if host, _, err := net.SplitHostPort(dialCfg.server); err == nil && dialCfg.tls.ServerName == "" {
-		if _, err := netip.ParseAddr(host); err != nil {
-			redial.tls = dialCfg.tls.Clone()
-			redial.tls.ServerName = host
-		}
-	}
-	dial := func(ctx context.Context) (*quicio.ClientConn, error) {
-		return redial.dial(ctx, redial.tls, routingFwMark(routing), logger)
-	}
-	// bo spaces the connections of the whole run: a session that ends
-	// soon after it came up counts as a failure (backoff.go).
-	var bo reconnectBackoff
-	sessionUp := time.Now()
-	for {
-		// When the server drains (GOAWAY), the next session is opened
-		// while this one still carries packets: make before break.
-		serveCtx, stopServe := context.WithCancelCause(ctx)
-		moved := make(chan moveResult, 1)
-		go func(up time.Time) {
-			if !c.reconnect {
-				moved <- moveResult{skipped: true}
-				return
-			}
-			moved <- moveOnGoAway(ctx, serveCtx, client, func() { stopServe(errMoved) }, &bo, up, dial, connect, logger)
-		}(sessionUp)
-		runErr := t.Serve(serveCtx, client)
-		movedOn := errors.Is(context.Cause(serveCtx), errMoved)
-		stopServe(nil)
-		var mv moveResult
-		select {
-		case mv = <-moved:
-		default:
-			if ctx.Err() == nil && !movedOn {
-				select {
-				case <-client.GoingAway():
-					// The server ended the session (its drain deadline)
-					// before the new one was up.
-					logger.Warn("tunnel lost while moving to a new session", "err", runErr)
-					status.setReconnecting()
-				default:
-				}
-			}
-			mv = <-moved
-		}
-		if ctx.Err() != nil {
-			if mv.client != nil {
-				mv.client.Close()
-				mv.qc.Close()
-			}
-			logger.Info("tunnel down")
-			return nil
-		}
-		var nqc *quicio.ClientConn
-		var nclient *tunnel.Client
-		var err error
-		lost := time.Now()
-		switch {
-		case !mv.skipped && mv.err == nil && mv.client != nil:
-			qc.Close()
-			nqc, nclient = mv.qc, mv.client
-			if mv.beforeLoss {
-				logger.Info("tunnel moved to a new session before the server ended the old one")
-			}
-		case !mv.skipped:
-			// The move failed for good (credentials, another lease).
-			qc.Close()
-			forced = true
-			return fmt.Errorf("tunnel down: %w", mv.err)
-		default:
-			if !c.reconnect {
-				return fmt.Errorf("tunnel down: %w", runErr)
-			}
-			logger.Warn("tunnel lost, reconnecting", "err", runErr)
-			status.setReconnecting()
-			qc.Close()
-			client.Close()
-			bo.ended(sessionUp)
-			nqc, nclient, err = reconnectLoop(ctx, &bo, dial, client.Lease(), connect, logger)
-			if err != nil {
-				if ctx.Err() != nil {
-					logger.Info("tunnel down")
-					return nil
-				}
-				forced = true
-				return fmt.Errorf("tunnel down: %w", err)
-			}
-		}
-		qc, client = nqc, nclient
-		sessionUp = time.Now()
-		// A connection that starts small (its path shrank) grows with
-		// path MTU discovery; until it carries what the TUN lets in,
-		// large packets would get Packet Too Big, which hosts remember
-		// for minutes.
-		if mtu, err := dev.MTU(); err == nil {
-			client.WaitMTU(ctx, min(mtu, c.mtu), 2*time.Second)
-		}
-		status.setClient(client)
-		logger.Info("tunnel back", "after", time.Since(lost).Round(time.Millisecond).String(), "dropped_while_down", t.Dropped())
-	}
+	return out
 }
 
 // recordSysctls adds the sysctls in changed (key: the value to restore)
@@ -622,94 +378,6 @@ func recordSysctls(st *tun.State, changed map[string]string) bool {
 		added = true
 	}
 	return added
-}
-
-// errMoved ends a session that a new one has replaced.
-var errMoved = errors.New("moved to a new session")
-
-// moveResult is what moveOnGoAway did.
-type moveResult struct {
-	skipped    bool // no GOAWAY before the session ended
-	qc         *quicio.ClientConn
-	client     *tunnel.Client
-	err        error
-	beforeLoss bool // the new session was up while the old one still was
-}
-
-// moveOnGoAway waits for the server's GOAWAY on client (whose session came
-// up at up) while serveCtx lasts; then it opens a new session
-// (reconnectLoop with bo, until ctx is done),
-// and ends the old one by calling stop once the new one is up. Without a
-// GOAWAY it reports skipped. With the draining server's listener closed,
-// the new session comes up once the server's replacement does (or at
-// once where the name leads to another server).
-func moveOnGoAway(ctx, serveCtx context.Context, client *tunnel.Client, stop func(), bo *reconnectBackoff, up time.Time,
-	dial func(context.Context) (*quicio.ClientConn, error), connect func(*quicio.ClientConn) (*tunnel.Client, error), logger *slog.Logger,
-) moveResult {
-	select {
-	case <-client.GoingAway():
-	case <-serveCtx.Done():
-		select {
-		case <-client.GoingAway():
-			// Both at once: the session ended after a GOAWAY.
-		default:
-			return moveResult{skipped: true}
-		}
-	}
-	logger.Info("server is draining (GOAWAY): opening a new session while this one lasts")
-	bo.ended(up)
-	nqc, nclient, err := reconnectLoop(ctx, bo, dial, client.Lease(), connect, logger)
-	if err != nil {
-		return moveResult{err: err}
-	}
-	before := serveCtx.Err() == nil
-	stop()
-	return moveResult{qc: nqc, client: nclient, beforeLoss: before}
-}
-
-// refusedCredentials reports whether the server refused the tunnel for
-// our credentials (401 or 403): retrying cannot help.
-func refusedCredentials(err error) bool {
-	re, ok := errors.AsType[*tunnel.RefusedError](err)
-	return ok && (re.Status == 401 || re.Status == 403)
-}
-
-// reconnectLoop dials and opens a session until it succeeds or ctx is
-// done. It gives up at once when the server refuses the credentials,
-// assigns what the client refuses (tunnel.ErrAssignmentRefused), or
-// assigns other addresses than want (the TUN, routes and firewall hold
-// those): the caller fails closed.
-func reconnectLoop(ctx context.Context, bo *reconnectBackoff, dial func(context.Context) (*quicio.ClientConn, error), want []netip.Prefix,
-	connect func(*quicio.ClientConn) (*tunnel.Client, error), logger *slog.Logger,
-) (*quicio.ClientConn, *tunnel.Client, error) {
-	for attempt := 1; ; attempt++ {
-		if err := bo.wait(ctx); err != nil {
-			return nil, nil, err
-		}
-		qc, err := dial(ctx)
-		if err != nil {
-			bo.failed()
-			logger.Info("reconnect failed", "attempt", attempt, "err", err)
-			continue
-		}
-		client, err := connect(qc)
-		if err != nil {
-			qc.Close()
-			if refusedCredentials(err) || errors.Is(err, tunnel.ErrAssignmentRefused) {
-				return nil, nil, err
-			}
-			bo.failed()
-			logger.Info("reconnect failed", "attempt", attempt, "err", err)
-			continue
-		}
-		if !slices.Equal(client.Lease(), want) {
-			client.Close()
-			qc.Close()
-			return nil, nil, fmt.Errorf("server assigned %s after reconnecting, not %s (its lease expired or it restarted): run masque up again",
-				joinPrefixes(client.Lease()), joinPrefixes(want))
-		}
-		return qc, client, nil
-	}
 }
 
 // lanPrefixes returns the networks of the host's interfaces other than

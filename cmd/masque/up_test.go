@@ -1,21 +1,17 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
-	"github.com/masque-vpn/masque/quicio"
 	"github.com/masque-vpn/masque/tun"
 )
 
@@ -28,7 +24,7 @@ func validUp(t *testing.T) upOptions {
 	}
 	return upOptions{
 		serverOptions: serverOptions{
-			server:         "vpn.example.com:443",
+			servers:        []string{"vpn.example.com:443"},
 			tokenFile:      tok,
 			connectTimeout: defaultConnectTimeout,
 		},
@@ -49,21 +45,21 @@ func TestUpValidate(t *testing.T) {
 		check func(t *testing.T, c *upConfig)
 	}{
 		{"token", func(*upOptions) {}, func(t *testing.T, c *upConfig) {
-			if c.token != "0123456789abcdef0123456789abcdef" || c.authority != "vpn.example.com:443" {
-				t.Errorf("token %q, authority %q", c.token, c.authority)
+			if c.token != "0123456789abcdef0123456789abcdef" || c.authorities[0] != "vpn.example.com:443" {
+				t.Errorf("token %q, authorities %q", c.token, c.authorities)
 			}
 			if c.tls == nil || c.tls.ServerName != "" || len(c.tls.NextProtos) != 1 || c.tls.NextProtos[0] != "h3" {
 				t.Errorf("tls = %+v", c.tls)
 			}
 		}},
-		{"server name", func(o *upOptions) { o.server, o.serverName = "198.18.0.1:8443", "vpn.example.com" }, func(t *testing.T, c *upConfig) {
-			if c.authority != "vpn.example.com:8443" || c.tls.ServerName != "vpn.example.com" {
-				t.Errorf("authority %q, server name %q", c.authority, c.tls.ServerName)
+		{"server name", func(o *upOptions) { o.servers, o.serverName = []string{"198.18.0.1:8443"}, "vpn.example.com" }, func(t *testing.T, c *upConfig) {
+			if c.authorities[0] != "vpn.example.com:8443" || c.tls.ServerName != "vpn.example.com" {
+				t.Errorf("authorities %q, server name %q", c.authorities, c.tls.ServerName)
 			}
 		}},
-		{"IPv6 server", func(o *upOptions) { o.server = "[2001:db8::1]:443" }, func(t *testing.T, c *upConfig) {
-			if c.authority != "[2001:db8::1]:443" {
-				t.Errorf("authority %q", c.authority)
+		{"IPv6 server", func(o *upOptions) { o.servers = []string{"[2001:db8::1]:443"} }, func(t *testing.T, c *upConfig) {
+			if c.authorities[0] != "[2001:db8::1]:443" {
+				t.Errorf("authorities %q", c.authorities)
 			}
 		}},
 		{"routes and excludes", func(o *upOptions) {
@@ -131,10 +127,10 @@ func TestUpValidateErrors(t *testing.T) {
 		mod     func(o *upOptions)
 		wantErr []string // each must appear in the error
 	}{
-		{"missing server", func(o *upOptions) { o.server = "" }, []string{"--server is required"}},
-		{"server without port", func(o *upOptions) { o.server = "vpn.example.com" }, []string{"--server", "HOST:PORT"}},
-		{"server without host", func(o *upOptions) { o.server = ":443" }, []string{"--server", "HOST:PORT"}},
-		{"server without port number", func(o *upOptions) { o.server = "vpn.example.com:" }, []string{"--server", "HOST:PORT"}},
+		{"missing server", func(o *upOptions) { o.servers = nil }, []string{"--server is required"}},
+		{"server without port", func(o *upOptions) { o.servers = []string{"vpn.example.com"} }, []string{"--server", "HOST:PORT"}},
+		{"server without host", func(o *upOptions) { o.servers = []string{":443"} }, []string{"--server", "HOST:PORT"}},
+		{"server without port number", func(o *upOptions) { o.servers = []string{"vpn.example.com:"} }, []string{"--server", "HOST:PORT"}},
 		{"no authentication", func(o *upOptions) { o.tokenFile = "" }, []string{"need --token-file or --cert/--key"}},
 		{"token and cert", func(o *upOptions) { o.cert, o.key = "c.crt", "c.key" }, []string{"exclusive"}},
 		{"cert without key", func(o *upOptions) { o.tokenFile, o.cert = "", "c.crt" }, []string{"--cert and --key go together"}},
@@ -259,103 +255,6 @@ func TestFamiliesWith(t *testing.T) {
 	if got := familiesWith(nil, []netip.Prefix{p("100.64.0.2/32")}); len(got) != 0 {
 		t.Errorf("familiesWith(no routes) = %v", got)
 	}
-}
-
-// TestReconnectSchedule: dials that fail at once are spaced by the growing
-// backoff delays (±25%), but after a dial that timed out, which has
-// already waited longer than any delay, the next starts at once: the path
-// is never left unprobed for the delay on top of the dial's own silent
-// tail.
-func TestReconnectSchedule(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		// How long each attempt's dial takes before it fails.
-		took := []time.Duration{0, 0, 0, 0, 0, 0, defaultConnectTimeout, defaultConnectTimeout, 0}
-		var starts, ends []time.Time
-		dial := func(context.Context) (*quicio.ClientConn, error) {
-			i := len(starts)
-			starts = append(starts, time.Now())
-			if i == len(took)-1 {
-				cancel()
-			}
-			time.Sleep(took[i])
-			ends = append(ends, time.Now())
-			return nil, errors.New("connect: timeout")
-		}
-		_, _, err := reconnectLoop(ctx, new(reconnectBackoff), dial, nil, nil, slog.New(slog.DiscardHandler))
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("reconnectLoop() = %v, want context.Canceled", err)
-		}
-		if len(starts) != len(took) {
-			t.Fatalf("%d attempts, want %d", len(starts), len(took))
-		}
-		// Attempts 2-7 follow fast failures: 200 ms, 400 ms, … 3 s, ±25%.
-		delay := firstReconnectDelay
-		for i := 1; i <= 6; i++ {
-			got := starts[i].Sub(starts[i-1])
-			if lo, hi := delay*3/4, delay*5/4; got < lo || got > hi {
-				t.Errorf("attempt %d started %v after attempt %d, want %v ±25%%", i+1, got, i, delay)
-			}
-			delay = min(2*delay, maxReconnectDelay)
-		}
-		// Attempts 8 and 9 follow timeouts longer than the delay.
-		for i := 7; i <= 8; i++ {
-			if got := starts[i].Sub(ends[i-1]); got != 0 {
-				t.Errorf("attempt %d started %v after attempt %d timed out, want at once", i+1, got, i)
-			}
-		}
-	})
-}
-
-// TestReconnectBackoffHoldsAcrossSessions: a server that ends every
-// session (or sends GOAWAY) right after it came up gets a connection less
-// and less often, up to one per maxChurnDelay; a session that lasted
-// stableSession resets the backoff; failed dials keep their short delays
-// unless churn made them longer.
-func TestReconnectBackoffHoldsAcrossSessions(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		ctx := t.Context()
-		var bo reconnectBackoff
-		start := time.Now()
-		attempts := 0
-		for time.Since(start) < 5*time.Minute {
-			if err := bo.wait(ctx); err != nil {
-				t.Fatal(err)
-			}
-			attempts++
-			up := time.Now() // the session comes up at once…
-			time.Sleep(100 * time.Millisecond)
-			bo.ended(up) // …and ends 100 ms later
-		}
-		// 1, 2, 4, 8, 16 s, then 30 s (±25%): about 12 in 5 minutes.
-		if attempts > 16 {
-			t.Errorf("%d connections in 5 minutes against a server that ends each session at once, want at most 16", attempts)
-		}
-		if bo.delay != maxChurnDelay {
-			t.Errorf("delay after the loop = %v, want %v", bo.delay, maxChurnDelay)
-		}
-		bo.failed()
-		if bo.delay != maxChurnDelay {
-			t.Errorf("a failed dial cut the churn delay to %v", bo.delay)
-		}
-		// A session that lasted: the next attempt goes at once.
-		up := time.Now()
-		time.Sleep(stableSession)
-		bo.ended(up)
-		before := time.Now()
-		if err := bo.wait(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if waited := time.Since(before); waited != 0 {
-			t.Errorf("after a stable session the next attempt waited %v, want none", waited)
-		}
-		bo.failed()
-		if bo.delay != firstReconnectDelay {
-			t.Errorf("delay after a failed dial = %v, want %v", bo.delay, firstReconnectDelay)
-		}
-		t.Logf("%d connections in 5 minutes against a closing server", attempts)
-	})
 }
 
 func TestRecordSysctls(t *testing.T) {
