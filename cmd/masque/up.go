@@ -48,6 +48,7 @@ type upOptions struct {
 	// gave it (unset: on for a full tunnel).
 	killSwitch, killSwitchSet bool
 	allowLAN                  bool
+	allowForward              bool
 	allowLocalOverlap         bool
 	reconnect                 bool
 	// acceptDNS is --accept-dns; acceptDNSSet says whether the user gave
@@ -138,6 +139,7 @@ other instance touches.`,
 	f.StringVar(&o.dnsMode, "dns-mode", dnsAuto, "how --accept-dns applies them: auto (systemd-resolved where it manages DNS, else resolv.conf), resolved or file (/etc/resolv.conf)")
 	f.BoolVar(&o.reconnect, "reconnect", true, "when the tunnel is lost, keep the TUN, routes and kill switch and reconnect with backoff (false: exit)")
 	f.BoolVar(&o.allowLAN, "allow-lan", false, "with the kill switch, still let the directly connected networks be reached")
+	f.BoolVar(&o.allowForward, "allow-forward", false, allowForwardHelp)
 	f.BoolVar(&o.allowLocalOverlap, "allow-local-overlap", false, "accept tunnel addresses from the server inside the host's own or connected networks")
 	return cmd
 }
@@ -411,6 +413,9 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	if killSwitch && !slices.Contains(st.NFTables, tun.DefaultKillSwitchTable) {
 		st.NFTables = append(st.NFTables, tun.DefaultKillSwitchTable)
 	}
+	if gw, ok := gatewayTable(c, killSwitch); ok && !slices.Contains(st.NFTables, gw) {
+		st.NFTables = append(st.NFTables, gw)
+	}
 	if err := tun.WriteState(statePath, st); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
@@ -426,6 +431,9 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		logger.Info("kill switch on", "allow", ks.Allow)
 		ksOn = true
 	}
+	if err := allowForward(c, killSwitch, logger); err != nil {
+		return err
+	}
 	// The TUN starts at what a datagram carries now; Run raises it towards
 	// --mtu as QUIC's path MTU discovery finds room.
 	minMTU := tun.MinMTU
@@ -434,8 +442,9 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 	// The TUN is not a LAN (EndHost): no router advertisements,
 	// autoconfiguration, redirects or link-local address on it, strict
-	// reverse-path filtering, nothing forwarded from it.
-	dev, err = tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), minMTU), Addrs: client.Addresses(), EndHost: true})
+	// reverse-path filtering, nothing forwarded from it (but, with
+	// --allow-forward, the replies to the hosts behind this one).
+	dev, err = tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), minMTU), Addrs: client.Addresses(), EndHost: true, AllowForward: c.allowForward})
 	if err != nil {
 		return fmt.Errorf("create TUN %s: %w", c.tun, err)
 	}
