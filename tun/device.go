@@ -67,6 +67,14 @@ type Config struct {
 	// [Device.Sysctls]). A server's TUN, which forwards, leaves it
 	// false.
 	EndHost bool
+	// AllowForward, with EndHost, sets the link's IPv4 forwarding to 1
+	// rather than 0: the kernel forwards a packet only if the link it
+	// arrived on forwards, and the replies to what hosts behind this one
+	// send through the tunnel (masqueraded, see [Gateway]) arrive on the
+	// TUN for the TUN's address and are forwarded once de-NATed. Whatever
+	// else would be forwarded from the link is then for a forward chain
+	// to drop ([NewGateway], [KillSwitchConfig.AllowForward]).
+	AllowForward bool
 }
 
 // Validate reports every problem in c at once, joined with [errors.Join];
@@ -94,6 +102,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("addrs[%d]: duplicate address %v", i, p.Addr()))
 		}
 		seen[p.Addr()] = true
+	}
+	if c.AllowForward && !c.EndHost {
+		errs = append(errs, errors.New("allow_forward: only with end_host (a link that is not an end host's keeps its sysctls)"))
 	}
 	return errors.Join(errs...)
 }

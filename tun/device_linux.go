@@ -64,7 +64,7 @@ func (d *Device) setUp(cfg *Config) error {
 	if cfg.EndHost {
 		// Before the link goes up: addr_gen_mode decides then whether
 		// it gets a link-local address.
-		if err := d.setEndHost(slices.ContainsFunc(cfg.Addrs, func(p netip.Prefix) bool { return p.Addr().Is6() })); err != nil {
+		if err := d.setEndHost(slices.ContainsFunc(cfg.Addrs, func(p netip.Prefix) bool { return p.Addr().Is6() }), cfg.AllowForward); err != nil {
 			return err
 		}
 	}

@@ -27,6 +27,8 @@ func TestConfigValidate(t *testing.T) {
 		{name: "zero prefix", cfg: Config{Addrs: []netip.Prefix{{}}}, wantErr: []string{"addrs[0]: invalid prefix"}},
 		{name: "mapped", cfg: Config{Addrs: []netip.Prefix{netip.MustParsePrefix("::ffff:1.2.3.4/128")}}, wantErr: []string{"addrs[0]: ::ffff:1.2.3.4/128: IPv4-mapped"}},
 		{name: "duplicate", cfg: Config{Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24"), netip.MustParsePrefix("198.18.0.1/32")}}, wantErr: []string{"addrs[1]: duplicate address 198.18.0.1"}},
+		{name: "end host forwarding", cfg: Config{Name: "masque0", EndHost: true, AllowForward: true}},
+		{name: "forwarding without end host", cfg: Config{Name: "masque0", AllowForward: true}, wantErr: []string{"allow_forward: only with end_host"}},
 		{name: "all at once", cfg: Config{Name: "..", MTU: 1, Addrs: []netip.Prefix{{}}}, wantErr: []string{"name:", "mtu:", "addrs[0]:"}},
 	}
 	for _, tt := range tests {

@@ -11,6 +11,6 @@
 //
 // The package knows nothing about QUIC, HTTP or MASQUE; it only offers
 // the packet device and the host configuration around it. Everything but
-// [SetSysctl] and the state file functions is Linux-only: elsewhere it
+// [SetSysctl], [ReadSysctl] and the state file functions is Linux-only: elsewhere it
 // returns an error that wraps [errors.ErrUnsupported].
 package tun

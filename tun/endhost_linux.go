@@ -24,7 +24,8 @@ var endHostIPv4 = []sysctlSetting{
 	{"accept_redirects", "0"},
 	{"send_redirects", "0"},
 	// Nothing that arrives on the link is forwarded: ip_route_input
-	// checks the input link's forwarding (IN_DEV_FORWARD).
+	// checks the input link's forwarding (IN_DEV_FORWARD). With
+	// Config.AllowForward it is 1 (see endHostForwarding).
 	{"forwarding", "0"},
 	// Strict reverse-path filtering: a source the host would not route
 	// back through the link is dropped. The kernel applies the larger of
@@ -48,17 +49,39 @@ var endHostIPv6 = []sysctlSetting{
 	{"forwarding", "0"},
 }
 
+// endHostForwarding is the IPv4 forwarding of an end host's link with
+// [Config.AllowForward]: the replies to hosts behind this one arrive on
+// it.
+var endHostForwarding = sysctlSetting{"forwarding", "1"}
+
+// endHostIPv4Settings returns endHostIPv4, with endHostForwarding if
+// forward.
+func endHostIPv4Settings(forward bool) []sysctlSetting {
+	if !forward {
+		return endHostIPv4
+	}
+	out := make([]sysctlSetting, len(endHostIPv4))
+	for i, s := range endHostIPv4 {
+		if s.name == endHostForwarding.name {
+			s = endHostForwarding
+		}
+		out[i] = s
+	}
+	return out
+}
+
 // disableIPv6 turns IPv6 off on an end host's link that has no IPv6
 // address: the host then neither sends nor takes IPv6 on it at all.
 var disableIPv6 = sysctlSetting{"disable_ipv6", "1"}
 
 // endHostSysctls returns the sysctl keys, as [SetSysctl] takes them, that
-// [Create] sets on the link name with [Config.EndHost], and the values it
-// sets them to. All are per-link keys, under net/ipv4/conf/<name>/ and
-// net/ipv6/conf/<name>/; they vanish with the link.
-func endHostSysctls(name string, ipv6 bool) map[string]string {
+// [Create] sets on the link name with [Config.EndHost] (and
+// [Config.AllowForward] forward), and the values it sets them to. All are
+// per-link keys, under net/ipv4/conf/<name>/ and net/ipv6/conf/<name>/;
+// they vanish with the link.
+func endHostSysctls(name string, ipv6, forward bool) map[string]string {
 	m := map[string]string{}
-	for _, s := range endHostIPv4 {
+	for _, s := range endHostIPv4Settings(forward) {
 		m["net/ipv4/conf/"+name+"/"+s.name] = s.value
 	}
 	for _, s := range endHostIPv6 {
@@ -70,15 +93,16 @@ func endHostSysctls(name string, ipv6 bool) map[string]string {
 	return m
 }
 
-// setEndHost sets the end-host sysctls of the link: the IPv4 ones always,
-// the IPv6 ones if the link has an IPv6 configuration (a link whose MTU is
-// below MinIPv6MTU has none; SetMTU sets them once it has). It must run
-// on a thread in the link's network namespace (/proc/sys/net is the
-// calling thread's), before the link goes up.
-func (d *Device) setEndHost(ipv6 bool) error {
+// setEndHost sets the end-host sysctls of the link: the IPv4 ones always
+// (IPv4 forwarding on if forward), the IPv6 ones if the link has an IPv6
+// configuration (a link whose MTU is below MinIPv6MTU has none; SetMTU
+// sets them once it has). It must run on a thread in the link's network
+// namespace (/proc/sys/net is the calling thread's), before the link goes
+// up.
+func (d *Device) setEndHost(ipv6, forward bool) error {
 	d.sysMu.Lock()
 	defer d.sysMu.Unlock()
-	for _, s := range endHostIPv4 {
+	for _, s := range endHostIPv4Settings(forward) {
 		if err := d.setSysctl("net/ipv4/conf/"+d.name+"/"+s.name, s.value); err != nil {
 			return err
 		}

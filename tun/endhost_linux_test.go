@@ -47,7 +47,7 @@ func linkLocals(t *testing.T, name string) []netip.Addr {
 
 // checkEndHost checks that the link name has no link-local address and
 // that its end-host sysctls read back as set.
-func checkEndHost(t *testing.T, d *Device, ipv6 bool) {
+func checkEndHost(t *testing.T, d *Device, ipv6, forward bool) {
 	t.Helper()
 	// The kernel adds link-local addresses when the link goes up, and
 	// from a workqueue: give it the time it would take.
@@ -55,7 +55,7 @@ func checkEndHost(t *testing.T, d *Device, ipv6 bool) {
 	if ll := linkLocals(t, d.Name()); len(ll) > 0 {
 		t.Errorf("link %s has link-local addresses %v, want none", d.Name(), ll)
 	}
-	want := endHostSysctls(d.Name(), ipv6)
+	want := endHostSysctls(d.Name(), ipv6, forward)
 	for _, k := range slices.Sorted(maps.Keys(want)) {
 		if got := readSysctl(t, k); got != want[k] {
 			t.Errorf("%s = %s, want %s", k, got, want[k])
@@ -83,6 +83,10 @@ func TestCreateEndHost(t *testing.T) {
 			netip.MustParsePrefix("198.18.0.2/32"), netip.MustParsePrefix("2001:db8::2/128"),
 		}}},
 		{name: "ipv4 only", cfg: Config{Name: "mqeh1", MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.2/32")}}},
+		// Replies to the hosts behind this one arrive on the link.
+		{name: "allow forward", ipv6: true, cfg: Config{Name: "mqeh3", MTU: 1400, AllowForward: true, Addrs: []netip.Prefix{
+			netip.MustParsePrefix("198.18.0.2/32"), netip.MustParsePrefix("2001:db8::2/128"),
+		}}},
 		// Below 1280 the link has no IPv6 configuration; raising the MTU
 		// brings one back with the defaults, and a link-local address.
 		{name: "ipv4 only, small then large", setTo: 1400, cfg: Config{Name: "mqeh2", MTU: 1000, Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.2/32")}}},
@@ -95,18 +99,27 @@ func TestCreateEndHost(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			// A new link inherits the default forwarding, the opposite
+			// of what the end host's gets: Create must change it.
+			wantFwd := map[bool]string{false: "0", true: "1"}[tt.cfg.AllowForward]
+			if _, err := SetSysctl("net/ipv4/conf/default/forwarding", map[bool]string{false: "1", true: "0"}[tt.cfg.AllowForward]); err != nil {
+				t.Fatal(err)
+			}
 			tt.cfg.EndHost = true
 			d, err := Create(tt.cfg)
 			if err != nil {
 				t.Fatalf("Create(%+v) = %v", tt.cfg, err)
 			}
 			defer d.Close()
+			if got := readSysctl(t, "net/ipv4/conf/"+d.Name()+"/forwarding"); got != wantFwd {
+				t.Errorf("net/ipv4/conf/%s/forwarding = %s, want %s", d.Name(), got, wantFwd)
+			}
 			if tt.setTo != 0 {
 				if err := d.SetMTU(tt.setTo); err != nil {
 					t.Fatalf("SetMTU(%d) = %v", tt.setTo, err)
 				}
 			}
-			checkEndHost(t, d, tt.ipv6)
+			checkEndHost(t, d, tt.ipv6, tt.cfg.AllowForward)
 			if tt.setTo != 0 {
 				// Down below 1280 and up again.
 				if err := d.SetMTU(1200); err != nil {
@@ -115,7 +128,7 @@ func TestCreateEndHost(t *testing.T) {
 				if err := d.SetMTU(1500); err != nil {
 					t.Fatalf("SetMTU(1500) = %v", err)
 				}
-				checkEndHost(t, d, tt.ipv6)
+				checkEndHost(t, d, tt.ipv6, tt.cfg.AllowForward)
 			}
 		})
 	}

@@ -22,16 +22,14 @@ func SetSysctl(key, value string) (old string, err error) {
 	if err := validateSysctlKey(key); err != nil {
 		return "", fmt.Errorf("set sysctl: %w", err)
 	}
-	p := sysctlRoot + key
-	b, err := os.ReadFile(p)
+	old, err = sysctlValue(key)
 	if err != nil {
 		return "", fmt.Errorf("set sysctl %s: %w", key, err)
 	}
-	old = string(bytes.TrimSuffix(b, []byte("\n")))
 	if old == value {
 		return old, nil
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0)
+	f, err := os.OpenFile(sysctlRoot+key, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
 		return "", fmt.Errorf("set sysctl %s: %w", key, err)
 	}
@@ -43,6 +41,29 @@ func SetSysctl(key, value string) (old string, err error) {
 		return "", fmt.Errorf("set sysctl %s=%q: %w", key, value, err)
 	}
 	return old, nil
+}
+
+// ReadSysctl returns the value of /proc/sys/<key>, key as [SetSysctl]
+// takes it, without its trailing newline. A sysctl that does not exist
+// gives an error that satisfies errors.Is(err, fs.ErrNotExist).
+func ReadSysctl(key string) (string, error) {
+	if err := validateSysctlKey(key); err != nil {
+		return "", fmt.Errorf("read sysctl: %w", err)
+	}
+	v, err := sysctlValue(key)
+	if err != nil {
+		return "", fmt.Errorf("read sysctl %s: %w", key, err)
+	}
+	return v, nil
+}
+
+// sysctlValue reads the valid key.
+func sysctlValue(key string) (string, error) {
+	b, err := os.ReadFile(sysctlRoot + key)
+	if err != nil {
+		return "", err
+	}
+	return string(bytes.TrimSuffix(b, []byte("\n"))), nil
 }
 
 // validateSysctlKey rejects keys that would leave /proc/sys.

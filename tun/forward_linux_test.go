@@ -61,3 +61,21 @@ func TestSetSysctl(t *testing.T) {
 		t.Errorf("SetSysctl(escape) = %v, want invalid key", err)
 	}
 }
+
+func TestReadSysctl(t *testing.T) {
+	nstest.New(t)
+	for _, v := range []string{"1", "0"} {
+		if _, err := SetSysctl("net/ipv4/ip_forward", v); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := ReadSysctl("net/ipv4/ip_forward"); err != nil || got != v {
+			t.Errorf("ReadSysctl(net/ipv4/ip_forward) = %q, %v, want %q", got, err, v)
+		}
+	}
+	if _, err := ReadSysctl("net/ipv4/conf/nosuchlink/forwarding"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadSysctl(missing) = %v, want fs.ErrNotExist", err)
+	}
+	if _, err := ReadSysctl("../../etc/hostname"); err == nil || !strings.Contains(err.Error(), "invalid sysctl key") {
+		t.Errorf("ReadSysctl(outside /proc/sys) = %v, want invalid sysctl key", err)
+	}
+}

@@ -23,6 +23,12 @@ type KillSwitchConfig struct {
 	// Allow are destinations that may be reached outside the tunnel: the
 	// --exclude prefixes and, with --allow-lan, the local networks.
 	Allow []netip.Prefix
+	// AllowForward lets the hosts behind this one use the tunnel (masque
+	// up --allow-forward): the table then holds the chains of [Gateway],
+	// which accept what is forwarded into Tun, masquerade it to Tun's
+	// address and let only replies be forwarded from Tun. Without it
+	// nothing is forwarded into Tun or from it.
+	AllowForward bool
 }
 
 // Validate reports every problem in c at once.
@@ -50,6 +56,8 @@ func (c *KillSwitchConfig) Validate() error {
 // blocks IPv6 rather than leaking it, and a route injected on a physical
 // interface cannot pull traffic out. A forward chain in the same table
 // drops whatever the host would forward from the TUN to another
-// interface or from another interface into the TUN. Close deletes the
+// interface or from another interface into the TUN (with
+// [KillSwitchConfig.AllowForward], all but what hosts behind this one
+// send through the tunnel and the replies to it). Close deletes the
 // table.
 type KillSwitch struct{ nftTable }

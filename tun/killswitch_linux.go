@@ -36,27 +36,8 @@ func NewKillSwitch(cfg KillSwitchConfig) (*KillSwitch, error) {
 	for _, e := range killSwitchRules(cfg) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(e, &expr.Verdict{Kind: expr.VerdictAccept})})
 	}
-	// Nothing is forwarded from the TUN to another interface (the server
-	// would reach the LAN through the host) or from another interface
-	// into the TUN (the host would be a router into the tunnel for
-	// others). The rest of the host's forwarding is not the kill
-	// switch's business: policy accept.
-	accept := nftables.ChainPolicyAccept
-	fwd := c.AddChain(&nftables.Chain{
-		Name:     "forward",
-		Table:    t,
-		Type:     nftables.ChainTypeFilter,
-		Hooknum:  nftables.ChainHookForward,
-		Priority: nftables.ChainPriorityFilter,
-		Policy:   &accept,
-	})
-	for _, key := range []expr.MetaKey{expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME} {
-		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: []expr.Any{
-			&expr.Meta{Key: key, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(cfg.Tun)},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		}})
-	}
+	// The forward chain: see forwardRules.
+	addForwardChains(c, t, cfg.Tun, cfg.AllowForward)
 	if err := k.commit(c); err != nil {
 		return nil, fmt.Errorf("kill switch: create table %s: %w", cfg.Table, err)
 	}

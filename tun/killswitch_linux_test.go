@@ -122,6 +122,12 @@ func TestKillSwitch(t *testing.T) {
 				t.Errorf("nft list table inet %s lacks %q:\n%s", DefaultKillSwitchTable, want, got)
 			}
 		}
+		// Without AllowForward: nothing of the gateway's.
+		for _, bad := range []string{"masquerade", "ct state", "postrouting"} {
+			if strings.Contains(got, bad) {
+				t.Errorf("nft list table inet %s has %q without AllowForward:\n%s", DefaultKillSwitchTable, bad, got)
+			}
+		}
 	}
 
 	// A leftover table is replaced, not doubled.

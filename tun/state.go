@@ -53,7 +53,7 @@ type State struct {
 // that a root-run [Undo] of a planted or garbled state touches nothing
 // else: the routing table, mark and rule priorities are masque's defaults
 // ([DefaultTable], [DefaultFwMark], [DefaultRulePriority]); the nftables
-// tables are [DefaultKillSwitchTable] and [DefaultNATTable]; the sysctls
+// tables are those of ownTables; the sysctls
 // are the forwarding ones (net/ipv4/ip_forward,
 // net/ipv6/conf/all/forwarding) and a few of s.Tun's own (see
 // tunSysctls), each with a decimal value; resolv.conf is
@@ -84,8 +84,8 @@ func (s *State) Validate() error {
 	for i, t := range s.NFTables {
 		if err := validateTableName(t); err != nil {
 			errs = append(errs, fmt.Errorf("nft_tables[%d]: %w", i, err))
-		} else if t != DefaultKillSwitchTable && t != DefaultNATTable {
-			errs = append(errs, fmt.Errorf("nft_tables[%d]: %q is not one of masque's tables (%s, %s)", i, t, DefaultKillSwitchTable, DefaultNATTable))
+		} else if !slices.Contains(ownTables, t) {
+			errs = append(errs, fmt.Errorf("nft_tables[%d]: %q is not one of masque's tables (%s)", i, t, strings.Join(ownTables, ", ")))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Sysctls)) {
@@ -133,6 +133,10 @@ func (r *Routing) validateOwn() []error {
 	}
 	return errs
 }
+
+// ownTables are the inet nftables tables masque and masqued create: the
+// kill switch, the gateway of --allow-forward and the server's NAT.
+var ownTables = []string{DefaultKillSwitchTable, DefaultGatewayTable, DefaultNATTable}
 
 // forwardingSysctls are the host-wide sysctls masqued sets.
 var forwardingSysctls = []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"}

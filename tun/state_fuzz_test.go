@@ -24,7 +24,7 @@ func FuzzReadState(f *testing.F) {
 	f.Add([]byte(`{"version":1,"pid":7,"tun":"masque0","resolved":{"link":"masque0","ifindex":12},` +
 		`"resolv_conf":{"path":"/etc/resolv.conf","backup":"/run/masque/resolv.conf.orig"}}`))
 	f.Add([]byte(`{"version":1,"pid":7,"tun":"masque0","sysctls":{"net/ipv6/conf/masque0/accept_ra":"0",` +
-		`"net/ipv4/conf/masque0/rp_filter":"1","net/ipv6/conf/all/forwarding":"1"},"nft_tables":["masque_killswitch","masqued"]}`))
+		`"net/ipv4/conf/masque0/rp_filter":"1","net/ipv6/conf/all/forwarding":"1"},"nft_tables":["masque_killswitch","masque_forward","masqued"]}`))
 	f.Add([]byte(`{"version":1,"pid":7,"sysctls":{"kernel/core_pattern":"|/tmp/x"}}`))
 	f.Add([]byte(`{"version":1,"pid":7,"nft_tables":["firewalld"],"routing":{"table":51820,"fwmark":51820,"rule_priority":100}}`))
 	f.Add([]byte(`{"version":1,"pid":7,"resolv_conf":{"path":"/etc/passwd","backup":"/tmp/evil/resolv.conf.orig"}}`))
@@ -68,7 +68,7 @@ func checkOwnOnly(t *testing.T, b []byte, s *State) {
 		}
 	}
 	for _, tb := range s.NFTables {
-		if tb != "masque_killswitch" && tb != "masqued" {
+		if tb != "masque_killswitch" && tb != "masque_forward" && tb != "masqued" {
 			t.Errorf("ParseState(%q) accepted nft table %q", b, tb)
 		}
 	}

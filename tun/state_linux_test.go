@@ -23,7 +23,7 @@ func TestUndo(t *testing.T) {
 		Routes:   []netip.Prefix{v4Default, v6Default},
 		Excludes: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")},
 	}
-	s := &State{Tun: tunName, Routing: r, NFTables: []string{table}, Sysctls: map[string]string{}}
+	s := &State{Tun: tunName, Routing: r, NFTables: []string{table, DefaultGatewayTable}, Sysctls: map[string]string{}}
 	write := func() {
 		t.Helper()
 		if err := WriteState(path, s); err != nil {
@@ -58,6 +58,11 @@ func TestUndo(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
+	g, err := NewGateway(DefaultGatewayTable, tunName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
 
 	got, err := ReadState(path)
 	if err != nil {
@@ -73,8 +78,10 @@ func TestUndo(t *testing.T) {
 		if rules, routes := routingState(t, r); len(rules) != 0 || len(routes) != 0 {
 			t.Errorf("after Undo #%d: rules %q, routes %q, want none", i+1, rules, routes)
 		}
-		if ok, err := TableExists(table); err != nil || ok {
-			t.Errorf("after Undo #%d: TableExists(%s) = %v, %v, want false", i+1, table, ok, err)
+		for _, table := range s.NFTables {
+			if ok, err := TableExists(table); err != nil || ok {
+				t.Errorf("after Undo #%d: TableExists(%s) = %v, %v, want false", i+1, table, ok, err)
+			}
 		}
 		for _, key := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
 			b, err := os.ReadFile("/proc/sys/" + key)

@@ -22,8 +22,9 @@ package main
 //  4. Atomically replace state.json by a fresh state that names the kill
 //     switch and the well-known leftovers (written before they change).
 //  5. Remove the leftovers by name (tun.Leftovers): masque's policy rules
-//     and table, the TUN named by --tun if it is a detached TUN, and the
-//     resolv.conf backup in the state directory, restored byte for byte.
+//     and table, the TUN named by --tun if it is a detached TUN, the
+//     gateway table of --allow-forward and the resolv.conf backup in the
+//     state directory, restored byte for byte.
 //     Once they are gone, the state names only the kill switch.
 //  6. Bring the tunnel up as usual. Once it is up, --kill-switch=false
 //     (or a split tunnel's default) removes the kill switch; otherwise the
@@ -69,7 +70,7 @@ func killSwitchConfig(c *upConfig, mark uint32) tun.KillSwitchConfig {
 	if c.allowLAN {
 		allow = append(allow, lanPrefixes(c.tun)...)
 	}
-	return tun.KillSwitchConfig{Table: tun.DefaultKillSwitchTable, Tun: c.tun, FwMark: mark, Allow: allow}
+	return tun.KillSwitchConfig{Table: tun.DefaultKillSwitchTable, Tun: c.tun, FwMark: mark, Allow: allow, AllowForward: c.allowForward}
 }
 
 // startBlocked is masque up's answer to the corrupt state file at
@@ -97,7 +98,7 @@ func startBlocked(c *upConfig, statePath string, readErr error, logger *slog.Log
 		PID:        os.Getpid(),
 		Tun:        c.tun,
 		Routing:    &tun.Routing{Link: c.tun},
-		NFTables:   []string{ks.Table},
+		NFTables:   []string{ks.Table, tun.DefaultGatewayTable},
 		ResolvConf: rc,
 	}
 	if err := tun.WriteState(statePath, st); err != nil {
@@ -105,7 +106,7 @@ func startBlocked(c *upConfig, statePath string, readErr error, logger *slog.Log
 	}
 	logger.Warn("state file corrupt: all traffic blocked until the tunnel is up",
 		"path", statePath, "copy", aside, "kill_switch", ks.Table, "err", readErr)
-	done, err := (&tun.Leftovers{Tun: c.tun, Routing: &tun.Routing{}, ResolvConf: rc}).Remove()
+	done, err := (&tun.Leftovers{Tun: c.tun, Routing: &tun.Routing{}, NFTables: []string{tun.DefaultGatewayTable}, ResolvConf: rc}).Remove()
 	for _, d := range done {
 		logger.Info("leftover of the corrupt state", "done", d)
 	}
@@ -175,7 +176,7 @@ func sweepCorrupt(stateDir, statePath, tunName string) (done []string, err error
 	l := &tun.Leftovers{
 		Tun:        tunName,
 		Routing:    &tun.Routing{},
-		NFTables:   []string{tun.DefaultKillSwitchTable},
+		NFTables:   []string{tun.DefaultKillSwitchTable, tun.DefaultGatewayTable},
 		ResolvConf: resolvConf(stateDir),
 	}
 	done, err = l.Remove()

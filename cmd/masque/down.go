@@ -30,9 +30,10 @@ down waits for it to exit. Without a running one, undoes what a masque up that
 did not exit cleanly left behind, as its state file records it. If the state
 file is corrupt, masque down removes what masque up always creates by its
 well-known names instead: the policy routing table and rules, the TUN named by
---tun (if it is a TUN no process holds), the kill switch table inet ` + tun.DefaultKillSwitchTable + `
-and the resolv.conf backup in --state-dir, put back byte for byte; then it
-moves the file aside to state.json.corrupt. Running it again is harmless.`,
+--tun (if it is a TUN no process holds), the kill switch table inet ` + tun.DefaultKillSwitchTable + `,
+the --allow-forward table inet ` + tun.DefaultGatewayTable + ` and the resolv.conf backup in
+--state-dir, put back byte for byte; then it moves the file aside to
+state.json.corrupt. Running it again is harmless.`,
 		Example: `  masque down work      # stop instance work, from any shell
   masque down           # the default instance
   masque down --state-dir /run/masque/x --tun masque-x`,

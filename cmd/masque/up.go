@@ -47,6 +47,7 @@ type upOptions struct {
 	// gave it (unset: on for a full tunnel).
 	killSwitch, killSwitchSet bool
 	allowLAN                  bool
+	allowForward              bool
 	allowLocalOverlap         bool
 	reconnect                 bool
 	// acceptDNS is --accept-dns; acceptDNSSet says whether the user gave
@@ -137,6 +138,7 @@ other instance touches.`,
 	f.StringVar(&o.dnsMode, "dns-mode", dnsAuto, "how --accept-dns applies them: auto (systemd-resolved where it manages DNS, else resolv.conf), resolved or file (/etc/resolv.conf)")
 	f.BoolVar(&o.reconnect, "reconnect", true, "when the tunnel is lost, keep the TUN, routes and kill switch and reconnect with backoff (false: exit)")
 	f.BoolVar(&o.allowLAN, "allow-lan", false, "with the kill switch, still let the directly connected networks be reached")
+	f.BoolVar(&o.allowForward, "allow-forward", false, allowForwardHelp)
 	f.BoolVar(&o.allowLocalOverlap, "allow-local-overlap", false, "accept tunnel addresses from the server inside the host's own or connected networks")
 	return cmd
 }

@@ -114,6 +114,9 @@ func (h *upHost) Up(ctx context.Context, srv tunnel.AgentServer, client *tunnel.
 	if killSwitch && !slices.Contains(st.NFTables, tun.DefaultKillSwitchTable) {
 		st.NFTables = append(st.NFTables, tun.DefaultKillSwitchTable)
 	}
+	if gw, ok := gatewayTable(c, killSwitch); ok && !slices.Contains(st.NFTables, gw) {
+		st.NFTables = append(st.NFTables, gw)
+	}
 	if err := tun.WriteState(h.statePath, st); err != nil {
 		return nil, fmt.Errorf("write state: %w", err)
 	}
@@ -129,6 +132,9 @@ func (h *upHost) Up(ctx context.Context, srv tunnel.AgentServer, client *tunnel.
 		h.logger.Info("kill switch on", "allow", ks.Allow)
 		h.ksOn = true
 	}
+	if err := allowForward(c, killSwitch, h.logger); err != nil {
+		return nil, err
+	}
 	// The TUN starts at what a datagram carries now; the session raises
 	// it towards --mtu as QUIC's path MTU discovery finds room.
 	minMTU := tun.MinMTU
@@ -137,8 +143,9 @@ func (h *upHost) Up(ctx context.Context, srv tunnel.AgentServer, client *tunnel.
 	}
 	// The TUN is not a LAN (EndHost): no router advertisements,
 	// autoconfiguration, redirects or link-local address on it, strict
-	// reverse-path filtering, nothing forwarded from it.
-	dev, err := tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), minMTU), Addrs: client.Addresses(), EndHost: true})
+	// reverse-path filtering, nothing forwarded from it (but, with
+	// --allow-forward, the replies to the hosts behind this one).
+	dev, err := tun.Create(tun.Config{Name: c.tun, MTU: max(client.MTU(), minMTU), Addrs: client.Addresses(), EndHost: true, AllowForward: c.allowForward})
 	if err != nil {
 		return nil, fmt.Errorf("create TUN %s: %w", c.tun, err)
 	}
