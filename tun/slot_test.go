@@ -41,6 +41,9 @@ func TestSlotsDisjoint(t *testing.T) {
 		if err := r.Validate(); err != nil {
 			t.Errorf("Slot(%d).Routing().Validate() = %v", s, err)
 		}
+		if errs := r.validateOwn(s); errs != nil {
+			t.Errorf("Slot(%d).Routing().validateOwn(%d) = %v", s, s, errs)
+		}
 		names := []any{"table", r.Table, "mark", r.FwMark, "prio", r.RulePriority, "prio", r.RulePriority + 1, "nft", s.KillSwitchTable()}
 		for i := 0; i < len(names); i += 2 {
 			key := [2]any{names[i], names[i+1]}

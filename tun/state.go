@@ -46,14 +46,18 @@ type State struct {
 	ResolvConf *ResolvConf `json:"resolv_conf,omitempty"`
 	// Resolved is the link whose DNS settings systemd-resolved holds.
 	Resolved *ResolvedLink `json:"resolved,omitempty"`
+	// Slot is the instance slot whose names Routing and the kill-switch
+	// table are; 0, the names of the runs before instances, when absent.
+	Slot Slot `json:"slot,omitempty"`
 }
 
 // Validate reports every problem in s at once, joined with [errors.Join].
 // A state that passes names nothing but what masque itself changes, so
 // that a root-run [Undo] of a planted or garbled state touches nothing
-// else: the routing table, mark and rule priorities are masque's defaults
-// ([DefaultTable], [DefaultFwMark], [DefaultRulePriority]); the nftables
-// tables are [DefaultKillSwitchTable] and [DefaultNATTable]; the sysctls
+// else: the routing table, mark and rule priorities are those of s.Slot
+// (see [Slot]; all three of the same slot, so that an instance's undo
+// cannot reach another's rules); the nftables tables are s.Slot's
+// [Slot.KillSwitchTable] and [DefaultNATTable]; the sysctls
 // are the forwarding ones (net/ipv4/ip_forward,
 // net/ipv6/conf/all/forwarding) and a few of s.Tun's own (see
 // tunSysctls), each with a decimal value; resolv.conf is
@@ -68,6 +72,11 @@ func (s *State) Validate() error {
 	if s.PID < 0 {
 		errs = append(errs, fmt.Errorf("pid: %d negative", s.PID))
 	}
+	slot := s.Slot
+	if !slot.Valid() {
+		errs = append(errs, fmt.Errorf("slot: %d out of range 0..%d", s.Slot, MaxInstances-1))
+		slot = 0 // check the names against slot 0's, to report them too
+	}
 	if s.Tun != "" {
 		if err := validateLinkName(s.Tun, false); err != nil {
 			errs = append(errs, fmt.Errorf("tun: %w", err))
@@ -79,13 +88,15 @@ func (s *State) Validate() error {
 		if err := s.Routing.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("routing: %w", err))
 		}
-		errs = append(errs, s.Routing.validateOwn()...)
+		errs = append(errs, s.Routing.validateOwn(slot)...)
 	}
+	own := slot.ownTables()
 	for i, t := range s.NFTables {
 		if err := validateTableName(t); err != nil {
 			errs = append(errs, fmt.Errorf("nft_tables[%d]: %w", i, err))
-		} else if t != DefaultKillSwitchTable && t != DefaultNATTable {
-			errs = append(errs, fmt.Errorf("nft_tables[%d]: %q is not one of masque's tables (%s, %s)", i, t, DefaultKillSwitchTable, DefaultNATTable))
+		} else if !slices.Contains(own, t) {
+			of, ok := slotOfKillSwitchTable(t)
+			errs = append(errs, fmt.Errorf("nft_tables[%d]: %q is not one of masque's tables (%s)%s", i, t, strings.Join(own, ", "), slotSuffix(of, ok, slot)))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Sysctls)) {
@@ -117,19 +128,23 @@ func (s *State) Validate() error {
 	return errors.Join(errs...)
 }
 
-// validateOwn checks that r names masque's own table, mark and rule
-// priorities: Remove flushes the table and deletes the rules at the
-// priorities, whoever put them there.
-func (r *Routing) validateOwn() []error {
+// validateOwn checks that r names the table, mark and rule priorities of
+// slot, a valid slot: Remove flushes the table and deletes the rules at
+// the priorities, whoever put them there. A name of another slot is said
+// to be so, for a state that mixes slots.
+func (r *Routing) validateOwn(slot Slot) []error {
 	var errs []error
-	if t := r.table(); t != DefaultTable {
-		errs = append(errs, fmt.Errorf("routing: table: %d is not masque's table %d", t, DefaultTable))
+	if t := r.table(); t != slot.Table() {
+		of, ok := slotOfTable(t)
+		errs = append(errs, fmt.Errorf("routing: table: %d is not masque's table %d (slot %d)%s", t, slot.Table(), slot, slotSuffix(of, ok, slot)))
 	}
-	if m := r.fwMark(); m != DefaultFwMark {
-		errs = append(errs, fmt.Errorf("routing: fwmark: %#x is not masque's mark %#x", m, DefaultFwMark))
+	if m := r.fwMark(); m != slot.FwMark() {
+		of, ok := slotOfMark(m)
+		errs = append(errs, fmt.Errorf("routing: fwmark: %#x is not masque's mark %#x (slot %d)%s", m, slot.FwMark(), slot, slotSuffix(of, ok, slot)))
 	}
-	if p := r.priority(); p != DefaultRulePriority {
-		errs = append(errs, fmt.Errorf("routing: rule_priority: %d is not masque's %d", p, DefaultRulePriority))
+	if p := r.priority(); p != slot.RulePriority() {
+		of, ok := slotOfPriority(p)
+		errs = append(errs, fmt.Errorf("routing: rule_priority: %d is not masque's %d (slot %d)%s", p, slot.RulePriority(), slot, slotSuffix(of, ok, slot)))
 	}
 	return errs
 }
