@@ -16,6 +16,11 @@ import (
 // directory of the claims that say which instance holds which [Slot].
 const DefaultRegistryDir = "/run/masque/instances"
 
+// ErrSlotTaken is wrapped by the error that [Undo] returns when the slot
+// its state names is held by another running instance now: the state is
+// stale, and the names it holds are that instance's.
+var ErrSlotTaken = errors.New("slot taken by another instance")
+
 // Claim says which instance holds a slot in one network namespace. It is
 // kept in the registry as a file of mode 0600 named
 // <netns>.<slot>.json, where netns is the inode number of the

@@ -25,3 +25,12 @@ func Claims(dir string) ([]Claim, error) {
 func ReleaseClaim(dir string, s Slot) error {
 	return fmt.Errorf("release slot %d: %w", s, errors.ErrUnsupported)
 }
+
+// checkStateClaim refuses a state with a claim, as the registry is
+// implemented only on Linux.
+func checkStateClaim(s *State) (release func() error, err error) {
+	if s.Claim != "" {
+		return nil, fmt.Errorf("check claim: %w", errors.ErrUnsupported)
+	}
+	return func() error { return nil }, nil
+}

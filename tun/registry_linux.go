@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -157,6 +155,59 @@ func ReleaseClaim(dir string, s Slot) error {
 		return fmt.Errorf("release slot %d: %w", s, err)
 	}
 	return nil
+}
+
+// checkStateClaim is Undo's look at the registry before it changes
+// anything, for a state s with a Claim: in the calling thread's
+// namespace, the slot's names are its claim's holder's, so a slot that
+// another running process holds now is refused with an error wrapping
+// [ErrSlotTaken]. The release it returns, called once the undo has
+// succeeded, removes the claim file s.Claim if it still holds s.PID; one
+// that another process holds is left alone. A missing registry or claim
+// is no error.
+func checkStateClaim(s *State) (release func() error, err error) {
+	noop := func() error { return nil }
+	if s.Claim == "" {
+		return noop, nil
+	}
+	dir, name := filepath.Dir(s.Claim), filepath.Base(s.Claim)
+	r, err := openRegistry(dir, false, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return noop, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	c, err := r.read(claimFileName(r.ns, s.Slot))
+	if err != nil {
+		return nil, err
+	}
+	if c != nil && c.PID != s.PID && processAlive(c.PID) {
+		return nil, fmt.Errorf("%w: slot %d is held by instance %q (pid %d) now, not by pid %d: the state is stale",
+			ErrSlotTaken, s.Slot, c.Instance, c.PID, s.PID)
+	}
+	return func() error {
+		r, err := openRegistry(dir, true, false)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("release claim: %w", err)
+		}
+		defer r.close()
+		c, err := r.read(name)
+		if err != nil {
+			return fmt.Errorf("release claim: %w", err)
+		}
+		if c == nil || c.PID != s.PID {
+			return nil
+		}
+		if err := r.remove(name); err != nil {
+			return fmt.Errorf("release claim: %w", err)
+		}
+		return nil
+	}, nil
 }
 
 // registry is an open, locked instance registry.
@@ -310,81 +361,6 @@ func netnsID() (uint64, error) {
 		return 0, fmt.Errorf("network namespace: %w", err)
 	}
 	return st.Ino, nil
-}
-
-// slotUse says what of a slot's kernel resources exist in a namespace.
-type slotUse struct {
-	// leftovers: masque's rules at its priorities, routes in its table
-	// or its kill-switch table.
-	leftovers bool
-	// foreign: rules of another program at its priorities (tailscale
-	// puts some at 5210 and 5230).
-	foreign bool
-}
-
-// slotUsage returns the use of every slot in the calling thread's
-// network namespace, from one dump of the rules and routes of each
-// address family and of the inet nftables tables.
-func slotUsage() (use [MaxInstances]slotUse, err error) {
-	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
-		rules, err := retryDump(func() ([]netlink.Rule, error) { return netlink.RuleList(fam) })
-		if err != nil {
-			return use, fmt.Errorf("list rules: %w", err)
-		}
-		for i := range rules {
-			p := rules[i].Priority
-			if p < DefaultRulePriority {
-				continue
-			}
-			s, ok := slotOfPriority(p - (p-DefaultRulePriority)%2)
-			if !ok {
-				continue
-			}
-			r := s.Routing()
-			if r.ownsRule(&rules[i]) {
-				use[s].leftovers = true
-			} else {
-				use[s].foreign = true
-			}
-		}
-		routes, err := retryDump(func() ([]netlink.Route, error) {
-			return netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-		})
-		if err != nil {
-			return use, fmt.Errorf("list routes: %w", err)
-		}
-		for _, rt := range routes {
-			if s, ok := slotOfTable(rt.Table); ok {
-				use[s].leftovers = true
-			}
-		}
-	}
-	c, err := nftables.New()
-	if err != nil {
-		return use, fmt.Errorf("list nft tables: %w", err)
-	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return use, fmt.Errorf("list nft tables: %w", err)
-	}
-	for _, t := range tables {
-		if s, ok := slotOfKillSwitchTable(t.Name); ok {
-			use[s].leftovers = true
-		}
-	}
-	return use, nil
-}
-
-// retryDump calls dump again, a few times, while the kernel reports that
-// the dump was interrupted by a change.
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
-	for range 4 {
-		v, err := dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-	}
-	return dump()
 }
 
 // processAlive reports whether process pid is running masque (its comm

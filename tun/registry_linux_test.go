@@ -3,7 +3,6 @@ package tun
 import (
 	"errors"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,11 +12,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/google/nftables"
 	"github.com/masque-vpn/masque/tun/internal/nstest"
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // testInstance is a split tunnel without a kill switch called name, held
@@ -211,42 +207,6 @@ func TestClaimSlotRace(t *testing.T) {
 	}
 	if got := claimSlots(t, dir); len(got) != n {
 		t.Errorf("claims = %v, want %d", got, n)
-	}
-}
-
-// addRule adds a rule at priority prio that looks up table; a masque
-// suppress rule when table is the main table.
-func addRule(t *testing.T, prio, table int) {
-	t.Helper()
-	r := netlink.NewRule()
-	r.Priority, r.Table = prio, table
-	if table == tableMain {
-		r.SuppressPrefixlen = 0
-	}
-	if err := netlink.RuleAdd(r); err != nil {
-		t.Fatalf("add rule pref %d lookup %d: %v", prio, table, err)
-	}
-}
-
-// addThrowRoute adds a throw route for 192.0.2.0/24 to table.
-func addThrowRoute(t *testing.T, table int) {
-	t.Helper()
-	_, dst, _ := net.ParseCIDR("192.0.2.0/24")
-	if err := netlink.RouteAdd(&netlink.Route{Dst: dst, Table: table, Type: unix.RTN_THROW}); err != nil {
-		t.Fatalf("add throw route to table %d: %v", table, err)
-	}
-}
-
-// addNFTTable adds an empty inet table called name.
-func addNFTTable(t *testing.T, name string) {
-	t.Helper()
-	c, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.AddTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
-	if err := c.Flush(); err != nil {
-		t.Fatalf("add table inet %s: %v", name, err)
 	}
 }
 

@@ -49,6 +49,10 @@ type State struct {
 	// Slot is the instance slot whose names Routing and the kill-switch
 	// table are; 0, the names of the runs before instances, when absent.
 	Slot Slot `json:"slot,omitempty"`
+	// Claim is the path of the instance's claim of Slot in the instance
+	// registry ([ClaimSlot]), which Undo removes once it has undone the
+	// rest.
+	Claim string `json:"claim,omitempty"`
 }
 
 // Validate reports every problem in s at once, joined with [errors.Join].
@@ -61,8 +65,9 @@ type State struct {
 // are the forwarding ones (net/ipv4/ip_forward,
 // net/ipv6/conf/all/forwarding) and a few of s.Tun's own (see
 // tunSysctls), each with a decimal value; resolv.conf is
-// [ManagedResolvConf], with its backup named [ResolvConfBackup].
-// [ReadState] and [WriteState] also insist that the backup is in the
+// [ManagedResolvConf], with its backup named [ResolvConfBackup]; the
+// claim is a file of s.Slot directly in a directory named instances
+// (see validateClaimPath). [ReadState] and [WriteState] also insist that the backup is in the
 // state file's directory.
 func (s *State) Validate() error {
 	var errs []error
@@ -107,6 +112,11 @@ func (s *State) Validate() error {
 		}
 		if v := s.Sysctls[k]; !decimal(v) {
 			errs = append(errs, fmt.Errorf("sysctls[%s]: value %q is not a decimal integer", k, v))
+		}
+	}
+	if s.Claim != "" {
+		if err := validateClaimPath(s.Claim, slot); err != nil {
+			errs = append(errs, fmt.Errorf("claim: %w", err))
 		}
 	}
 	if s.ResolvConf != nil {
@@ -385,18 +395,29 @@ func RemoveState(path string) error {
 // that is not a TUN is left alone and reported), deletes each nftables
 // table and restores each sysctl (sysctls that no longer exist, such as
 // those of a deleted link, are skipped; those of a link named s.Tun that
-// is not a TUN are left alone and reported) and restores resolv.conf.
-// What is already gone is no error, so Undo is idempotent; it carries on past
+// is not a TUN are left alone and reported), restores resolv.conf and,
+// when all of that succeeded, removes the claim file s.Claim if it still
+// names s.PID (a claim that another process holds is left alone; one
+// kept after a failure goes on blocking the slot as a crash's). What is
+// already gone is no error, so Undo is idempotent; it carries on past
 // failures and returns them joined with [errors.Join].
 //
 // A state that fails [State.Validate] is refused whole: Undo then
 // changes nothing and returns an error that wraps [ErrCorruptState].
+// So is a state with a Claim whose registry or claim cannot be read, or
+// whose slot another running process has claimed in the calling thread's
+// network namespace since: its names are that process's now, and the
+// error wraps [ErrSlotTaken].
 //
 // Undo does not check whether process s.PID is still running; callers
 // that might be undoing the changes of a live process check that first.
 func Undo(s *State) error {
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("undo: %w: %v", ErrCorruptState, err)
+	}
+	release, err := checkStateClaim(s)
+	if err != nil {
+		return fmt.Errorf("undo: %w", err)
 	}
 	var errs []error
 	if s.Resolved != nil {
@@ -443,6 +464,9 @@ func Undo(s *State) error {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("undo: %w", err)
+	}
+	if err := release(); err != nil {
 		return fmt.Errorf("undo: %w", err)
 	}
 	return nil

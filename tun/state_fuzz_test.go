@@ -32,6 +32,8 @@ func FuzzReadState(f *testing.F) {
 	f.Add([]byte(`{"version":1,"pid":7,"slot":3,"routing":{"table":19796,"fwmark":19796,"rule_priority":5206},"nft_tables":["masque_killswitch_3","masqued"]}`))
 	f.Add([]byte(`{"version":1,"pid":7,"slot":3,"routing":{"table":19796,"fwmark":19795,"rule_priority":5206},"nft_tables":["masque_killswitch_2"]}`))
 	f.Add([]byte(`{"version":1,"pid":7,"slot":16,"nft_tables":["masque_killswitch_16"]}`))
+	f.Add([]byte(`{"version":1,"pid":7,"slot":3,"claim":"/run/masque/instances/4026531840.3.json"}`))
+	f.Add([]byte(`{"version":1,"pid":7,"slot":3,"claim":"/run/masque/instances/../../../etc/shadow"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := ParseState(b)
 		if err != nil {
@@ -59,11 +61,14 @@ func FuzzReadState(f *testing.F) {
 // checked apart.
 var ownSysctlKey = regexp.MustCompile(`^net/ipv[46]/conf/([^/]+)/[a-z_]+$`)
 
+// claimPathRE is a claim file's path: in a directory named instances.
+var claimPathRE = regexp.MustCompile(`^/([^/\x00]+/)*instances/[1-9][0-9]*\.(0|[1-9]|1[0-5])\.json$`)
+
 var decimalValue = regexp.MustCompile(`^-?[0-9]{1,10}$`)
 
 // checkOwnOnly fails t unless s, parsed from b, names only masque's own
-// table, mark, rule priorities and nftables tables, all of s's slot, and
-// its own sysctls and resolv.conf. It restates the allowlist rather than calling it.
+// table, mark, rule priorities, nftables tables and claim, all of s's
+// slot, and its own sysctls and resolv.conf. It restates the allowlist rather than calling it.
 func checkOwnOnly(t *testing.T, b []byte, s *State) {
 	t.Helper()
 	slot := int(s.Slot)
@@ -101,6 +106,12 @@ func checkOwnOnly(t *testing.T, b []byte, s *State) {
 		}
 		if !own || !decimalValue.MatchString(v) {
 			t.Errorf("ParseState(%q) accepted sysctl %q = %q (tun %q)", b, k, v, s.Tun)
+		}
+	}
+	if c := s.Claim; c != "" {
+		if !claimPathRE.MatchString(c) || strings.Contains(c, "/../") || strings.Contains(c, "/./") || strings.Contains(c, "//") ||
+			!strings.HasSuffix(c, fmt.Sprintf(".%d.json", slot)) {
+			t.Errorf("ParseState(%q) accepted claim %q for slot %d", b, c, slot)
 		}
 	}
 	if rc := s.ResolvConf; rc != nil {
