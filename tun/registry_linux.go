@@ -39,7 +39,9 @@ const lockTimeout = 5 * time.Second
 // It first checks c against the claims of the namespace with
 // [CheckConflicts] and returns its [*ConflictError] unchanged. It then
 // takes the slot of a dead claim of c's own instance, a crashed run
-// whose leftovers the new run undoes from its state, or else the lowest
+// whose leftovers the new run undoes from its state (with [Undo], which
+// lets the process that took a slot over undo its predecessor's state
+// of it, or replaces, as the kill switch's table), or else the lowest
 // free slot: one without a live claim whose kernel resources are gone
 // (no rule at its priorities, no route in its table, no kill-switch
 // table). A slot whose resources exist without a claim is some other
@@ -161,10 +163,12 @@ func ReleaseClaim(dir string, s Slot) error {
 // anything, for a state s with a Claim: in the calling thread's
 // namespace, the slot's names are its claim's holder's, so a slot that
 // another running process holds now is refused with an error wrapping
-// [ErrSlotTaken]. The release it returns, called once the undo has
+// [ErrSlotTaken]. The calling process may hold it: a new run of a
+// crashed instance takes its slot over first, then undoes the crashed
+// run's state. The release it returns, called once the undo has
 // succeeded, removes the claim file s.Claim if it still holds s.PID; one
-// that another process holds is left alone. A missing registry or claim
-// is no error.
+// that another process holds (the new run's) is left alone. A missing
+// registry or claim is no error.
 func checkStateClaim(s *State) (release func() error, err error) {
 	noop := func() error { return nil }
 	if s.Claim == "" {
@@ -183,7 +187,7 @@ func checkStateClaim(s *State) (release func() error, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if c != nil && c.PID != s.PID && processAlive(c.PID) {
+	if c != nil && c.PID != s.PID && c.PID != os.Getpid() && processAlive(c.PID) {
 		return nil, fmt.Errorf("%w: slot %d is held by instance %q (pid %d) now, not by pid %d: the state is stale",
 			ErrSlotTaken, s.Slot, c.Instance, c.PID, s.PID)
 	}

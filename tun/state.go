@@ -407,7 +407,9 @@ func RemoveState(path string) error {
 // So is a state with a Claim whose registry or claim cannot be read, or
 // whose slot another running process has claimed in the calling thread's
 // network namespace since: its names are that process's now, and the
-// error wraps [ErrSlotTaken].
+// error wraps [ErrSlotTaken]. The calling process itself may hold the
+// slot: a new run of a crashed instance claims its slot first, then
+// undoes the crashed run's state, and keeps its own claim.
 //
 // Undo does not check whether process s.PID is still running; callers
 // that might be undoing the changes of a live process check that first.

@@ -260,3 +260,26 @@ func TestUndoRefusesTakenSlot(t *testing.T) {
 		t.Errorf("Claims() = %+v, %v, want home's", cs, err)
 	}
 }
+
+// TestUndoAfterTakeover checks that a new run of a crashed instance,
+// which has taken the crashed run's slot over, can undo that run's state
+// and keeps its own claim.
+func TestUndoAfterTakeover(t *testing.T) {
+	nstest.New(t)
+	dir := testRegistry(t)
+	s := claimedState(t, dir, "work", "a")
+	c, err := ClaimSlot(dir, testInstance("work"))
+	if err != nil || c.Slot != s.Slot {
+		t.Fatalf("ClaimSlot(work) = %+v, %v, want the crashed run's slot %d", c, err, s.Slot)
+	}
+	if err := Undo(s); err != nil {
+		t.Fatalf("Undo(crashed run's state) = %v", err)
+	}
+	if slotLeftovers(t, s.Slot) {
+		t.Errorf("slot %d's resources remain", s.Slot)
+	}
+	cs, err := Claims(dir)
+	if err != nil || len(cs) != 2 || cs[1].Slot != s.Slot || cs[1].PID != os.Getpid() {
+		t.Errorf("Claims() = %+v, %v, want a's and the new run's", cs, err)
+	}
+}
