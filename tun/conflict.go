@@ -35,6 +35,7 @@ var conflictNames = map[ConflictReason]string{
 	ConflictOurKillSwitch:   "our kill switch",
 }
 
+// String returns r's name, such as "full tunnel".
 func (r ConflictReason) String() string {
 	if n, ok := conflictNames[r]; ok {
 		return n
@@ -48,6 +49,7 @@ func (r ConflictReason) String() string {
 //
 //	masque instance "work" is already running (pid 123, state /run/masque/work)
 type ConflictError struct {
+	// Reason says what is in the way.
 	Reason ConflictReason
 	// Claim is the instance in the way: a running one, or a crashed one
 	// with leftovers.
@@ -56,6 +58,8 @@ type ConflictError struct {
 	Want Claim
 }
 
+// Error returns the conflict in one line that names the instance in the
+// way and what to do about it.
 func (e *ConflictError) Error() string {
 	c := &e.Claim
 	switch e.Reason {
