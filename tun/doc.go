@@ -4,6 +4,12 @@
 // forwarding sysctls (server), and records everything it changes in a
 // state file so that a later run can undo it after a crash.
 //
+// Client instances side by side each hold a [Slot], which names their
+// routing table, mark, rule priorities and kill switch, claimed per
+// network namespace in a registry ([ClaimSlot], [CheckConflicts]); a
+// state names its own slot's names only, so that no undo reaches another
+// instance's.
+//
 // Every function acts in the network namespace of the calling OS thread.
 // Callers that work in another namespace lock their goroutine to a thread
 // in that namespace first (see internal/nstest); [NAT] remembers the

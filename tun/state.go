@@ -46,19 +46,28 @@ type State struct {
 	ResolvConf *ResolvConf `json:"resolv_conf,omitempty"`
 	// Resolved is the link whose DNS settings systemd-resolved holds.
 	Resolved *ResolvedLink `json:"resolved,omitempty"`
+	// Slot is the instance slot whose names Routing and the kill-switch
+	// table are; 0, the names of the runs before instances, when absent.
+	Slot Slot `json:"slot,omitempty"`
+	// Claim is the path of the instance's claim of Slot in the instance
+	// registry ([ClaimSlot]), which Undo removes once it has undone the
+	// rest.
+	Claim string `json:"claim,omitempty"`
 }
 
 // Validate reports every problem in s at once, joined with [errors.Join].
 // A state that passes names nothing but what masque itself changes, so
 // that a root-run [Undo] of a planted or garbled state touches nothing
-// else: the routing table, mark and rule priorities are masque's defaults
-// ([DefaultTable], [DefaultFwMark], [DefaultRulePriority]); the nftables
-// tables are those of ownTables; the sysctls
+// else: the routing table, mark and rule priorities are those of s.Slot
+// (see [Slot]; all three of the same slot, so that an instance's undo
+// cannot reach another's rules); the nftables tables are s.Slot's
+// [Slot.KillSwitchTable] and [DefaultNATTable]; the sysctls
 // are the forwarding ones (net/ipv4/ip_forward,
 // net/ipv6/conf/all/forwarding) and a few of s.Tun's own (see
 // tunSysctls), each with a decimal value; resolv.conf is
-// [ManagedResolvConf], with its backup named [ResolvConfBackup].
-// [ReadState] and [WriteState] also insist that the backup is in the
+// [ManagedResolvConf], with its backup named [ResolvConfBackup]; the
+// claim is a file of s.Slot directly in a directory named instances
+// (see validateClaimPath). [ReadState] and [WriteState] also insist that the backup is in the
 // state file's directory.
 func (s *State) Validate() error {
 	var errs []error
@@ -67,6 +76,11 @@ func (s *State) Validate() error {
 	}
 	if s.PID < 0 {
 		errs = append(errs, fmt.Errorf("pid: %d negative", s.PID))
+	}
+	slot := s.Slot
+	if !slot.Valid() {
+		errs = append(errs, fmt.Errorf("slot: %d out of range 0..%d", s.Slot, MaxInstances-1))
+		slot = 0 // check the names against slot 0's, to report them too
 	}
 	if s.Tun != "" {
 		if err := validateLinkName(s.Tun, false); err != nil {
@@ -79,13 +93,15 @@ func (s *State) Validate() error {
 		if err := s.Routing.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("routing: %w", err))
 		}
-		errs = append(errs, s.Routing.validateOwn()...)
+		errs = append(errs, s.Routing.validateOwn(slot)...)
 	}
+	own := slot.ownTables()
 	for i, t := range s.NFTables {
 		if err := validateTableName(t); err != nil {
 			errs = append(errs, fmt.Errorf("nft_tables[%d]: %w", i, err))
-		} else if !slices.Contains(ownTables, t) {
-			errs = append(errs, fmt.Errorf("nft_tables[%d]: %q is not one of masque's tables (%s)", i, t, strings.Join(ownTables, ", ")))
+		} else if !slices.Contains(own, t) {
+			of, ok := slotOfKillSwitchTable(t)
+			errs = append(errs, fmt.Errorf("nft_tables[%d]: %q is not one of masque's tables (%s)%s", i, t, strings.Join(own, ", "), slotSuffix(of, ok, slot)))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.Sysctls)) {
@@ -96,6 +112,11 @@ func (s *State) Validate() error {
 		}
 		if v := s.Sysctls[k]; !decimal(v) {
 			errs = append(errs, fmt.Errorf("sysctls[%s]: value %q is not a decimal integer", k, v))
+		}
+	}
+	if s.Claim != "" {
+		if err := validateClaimPath(s.Claim, slot); err != nil {
+			errs = append(errs, fmt.Errorf("claim: %w", err))
 		}
 	}
 	if s.ResolvConf != nil {
@@ -117,26 +138,26 @@ func (s *State) Validate() error {
 	return errors.Join(errs...)
 }
 
-// validateOwn checks that r names masque's own table, mark and rule
-// priorities: Remove flushes the table and deletes the rules at the
-// priorities, whoever put them there.
-func (r *Routing) validateOwn() []error {
+// validateOwn checks that r names the table, mark and rule priorities of
+// slot, a valid slot: Remove flushes the table and deletes the rules at
+// the priorities, whoever put them there. A name of another slot is said
+// to be so, for a state that mixes slots.
+func (r *Routing) validateOwn(slot Slot) []error {
 	var errs []error
-	if t := r.table(); t != DefaultTable {
-		errs = append(errs, fmt.Errorf("routing: table: %d is not masque's table %d", t, DefaultTable))
+	if t := r.table(); t != slot.Table() {
+		of, ok := slotOfTable(t)
+		errs = append(errs, fmt.Errorf("routing: table: %d is not masque's table %d (slot %d)%s", t, slot.Table(), slot, slotSuffix(of, ok, slot)))
 	}
-	if m := r.fwMark(); m != DefaultFwMark {
-		errs = append(errs, fmt.Errorf("routing: fwmark: %#x is not masque's mark %#x", m, DefaultFwMark))
+	if m := r.fwMark(); m != slot.FwMark() {
+		of, ok := slotOfMark(m)
+		errs = append(errs, fmt.Errorf("routing: fwmark: %#x is not masque's mark %#x (slot %d)%s", m, slot.FwMark(), slot, slotSuffix(of, ok, slot)))
 	}
-	if p := r.priority(); p != DefaultRulePriority {
-		errs = append(errs, fmt.Errorf("routing: rule_priority: %d is not masque's %d", p, DefaultRulePriority))
+	if p := r.priority(); p != slot.RulePriority() {
+		of, ok := slotOfPriority(p)
+		errs = append(errs, fmt.Errorf("routing: rule_priority: %d is not masque's %d (slot %d)%s", p, slot.RulePriority(), slot, slotSuffix(of, ok, slot)))
 	}
 	return errs
 }
-
-// ownTables are the inet nftables tables masque and masqued create: the
-// kill switch, the gateway of --allow-forward and the server's NAT.
-var ownTables = []string{DefaultKillSwitchTable, DefaultGatewayTable, DefaultNATTable}
 
 // forwardingSysctls are the host-wide sysctls masqued sets.
 var forwardingSysctls = []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"}
@@ -374,18 +395,31 @@ func RemoveState(path string) error {
 // that is not a TUN is left alone and reported), deletes each nftables
 // table and restores each sysctl (sysctls that no longer exist, such as
 // those of a deleted link, are skipped; those of a link named s.Tun that
-// is not a TUN are left alone and reported) and restores resolv.conf.
-// What is already gone is no error, so Undo is idempotent; it carries on past
+// is not a TUN are left alone and reported), restores resolv.conf and,
+// when all of that succeeded, removes the claim file s.Claim if it still
+// names s.PID (a claim that another process holds is left alone; one
+// kept after a failure goes on blocking the slot as a crash's). What is
+// already gone is no error, so Undo is idempotent; it carries on past
 // failures and returns them joined with [errors.Join].
 //
 // A state that fails [State.Validate] is refused whole: Undo then
 // changes nothing and returns an error that wraps [ErrCorruptState].
+// So is a state with a Claim whose registry or claim cannot be read, or
+// whose slot another running process has claimed in the calling thread's
+// network namespace since: its names are that process's now, and the
+// error wraps [ErrSlotTaken]. The calling process itself may hold the
+// slot: a new run of a crashed instance claims its slot first, then
+// undoes the crashed run's state, and keeps its own claim.
 //
 // Undo does not check whether process s.PID is still running; callers
 // that might be undoing the changes of a live process check that first.
 func Undo(s *State) error {
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("undo: %w: %v", ErrCorruptState, err)
+	}
+	release, err := checkStateClaim(s)
+	if err != nil {
+		return fmt.Errorf("undo: %w", err)
 	}
 	var errs []error
 	if s.Resolved != nil {
@@ -432,6 +466,9 @@ func Undo(s *State) error {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("undo: %w", err)
+	}
+	if err := release(); err != nil {
 		return fmt.Errorf("undo: %w", err)
 	}
 	return nil

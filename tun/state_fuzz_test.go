@@ -2,6 +2,7 @@ package tun
 
 import (
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -28,6 +29,11 @@ func FuzzReadState(f *testing.F) {
 	f.Add([]byte(`{"version":1,"pid":7,"sysctls":{"kernel/core_pattern":"|/tmp/x"}}`))
 	f.Add([]byte(`{"version":1,"pid":7,"nft_tables":["firewalld"],"routing":{"table":51820,"fwmark":51820,"rule_priority":100}}`))
 	f.Add([]byte(`{"version":1,"pid":7,"resolv_conf":{"path":"/etc/passwd","backup":"/tmp/evil/resolv.conf.orig"}}`))
+	f.Add([]byte(`{"version":1,"pid":7,"slot":3,"routing":{"table":19796,"fwmark":19796,"rule_priority":5206},"nft_tables":["masque_killswitch_3","masqued"]}`))
+	f.Add([]byte(`{"version":1,"pid":7,"slot":3,"routing":{"table":19796,"fwmark":19795,"rule_priority":5206},"nft_tables":["masque_killswitch_2"]}`))
+	f.Add([]byte(`{"version":1,"pid":7,"slot":16,"nft_tables":["masque_killswitch_16"]}`))
+	f.Add([]byte(`{"version":1,"pid":7,"slot":3,"claim":"/run/masque/instances/4026531840.3.json"}`))
+	f.Add([]byte(`{"version":1,"pid":7,"slot":3,"claim":"/run/masque/instances/../../../etc/shadow"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := ParseState(b)
 		if err != nil {
@@ -55,21 +61,43 @@ func FuzzReadState(f *testing.F) {
 // checked apart.
 var ownSysctlKey = regexp.MustCompile(`^net/ipv[46]/conf/([^/]+)/[a-z_]+$`)
 
+// claimPathRE is a claim file's path: in a directory named instances.
+var claimPathRE = regexp.MustCompile(`^/([^/\x00]+/)*instances/[1-9][0-9]*\.(0|[1-9]|1[0-5])\.json$`)
+
 var decimalValue = regexp.MustCompile(`^-?[0-9]{1,10}$`)
 
 // checkOwnOnly fails t unless s, parsed from b, names only masque's own
-// table, mark, rule priorities, nftables tables, sysctls and
-// resolv.conf. It restates the allowlist rather than calling it.
+// table, mark, rule priorities, nftables tables and claim, all of s's
+// slot, and its own sysctls and resolv.conf. It restates the allowlist rather than calling it.
 func checkOwnOnly(t *testing.T, b []byte, s *State) {
 	t.Helper()
+	slot := int(s.Slot)
+	if slot < 0 || slot > 15 {
+		t.Errorf("ParseState(%q) accepted slot %d", b, slot)
+	}
 	if r := s.Routing; r != nil {
-		if (r.Table != 0 && r.Table != 0x4d51) || (r.FwMark != 0 && r.FwMark != 0x4d51) || (r.RulePriority != 0 && r.RulePriority != 5200) {
-			t.Errorf("ParseState(%q) accepted routing table %d, mark %#x, priority %d", b, r.Table, r.FwMark, r.RulePriority)
+		table, mark, prio := r.Table, r.FwMark, r.RulePriority
+		if table == 0 {
+			table = 0x4d51
+		}
+		if mark == 0 {
+			mark = 0x4d51
+		}
+		if prio == 0 {
+			prio = 5200
+		}
+		if table != 0x4d51+slot || mark != 0x4d51+uint32(slot) || prio != 5200+2*slot {
+			t.Errorf("ParseState(%q) accepted routing table %d, mark %#x, priority %d for slot %d", b, r.Table, r.FwMark, r.RulePriority, slot)
 		}
 	}
+	killSwitch, gateway := "masque_killswitch", "masque_forward"
+	if slot != 0 {
+		killSwitch = fmt.Sprintf("masque_killswitch_%d", slot)
+		gateway = fmt.Sprintf("masque_forward_%d", slot)
+	}
 	for _, tb := range s.NFTables {
-		if tb != "masque_killswitch" && tb != "masque_forward" && tb != "masqued" {
-			t.Errorf("ParseState(%q) accepted nft table %q", b, tb)
+		if tb != killSwitch && tb != gateway && tb != "masqued" {
+			t.Errorf("ParseState(%q) accepted nft table %q for slot %d", b, tb, slot)
 		}
 	}
 	for k, v := range s.Sysctls {
@@ -79,6 +107,12 @@ func checkOwnOnly(t *testing.T, b []byte, s *State) {
 		}
 		if !own || !decimalValue.MatchString(v) {
 			t.Errorf("ParseState(%q) accepted sysctl %q = %q (tun %q)", b, k, v, s.Tun)
+		}
+	}
+	if c := s.Claim; c != "" {
+		if !claimPathRE.MatchString(c) || strings.Contains(c, "/../") || strings.Contains(c, "/./") || strings.Contains(c, "//") ||
+			!strings.HasSuffix(c, fmt.Sprintf(".%d.json", slot)) {
+			t.Errorf("ParseState(%q) accepted claim %q for slot %d", b, c, slot)
 		}
 	}
 	if rc := s.ResolvConf; rc != nil {

@@ -4,13 +4,16 @@ package tun
 
 import "os"
 
-// checkStateDir refuses every directory: without owners and modes to
-// check, no state directory can be trusted.
-func checkStateDir(dir string) error {
+// checkStateDir refuses every directory, as checkTrustedDir does.
+func checkStateDir(dir string) error { return checkTrustedDir("state directory", dir) }
+
+// checkTrustedDir refuses every directory: without owners and modes to
+// check, no directory can be trusted.
+func checkTrustedDir(what, dir string) error {
 	if _, err := os.Lstat(dir); err != nil {
 		return err
 	}
-	return untrusted("state directory", dir, "owner and mode cannot be checked on this platform")
+	return untrusted(what, dir, "owner and mode cannot be checked on this platform")
 }
 
 // openTrusted refuses every file, as checkStateDir does.

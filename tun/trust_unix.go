@@ -11,18 +11,22 @@ import (
 	"syscall"
 )
 
-// checkStateDir checks that dir may hold a state that root acts on: a
-// real directory (lstat: not a symbolic link) owned by the effective user
-// and not writable by group or others, whose every ancestor up to / is
-// owned by root or the effective user and is not writable by group or
-// others unless it has the sticky bit (as /tmp has), so that nobody else
-// can move dir aside and put a directory of their own in its place. The
-// ancestors are checked along dir's parent with its symbolic links
-// resolved. A dir that does not exist gives an error that satisfies
-// errors.Is(err, fs.ErrNotExist), unless a directory above it fails the
-// check; one that fails the check, an error that wraps
+// checkStateDir checks that dir may hold a state that root acts on, as
+// checkTrustedDir describes.
+func checkStateDir(dir string) error { return checkTrustedDir("state directory", dir) }
+
+// checkTrustedDir checks that dir, a what ("state directory"), may hold
+// files that root acts on: a real directory (lstat: not a symbolic link)
+// owned by the effective user and not writable by group or others, whose
+// every ancestor up to / is owned by root or the effective user and is
+// not writable by group or others unless it has the sticky bit (as /tmp
+// has), so that nobody else can move dir aside and put a directory of
+// their own in its place. The ancestors are checked along dir's parent
+// with its symbolic links resolved. A dir that does not exist gives an
+// error that satisfies errors.Is(err, fs.ErrNotExist), unless a directory
+// above it fails the check; one that fails the check, an error that wraps
 // [ErrUntrustedState].
-func checkStateDir(dir string) error {
+func checkTrustedDir(what, dir string) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -31,7 +35,7 @@ func checkStateDir(dir string) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		// Refuse now, not once it is created, if it would be created
 		// under a directory that others may write to.
-		if perr := checkAncestors(dir, filepath.Dir(abs)); perr != nil && !errors.Is(perr, fs.ErrNotExist) {
+		if perr := checkAncestors(what, dir, filepath.Dir(abs)); perr != nil && !errors.Is(perr, fs.ErrNotExist) {
 			return perr
 		}
 		return err
@@ -41,35 +45,35 @@ func checkStateDir(dir string) error {
 	}
 	switch {
 	case fi.Mode()&fs.ModeSymlink != 0:
-		return untrusted("state directory", dir, "a symbolic link (give the directory it points to)")
+		return untrusted(what, dir, "a symbolic link (give the directory it points to)")
 	case !fi.IsDir():
-		return untrusted("state directory", dir, "not a directory")
+		return untrusted(what, dir, "not a directory")
 	}
-	if err := checkOwnerMode("state directory", dir, fi, false); err != nil {
+	if err := checkOwnerMode(what, dir, fi, false); err != nil {
 		return err
 	}
-	return checkAncestors(dir, filepath.Dir(abs))
+	return checkAncestors(what, dir, filepath.Dir(abs))
 }
 
-// checkAncestors checks parent, the parent of the state directory dir,
-// with its symbolic links resolved, and each directory above it, as
-// checkStateDir describes. A parent that does not exist is skipped up to
-// the first one that does.
-func checkAncestors(dir, parent string) error {
+// checkAncestors checks parent, the parent of dir (a what), with its
+// symbolic links resolved, and each directory above it, as
+// checkTrustedDir describes. A parent that does not exist is skipped up
+// to the first one that does.
+func checkAncestors(what, dir, parent string) error {
 	resolved, err := filepath.EvalSymlinks(parent)
 	for errors.Is(err, fs.ErrNotExist) && parent != filepath.Dir(parent) {
 		parent = filepath.Dir(parent)
 		resolved, err = filepath.EvalSymlinks(parent)
 	}
 	if err != nil {
-		return fmt.Errorf("state directory %s: %w", dir, err)
+		return fmt.Errorf("%s %s: %w", what, dir, err)
 	}
 	for p := resolved; ; p = filepath.Dir(p) {
 		fi, err := os.Lstat(p)
 		if err != nil {
-			return fmt.Errorf("state directory %s: %w", dir, err)
+			return fmt.Errorf("%s %s: %w", what, dir, err)
 		}
-		if err := checkOwnerMode("state directory's parent", p, fi, true); err != nil {
+		if err := checkOwnerMode(what+"'s parent", p, fi, true); err != nil {
 			return err
 		}
 		if p == filepath.Dir(p) {
