@@ -34,3 +34,8 @@ func checkStateClaim(s *State) (release func() error, err error) {
 	}
 	return func() error { return nil }, nil
 }
+
+// ClaimPath is implemented only on Linux.
+func ClaimPath(dir string, s Slot) (string, error) {
+	return "", fmt.Errorf("claim path: %w", errors.ErrUnsupported)
+}

@@ -383,3 +383,13 @@ func processAlive(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 	return err == nil && strings.TrimSpace(string(b)) == "masque"
 }
+
+// ClaimPath is the file of slot s's claim in the registry dir, for the
+// calling thread's network namespace: what [State.Claim] records.
+func ClaimPath(dir string, s Slot) (string, error) {
+	ns, err := netnsID()
+	if err != nil {
+		return "", fmt.Errorf("claim path: %w", err)
+	}
+	return filepath.Join(dir, claimFileName(ns, s)), nil
+}

@@ -70,7 +70,7 @@ func killSwitchConfig(c *upConfig, mark uint32) tun.KillSwitchConfig {
 	if c.allowLAN {
 		allow = append(allow, lanPrefixes(c.tun)...)
 	}
-	return tun.KillSwitchConfig{Table: tun.DefaultKillSwitchTable, Tun: c.tun, FwMark: mark, Allow: allow, AllowForward: c.allowForward}
+	return tun.KillSwitchConfig{Table: c.slot.KillSwitchTable(), Tun: c.tun, FwMark: mark, Allow: allow, AllowForward: c.allowForward}
 }
 
 // startBlocked is masque up's answer to the corrupt state file at
@@ -82,7 +82,7 @@ func startBlocked(c *upConfig, statePath string, readErr error, logger *slog.Log
 	if statusAnswers(sock) {
 		return nil, fmt.Errorf("%v, and a masque is running (its status socket %s answers): stop it first", readErr, sock)
 	}
-	ks := killSwitchConfig(c, routingFwMark(&tun.Routing{}))
+	ks := killSwitchConfig(c, c.slot.FwMark())
 	if _, err := tun.NewKillSwitch(ks); err != nil {
 		// Without a kill switch there is no blocking state to start in.
 		return nil, fmt.Errorf("%v, and the host cannot be blocked: %w (masque down removes masque's leftovers by name)", readErr, err)
@@ -97,16 +97,19 @@ func startBlocked(c *upConfig, statePath string, readErr error, logger *slog.Log
 		Version:    tun.StateVersion,
 		PID:        os.Getpid(),
 		Tun:        c.tun,
-		Routing:    &tun.Routing{Link: c.tun},
-		NFTables:   []string{ks.Table, tun.DefaultGatewayTable},
+		Slot:       c.slot,
+		Claim:      c.claimPath,
+		Routing:    c.routing(),
+		NFTables:   []string{ks.Table, c.slot.GatewayTable()},
 		ResolvConf: rc,
 	}
 	if err := tun.WriteState(statePath, st); err != nil {
-		return nil, stillBlocked(c.stateDir, err, reasonStartedBlocked)
+		return nil, stillBlocked(c.stateDir, c.slot.KillSwitchTable(), err, reasonStartedBlocked)
 	}
 	logger.Warn("state file corrupt: all traffic blocked until the tunnel is up",
 		"path", statePath, "copy", aside, "kill_switch", ks.Table, "err", readErr)
-	done, err := (&tun.Leftovers{Tun: c.tun, Routing: &tun.Routing{}, NFTables: []string{tun.DefaultGatewayTable}, ResolvConf: rc}).Remove()
+	r := c.slot.Routing()
+	done, err := (&tun.Leftovers{Tun: c.tun, Routing: &r, NFTables: []string{c.slot.GatewayTable()}, ResolvConf: rc}).Remove()
 	for _, d := range done {
 		logger.Info("leftover of the corrupt state", "done", d)
 	}
@@ -121,7 +124,7 @@ func startBlocked(c *upConfig, statePath string, readErr error, logger *slog.Log
 	// after a failure touches nothing else.
 	st = &tun.State{Version: tun.StateVersion, PID: os.Getpid(), NFTables: []string{ks.Table}}
 	if err := tun.WriteState(statePath, st); err != nil {
-		return nil, stillBlocked(c.stateDir, err, reasonStartedBlocked)
+		return nil, stillBlocked(c.stateDir, c.slot.KillSwitchTable(), err, reasonStartedBlocked)
 	}
 	return st, nil
 }
@@ -137,16 +140,18 @@ func keepBlocked(stateDir, statePath string, st *tun.State, cause error, why str
 		cause = errors.New("interrupted before the tunnel was up")
 	}
 	rest := *st
-	rest.NFTables = slices.DeleteFunc(slices.Clone(st.NFTables), func(t string) bool { return t == tun.DefaultKillSwitchTable })
+	ks := st.Slot.KillSwitchTable()
+	rest.NFTables = slices.DeleteFunc(slices.Clone(st.NFTables), func(t string) bool { return t == ks })
+	rest.Claim = "" // the blocked state below keeps the slot
 	if err := tun.Undo(&rest); err != nil {
 		// st, still on disk, names what is left for masque down.
-		return stillBlocked(stateDir, fmt.Errorf("%w; %v", cause, oneLine(err)), why)
+		return stillBlocked(stateDir, ks, fmt.Errorf("%w; %v", cause, oneLine(err)), why)
 	}
-	blocked := &tun.State{Version: tun.StateVersion, PID: os.Getpid(), NFTables: []string{tun.DefaultKillSwitchTable}}
+	blocked := &tun.State{Version: tun.StateVersion, PID: os.Getpid(), Slot: st.Slot, Claim: st.Claim, NFTables: []string{ks}}
 	if err := tun.WriteState(statePath, blocked); err != nil {
-		return stillBlocked(stateDir, fmt.Errorf("%w; %v", cause, err), why)
+		return stillBlocked(stateDir, ks, fmt.Errorf("%w; %v", cause, err), why)
 	}
-	return stillBlocked(stateDir, cause, why)
+	return stillBlocked(stateDir, ks, cause, why)
 }
 
 // Why keepBlocked leaves the host blocked.
@@ -157,13 +162,13 @@ const (
 
 // stillBlocked adds to err that the host stays blocked, why, and how to
 // undo it.
-func stillBlocked(stateDir string, err error, why string) error {
+func stillBlocked(stateDir, table string, err error, why string) error {
 	down := "masque down"
 	if stateDir != defaultStateDir {
 		down += " --state-dir " + stateDir
 	}
 	return fmt.Errorf("%w; the host stays blocked by the kill switch (nftables table inet %s) because %s: %s unblocks it",
-		err, tun.DefaultKillSwitchTable, why, down)
+		err, table, why, down)
 }
 
 // sweepCorrupt is masque down's answer to a corrupt state file: it removes

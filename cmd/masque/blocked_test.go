@@ -54,7 +54,7 @@ func TestStillBlocked(t *testing.T) {
 		{"/tmp/mq", "masque down --state-dir /tmp/mq unblocks it"},
 	}
 	for _, tt := range tests {
-		err := stillBlocked(tt.stateDir, cause, reasonStartedBlocked)
+		err := stillBlocked(tt.stateDir, tun.DefaultKillSwitchTable, cause, reasonStartedBlocked)
 		if !errors.Is(err, cause) {
 			t.Errorf("stillBlocked(%q) = %v, does not wrap the cause", tt.stateDir, err)
 		}

@@ -15,7 +15,7 @@ const allowForwardHelp = "let hosts behind this one (containers, VMs) use the tu
 // needs in a run with the kill switch on or off: none with the kill
 // switch, whose table holds the same chains.
 func gatewayTable(c *upConfig, killSwitch bool) (string, bool) {
-	return tun.DefaultGatewayTable, c.allowForward && !killSwitch
+	return c.slot.GatewayTable(), c.allowForward && !killSwitch
 }
 
 // allowForward makes the host a gateway into the tunnel for the hosts

@@ -375,7 +375,9 @@ func notRunning(name, stateDir string) error {
 }
 
 // isKillSwitchTable reports whether t is the kill switch's nftables table.
-func isKillSwitchTable(t string) bool { return t == tun.DefaultKillSwitchTable }
+func isKillSwitchTable(t string) bool {
+	return t == tun.DefaultKillSwitchTable || strings.HasPrefix(t, tun.DefaultKillSwitchTable+"_")
+}
 
 func isConnRefused(err error) bool {
 	var se *os.SyscallError

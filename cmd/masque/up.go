@@ -60,6 +60,8 @@ type upOptions struct {
 type upConfig struct {
 	upOptions
 	authorities []string // each server's :authority
+	slot        tun.Slot // the instance's, once claimed (runUp)
+	claimPath   string   // the claim's file in the registry
 	token       string
 	tls         *tls.Config
 	routes      []netip.Prefix
@@ -161,6 +163,11 @@ func (o *upOptions) validate() (*upConfig, error) {
 	}
 	authorities, errs := o.check()
 	c := &upConfig{upOptions: *o, authorities: authorities}
+	// The instance registry records it absolute, for masque down from
+	// any directory.
+	if abs, err := filepath.Abs(o.stateDir); err == nil {
+		c.stateDir = abs
+	}
 	if tmplErr != nil {
 		errs = append(errs, tmplErr)
 	}
@@ -247,6 +254,32 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	if os.Geteuid() != 0 {
 		return errors.New("up: needs root (CAP_NET_ADMIN) to create the TUN device and routes: sudo masque up")
 	}
+	// The instance's slot: its routing table, mark, rule priorities and
+	// kill switch, which no other instance touches. A second instance
+	// whose names would collide with a running one's, or that would fight
+	// it (two full tunnels, a kill switch on either side), is refused here,
+	// before anything of the host changes.
+	if err := checkTUNFree(c.tun); err != nil {
+		return err
+	}
+	claim, err := tun.ClaimSlot(tun.DefaultRegistryDir, tun.Claim{Instance: c.instance, StateDir: c.stateDir, Tun: c.tun,
+		FullTunnel: len(c.routes) == 0, KillSwitch: c.wantKillSwitch()})
+	if err != nil {
+		return err
+	}
+	c.slot = claim.Slot
+	if c.claimPath, err = tun.ClaimPath(tun.DefaultRegistryDir, claim.Slot); err != nil {
+		return err
+	}
+	released := false
+	defer func() {
+		if !released {
+			// No state was written (Undo of a written one releases it).
+			if err := tun.ReleaseClaim(tun.DefaultRegistryDir, c.slot); err != nil {
+				logger.Warn("instance slot not released", "slot", int(c.slot), "err", err)
+			}
+		}
+	}()
 	statePath := filepath.Join(c.stateDir, "state.json")
 	// st records the host changes: it is written before each change, and
 	// Undo reverses it when the run ends. blocked: a corrupt state file,
@@ -288,7 +321,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	}
 	h := &upHost{
 		c: c, st: st, statePath: statePath, blocked: blocked, written: blocked,
-		routing: &tun.Routing{Link: c.tun}, status: status, out: cmd.OutOrStdout(), logger: logger,
+		routing: c.routing(), status: status, out: cmd.OutOrStdout(), logger: logger,
 		dnsUpdates: make(chan []netip.Addr, 1), stopDNS: func() {},
 	}
 	defer func() {
@@ -298,6 +331,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		if !h.written {
 			return
 		}
+		released = true // by Undo, or kept with the blocked state
 		if h.blocked && !h.up {
 			retErr = keepBlocked(c.stateDir, statePath, st, retErr, reasonStartedBlocked)
 			return
@@ -477,7 +511,7 @@ func dialError(addr string, timeout time.Duration, err error) error {
 // switch up when this run wants one too, that state is blocked: the kill
 // switch is up and recorded.
 func recoverLeftovers(c *upConfig, statePath string, logger *slog.Logger) (st *tun.State, blocked bool, err error) {
-	fresh := &tun.State{Version: tun.StateVersion, PID: os.Getpid()}
+	fresh := &tun.State{Version: tun.StateVersion, PID: os.Getpid(), Slot: c.slot, Claim: c.claimPath}
 	old, err := tun.ReadState(statePath)
 	if errors.Is(err, tun.ErrUntrustedState) {
 		return nil, false, untrustedState(err)
@@ -504,20 +538,21 @@ func recoverLeftovers(c *upConfig, statePath string, logger *slog.Logger) (st *t
 	if !c.killSwitchSet {
 		wantKS = len(c.routes) == 0
 	}
-	keep := wantKS && slices.Contains(old.NFTables, tun.DefaultKillSwitchTable)
+	ks := c.slot.KillSwitchTable()
+	keep := wantKS && slices.Contains(old.NFTables, ks)
 	if keep {
-		if _, err := tun.NewKillSwitch(killSwitchConfig(c, routingFwMark(&tun.Routing{}))); err != nil {
+		if _, err := tun.NewKillSwitch(killSwitchConfig(c, c.slot.FwMark())); err != nil {
 			return nil, false, fmt.Errorf("keep the kill switch of the crashed run: %w", err)
 		}
-		old.NFTables = slices.DeleteFunc(slices.Clone(old.NFTables), func(t string) bool { return t == tun.DefaultKillSwitchTable })
-		fresh.NFTables = []string{tun.DefaultKillSwitchTable}
+		old.NFTables = slices.DeleteFunc(slices.Clone(old.NFTables), func(t string) bool { return t == ks })
+		fresh.NFTables = []string{ks}
 	}
 	if err := tun.Undo(old); err != nil {
 		return nil, false, fmt.Errorf("undo leftovers: %w", err)
 	}
 	if keep {
 		if err := tun.WriteState(statePath, fresh); err != nil {
-			return nil, false, stillBlocked(c.stateDir, err, reasonStartedBlocked)
+			return nil, false, stillBlocked(c.stateDir, c.slot.KillSwitchTable(), err, reasonStartedBlocked)
 		}
 		logger.Warn("the crashed run left the kill switch up: all traffic stays blocked until the tunnel is up")
 		return fresh, true, nil

@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/masque-vpn/masque/quicio"
@@ -111,8 +113,8 @@ func (h *upHost) Up(ctx context.Context, srv tunnel.AgentServer, client *tunnel.
 	// Crash safety: record what is about to change before changing it.
 	st.Tun = c.tun
 	st.Routing = routing
-	if killSwitch && !slices.Contains(st.NFTables, tun.DefaultKillSwitchTable) {
-		st.NFTables = append(st.NFTables, tun.DefaultKillSwitchTable)
+	if ks := c.slot.KillSwitchTable(); killSwitch && !slices.Contains(st.NFTables, ks) {
+		st.NFTables = append(st.NFTables, ks)
 	}
 	if gw, ok := gatewayTable(c, killSwitch); ok && !slices.Contains(st.NFTables, gw) {
 		st.NFTables = append(st.NFTables, gw)
@@ -168,11 +170,12 @@ func (h *upHost) Up(ctx context.Context, srv tunnel.AgentServer, client *tunnel.
 		// the user asked for no kill switch. Delete first, then record:
 		// a crash in between leaves a state naming a table that is gone,
 		// which Undo takes in its stride.
-		if err := tun.DeleteTable(tun.DefaultKillSwitchTable); err != nil {
+		ks := c.slot.KillSwitchTable()
+		if err := tun.DeleteTable(ks); err != nil {
 			return nil, err
 		}
 		h.stMu.Lock()
-		st.NFTables = slices.DeleteFunc(st.NFTables, func(t string) bool { return t == tun.DefaultKillSwitchTable })
+		st.NFTables = slices.DeleteFunc(st.NFTables, func(t string) bool { return t == ks })
 		err := tun.WriteState(h.statePath, st)
 		h.stMu.Unlock()
 		if err != nil {
@@ -313,4 +316,44 @@ func (d *serverDialer) target(ctx context.Context, s tunnel.AgentServer) (string
 		tc.ServerName = host // the certificate names the host, not the address
 	}
 	return addr, tc, nil
+}
+
+// routing is the instance's policy routing, its slot's table, mark and
+// rule priorities, on its TUN.
+func (c *upConfig) routing() *tun.Routing {
+	r := c.slot.Routing()
+	r.Link = c.tun
+	return &r
+}
+
+// wantKillSwitch is whether the run puts the kill switch up: --kill-switch
+// if given, else for a full tunnel.
+func (c *upConfig) wantKillSwitch() bool {
+	if c.killSwitchSet {
+		return c.killSwitch
+	}
+	return len(c.routes) == 0
+}
+
+// checkTUNFree refuses a TUN name that a link has already: a TUN goes
+// with the process that created it, so the link is a running program's
+// (another masque instance's, wireguard-go's), and masque up must not
+// take it over, or delete it on its way out.
+func checkTUNFree(name string) error {
+	if _, err := net.InterfaceByName(name); err != nil {
+		return nil
+	}
+	if pid, ok := tun.TUNOwner(name); ok {
+		return fmt.Errorf("TUN %s is in use by pid %d (%s): give this instance another --tun, or stop that one", name, pid, procComm(pid))
+	}
+	return fmt.Errorf("a link named %s exists already: give this instance another --tun", name)
+}
+
+// procComm is pid's command name, for a line about it.
+func procComm(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
 }
