@@ -73,6 +73,9 @@ func (e configErrors) Error() string {
 // from the profile at path (if path is not empty) and then from the
 // environment. It reports every problem at once.
 func applyProfile(fs *pflag.FlagSet, path string, environ []string) error {
+	if err := refuseProfileOnly(fs); err != nil {
+		return err
+	}
 	// What the command line set, before the file and the environment
 	// mark theirs changed too (a profile's kill-switch = false is as
 	// much a choice as --kill-switch=false).
@@ -92,6 +95,34 @@ func applyProfile(fs *pflag.FlagSet, path string, environ []string) error {
 	errs = append(errs, applyEnv(fs, cmdline, environ)...)
 	if len(errs) > 0 {
 		return usageError{errs}
+	}
+	return nil
+}
+
+// refuseProfileOnly refuses inline credentials on the command line: every
+// user on the host sees a command line (ps).
+func refuseProfileOnly(fs *pflag.FlagSet) error {
+	for _, n := range profileOnly {
+		if f := fs.Lookup(n); f != nil && f.Changed {
+			return usagef("--%s: a profile key, not a flag (every user sees a command line in ps): put it in the profile, or use --token-file, --ca, --cert and --key", n)
+		}
+	}
+	return nil
+}
+
+// checkProfileSecrets refuses a profile at path that holds a secret
+// (secretKeys, set in fs by the profile) and that group or others may
+// read.
+func checkProfileSecrets(fs *pflag.FlagSet, path string) error {
+	if path == "" || !slices.ContainsFunc(secretKeys, fs.Changed) {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return usagef("profile: %v", err)
+	}
+	if fi.Mode().Perm()&0o044 != 0 {
+		return usagef("profile %s holds a secret and is readable by group or others (mode %#o): chmod 600 %s", path, fi.Mode().Perm(), path)
 	}
 	return nil
 }

@@ -189,3 +189,40 @@ func FuzzApplyTOML(f *testing.F) {
 		}
 	})
 }
+
+// TestProfileInlineCredentials: a profile may hold the CA, the token and
+// a client key inline (masqued invite writes such a file); a command line
+// may not, and a profile with a secret must be root's alone.
+func TestProfileInlineCredentials(t *testing.T) {
+	f := newUpCmd().Flags()
+	if err := f.Parse([]string{"--token", "0123456789abcdef0123"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyProfile(f, "", nil); err == nil || !strings.Contains(err.Error(), "--token: a profile key, not a flag") {
+		t.Errorf("--token on the command line = %v, want a refusal", err)
+	}
+	path := writeProfile(t, "server = \"198.18.1.2:4433\"\ntoken = \"0123456789abcdef0123\"\nca-pem = \"\"\"\nnot pem\n\"\"\"\n")
+	f = newUpCmd().Flags()
+	if err := applyProfile(f, path, nil); err != nil {
+		t.Fatalf("applyProfile = %v", err)
+	}
+	if err := checkProfileSecrets(f, path); err != nil {
+		t.Errorf("checkProfileSecrets(0600) = %v", err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkProfileSecrets(f, path); err == nil || !strings.Contains(err.Error(), "holds a secret and is readable by group or others (mode 0644): chmod 600") {
+		t.Errorf("checkProfileSecrets(0644) = %v", err)
+	}
+	var o upOptions
+	o.token, _ = f.GetString("token")
+	o.caPEM, _ = f.GetString("ca-pem")
+	if _, _, err := o.credentials(); err == nil || !strings.Contains(err.Error(), "ca-pem: no PEM certificate") {
+		t.Errorf("credentials with a bad ca-pem = %v", err)
+	}
+	o.caPEM = ""
+	if _, tok, err := o.credentials(); err != nil || tok != "0123456789abcdef0123" {
+		t.Errorf("credentials = %q, %v; want the profile's token", tok, err)
+	}
+}

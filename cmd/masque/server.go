@@ -21,13 +21,18 @@ import (
 // serverOptions are the flags that name a server and the credentials for
 // it, shared by masque up and masque udp.
 type serverOptions struct {
-	servers        []string // --server, in order (masque up fails over between them)
-	server         string   // the first of them, once checked; the one dial dials
-	serverName     string
-	ca             string
-	tokenFile      string
-	cert, key      string
-	connectTimeout time.Duration
+	servers    []string // --server, in order (masque up fails over between them)
+	server     string   // the first of them, once checked; the one dial dials
+	serverName string
+	ca         string
+	tokenFile  string
+	cert, key  string
+	// A profile's inline credentials (masqued invite writes them): the
+	// CA, the token, the client certificate and key, as PEM or text.
+	// Keys of a profile only, not flags: a command line is visible to
+	// every user in ps.
+	caPEM, token, certPEM, keyPEM string
+	connectTimeout                time.Duration
 }
 
 func (o *serverOptions) addFlags(f *pflag.FlagSet) {
@@ -38,7 +43,22 @@ func (o *serverOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.cert, "cert", "", "client certificate (PEM) for mTLS")
 	f.StringVar(&o.key, "key", "", "client private key (PEM) for mTLS")
 	f.DurationVar(&o.connectTimeout, "connect-timeout", defaultConnectTimeout, "how long to wait for the server")
+	f.StringVar(&o.caPEM, "ca-pem", "", "the CA certificate itself, PEM (a profile key)")
+	f.StringVar(&o.token, "token", "", "the bearer token itself (a profile key: on a command line every user sees it)")
+	f.StringVar(&o.certPEM, "cert-pem", "", "the client certificate itself, PEM (a profile key)")
+	f.StringVar(&o.keyPEM, "key-pem", "", "the client key itself, PEM (a profile key)")
+	for _, n := range profileOnly {
+		f.MarkHidden(n)
+	}
 }
+
+// profileOnly are the keys a profile may set but a command line may not:
+// inline credentials.
+var profileOnly = []string{"ca-pem", "token", "cert-pem", "key-pem"}
+
+// secretKeys are the profile keys that hold a secret: a profile with one
+// must be readable by root alone.
+var secretKeys = []string{"token", "key-pem"}
 
 // check reports what is wrong with the flags themselves and returns the
 // :authority requests use for each --server: the server, with
@@ -65,8 +85,20 @@ func (o *serverOptions) check() (authorities []string, errs []error) {
 	if (o.cert == "") != (o.key == "") {
 		errs = append(errs, errors.New("--cert and --key go together"))
 	}
-	if o.tokenFile != "" && o.cert != "" {
-		errs = append(errs, errors.New("--token-file and --cert are exclusive"))
+	if (o.certPEM == "") != (o.keyPEM == "") {
+		errs = append(errs, errors.New("cert-pem and key-pem go together"))
+	}
+	if o.ca != "" && o.caPEM != "" {
+		errs = append(errs, errors.New("--ca and ca-pem are exclusive"))
+	}
+	if (o.tokenFile != "" || o.token != "") && (o.cert != "" || o.certPEM != "") {
+		errs = append(errs, errors.New("a token and a client certificate are exclusive"))
+	}
+	if o.tokenFile != "" && o.token != "" {
+		errs = append(errs, errors.New("--token-file and token are exclusive"))
+	}
+	if o.cert != "" && o.certPEM != "" {
+		errs = append(errs, errors.New("--cert and cert-pem are exclusive"))
 	}
 	if o.connectTimeout <= 0 {
 		errs = append(errs, errors.New("--connect-timeout must be positive"))
@@ -79,25 +111,39 @@ func (o *serverOptions) check() (authorities []string, errs []error) {
 // the files are the user's input.
 func (o *serverOptions) credentials() (*tls.Config, string, error) {
 	tc := &tls.Config{NextProtos: []string{http3.NextProtoH3}, MinVersion: tls.VersionTLS13, ServerName: o.serverName}
-	if o.ca != "" {
-		b, err := os.ReadFile(o.ca)
-		if err != nil {
-			return nil, "", usagef("--ca: %v", err)
+	if o.ca != "" || o.caPEM != "" {
+		b, what := []byte(o.caPEM), "ca-pem"
+		if o.ca != "" {
+			var err error
+			if b, err = os.ReadFile(o.ca); err != nil {
+				return nil, "", usagef("--ca: %v", err)
+			}
+			what = "--ca " + o.ca
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(b) {
-			return nil, "", usagef("--ca %s: no PEM certificate", o.ca)
+			return nil, "", usagef("%s: no PEM certificate", what)
 		}
 		tc.RootCAs = pool
 	}
-	if o.cert != "" {
+	switch {
+	case o.cert != "":
 		kp, err := tls.LoadX509KeyPair(o.cert, o.key)
 		if err != nil {
 			return nil, "", usagef("--cert/--key: %v", err)
 		}
 		tc.Certificates = []tls.Certificate{kp}
+	case o.certPEM != "":
+		kp, err := tls.X509KeyPair([]byte(o.certPEM), []byte(o.keyPEM))
+		if err != nil {
+			return nil, "", usagef("cert-pem/key-pem: %v", err)
+		}
+		tc.Certificates = []tls.Certificate{kp}
 	}
-	var token string
+	token := strings.TrimSpace(o.token)
+	if o.token != "" && (token == "" || strings.ContainsAny(token, " \t\r\n")) {
+		return nil, "", usagef("token: want one token on one line")
+	}
 	if o.tokenFile != "" {
 		b, err := os.ReadFile(o.tokenFile)
 		if err != nil {

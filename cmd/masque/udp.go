@@ -69,6 +69,9 @@ Counters: masque status --state-dir DIR, where DIR is this command's
 --state-dir (` + defaultUDPStateDir + ` by default).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := refuseProfileOnly(cmd.Flags()); err != nil {
+				return err
+			}
 			cfg, err := o.validate()
 			if err != nil {
 				return err

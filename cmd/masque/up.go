@@ -105,6 +105,9 @@ other instance touches.`,
 			if err := applyProfile(cmd.Flags(), path, os.Environ()); err != nil {
 				return err
 			}
+			if err := checkProfileSecrets(cmd.Flags(), path); err != nil {
+				return err
+			}
 			o.instance = name
 			f := cmd.Flags()
 			o.killSwitchSet = f.Changed("kill-switch")
@@ -171,7 +174,7 @@ func (o *upOptions) validate() (*upConfig, error) {
 	if tmplErr != nil {
 		errs = append(errs, tmplErr)
 	}
-	if o.tokenFile == "" && o.cert == "" {
+	if o.tokenFile == "" && o.token == "" && o.cert == "" && o.certPEM == "" {
 		errs = append(errs, errors.New("need --token-file or --cert/--key to authenticate"))
 	}
 	for _, r := range o.routes {
