@@ -102,3 +102,32 @@ func TestProfileCrash(t *testing.T) {
 	}
 	tp.checkClean(tp.client)
 }
+
+// TestInviteProfileAsIs: masqued invite writes a profile (a fresh client
+// certificate from the test CA, the CA pinned inline); masque up --config
+// with that file and no other flag brings the tunnel up.
+func TestInviteProfileAsIs(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t, "--client-ca", env.certDir+"/ca.crt")
+	// A copy of the CA: invite issues into the directory it is given.
+	pki := t.TempDir()
+	for _, f := range []string{"ca.crt", "ca.key"} {
+		b, err := os.ReadFile(filepath.Join(env.certDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(pki, f), string(b))
+	}
+	profile := filepath.Join(t.TempDir(), "guest.conf")
+	stateDir := t.TempDir()
+	r := runIn(t, tp.server, 20*time.Second, env.masqued, "invite", "guest", "--server", serverAddr, "--cert-dir", pki,
+		"--out", profile, "--set", fmt.Sprintf("state-dir=%q", stateDir))
+	if r.code != 0 || !strings.Contains(r.stdout, "wrote "+profile) {
+		t.Fatalf("masqued invite: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	c := tp.startClientArgv(t, tp.client, stateDir, []string{env.masque, "up", "--config", profile})
+	if !strings.Contains(c.stdout.String(), "instance=guest") {
+		t.Errorf("the instance is not named after the profile:\n%s", c.stdout.String())
+	}
+	checkPing(t, tp.client, 3)
+}

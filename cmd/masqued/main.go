@@ -35,7 +35,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newRunCmd(), newCertCmd(), newConfigCmd())
+	root.AddCommand(newRunCmd(), newCertCmd(), newConfigCmd(), newInviteCmd())
 	return root
 }
 
