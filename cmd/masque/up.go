@@ -499,6 +499,17 @@ func joinPrefixes(ps []netip.Prefix) string {
 // dialError turns a QUIC dial failure into one actionable line.
 func dialError(addr string, timeout time.Duration, err error) error {
 	msg := err.Error()
+	if de, ok := errors.AsType[*net.DNSError](err); ok {
+		// Before the timeout case: a resolver that does not answer is
+		// no server that does not.
+		switch {
+		case de.IsNotFound:
+			return fmt.Errorf("resolve %s: no such host (check --server)", de.Name)
+		case de.IsTimeout:
+			return fmt.Errorf("resolve %s: the DNS server did not answer (%s)", de.Name, de.Server)
+		}
+		return fmt.Errorf("resolve %s: %v", de.Name, de.Err)
+	}
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "timeout"):
 		return fmt.Errorf("connect to %s: timeout after %s (is the server up and UDP reachable?)", addr, timeout)

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -272,5 +275,21 @@ func TestRecordSysctls(t *testing.T) {
 	}
 	if diff := cmp.Diff(changed, st.Sysctls); diff != "" {
 		t.Errorf("Sysctls (-want +got):\n%s", diff)
+	}
+}
+
+// TestDialErrorResolution: a name that does not resolve says so, not
+// that the server timed out.
+func TestDialErrorResolution(t *testing.T) {
+	nx := fmt.Errorf("resolve nosuch.invalid:443: %w", &net.DNSError{Err: "no such host", Name: "nosuch.invalid", IsNotFound: true})
+	if got := dialError("nosuch.invalid:443", time.Second, nx).Error(); got != "resolve nosuch.invalid: no such host (check --server)" {
+		t.Errorf("dialError(NXDOMAIN) = %q", got)
+	}
+	slow := &net.DNSError{Err: "i/o timeout", Name: "vpn.example", Server: "192.0.2.53:53", IsTimeout: true}
+	if got := dialError("vpn.example:443", time.Second, slow).Error(); got != "resolve vpn.example: the DNS server did not answer (192.0.2.53:53)" {
+		t.Errorf("dialError(DNS timeout) = %q", got)
+	}
+	if got := dialError("198.18.1.2:443", time.Second, context.DeadlineExceeded).Error(); !strings.Contains(got, "timeout after 1s") {
+		t.Errorf("dialError(timeout) = %q", got)
 	}
 }
