@@ -216,7 +216,7 @@ func TestProfileInlineCredentials(t *testing.T) {
 		t.Errorf("checkProfileSecrets(0644) = %v", err)
 	}
 	var o upOptions
-	o.token, _ = f.GetString("token")
+	o.inlineToken, _ = f.GetString("token")
 	o.caPEM, _ = f.GetString("ca-pem")
 	if _, _, err := o.credentials(); err == nil || !strings.Contains(err.Error(), "ca-pem: no PEM certificate") {
 		t.Errorf("credentials with a bad ca-pem = %v", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/masque-vpn/masque/quicio"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/qlogwriter"
 	"github.com/spf13/pflag"
 )
 
@@ -31,7 +32,9 @@ type serverOptions struct {
 	// CA, the token, the client certificate and key, as PEM or text.
 	// Keys of a profile only, not flags: a command line is visible to
 	// every user in ps.
-	caPEM, token, certPEM, keyPEM string
+	caPEM, inlineToken, certPEM, keyPEM string
+	qlogDir                       string // --qlog: a qlog file per connection there
+	tracer                        func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace
 	connectTimeout                time.Duration
 }
 
@@ -43,8 +46,9 @@ func (o *serverOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.cert, "cert", "", "client certificate (PEM) for mTLS")
 	f.StringVar(&o.key, "key", "", "client private key (PEM) for mTLS")
 	f.DurationVar(&o.connectTimeout, "connect-timeout", defaultConnectTimeout, "how long to wait for the server")
+	f.StringVar(&o.qlogDir, "qlog", "", "write a qlog file of each QUIC connection into DIR (created 0700), for qvis and the like")
 	f.StringVar(&o.caPEM, "ca-pem", "", "the CA certificate itself, PEM (a profile key)")
-	f.StringVar(&o.token, "token", "", "the bearer token itself (a profile key: on a command line every user sees it)")
+	f.StringVar(&o.inlineToken, "token", "", "the bearer token itself (a profile key: on a command line every user sees it)")
 	f.StringVar(&o.certPEM, "cert-pem", "", "the client certificate itself, PEM (a profile key)")
 	f.StringVar(&o.keyPEM, "key-pem", "", "the client key itself, PEM (a profile key)")
 	for _, n := range profileOnly {
@@ -91,10 +95,10 @@ func (o *serverOptions) check() (authorities []string, errs []error) {
 	if o.ca != "" && o.caPEM != "" {
 		errs = append(errs, errors.New("--ca and ca-pem are exclusive"))
 	}
-	if (o.tokenFile != "" || o.token != "") && (o.cert != "" || o.certPEM != "") {
+	if (o.tokenFile != "" || o.inlineToken != "") && (o.cert != "" || o.certPEM != "") {
 		errs = append(errs, errors.New("a token and a client certificate are exclusive"))
 	}
-	if o.tokenFile != "" && o.token != "" {
+	if o.tokenFile != "" && o.inlineToken != "" {
 		errs = append(errs, errors.New("--token-file and token are exclusive"))
 	}
 	if o.cert != "" && o.certPEM != "" {
@@ -110,6 +114,13 @@ func (o *serverOptions) check() (authorities []string, errs []error) {
 // client certificate) and the bearer token. Problems are usage errors:
 // the files are the user's input.
 func (o *serverOptions) credentials() (*tls.Config, string, error) {
+	if o.qlogDir != "" {
+		t, err := quicio.QlogTracer(o.qlogDir)
+		if err != nil {
+			return nil, "", usagef("--qlog: %v", err)
+		}
+		o.tracer = t
+	}
 	tc := &tls.Config{NextProtos: []string{http3.NextProtoH3}, MinVersion: tls.VersionTLS13, ServerName: o.serverName}
 	if o.ca != "" || o.caPEM != "" {
 		b, what := []byte(o.caPEM), "ca-pem"
@@ -140,8 +151,8 @@ func (o *serverOptions) credentials() (*tls.Config, string, error) {
 		}
 		tc.Certificates = []tls.Certificate{kp}
 	}
-	token := strings.TrimSpace(o.token)
-	if o.token != "" && (token == "" || strings.ContainsAny(token, " \t\r\n")) {
+	token := strings.TrimSpace(o.inlineToken)
+	if o.inlineToken != "" && (token == "" || strings.ContainsAny(token, " \t\r\n")) {
 		return nil, "", usagef("token: want one token on one line")
 	}
 	if o.tokenFile != "" {
@@ -166,7 +177,7 @@ func (o *serverOptions) dial(ctx context.Context, tc *tls.Config, mark uint32, l
 	qc, err := quicio.Dial(dctx, quicio.DialConfig{
 		Addr:       o.server,
 		TLSConfig:  tc,
-		QUICConfig: &quic.Config{HandshakeIdleTimeout: o.connectTimeout},
+		QUICConfig: &quic.Config{HandshakeIdleTimeout: o.connectTimeout, Tracer: o.tracer},
 		FwMark:     mark,
 		Logger:     logger,
 	})

@@ -150,7 +150,7 @@ func (o *udpOptions) validate() (*udpConfig, error) {
 	}
 	// The credentials are optional here: some proxies serve CONNECT-UDP
 	// without any.
-	tc, token, err := o.credentials()
+	tc, token, err := c.credentials()
 	if err != nil {
 		return nil, err
 	}

@@ -174,7 +174,7 @@ func (o *upOptions) validate() (*upConfig, error) {
 	if tmplErr != nil {
 		errs = append(errs, tmplErr)
 	}
-	if o.tokenFile == "" && o.token == "" && o.cert == "" && o.certPEM == "" {
+	if o.tokenFile == "" && o.inlineToken == "" && o.cert == "" && o.certPEM == "" {
 		errs = append(errs, errors.New("need --token-file or --cert/--key to authenticate"))
 	}
 	for _, r := range o.routes {
@@ -218,7 +218,7 @@ func (o *upOptions) validate() (*upConfig, error) {
 		// routes, past the tunnel).
 		c.acceptDNS = len(c.routes) == 0
 	}
-	tc, token, err := o.credentials()
+	tc, token, err := c.credentials()
 	if err != nil {
 		return nil, err
 	}
