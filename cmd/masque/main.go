@@ -40,7 +40,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newUpCmd(), newDownCmd(), newStatusCmd(), newListCmd(), newUDPCmd())
+	root.AddCommand(newUpCmd(), newDownCmd(), newStatusCmd(), newListCmd(), newUDPCmd(), newManCmd())
 	return root
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -39,5 +40,28 @@ func TestExecuteExitCodes(t *testing.T) {
 				t.Errorf("execute(%q) = %d, want %d", tt.args, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestManPages: masque man writes a page per command, with the flags of
+// --help in it.
+func TestManPages(t *testing.T) {
+	dir := t.TempDir()
+	if got := execute([]string{"man", dir}); got != exitOK {
+		t.Fatalf("masque man = %d", got)
+	}
+	b, err := os.ReadFile(dir + "/masque-up.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--kill-switch", "--config", "masque up work"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("masque-up.1 lacks %q", want)
+		}
+	}
+	for _, page := range []string{"masque.1", "masque-down.1", "masque-status.1", "masque-list.1", "masque-udp.1"} {
+		if _, err := os.Stat(dir + "/" + page); err != nil {
+			t.Errorf("no %s: %v", page, err)
+		}
 	}
 }
