@@ -5,6 +5,7 @@ package e2e
 // namespace whose LAN is 198.18.1.0/24 (the server's address is on it).
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -143,4 +144,32 @@ func TestHostileRoutesAndDNS(t *testing.T) {
 		t.Errorf("resolv.conf after masque up exited:\n%q\nwant %q", got, orig)
 	}
 	tp.checkClean(tp.client)
+}
+
+// TestHostileRoutesLater: routes a server advertises mid-session replace
+// the installed ones, inside the policy (--route cuts them as it cut the
+// first), within a second or so.
+func TestHostileRoutesLater(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startRogueServer(t, "-assign", "100.64.0.2/32",
+		"-routes", "198.18.2.0-198.18.2.255",
+		"-routes-later", "0.0.0.0-255.255.255.255", "-routes-later-after", "1s")
+	c := tp.startClient(t, tp.client, tokenAuth("alice"), "--route", "198.18.2.0/24", "--route", "198.18.4.0/23")
+	table := func() string { return runIn(t, tp.client, 5*time.Second, "ip", "-4", "route", "show", "table", "0x4d51").stdout }
+	if got := table(); !strings.Contains(got, "198.18.2.0/24 dev "+c.up.tun) || strings.Contains(got, "198.18.4.0/23") {
+		t.Fatalf("first routes:\n%s", got)
+	}
+	var got string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if got = table(); strings.Contains(got, "198.18.4.0/23") {
+			break
+		}
+	}
+	// 0.0.0.0/0 cut to the two --route prefixes: nothing else.
+	if !strings.Contains(got, "198.18.2.0/24 dev "+c.up.tun) || !strings.Contains(got, "198.18.4.0/23 dev "+c.up.tun) || strings.Contains(got, "default") {
+		t.Errorf("routes after the second advertisement (0.0.0.0/0, --route 198.18.2.0/24 and 198.18.4.0/23):\n%s", got)
+	}
+	if st := c.status(t); !slices.Contains(st.Routes, "198.18.4.0/23") {
+		t.Errorf("status routes %v lack the new route", st.Routes)
+	}
 }

@@ -23,3 +23,8 @@ func (r *Routing) Remove() error {
 func (r *Routing) installed() (rules, routes int, err error) {
 	return 0, 0, fmt.Errorf("list rules: %w", errors.ErrUnsupported)
 }
+
+// Replace is implemented only on Linux.
+func (r *Routing) Replace(old *Routing) error {
+	return fmt.Errorf("replace routing: %w", errors.ErrUnsupported)
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -247,4 +248,42 @@ func family(p netip.Prefix) int {
 		return unix.AF_INET
 	}
 	return unix.AF_INET6
+}
+
+// Replace moves the routing from old (what Apply installed for it) to r:
+// r's routes and throw routes go in first, then those of old that r does
+// not hold go, so that no destination is without its route in between.
+// Rules are kept. Both must name the same table.
+func (r *Routing) Replace(old *Routing) error {
+	if old.table() != r.table() {
+		return fmt.Errorf("replace routing: table %d, was %d", r.table(), old.table())
+	}
+	if err := r.Apply(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range old.Routes {
+		if slices.Contains(r.Routes, p) {
+			continue
+		}
+		rt := &netlink.Route{Dst: prefixIPNet(p.Masked()), Table: r.table()}
+		if p.Addr().Is4() {
+			rt.Scope = netlink.SCOPE_LINK // as Apply added it
+		}
+		if err := delRoute(rt); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range old.Excludes {
+		if slices.Contains(r.Excludes, p) {
+			continue
+		}
+		if err := delRoute(&netlink.Route{Dst: prefixIPNet(p.Masked()), Table: r.table(), Type: unix.RTN_THROW}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("replace routing: %w", err)
+	}
+	return nil
 }

@@ -277,3 +277,35 @@ func routingState(t *testing.T, r *Routing) (rules, routes []string) {
 	slices.Sort(routes)
 	return rules, routes
 }
+
+// TestRoutingReplace: a new set of routes replaces the old in the table,
+// keeping the rules; routes and throws of the old set not in the new one
+// go.
+func TestRoutingReplace(t *testing.T) {
+	nstest.New(t)
+	d := createTestTUN(t)
+	p := netip.MustParsePrefix
+	old := Routing{Link: d.Name(), Routes: []netip.Prefix{p("198.18.2.0/24"), p("198.18.4.0/24")}, Excludes: []netip.Prefix{p("198.18.2.1/32")}}
+	if err := old.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	next := Routing{Link: d.Name(), Routes: []netip.Prefix{p("198.18.4.0/24"), p("198.18.6.0/24")}, Excludes: []netip.Prefix{p("198.18.6.1/32")}}
+	if err := next.Replace(&old); err != nil {
+		t.Fatalf("Replace = %v", err)
+	}
+	rules, routes := routingState(t, &next)
+	want := []string{
+		"table 19793 throw 198.18.6.1/32",
+		"table 19793 unicast 198.18.4.0/24 dev mqtest0",
+		"table 19793 unicast 198.18.6.0/24 dev mqtest0",
+	}
+	if diff := cmp.Diff(want, routes); diff != "" {
+		t.Errorf("routes after Replace (-want +got):\n%s", diff)
+	}
+	if len(rules) != 2 {
+		t.Errorf("rules after Replace: %q, want the two IPv4 rules kept", rules)
+	}
+	if err := next.Replace(&Routing{Table: 100}); err == nil {
+		t.Error("Replace of another table's routing = nil, want an error")
+	}
+}

@@ -64,6 +64,10 @@ type ClientConfig struct {
 	// servers each DNS_ASSIGN names that Policy accepts (acceptDNS), when
 	// there are any; again when new routes change which are accepted.
 	OnDNS func([]netip.Addr)
+	// OnRoutes, if set, is called (from the capsule reader) when a
+	// ROUTE_ADVERTISEMENT after the first changes Routes; the caller
+	// re-reads Routes, and should coalesce a flood of them.
+	OnRoutes func(*Client)
 	// LocalNetworks are the host's directly connected networks (its
 	// interfaces' prefixes, but loopback's and the TUN's): a packet from
 	// the server with a source inside one poses as the LAN and is
@@ -396,13 +400,17 @@ func (c *Client) readCapsules() error {
 					"outside_policy", rep.outside, "routes", len(prefixes))
 			}
 			c.mu.Lock()
+			changed := !slices.Equal(c.routes, prefixes)
 			c.routes = prefixes
 			offered := c.offered
 			c.mu.Unlock()
 			first := false
 			c.routesOnce.Do(func() { first = true; close(c.gotRoutes) })
-			if !first {
+			if !first && changed {
 				c.capsuleLogf(slog.LevelInfo, "routes updated", "routes", len(prefixes))
+				if c.cfg.OnRoutes != nil {
+					c.cfg.OnRoutes(c)
+				}
 			}
 			if offered != nil {
 				c.takeDNS(offered, false)

@@ -33,9 +33,9 @@ type serverOptions struct {
 	// Keys of a profile only, not flags: a command line is visible to
 	// every user in ps.
 	caPEM, inlineToken, certPEM, keyPEM string
-	qlogDir                       string // --qlog: a qlog file per connection there
-	tracer                        func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace
-	connectTimeout                time.Duration
+	qlogDir                             string // --qlog: a qlog file per connection there
+	tracer                              func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace
+	connectTimeout                      time.Duration
 }
 
 func (o *serverOptions) addFlags(f *pflag.FlagSet) {

@@ -326,6 +326,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		c: c, st: st, statePath: statePath, blocked: blocked, written: blocked,
 		routing: c.routing(), status: status, out: cmd.OutOrStdout(), logger: logger,
 		dnsUpdates: make(chan []netip.Addr, 1), stopDNS: func() {},
+		routeUpdates: make(chan *tunnel.Client, 1), stopRoutes: func() {},
 	}
 	defer func() {
 		h.stopDNS()
@@ -368,6 +369,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 				MaxMTU:       c.mtu,
 				SetMTU:       func(mtu int) error { return h.setMTU(mtu) },
 				OnDNS:        h.onDNS,
+				OnRoutes:     h.onRoutes,
 				Policy:       pol,
 				// Taken afresh for each session: the host may have moved.
 				LocalNetworks: lanPrefixes(c.tun),
@@ -383,7 +385,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		},
 		Host:      h,
 		Reconnect: c.reconnect,
-		OnEvent:   status.onEvent,
+		OnEvent:   func(e tunnel.AgentEvent) { h.onEvent(e); status.onEvent(e) },
 		Logger:    logger,
 	})
 	if err != nil {

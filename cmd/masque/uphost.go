@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/masque-vpn/masque/quicio"
 	"github.com/masque-vpn/masque/tun"
@@ -45,6 +46,100 @@ type upHost struct {
 
 	devMu sync.Mutex
 	dev   *tun.Device // once Up created it
+
+	// routeUpdates carries a session whose routes changed mid-session
+	// (ClientConfig.OnRoutes) to runRoutes, the newest only.
+	routeUpdates chan *tunnel.Client
+	stopRoutes   func()     // stops runRoutes, once started
+	routeMu      sync.Mutex // guards routing's Routes and Excludes once runRoutes runs
+	current      *tunnel.Client
+}
+
+// onEvent follows the Agent's sessions: a new one's routes may differ
+// from those installed, whether or not its addresses do.
+func (h *upHost) onEvent(e tunnel.AgentEvent) {
+	if e.Kind != tunnel.AgentBack {
+		return
+	}
+	h.routeMu.Lock()
+	h.current = e.Client
+	h.routeMu.Unlock()
+	h.onRoutes(e.Client)
+}
+
+// routeInterval spaces the route updates a server can cause: a flood of
+// advertisements costs a table rewrite a second at most.
+const routeInterval = time.Second
+
+// onRoutes takes a session's new routes (ClientConfig.OnRoutes): the
+// newest waits for runRoutes, an older one gives way.
+func (h *upHost) onRoutes(c *tunnel.Client) {
+	for {
+		select {
+		case h.routeUpdates <- c:
+			return
+		default:
+		}
+		select {
+		case <-h.routeUpdates:
+		default:
+		}
+	}
+}
+
+// runRoutes applies the routes of the current session when its server
+// advertises new ones, at most once a routeInterval, until ctx is done.
+func (h *upHost) runRoutes(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-h.routeUpdates:
+			h.routeMu.Lock()
+			current := c == h.current
+			h.routeMu.Unlock()
+			if current {
+				if err := h.setRoutes(c); err != nil {
+					h.logger.Warn("new routes from the server not applied", "err", err)
+				} else {
+					h.logger.Info("routes updated", "routes", logPrefixes(h.routing.Routes))
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(routeInterval):
+		}
+	}
+}
+
+// setRoutes installs c's routes (inside the policy, as Up does) in place
+// of the ones installed, recorded first.
+func (h *upHost) setRoutes(c *tunnel.Client) error {
+	h.routeMu.Lock()
+	defer h.routeMu.Unlock()
+	routes := familiesWith(c.Routes(), c.Addresses())
+	if slices.Equal(routes, h.routing.Routes) && slices.Equal(c.Excludes(), h.routing.Excludes) {
+		return nil
+	}
+	next := *h.routing
+	next.Routes, next.Excludes = routes, c.Excludes()
+	// The state names the union until the old routes are gone: Undo
+	// flushes the whole table anyway.
+	h.stMu.Lock()
+	h.st.Routing = &next
+	err := tun.WriteState(h.statePath, h.st)
+	h.stMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := next.Replace(h.routing); err != nil {
+		return fmt.Errorf("routes: %w", err)
+	}
+	*h.routing = next
+	h.status.setRoutes(next.Routes)
+	return nil
 }
 
 // setMTU follows the datagram budget (ClientConfig.SetMTU): the TUN
@@ -184,6 +279,13 @@ func (h *upHost) Up(ctx context.Context, srv tunnel.AgentServer, client *tunnel.
 		h.logger.Info("kill switch off: the tunnel is up")
 	}
 	h.up = true
+	h.routeMu.Lock()
+	h.current = client
+	h.routeMu.Unlock()
+	routesCtx, cancelRoutes := context.WithCancel(ctx)
+	var routesWG sync.WaitGroup
+	routesWG.Go(func() { h.runRoutes(routesCtx) })
+	h.stopRoutes = func() { cancelRoutes(); routesWG.Wait() }
 	h.status.setUp(srv.Addr, client, routing.Routes, killSwitch)
 	fmt.Fprintf(h.out, "up: server=%s addresses=%s tun=%s\n", srv.Addr, joinPrefixes(client.Addresses()), c.tun)
 	h.logger.Info("tunnel up", "server", srv.Addr, "addresses", client.Addresses(), "routes", logPrefixes(routing.Routes), "offloads", dev.Offloads())
@@ -214,29 +316,16 @@ func (h *upHost) Move(srv tunnel.AgentServer, old, client *tunnel.Client) error 
 	if err := dev.SetAddrs(client.Addresses()); err != nil {
 		return err
 	}
-	routes := familiesWith(client.Routes(), client.Addresses())
-	if !slices.Equal(routes, h.routing.Routes) || !slices.Equal(client.Excludes(), h.routing.Excludes) {
-		next := *h.routing
-		next.Routes, next.Excludes = routes, client.Excludes()
-		h.stMu.Lock()
-		h.st.Routing = &next
-		err := tun.WriteState(h.statePath, h.st)
-		h.stMu.Unlock()
-		if err != nil {
-			return fmt.Errorf("write state: %w", err)
-		}
-		if err := next.Apply(); err != nil {
-			return fmt.Errorf("routes: %w", err)
-		}
-		*h.routing = next
-	}
-	h.status.setRoutes(h.routing.Routes)
-	return nil
+	h.routeMu.Lock()
+	h.current = client
+	h.routeMu.Unlock()
+	return h.setRoutes(client)
 }
 
 // close ends what Up started, once the Agent is done: DNS (reverting
 // systemd-resolved's settings while the TUN still exists), then the TUN.
 func (h *upHost) close(retErr *error) {
+	h.stopRoutes()
 	h.stopDNS()
 	if h.st.Resolved != nil {
 		if err := h.st.Resolved.Revert(); err != nil {

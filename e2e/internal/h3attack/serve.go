@@ -44,6 +44,8 @@ type serveConfig struct {
 	dns                       []netip.Addr
 	flood6                    int
 	routeFlood                int
+	routesLater               []route
+	routesLaterAfter          time.Duration
 	dnsFlood                  int
 	dnsFloodEvery             time.Duration
 	goAwayAfter, closeAfter   time.Duration // < 0: never
@@ -70,6 +72,9 @@ func serve(args []string) error {
 	fs.StringVar(&assignLater, "assign-later", "", "ADDRESS_ASSIGN from the second connection on (empty: -assign)")
 	fs.StringVar(&routes, "routes", "0.0.0.0/0,::/0", "ROUTE_ADVERTISEMENT: comma-separated CIDR or START-END ranges, each optionally /pPROTO")
 	fs.IntVar(&c.flood6, "flood6", 0, "advertise this many more single-address IPv6 ranges in 2001:db8:f::/48, after -routes'")
+	var routesLater string
+	fs.StringVar(&routesLater, "routes-later", "", "a second ROUTE_ADVERTISEMENT, -routes-later-after the session is up (same syntax as -routes)")
+	fs.DurationVar(&c.routesLaterAfter, "routes-later-after", 2*time.Second, "when to send -routes-later")
 	fs.IntVar(&c.routeFlood, "route-flood", 0, "send the ROUTE_ADVERTISEMENT this many more times after the first")
 	fs.StringVar(&dns, "dns", "", "DNS_ASSIGN: comma-separated server addresses (none: no capsule)")
 	fs.IntVar(&c.dnsFlood, "dns-flood", 0, "send this many more DNS_ASSIGN capsules after the first")
@@ -98,6 +103,9 @@ func serve(args []string) error {
 	for i := range c.flood6 {
 		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0x0f, 14: byte(i >> 8), 15: byte(i)})
 		c.routes = append(c.routes, route{start: a, end: a})
+	}
+	if c.routesLater, err = parseList(routesLater, parseRoute); err != nil {
+		return fmt.Errorf("-routes-later: %w", err)
 	}
 	if c.dns, err = parseList(dns, netip.ParseAddr); err != nil {
 		return fmt.Errorf("-dns: %w", err)
@@ -256,7 +264,10 @@ func (c *serveConfig) serveSession(ctx context.Context, qc *quic.Conn, ctrl *qui
 			client6 = p.Addr()
 		}
 	}
-	var goAway, closeNow <-chan time.Time // nil: never
+	var goAway, closeNow, later <-chan time.Time // nil: never
+	if len(c.routesLater) > 0 {
+		later = time.After(c.routesLaterAfter)
+	}
 	if c.goAwayAfter >= 0 {
 		goAway = time.After(c.goAwayAfter)
 	}
@@ -278,6 +289,11 @@ func (c *serveConfig) serveSession(ctx context.Context, qc *quic.Conn, ctrl *qui
 			time.Sleep(200 * time.Millisecond)
 			qc.CloseWithError(0x100, "hostile GOAWAY loop")
 			return
+		case <-later:
+			if _, err := str.Write(appendFrame(nil, 0x00, appendRoutes(nil, c.routesLater))); err != nil {
+				return
+			}
+			emit(map[string]any{"event": "routes_later", "i": i})
 		case <-closeNow:
 			emit(map[string]any{"event": "close", "i": i})
 			qc.CloseWithError(0x100, "hostile close loop")
