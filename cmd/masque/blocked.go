@@ -176,12 +176,25 @@ func stillBlocked(stateDir, table string, err error, why string) error {
 // (down is the user's request to restore the host), then moves the
 // corrupt file aside. It returns what it did, one phrase each. If
 // anything could not be removed the corrupt file stays in place, so that
-// masque down (or up) tries again.
+// masque down (or up) tries again. The names are those of the slot that
+// the instance registry says the crashed run of stateDir held (slot 0,
+// the names of a masque without instances, if it says nothing).
 func sweepCorrupt(stateDir, statePath, tunName string) (done []string, err error) {
+	slot := tun.Slot(0)
+	claims, err := tun.Claims(tun.DefaultRegistryDir)
+	if err != nil {
+		return nil, fmt.Errorf("%v (state file %s left in place)", err, statePath)
+	}
+	for _, c := range claims {
+		if c.StateDir == stateDir && !c.Alive {
+			slot = c.Slot
+		}
+	}
+	r := slot.Routing()
 	l := &tun.Leftovers{
 		Tun:        tunName,
-		Routing:    &tun.Routing{},
-		NFTables:   []string{tun.DefaultKillSwitchTable, tun.DefaultGatewayTable},
+		Routing:    &r,
+		NFTables:   []string{slot.KillSwitchTable(), slot.GatewayTable()},
 		ResolvConf: resolvConf(stateDir),
 	}
 	done, err = l.Remove()
@@ -194,6 +207,9 @@ func sweepCorrupt(stateDir, statePath, tunName string) (done []string, err error
 	aside := statePath + corruptSuffix
 	if err := os.Rename(statePath, aside); err != nil {
 		return done, fmt.Errorf("move corrupt state file aside: %w", err)
+	}
+	if err := tun.ReleaseClaim(tun.DefaultRegistryDir, slot); err != nil {
+		return done, err
 	}
 	return append(done, "moved the corrupt state file to "+aside), nil
 }

@@ -402,6 +402,9 @@ func instanceDirs(cmd *cobra.Command, pf *profileFlags, args []string, stateDir,
 	if !cmd.Flags().Changed("state-dir") {
 		*stateDir = sd
 	}
+	if abs, err := filepath.Abs(*stateDir); err == nil {
+		*stateDir = abs // as the instance registry has it
+	}
 	if tunName != nil && !cmd.Flags().Changed("tun") {
 		*tunName = tn
 	}
