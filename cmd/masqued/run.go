@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -28,9 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/quic-go/quic-go/http3"
 	"github.com/spf13/cobra"
-	"github.com/vishvananda/netlink"
 )
 
 // serverFlags binds the run flags onto a Config; flags that were set
@@ -186,113 +181,6 @@ func newConfigCmd() *cobra.Command {
 	serverFlags(check, &c, &path)
 	cmd.AddCommand(check)
 	return cmd
-}
-
-// material is what the settings name on disk, loaded and checked.
-type material struct {
-	tls   *tls.Config
-	auth  *policy.Authenticator
-	names []string // the server certificate's DNS and IP subject alternative names
-}
-
-func loadServerMaterial(s *settings) (*material, error) {
-	cert, err := tls.LoadX509KeyPair(s.Cert, s.Key)
-	if err != nil {
-		return nil, fmt.Errorf("certificate %s / key %s: %w", s.Cert, s.Key, err)
-	}
-	tc := &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		NextProtos:   []string{http3.NextProtoH3},
-		MinVersion:   tls.VersionTLS13,
-	}
-	auth := &policy.Authenticator{}
-	if s.ClientCA != "" {
-		pemBytes, err := os.ReadFile(s.ClientCA)
-		if err != nil {
-			return nil, fmt.Errorf("client CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemBytes) {
-			return nil, fmt.Errorf("client CA %s: no PEM certificate", s.ClientCA)
-		}
-		tc.ClientCAs = pool
-		tc.ClientAuth = tls.VerifyClientCertIfGiven
-		auth.ClientCerts = true
-	}
-	if s.Tokens != "" {
-		toks, err := policy.LoadTokens(s.Tokens)
-		if err != nil {
-			return nil, err
-		}
-		if toks.Len() == 0 && s.ClientCA == "" {
-			return nil, fmt.Errorf("tokens file %s: no tokens, and no client CA: no client could authenticate", s.Tokens)
-		}
-		auth.Tokens = toks
-	}
-	return &material{tls: tc, auth: auth, names: certNames(cert.Leaf)}, nil
-}
-
-// certNames returns the DNS names and IP addresses of leaf's subject
-// alternative names that can name this server in a request's :authority
-// (see tunnel.ValidServerName); TLS clients check the same names.
-func certNames(leaf *x509.Certificate) []string {
-	if leaf == nil {
-		return nil
-	}
-	var out []string
-	for _, n := range leaf.DNSNames {
-		if tunnel.ValidServerName(n) {
-			out = append(out, n)
-		}
-	}
-	for _, ip := range leaf.IPAddresses {
-		if a, ok := netip.AddrFromSlice(ip); ok {
-			out = append(out, a.Unmap().String())
-		}
-	}
-	return out
-}
-
-func newLogger(level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
-}
-
-// hostPrefixes returns the addresses on this host's interfaces with their
-// prefix lengths: clients must not reach them through the tunnel unless
-// allowed, nor the broadcast and anycast addresses the host takes as its
-// own for those prefixes.
-func hostPrefixes() []netip.Prefix {
-	var out []netip.Prefix
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if p, ok := ipNetPrefix(n); ok {
-				out = append(out, p)
-			}
-		}
-	}
-	return out
-}
-
-// ipNetPrefix converts an interface address to an address and prefix
-// length (not masked). IPv4 comes as 16-byte IPs with 4- or 16-byte masks.
-func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	ip, ok := netip.AddrFromSlice(n.IP)
-	ones, bits := n.Mask.Size()
-	if !ok || bits == 0 {
-		return netip.Prefix{}, false
-	}
-	ip = ip.Unmap()
-	ones -= bits - ip.BitLen()
-	if ones < 0 {
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(ip, ones), true
 }
 
 func runServer(ctx context.Context, s *settings, reload func() (*settings, error)) (retErr error) {
@@ -494,164 +382,6 @@ wait:
 	<-serveErr
 	logger.Info("stopped")
 	return nil
-}
-
-// watchAddrs reports changes of this host's addresses (netlink), at most
-// one every 100 ms, until ctx is done. If it cannot subscribe it logs
-// why and reports nothing: the policy then knows the addresses of the
-// start and of each SIGHUP.
-func watchAddrs(ctx context.Context, logger *slog.Logger) <-chan struct{} {
-	out := make(chan struct{}, 1)
-	updates := make(chan netlink.AddrUpdate, 64)
-	done := make(chan struct{})
-	err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
-		ErrorCallback: func(err error) { logger.Warn("address watch", "err", err) },
-	})
-	if err != nil {
-		logger.Warn("cannot watch this host's addresses: restart masqued or send SIGHUP after adding one", "err", err)
-		return out
-	}
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case _, ok := <-updates:
-				if !ok {
-					return
-				}
-			}
-			// Coalesce a burst (an interface coming up brings several).
-			settle := time.After(100 * time.Millisecond)
-		drain:
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-updates:
-				case <-settle:
-					break drain
-				}
-			}
-			select {
-			case out <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	return out
-}
-
-// destinations builds the destination policy of s: the defaults, this
-// host's interface prefixes and the TUN's (tunAddrs: the server's own
-// addresses, their directed broadcasts and subnet-router anycasts), the
-// pools unless clients may reach each other, and the operator's allow and
-// deny.
-func destinations(s *settings, tunAddrs []netip.Prefix) (*policy.Destinations, error) {
-	pools := make([]netip.Prefix, 0, 2)
-	for _, p := range []netip.Prefix{s.Pool4, s.Pool6} {
-		if p.IsValid() {
-			pools = append(pools, p)
-		}
-	}
-	return policy.NewDestinations(policy.DestinationsConfig{
-		// The TUN may not exist yet: its prefixes are the gateways'.
-		ServerPrefixes:      append(hostPrefixes(), tunAddrs...),
-		ClientPrefixes:      pools,
-		AllowClientToClient: s.AllowClientToClient,
-		Allow:               s.Allow,
-		Deny:                s.Deny,
-	})
-}
-
-// reloadConfig is SIGHUP: it reads the configuration again (file, then the
-// same flags) and applies what can change without dropping a session: the
-// tokens file, the destination policy (allow, deny,
-// allow_client_to_client; also this host's addresses, read afresh) and the
-// CONNECT-UDP rules. Sessions stay up and follow the new policy from
-// their next packet; CONNECT-UDP flows it refuses are closed. A
-// configuration or tokens file that does not load changes nothing. Other
-// changed settings are named in the log: they take a restart.
-func reloadConfig(s *settings, reload func() (*settings, error), m *material, app *tunnel.Server, tunAddrs []netip.Prefix, logger *slog.Logger) {
-	ns, err := reload()
-	if err != nil {
-		logger.Error("reload: nothing changed", "err", err)
-		return
-	}
-	var toks *policy.Tokens
-	if ns.Tokens != "" {
-		if m.auth.Tokens == nil {
-			logger.Error("reload: nothing changed", "err", "tokens: a tokens file added to a running server takes a restart")
-			return
-		}
-		if toks, err = policy.LoadTokens(ns.Tokens); err != nil {
-			logger.Error("reload: nothing changed", "err", err)
-			return
-		}
-	} else if m.auth.Tokens != nil {
-		logger.Error("reload: nothing changed", "err", "tokens: removing the tokens file takes a restart")
-		return
-	}
-	dests, err := destinations(ns, tunAddrs)
-	if err != nil {
-		logger.Error("reload: nothing changed", "err", fmt.Errorf("destinations: %w", err))
-		return
-	}
-	if toks != nil {
-		m.auth.Tokens.Replace(toks)
-	}
-	closed := app.SetPolicy(dests, ns.UDPRules)
-	s.Tokens, s.Allow, s.Deny, s.AllowClientToClient, s.UDPRules = ns.Tokens, ns.Allow, ns.Deny, ns.AllowClientToClient, ns.UDPRules
-	attrs := []any{"allow", len(ns.Allow), "deny", len(ns.Deny), "allow_client_to_client", ns.AllowClientToClient, "udp_flows_closed", closed}
-	if toks != nil {
-		attrs = append(attrs, "tokens", toks.Len())
-	}
-	logger.Info("reload: configuration applied", attrs...)
-	if restart := needsRestart(s, ns); len(restart) > 0 {
-		logger.Warn("reload: changed settings take a restart", "settings", strings.Join(restart, ","))
-	}
-}
-
-// needsRestart names the settings that differ between the running server's
-// and a reloaded configuration and that a reload does not apply.
-func needsRestart(old, new *settings) []string {
-	var out []string
-	diff := func(name string, changed bool) {
-		if changed {
-			out = append(out, name)
-		}
-	}
-	diff("listen", old.Listen != new.Listen)
-	diff("cert", old.Cert != new.Cert)
-	diff("key", old.Key != new.Key)
-	diff("server_names", !slices.Equal(old.ServerNames, new.ServerNames))
-	diff("client_ca", old.ClientCA != new.ClientCA)
-	diff("pool4", old.Pool4 != new.Pool4)
-	diff("pool6", old.Pool6 != new.Pool6)
-	diff("egress", old.Egress != new.Egress)
-	diff("state_dir", old.StateDir != new.StateDir)
-	diff("tun", old.Tun != new.Tun)
-	diff("mtu", old.MTU != new.MTU)
-	diff("dns", !slices.Equal(old.DNS, new.DNS))
-	diff("routes", !slices.Equal(old.Routes, new.Routes))
-	diff("lease_time", old.LeaseTime != new.LeaseTime)
-	diff("max_conns", old.MaxConns != new.MaxConns)
-	diff("max_sessions_per_conn", old.MaxSessionsPerConn != new.MaxSessionsPerConn)
-	diff("max_conns_per_source", old.MaxConnsPerSource != new.MaxConnsPerSource)
-	diff("max_handshake_rate", old.MaxHandshakeRate != new.MaxHandshakeRate)
-	diff("retry_threshold", old.RetryThreshold != new.RetryThreshold)
-	diff("max_sessions_per_identity", old.MaxSessionsPerIdentity != new.MaxSessionsPerIdentity)
-	diff("request_timeout", old.RequestTimeout != new.RequestTimeout)
-	diff("metrics", old.Metrics != new.Metrics)
-	diff("pprof", old.Pprof != new.Pprof)
-	diff("log_level", old.LogLevel != new.LogLevel)
-	diff("drain_timeout", old.DrainTimeout != new.DrainTimeout)
-	diff("udp_idle_timeout", old.UDPIdleTimeout != new.UDPIdleTimeout)
-	diff("udp_resolve_timeout", old.UDPResolveTimeout != new.UDPResolveTimeout)
-	diff("udp_max_flows_per_conn", old.UDPMaxFlowsPerConn != new.UDPMaxFlowsPerConn)
-	diff("udp_max_flows_per_identity", old.UDPMaxFlowsPerIdentity != new.UDPMaxFlowsPerIdentity)
-	return out
 }
 
 func trimNL(b []byte) []byte {

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/masque-vpn/masque/policy"
+	"github.com/vishvananda/netlink"
+)
+
+// hostPrefixes returns the addresses on this host's interfaces with their
+// prefix lengths: clients must not reach them through the tunnel unless
+// allowed, nor the broadcast and anycast addresses the host takes as its
+// own for those prefixes.
+func hostPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if p, ok := ipNetPrefix(n); ok {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// ipNetPrefix converts an interface address to an address and prefix
+// length (not masked). IPv4 comes as 16-byte IPs with 4- or 16-byte masks.
+func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	ip, ok := netip.AddrFromSlice(n.IP)
+	ones, bits := n.Mask.Size()
+	if !ok || bits == 0 {
+		return netip.Prefix{}, false
+	}
+	ip = ip.Unmap()
+	ones -= bits - ip.BitLen()
+	if ones < 0 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(ip, ones), true
+}
+
+// watchAddrs reports changes of this host's addresses (netlink), at most
+// one every 100 ms, until ctx is done. If it cannot subscribe it logs
+// why and reports nothing: the policy then knows the addresses of the
+// start and of each SIGHUP.
+func watchAddrs(ctx context.Context, logger *slog.Logger) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	updates := make(chan netlink.AddrUpdate, 64)
+	done := make(chan struct{})
+	err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
+		ErrorCallback: func(err error) { logger.Warn("address watch", "err", err) },
+	})
+	if err != nil {
+		logger.Warn("cannot watch this host's addresses: restart masqued or send SIGHUP after adding one", "err", err)
+		return out
+	}
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case _, ok := <-updates:
+				if !ok {
+					return
+				}
+			}
+			// Coalesce a burst (an interface coming up brings several).
+			settle := time.After(100 * time.Millisecond)
+		drain:
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-updates:
+				case <-settle:
+					break drain
+				}
+			}
+			select {
+			case out <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return out
+}
+
+// destinations builds the destination policy of s: the defaults, this
+// host's interface prefixes and the TUN's (tunAddrs: the server's own
+// addresses, their directed broadcasts and subnet-router anycasts), the
+// pools unless clients may reach each other, and the operator's allow and
+// deny.
+func destinations(s *settings, tunAddrs []netip.Prefix) (*policy.Destinations, error) {
+	pools := make([]netip.Prefix, 0, 2)
+	for _, p := range []netip.Prefix{s.Pool4, s.Pool6} {
+		if p.IsValid() {
+			pools = append(pools, p)
+		}
+	}
+	return policy.NewDestinations(policy.DestinationsConfig{
+		// The TUN may not exist yet: its prefixes are the gateways'.
+		ServerPrefixes:      append(hostPrefixes(), tunAddrs...),
+		ClientPrefixes:      pools,
+		AllowClientToClient: s.AllowClientToClient,
+		Allow:               s.Allow,
+		Deny:                s.Deny,
+	})
+}

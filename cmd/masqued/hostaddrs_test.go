@@ -1,0 +1,38 @@
+package main
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+)
+
+// TestIPNetPrefix: interface addresses keep their prefix length, IPv4 ones
+// in either of the forms the net package uses.
+func TestIPNetPrefix(t *testing.T) {
+	tests := []struct {
+		name string
+		in   *net.IPNet
+		want string // "" means not converted
+	}{
+		{"ipv4, 4-byte mask", &net.IPNet{IP: net.ParseIP("198.18.2.1"), Mask: net.CIDRMask(24, 32)}, "198.18.2.1/24"},
+		{"ipv4, 16-byte mask", &net.IPNet{IP: net.ParseIP("198.18.2.1"), Mask: net.CIDRMask(120, 128)}, "198.18.2.1/24"},
+		{"ipv4, 4-byte ip", &net.IPNet{IP: net.ParseIP("127.0.0.1").To4(), Mask: net.CIDRMask(8, 32)}, "127.0.0.1/8"},
+		{"ipv6", &net.IPNet{IP: net.ParseIP("2001:db8:2::1"), Mask: net.CIDRMask(64, 128)}, "2001:db8:2::1/64"},
+		{"ipv6 host", &net.IPNet{IP: net.ParseIP("::1"), Mask: net.CIDRMask(128, 128)}, "::1/128"},
+		{"non-canonical mask", &net.IPNet{IP: net.ParseIP("198.18.2.1"), Mask: net.IPv4Mask(255, 0, 255, 0)}, ""},
+		{"bad ip", &net.IPNet{IP: net.IP{1, 2, 3}, Mask: net.CIDRMask(24, 32)}, ""},
+		{"ipv4 with a short 16-byte mask", &net.IPNet{IP: net.ParseIP("198.18.2.1"), Mask: net.CIDRMask(64, 128)}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := ipNetPrefix(tt.in)
+			want, wantOK := netip.Prefix{}, tt.want != ""
+			if wantOK {
+				want = netip.MustParsePrefix(tt.want)
+			}
+			if got != want || ok != wantOK {
+				t.Errorf("ipNetPrefix(%v) = %v, %v, want %v, %v", tt.in, got, ok, want, wantOK)
+			}
+		})
+	}
+}
