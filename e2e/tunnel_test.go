@@ -433,6 +433,11 @@ func TestServerShutdown(t *testing.T) {
 		t.Errorf("nftables table inet masqued left behind:\n%s", r.stdout)
 	}
 	tp.checkClean(tp.server)
+	// A clean SIGTERM, a client draining included, is lifecycle: nothing
+	// at WARN or above.
+	if bad := warnLines(srv.stderr.String()); len(bad) > 0 {
+		t.Errorf("masqued logged at WARN or above on a clean SIGTERM:\n%s", strings.Join(bad, "\n"))
+	}
 
 	start := time.Now()
 	if !c.wait(30 * time.Second) {
@@ -444,6 +449,17 @@ func TestServerShutdown(t *testing.T) {
 	}
 	checkErrorLine(t, "client after server shutdown", lastLine(c.stderr.String()), "masque: ", "server", "connection", "closed", "lost", "timeout")
 	tp.checkClean(tp.client)
+}
+
+// warnLines returns the lines of a text log at level WARN or ERROR.
+func warnLines(log string) []string {
+	var out []string
+	for _, l := range nonEmptyLines(log) {
+		if strings.Contains(l, " level=WARN ") || strings.Contains(l, " level=ERROR ") {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func lastLine(s string) string {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/masque-vpn/masque/policy"
@@ -48,22 +49,40 @@ func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
 }
 
 // watchAddrs reports changes of this host's addresses (netlink), at most
-// one every 100 ms, until ctx is done. If it cannot subscribe it logs
-// why and reports nothing: the policy then knows the addresses of the
-// start and of each SIGHUP.
-func watchAddrs(ctx context.Context, logger *slog.Logger) <-chan struct{} {
+// one every 100 ms, until ctx is done or stop is called. stop returns once
+// the watch's goroutines (its own and netlink's) have exited. If it cannot
+// subscribe it logs why and reports nothing: the policy then knows the
+// addresses of the start and of each SIGHUP.
+func watchAddrs(ctx context.Context, logger *slog.Logger) (changed <-chan struct{}, stop func()) {
 	out := make(chan struct{}, 1)
 	updates := make(chan netlink.AddrUpdate, 64)
-	done := make(chan struct{})
+	done := make(chan struct{}) // closed to end the subscription
 	err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
-		ErrorCallback: func(err error) { logger.Warn("address watch", "err", err) },
+		ErrorCallback: func(err error) {
+			select {
+			case <-done:
+				// Closing the subscription's socket fails the receive
+				// it is blocked in: that is the watch stopping (on
+				// every SIGTERM), not a problem.
+				return
+			default:
+			}
+			logger.Warn("address watch", "err", err)
+		},
 	})
 	if err != nil {
 		logger.Warn("cannot watch this host's addresses: restart masqued or send SIGHUP after adding one", "err", err)
-		return out
+		return out, func() {}
 	}
-	go func() {
-		defer close(done)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer func() {
+			close(done)
+			// netlink closes updates once its receive loop has returned.
+			for range updates {
+			}
+		}()
 		for {
 			select {
 			case <-ctx.Done():
@@ -80,7 +99,10 @@ func watchAddrs(ctx context.Context, logger *slog.Logger) <-chan struct{} {
 				select {
 				case <-ctx.Done():
 					return
-				case <-updates:
+				case _, ok := <-updates:
+					if !ok {
+						return
+					}
 				case <-settle:
 					break drain
 				}
@@ -90,8 +112,8 @@ func watchAddrs(ctx context.Context, logger *slog.Logger) <-chan struct{} {
 			default:
 			}
 		}
-	}()
-	return out
+	})
+	return out, func() { cancel(); wg.Wait() }
 }
 
 // destinations builds the destination policy of s: the defaults, this

@@ -1,9 +1,15 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
+	"time"
+
+	"go.uber.org/goleak"
 )
 
 // TestIPNetPrefix: interface addresses keep their prefix length, IPv4 ones
@@ -32,6 +38,38 @@ func TestIPNetPrefix(t *testing.T) {
 			}
 			if got != want || ok != wantOK {
 				t.Errorf("ipNetPrefix(%v) = %v, %v, want %v, %v", tt.in, got, ok, want, wantOK)
+			}
+		})
+	}
+}
+
+// TestWatchAddrsStopsQuietly: stopping the address watch, as every
+// SIGTERM does, logs nothing at WARN or above and leaves no goroutine
+// behind (netlink's receive loop included).
+func TestWatchAddrsStopsQuietly(t *testing.T) {
+	tests := []struct {
+		name   string
+		cancel bool // cancel the context before stop
+	}{
+		{"stop", false},
+		{"context canceled", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			defer goleak.VerifyNone(t)
+			var logs bytes.Buffer
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, stop := watchAddrs(ctx, logger)
+			// Let the subscription block in its receive.
+			time.Sleep(50 * time.Millisecond)
+			if tt.cancel {
+				cancel()
+			}
+			stop()
+			if logs.Len() != 0 {
+				t.Errorf("watchAddrs then stop logged at WARN or above:\n%s", logs.String())
 			}
 		})
 	}

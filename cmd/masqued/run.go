@@ -352,7 +352,8 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	// The policy refuses this host's addresses: follow them as they change.
-	addrsChanged := watchAddrs(ctx, logger)
+	addrsChanged, stopWatch := watchAddrs(ctx, logger)
+	defer stopWatch()
 wait:
 	for {
 		select {
