@@ -33,7 +33,9 @@ func newRootCmd() *cobra.Command {
 		Short:         "masque VPN server: CONNECT-IP over HTTP/3",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       readBuildInfo().String(),
 	}
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newRunCmd(), newCertCmd(), newConfigCmd(), newInviteCmd())
 	return root

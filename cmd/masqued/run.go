@@ -22,8 +22,6 @@ import (
 	"github.com/masque-vpn/masque/quicio"
 	"github.com/masque-vpn/masque/tun"
 	"github.com/masque-vpn/masque/tunnel"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 )
@@ -328,8 +326,7 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 
 	var metricsSrv *http.Server
 	if s.Metrics != "" {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(app.Collector(), qs.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg := newRegistry(app.Collector(), qs.Collector())
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		if s.Pprof {
