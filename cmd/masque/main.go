@@ -42,7 +42,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newUpCmd(), newDownCmd(), newStatusCmd(), newListCmd(), newUDPCmd(), newManCmd())
+	root.AddCommand(withLogFormat(newUpCmd()), newDownCmd(), newStatusCmd(), newListCmd(), withLogFormat(newUDPCmd()), newManCmd())
 	return root
 }
 

@@ -26,6 +26,8 @@ func TestExecuteExitCodes(t *testing.T) {
 		{"up with a missing token file", []string{"up", "--server", "vpn.example.com:443", "--token-file", "/nonexistent"}, exitUsage},
 		{"up with a bad duration", []string{"up", "--connect-timeout", "soon"}, exitUsage},
 		{"up with arguments", []string{"up", "extra"}, exitUsage},
+		{"up with a bad log format", []string{"up", "--log-format", "xml"}, exitUsage},
+		{"udp with a bad log format", []string{"udp", "--log-format", "xml"}, exitUsage},
 		{"down with nothing to undo", []string{"down", "--state-dir", empty}, exitOK},
 		{"down with a state dir writable by others", []string{"down", "--state-dir", open}, exitUsage},
 		{"down with a missing state dir under one writable by others", []string{"down", "--state-dir", open + "/new"}, exitUsage},

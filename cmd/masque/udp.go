@@ -193,9 +193,7 @@ func checkTarget(s string) error {
 }
 
 func runUDP(ctx context.Context, cmd *cobra.Command, c *udpConfig) error {
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(c.logLevel))
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	logger := newLogger(os.Stderr, c.logLevel, logFormatOf(cmd))
 	log.SetFlags(0)
 	log.SetOutput(tunnel.NewLibraryLogWriter(logger, time.Second))
 

@@ -248,9 +248,7 @@ func parseCIDR(s string) (netip.Prefix, error) {
 }
 
 func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) {
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(c.logLevel))
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	logger := newLogger(os.Stderr, c.logLevel, logFormatOf(cmd))
 	log.SetFlags(0)
 	log.SetOutput(tunnel.NewLibraryLogWriter(logger, time.Second))
 

@@ -1,12 +1,49 @@
 package main
 
 import (
+	"errors"
+	"io"
 	"log/slog"
-	"os"
+
+	"github.com/spf13/pflag"
 )
 
-func newLogger(level string) *slog.Logger {
+// logFormat is --log-format: how log lines are written.
+type logFormat string
+
+const (
+	logText logFormat = "text" // key=value pairs (slog.TextHandler)
+	logJSON logFormat = "json" // one JSON object a line (slog.JSONHandler)
+)
+
+var _ pflag.Value = (*logFormat)(nil)
+
+func (f *logFormat) String() string { return string(*f) }
+func (f *logFormat) Type() string   { return "text|json" }
+
+func (f *logFormat) Set(v string) error {
+	switch logFormat(v) {
+	case logText, logJSON:
+		*f = logFormat(v)
+		return nil
+	}
+	return errors.New("want text or json")
+}
+
+// addLogFormatFlag adds --log-format to f, bound to v (text unless set).
+func addLogFormatFlag(f *pflag.FlagSet, v *logFormat) {
+	*v = logText
+	f.Var(v, "log-format", "log lines as text (key=value) or json (one object a line)")
+}
+
+// newLogger returns the logger that writes to w at level (a valid
+// log_level; it was checked with the configuration) in format.
+func newLogger(w io.Writer, level string, format logFormat) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	opts := &slog.HandlerOptions{Level: l}
+	if format == logJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
