@@ -27,6 +27,17 @@ const e2eDrain = time.Second
 // tokens file and metrics on 127.0.0.1:9090, and waits for msg=listening.
 func (tp *topo) startServer(t *testing.T, extra ...string) *server {
 	t.Helper()
+	p := startProc(t, tp.server, "masqued", serverArgv(t, extra...)...)
+	p.grace = 15 * time.Second // longer than any drain timeout the tests set
+	p.wantExit0 = true
+	if _, err := p.waitLine(p.stderr, 15*time.Second, func(l string) bool { return strings.Contains(l, "msg=listening") }); err != nil {
+		t.Fatalf("masqued did not become ready: %v\nstderr:\n%s", err, tail(p.stderr.String(), 4000))
+	}
+	return &server{proc: p, ns: tp.server}
+}
+
+// serverArgv is the command line of startServer's masqued.
+func serverArgv(t *testing.T, extra ...string) []string {
 	argv := []string{env.masqued, "run",
 		"--listen", serverAddr,
 		"--cert", filepath.Join(env.certDir, "server.crt"),
@@ -41,14 +52,7 @@ func (tp *topo) startServer(t *testing.T, extra ...string) *server {
 		// test's own --drain-timeout comes later and wins).
 		"--drain-timeout", e2eDrain.String(),
 	}
-	argv = append(argv, extra...)
-	p := startProc(t, tp.server, "masqued", argv...)
-	p.grace = 15 * time.Second // longer than any drain timeout the tests set
-	p.wantExit0 = true
-	if _, err := p.waitLine(p.stderr, 15*time.Second, func(l string) bool { return strings.Contains(l, "msg=listening") }); err != nil {
-		t.Fatalf("masqued did not become ready: %v\nstderr:\n%s", err, tail(p.stderr.String(), 4000))
-	}
-	return &server{proc: p, ns: tp.server}
+	return append(argv, extra...)
 }
 
 // metrics fetches the server's Prometheus text.

@@ -18,31 +18,32 @@ import (
 // CONNECT-UDP rules. Sessions stay up and follow the new policy from
 // their next packet; CONNECT-UDP flows it refuses are closed. A
 // configuration or tokens file that does not load changes nothing. Other
-// changed settings are named in the log: they take a restart.
-func reloadConfig(s *settings, reload func() (*settings, error), m *material, app *tunnel.Server, tunAddrs []netip.Prefix, logger *slog.Logger) {
+// changed settings are named in the log: they take a restart. It reports
+// whether the configuration was applied.
+func reloadConfig(s *settings, reload func() (*settings, error), m *material, app *tunnel.Server, tunAddrs []netip.Prefix, logger *slog.Logger) bool {
 	ns, err := reload()
 	if err != nil {
 		logger.Error("reload: nothing changed", "err", err)
-		return
+		return false
 	}
 	var toks *policy.Tokens
 	if ns.Tokens != "" {
 		if m.auth.Tokens == nil {
 			logger.Error("reload: nothing changed", "err", "tokens: a tokens file added to a running server takes a restart")
-			return
+			return false
 		}
 		if toks, err = policy.LoadTokens(ns.Tokens); err != nil {
 			logger.Error("reload: nothing changed", "err", err)
-			return
+			return false
 		}
 	} else if m.auth.Tokens != nil {
 		logger.Error("reload: nothing changed", "err", "tokens: removing the tokens file takes a restart")
-		return
+		return false
 	}
 	dests, err := destinations(ns, tunAddrs)
 	if err != nil {
 		logger.Error("reload: nothing changed", "err", fmt.Errorf("destinations: %w", err))
-		return
+		return false
 	}
 	if toks != nil {
 		m.auth.Tokens.Replace(toks)
@@ -57,6 +58,7 @@ func reloadConfig(s *settings, reload func() (*settings, error), m *material, ap
 	if restart := needsRestart(s, ns); len(restart) > 0 {
 		logger.Warn("reload: changed settings take a restart", "settings", strings.Join(restart, ","))
 	}
+	return true
 }
 
 // needsRestart names the settings that differ between the running server's

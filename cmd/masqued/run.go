@@ -349,6 +349,18 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 	logger.Info("tunnel ready", "tun", s.Tun, "addresses", tunAddrs, "egress", s.Egress, "server_names", names)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- qs.Serve() }()
+	// Ready only now: the socket is bound (quic-go answers handshakes
+	// from here on), the TUN, the sysctls and the NAT are in place.
+	addr := qs.Addr().String()
+	n := &notifier{logger: logger}
+	n.ready(servingStatus(addr, 0))
+	var statusTick <-chan time.Time
+	if n.enabled() {
+		t := time.NewTicker(notifyStatusInterval)
+		defer t.Stop()
+		statusTick = t.C
+	}
+	lastSessions := 0
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -362,7 +374,19 @@ wait:
 			qs.Close()
 			return err
 		case <-hup:
-			reloadConfig(s, reload, m, app, tunAddrs, logger)
+			n.reloading()
+			applied := reloadConfig(s, reload, m, app, tunAddrs, logger)
+			lastSessions = app.Sessions()
+			status := servingStatus(addr, lastSessions)
+			if !applied {
+				status += " (reload failed: configuration unchanged, see the log)"
+			}
+			n.ready(status)
+		case <-statusTick:
+			if ns := app.Sessions(); ns != lastSessions {
+				lastSessions = ns
+				n.status(servingStatus(addr, ns))
+			}
 		case <-addrsChanged:
 			dests, err := destinations(s, tunAddrs)
 			if err != nil {
@@ -376,6 +400,7 @@ wait:
 		}
 	}
 	logger.Info("shutting down", "drain_timeout", s.DrainTimeout.String())
+	n.stopping(fmt.Sprintf("draining %d sessions for up to %s", app.Sessions(), s.DrainTimeout))
 	sctx, cancel := context.WithTimeout(context.Background(), s.DrainTimeout)
 	defer cancel()
 	if err := qs.Shutdown(sctx); err != nil {
@@ -385,6 +410,10 @@ wait:
 	logger.Info("stopped")
 	return nil
 }
+
+// notifyStatusInterval is how often the service manager's status line
+// follows the number of sessions (only when it changed).
+const notifyStatusInterval = 10 * time.Second
 
 func trimNL(b []byte) []byte {
 	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
