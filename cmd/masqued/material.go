@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"net/netip"
 	"os"
 
@@ -75,4 +77,30 @@ func certNames(leaf *x509.Certificate) []string {
 		}
 	}
 	return out
+}
+
+// tokensModeOpen returns the permission bits of the tokens file at path and
+// whether group or others have any of them: whoever can read the file can
+// connect as any identity in it. A file that cannot be stat'ed is not
+// open (loading it reports why).
+//
+// masqued warns about such a file rather than refusing it: refusing would
+// stop servers that run today with a 0644 tokens file at their next
+// restart.
+func tokensModeOpen(path string) (fs.FileMode, bool) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, false
+	}
+	perm := fi.Mode().Perm()
+	return perm, perm&0o077 != 0
+}
+
+// warnOpenTokens logs, at WARN, a tokens file that group or others may
+// access; masqued starts anyway.
+func warnOpenTokens(logger *slog.Logger, path string) {
+	if perm, open := tokensModeOpen(path); open {
+		logger.Warn("tokens file is accessible to group or others: chmod 600 it (masqued starts anyway: refusing would break existing deployments)",
+			"path", path, "mode", fmt.Sprintf("%04o", perm))
+	}
 }

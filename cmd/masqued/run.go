@@ -175,6 +175,10 @@ func newConfigCmd() *cobra.Command {
 			if _, err := loadServerMaterial(s); err != nil {
 				return usageError{err}
 			}
+			if perm, open := tokensModeOpen(s.Tokens); s.Tokens != "" && open {
+				// A diagnostic, not a failure: run starts with it too.
+				fmt.Fprintf(cmd.ErrOrStderr(), "masqued: warning: tokens file %s has mode %04o, accessible to group or others: chmod 600 %s\n", s.Tokens, perm, s.Tokens)
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), "configuration ok")
 			return nil
 		},
@@ -193,6 +197,9 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 	m, err := loadServerMaterial(s)
 	if err != nil {
 		return usageError{err}
+	}
+	if s.Tokens != "" {
+		warnOpenTokens(logger, s.Tokens)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("run: needs root (CAP_NET_ADMIN) to create the TUN device, routes and NAT")
