@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +48,31 @@ func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
 		return netip.Prefix{}, false
 	}
 	return netip.PrefixFrom(ip, ones), true
+}
+
+// checkEgress reports an egress interface (name; "" means any) that this
+// host does not have: the NAT would match no packet, and clients would
+// reach nothing.
+func checkEgress(name string) error {
+	if name == "" {
+		return nil
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return fmt.Errorf("egress: list this host's interfaces: %v", err)
+	}
+	names := make([]string, 0, len(ifs))
+	for _, ifc := range ifs {
+		if ifc.Name == name {
+			return nil
+		}
+		names = append(names, ifc.Name)
+	}
+	const shown = 8
+	if len(names) > shown {
+		names = append(names[:shown], "…")
+	}
+	return fmt.Errorf("egress: this host has no interface %s (it has %s)", name, strings.Join(names, ", "))
 }
 
 // watchAddrs reports changes of this host's addresses (netlink), at most

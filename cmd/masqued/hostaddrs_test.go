@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,6 +71,28 @@ func TestWatchAddrsStopsQuietly(t *testing.T) {
 			stop()
 			if logs.Len() != 0 {
 				t.Errorf("watchAddrs then stop logged at WARN or above:\n%s", logs.String())
+			}
+		})
+	}
+}
+
+func TestCheckEgress(t *testing.T) {
+	tests := []struct {
+		name, egress string
+		wantErr      string // "" means none
+	}{
+		{"any interface", "", ""},
+		{"loopback", "lo", ""},
+		{"missing", "nosuch0", "egress: this host has no interface nosuch0 (it has lo"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkEgress(tt.egress)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("checkEgress(%q) = %v, want nil", tt.egress, err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("checkEgress(%q) = %v, want an error containing %q", tt.egress, err, tt.wantErr)
 			}
 		})
 	}

@@ -89,6 +89,8 @@ func TestExecuteExitCodes(t *testing.T) {
 		{"config check with a flag override", []string{"config", "check", "--config", good, "--pool6", "off"}, exitOK},
 		{"config check with a bad override", []string{"config", "check", "--config", good, "--pool6", "fd00::1/64"}, exitUsage},
 		{"config check with missing files", []string{"config", "check", "--config", missingCert}, exitUsage},
+		{"config check with an egress interface", []string{"config", "check", "--config", good, "--egress", "lo"}, exitOK},
+		{"config check with a missing egress interface", []string{"config", "check", "--config", good, "--egress", "nosuch0"}, exitUsage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -161,6 +163,7 @@ func TestBadConfigFiles(t *testing.T) {
 		{"tokens file without tokens", with("", emptyTokens, ""), "", []string{"tokens file", "no tokens"}},
 		{"certificate not PEM", with(tokens, "", ""), "", []string{"certificate"}},
 		{"client CA not a certificate", files(`,"client_ca":"` + garbagePEM + `"`), "", []string{"client CA"}},
+		{"egress interface missing", files(`,"egress":"nosuch0"`), "", []string{"egress: this host has no interface nosuch0", "lo"}},
 	}
 	// run reads the file the same way; it is tried with files it cannot
 	// get past whatever else is wrong (it would set up the TUN, as root).

@@ -175,6 +175,9 @@ func newConfigCmd() *cobra.Command {
 			if _, err := loadServerMaterial(s); err != nil {
 				return usageError{err}
 			}
+			if err := checkEgress(s.Egress); err != nil {
+				return usageError{err}
+			}
 			if perm, open := tokensModeOpen(s.Tokens); s.Tokens != "" && open {
 				// A diagnostic, not a failure: run starts with it too.
 				fmt.Fprintf(cmd.ErrOrStderr(), "masqued: warning: tokens file %s has mode %04o, accessible to group or others: chmod 600 %s\n", s.Tokens, perm, s.Tokens)
@@ -204,10 +207,8 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 	if os.Geteuid() != 0 {
 		return errors.New("run: needs root (CAP_NET_ADMIN) to create the TUN device, routes and NAT")
 	}
-	if s.Egress != "" {
-		if _, err := net.InterfaceByName(s.Egress); err != nil {
-			return usagef("egress: interface %s: %v", s.Egress, err)
-		}
+	if err := checkEgress(s.Egress); err != nil {
+		return usageError{err}
 	}
 
 	var pool4, pool6 *policy.Pool
