@@ -38,6 +38,10 @@ certificate DIR/NAME.crt and NAME.key with common name NAME. Alone, such a
 certificate authenticates as identity cert:NAME; with a bearer token, the token's
 identity must be NAME. An existing CA in DIR is reused, so clients can be added
 later. Keys are 0600.`,
+		Example: `  # A CA and a certificate for the server's name:
+  masqued cert --dir /etc/masqued/pki --host vpn.example.com
+  # Later, client certificates from the same CA (and a server certificate for an address):
+  masqued cert --dir /etc/masqued/pki --host 198.51.100.7 --client alice --client bob`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" || host == "" {

@@ -29,8 +29,13 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "masqued",
-		Short:         "masque VPN server: CONNECT-IP over HTTP/3",
+		Use:   "masqued",
+		Short: "masque VPN server: CONNECT-IP over HTTP/3",
+		Example: `  # A CA, a server certificate for vpn.example.com and a client certificate:
+  masqued cert --dir /etc/masqued/pki --host vpn.example.com --client alice
+  # Check a configuration, then serve it:
+  masqued config check --config /etc/masqued/masqued.json
+  masqued run --config /etc/masqued/masqued.json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       readBuildInfo().String(),

@@ -54,13 +54,13 @@ func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
 	f.IntVar(&c.RetryThreshold, "retry-threshold", 0, "handshakes in flight above which new peers must answer a Retry first; -1 for always (default 128)")
 	f.IntVar(&c.MaxSessionsPerConn, "max-sessions-per-conn", 0, "CONNECT-IP sessions per QUIC connection (default 4)")
 	f.IntVar(&c.MaxSessionsPerIdentity, "max-sessions-per-identity", 0, "CONNECT-IP sessions per identity over all its connections (default 16)")
-	f.StringVar(&c.DrainTimeout, "drain-timeout", "", "on SIGTERM, how long sessions may go on after the GOAWAY before the rest are ended (default 5s)")
-	f.StringVar(&c.RequestTimeout, "request-timeout", "", "close a connection that sends no request this long after its handshake (default 5s)")
+	durationVar(f, &c.DrainTimeout, "drain-timeout", "on SIGTERM, how long sessions may go on after the GOAWAY before the rest are ended (default 5s)")
+	durationVar(f, &c.RequestTimeout, "request-timeout", "close a connection that sends no request this long after its handshake (default 5s)")
 	f.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics")
 	f.BoolVar(&c.Pprof, "pprof", false, "also serve Go profiles at /debug/pprof/ on the metrics listener (debugging; keep that listener private)")
 	f.StringVar(&c.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
-	f.StringVar(&c.UDPIdleTimeout, "udp-idle-timeout", "", "close a CONNECT-UDP flow idle this long (default 2m; RFC 9298 advises not less)")
-	f.StringVar(&c.UDPResolveTimeout, "udp-resolve-timeout", "", "bound the resolution of a CONNECT-UDP target name (default 5s)")
+	durationVar(f, &c.UDPIdleTimeout, "udp-idle-timeout", "close a CONNECT-UDP flow idle this long (default 2m; RFC 9298 advises not less)")
+	durationVar(f, &c.UDPResolveTimeout, "udp-resolve-timeout", "bound the resolution of a CONNECT-UDP target name (default 5s)")
 	f.IntVar(&c.UDPMaxFlowsPerConn, "udp-max-flows-per-conn", 0, "CONNECT-UDP flows per QUIC connection (default 64)")
 	f.IntVar(&c.UDPMaxFlowsPerIdentity, "udp-max-flows-per-identity", 0, "CONNECT-UDP flows per identity (default 256)")
 	f.Var(udpAllowFlag{&c.UDPAllow}, "udp-allow", "restrict IDENTITY (or *) to CONNECT-UDP targets HOST:PORT (repeatable; e.g. alice=*.example:53)")
@@ -138,7 +138,13 @@ func newRunCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run --listen ADDR:PORT --cert F --key F [flags]",
 		Short: "Run the server in the foreground",
-		Args:  cobra.NoArgs,
+		Example: `  # From a configuration file (flags given too override it):
+  masqued run --config /etc/masqued/masqued.json
+  # From flags alone, tokens for authentication:
+  masqued run --listen [::]:443 --cert /etc/masqued/server.crt --key /etc/masqued/server.key --tokens /etc/masqued/tokens
+  # Out of eth0 only, with metrics and JSON logs:
+  masqued run --config /etc/masqued/masqued.json --egress eth0 --metrics 127.0.0.1:9090 --log-format json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := loadSettings(cmd, &c, path)
 			if err != nil {
@@ -153,20 +159,28 @@ func newRunCmd() *cobra.Command {
 	}
 	serverFlags(cmd, &c, &path)
 	addLogFormatFlag(cmd.Flags(), &format)
+	groupFlags(cmd, serverFlagGroups)
 	return cmd
 }
 
+// configCheckExample is the Example of config and config check.
+const configCheckExample = `  # The file, the certificate, key and tokens it names, the egress interface:
+  masqued config check --config /etc/masqued/masqued.json
+  # The same with the flags a run would add:
+  masqued config check --config /etc/masqued/masqued.json --pool6 off --egress eth0`
+
 func newConfigCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
+	cmd := &cobra.Command{Use: "config", Short: "Configuration tools", Example: configCheckExample}
 	var (
 		c      Config
 		path   string
 		format logFormat // taken, as run takes it, and unused: check logs nothing
 	)
 	check := &cobra.Command{
-		Use:   "check [--config FILE] [flags]",
-		Short: "Validate the configuration and the files it names, then exit",
-		Args:  cobra.NoArgs,
+		Use:     "check [--config FILE] [flags]",
+		Short:   "Validate the configuration and the files it names, then exit",
+		Example: configCheckExample,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := loadSettings(cmd, &c, path)
 			if err != nil {
@@ -188,6 +202,7 @@ func newConfigCmd() *cobra.Command {
 	}
 	serverFlags(check, &c, &path)
 	addLogFormatFlag(check.Flags(), &format)
+	groupFlags(check, serverFlagGroups)
 	cmd.AddCommand(check)
 	return cmd
 }
