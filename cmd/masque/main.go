@@ -34,8 +34,13 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "masque",
-		Short:         "masque VPN client: CONNECT-IP over HTTP/3",
+		Use:   "masque",
+		Short: "masque VPN client: CONNECT-IP over HTTP/3",
+		Example: `  # Bring a full tunnel up in the foreground, then look at it from another shell:
+  masque up --server vpn.example.com:443 --token-file /etc/masque/token
+  masque status
+  # After a crash, undo what the tunnel left behind:
+  masque down`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       readBuildInfo().String(),

@@ -60,13 +60,13 @@ device, routes or root. Each local peer address gets a flow of its own on one
 QUIC connection; a flow closes after --idle-timeout without traffic. The
 server resolves target names and applies its destination policy.
 
-Example, DNS through the server to 198.18.2.2:
-  masque udp --server vpn.example.com:443 --token-file token \
-      --listen 127.0.0.1:5353 --target 198.18.2.2:53
-  dig @127.0.0.1 -p 5353 example.com
-
 Counters: masque status --state-dir DIR, where DIR is this command's
 --state-dir (` + defaultUDPStateDir + ` by default).`,
+		Example: `  # DNS through the server to 198.18.2.2:
+  masque udp --server vpn.example.com:443 --token-file token --listen 127.0.0.1:5353 --target 198.18.2.2:53
+  dig @127.0.0.1 -p 5353 example.com
+  # Two ports at once:
+  masque udp --server vpn.example.com:443 --token-file token --forward 127.0.0.1:5353=198.18.2.2:53 --forward 127.0.0.1:1234=ntp.example:123`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := refuseProfileOnly(cmd.Flags()); err != nil {
