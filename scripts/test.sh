@@ -27,6 +27,7 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v dbus-daemon >/dev/null || need+=(dbus) # tun/resolvedtest: a private system bus
+command -v systemd-analyze >/dev/null || need+=(systemd) # cmd/masqued: systemd-analyze verify of the units
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # go test -race needs cgo
 if ((${#need[@]})); then
 	section "installing ${need[*]}"
