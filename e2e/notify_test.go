@@ -135,3 +135,45 @@ func TestSystemdNotify(t *testing.T) {
 		}
 	}
 }
+
+// TestClientSystemdNotify: masque up started as a Type=notify service
+// (masque@.service) says it is connecting, sends READY=1 only once the
+// tunnel is up (the up line printed, the TUN and the kill switch in
+// place), and STOPPING=1 when SIGTERM ends it.
+func TestClientSystemdNotify(t *testing.T) {
+	tp := newTopo(t, false)
+	tp.startServer(t)
+	sock := listenNotify(t)
+	stateDir := t.TempDir()
+	argv := append([]string{"env", "NOTIFY_SOCKET=" + sock.path}, clientArgv(stateDir, tokenAuth("alice"))...)
+	p := startProc(t, tp.client, "masque up", argv...)
+	p.grace = 10 * time.Second
+	p.wantExit0 = true
+
+	if got, want := sock.next(t, 20*time.Second, "start"), "STATUS=connecting to "+serverAddr; got != want {
+		t.Errorf("first notification %q, want %q", got, want)
+	}
+	ready := sock.next(t, 20*time.Second, "tunnel up")
+	tuns := tunLinks(t, tp.client)
+	ks := runIn(t, tp.client, 5*time.Second, "nft", "list", "tables")
+	want := regexp.MustCompile(`^READY=1\nSTATUS=up: server=` + regexp.QuoteMeta(serverAddr) + ` addresses=100\.64\.0\.\d+/32,fd6d:6173:7175:6500::[0-9a-f]+/128 tun=masque0$`)
+	if !want.MatchString(ready) {
+		t.Fatalf("notification after connecting %q, want %s", ready, want)
+	}
+	if !containsStr(tuns, "masque0") || !strings.Contains(ks.stdout, "masque_killswitch") {
+		t.Errorf("at READY=1: TUN links %v, nft tables %q; want masque0 and the kill switch", tuns, ks.stdout)
+	}
+	if _, err := p.waitLine(p.stdout, 5*time.Second, func(l string) bool { return strings.HasPrefix(l, "up: ") }); err != nil {
+		t.Errorf("after READY=1: %v", err)
+	}
+	checkPing(t, tp.client, 1)
+
+	p.signal(syscall.SIGTERM)
+	if got, want := sock.next(t, 10*time.Second, "SIGTERM"), "STOPPING=1\nSTATUS=going down: restoring the host"; got != want {
+		t.Errorf("after SIGTERM: notification %q, want %q", got, want)
+	}
+	if !p.wait(10*time.Second) || p.exitCode() != 0 {
+		t.Errorf("masque up after SIGTERM: %s, want exit 0", p.exitString())
+	}
+	tp.checkClean(tp.client)
+}

@@ -313,6 +313,11 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 	// Progress for a person, on stdout like the "up:" line; stderr keeps
 	// the log and the one error line.
 	fmt.Fprintf(cmd.OutOrStdout(), "connecting: server=%s instance=%s\n", strings.Join(c.servers, ","), c.instance)
+	// The same for the service manager (masque@.service is Type=notify),
+	// and STOPPING=1 as soon as the run is told to end, before the clean-up.
+	n := &notifier{logger: logger, tun: c.tun}
+	n.status("connecting to " + strings.Join(c.servers, ","))
+	defer context.AfterFunc(ctx, n.stopping)()
 
 	// The host's own networks, read once: the server may neither assign
 	// addresses in them nor have them routed into the tunnel.
@@ -383,7 +388,7 @@ func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) 
 		},
 		Host:      h,
 		Reconnect: c.reconnect,
-		OnEvent:   func(e tunnel.AgentEvent) { h.onEvent(e); status.onEvent(e) },
+		OnEvent:   func(e tunnel.AgentEvent) { h.onEvent(e); status.onEvent(e); n.onEvent(e) },
 		Logger:    logger,
 	})
 	if err != nil {
