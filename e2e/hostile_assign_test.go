@@ -155,7 +155,9 @@ func TestHostileRoutesLater(t *testing.T) {
 		"-routes", "198.18.2.0-198.18.2.255",
 		"-routes-later", "0.0.0.0-255.255.255.255", "-routes-later-after", "1s")
 	c := tp.startClient(t, tp.client, tokenAuth("alice"), "--route", "198.18.2.0/24", "--route", "198.18.4.0/23")
-	table := func() string { return runIn(t, tp.client, 5*time.Second, "ip", "-4", "route", "show", "table", "0x4d51").stdout }
+	table := func() string {
+		return runIn(t, tp.client, 5*time.Second, "ip", "-4", "route", "show", "table", "0x4d51").stdout
+	}
 	if got := table(); !strings.Contains(got, "198.18.2.0/24 dev "+c.up.tun) || strings.Contains(got, "198.18.4.0/23") {
 		t.Fatalf("first routes:\n%s", got)
 	}
