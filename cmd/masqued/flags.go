@@ -51,7 +51,7 @@ var serverFlagGroups = []flagGroup{
 		"max-sessions-per-conn", "max-sessions-per-identity", "request-timeout"}},
 	{"CONNECT-UDP", []string{"udp-allow", "udp-anonymous", "udp-idle-timeout", "udp-resolve-timeout",
 		"udp-max-flows-per-conn", "udp-max-flows-per-identity"}},
-	{"Logging and operations", []string{"config", "state-dir", "log-level", "log-format", "metrics", "pprof", "drain-timeout", "help"}},
+	{"Logging and operations", []string{"config", "state-dir", "log-level", "log-format", "qlog", "metrics", "pprof", "drain-timeout", "help"}},
 }
 
 // otherFlags heads the flags of no group.

@@ -131,9 +131,10 @@ func loadSettings(cmd *cobra.Command, flagged *Config, path string) (*settings, 
 
 func newRunCmd() *cobra.Command {
 	var (
-		c      Config
-		path   string
-		format logFormat
+		c       Config
+		path    string
+		format  logFormat
+		qlogDir string
 	)
 	cmd := &cobra.Command{
 		Use:   "run --listen ADDR:PORT --cert F --key F [flags]",
@@ -154,11 +155,12 @@ func newRunCmd() *cobra.Command {
 			defer stop()
 			// SIGHUP reads the file again, with the same flags on top.
 			reload := func() (*settings, error) { return loadSettings(cmd, &c, path) }
-			return runServer(ctx, s, reload, format)
+			return runServer(ctx, s, reload, format, qlogDir)
 		},
 	}
 	serverFlags(cmd, &c, &path)
 	addLogFormatFlag(cmd.Flags(), &format)
+	cmd.Flags().StringVar(&qlogDir, "qlog", "", "write a qlog file of each QUIC connection into DIR (created 0700): for debugging, it grows with every connection")
 	groupFlags(cmd, serverFlagGroups)
 	return cmd
 }
@@ -207,7 +209,7 @@ func newConfigCmd() *cobra.Command {
 	return cmd
 }
 
-func runServer(ctx context.Context, s *settings, reload func() (*settings, error), format logFormat) (retErr error) {
+func runServer(ctx context.Context, s *settings, reload func() (*settings, error), format logFormat, qlogDir string) (retErr error) {
 	logger := newLogger(os.Stderr, s.LogLevel, format)
 	log.SetFlags(0)
 	log.SetOutput(tunnel.NewLibraryLogWriter(logger, time.Second))
@@ -336,10 +338,16 @@ func runServer(ctx context.Context, s *settings, reload func() (*settings, error
 		<-app.TUNDone()
 	}()
 
+	qconf := app.QUICConfig()
+	if qlogDir != "" {
+		if qconf.Tracer, err = quicio.QlogTracer(qlogDir); err != nil {
+			return usagef("--qlog: %v", err)
+		}
+	}
 	qs, err := quicio.NewServer(quicio.Config{
 		Addr:              s.Listen.String(),
 		TLSConfig:         m.tls,
-		QUICConfig:        app.QUICConfig(),
+		QUICConfig:        qconf,
 		StateDir:          s.StateDir,
 		MaxConns:          s.MaxConns,
 		MaxConnsPerSource: s.MaxConnsPerSource,
