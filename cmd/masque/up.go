@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/masque-vpn/masque/quicio"
-	"io/fs"
 	"log"
 	"log/slog"
 	"net"
@@ -15,10 +13,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/masque-vpn/masque/quicio"
 
 	"github.com/masque-vpn/masque/tun"
 	"github.com/masque-vpn/masque/tunnel"
@@ -227,26 +226,6 @@ func (o *upOptions) validate() (*upConfig, error) {
 	return c, nil
 }
 
-// parseCIDR parses a prefix (or a bare address as a host prefix) and
-// insists on a masked one.
-func parseCIDR(s string) (netip.Prefix, error) {
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		a, err2 := netip.ParseAddr(s)
-		if err2 != nil {
-			return netip.Prefix{}, errors.New("not a CIDR prefix")
-		}
-		if a.Zone() != "" {
-			return netip.Prefix{}, errors.New("zones are not allowed in a route")
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
-	}
-	if p != p.Masked() {
-		return netip.Prefix{}, fmt.Errorf("host bits set (did you mean %s?)", p.Masked())
-	}
-	return p, nil
-}
-
 func runUp(ctx context.Context, cmd *cobra.Command, c *upConfig) (retErr error) {
 	logger := newLogger(os.Stderr, c.logLevel, logFormatOf(cmd))
 	log.SetFlags(0)
@@ -406,51 +385,6 @@ func (c *upConfig) agentServers() []tunnel.AgentServer {
 	return out
 }
 
-// recordSysctls adds the sysctls in changed (key: the value to restore)
-// that st does not hold yet and reports whether it added any: the first
-// recorded value is the one from before masque changed it.
-func recordSysctls(st *tun.State, changed map[string]string) bool {
-	added := false
-	for k, v := range changed {
-		if _, ok := st.Sysctls[k]; ok {
-			continue
-		}
-		if st.Sysctls == nil {
-			st.Sysctls = map[string]string{}
-		}
-		st.Sysctls[k] = v
-		added = true
-	}
-	return added
-}
-
-// lanPrefixes returns the networks of the host's interfaces other than
-// loopback and the TUN: what --allow-lan lets the kill switch reach.
-func lanPrefixes(tunName string) []netip.Prefix {
-	ifs, err := net.Interfaces()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Prefix
-	for _, ifc := range ifs {
-		if ifc.Flags&net.FlagLoopback != 0 || ifc.Name == tunName {
-			continue
-		}
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok {
-				if p, err := netip.ParsePrefix(n.String()); err == nil && !p.Addr().IsLinkLocalUnicast() {
-					out = append(out, p.Masked())
-				}
-			}
-		}
-	}
-	return out
-}
-
 // routingFwMark returns the mark that routing will exempt, so the QUIC
 // socket gets the same one.
 func routingFwMark(r *tun.Routing) uint32 {
@@ -458,47 +392,6 @@ func routingFwMark(r *tun.Routing) uint32 {
 		return r.FwMark
 	}
 	return tun.DefaultFwMark
-}
-
-// familiesWith keeps the routes of the address families the tunnel has an
-// address for.
-func familiesWith(routes, addrs []netip.Prefix) []netip.Prefix {
-	var has4, has6 bool
-	for _, a := range addrs {
-		if a.Addr().Is4() {
-			has4 = true
-		} else {
-			has6 = true
-		}
-	}
-	var out []netip.Prefix
-	for _, r := range routes {
-		if (r.Addr().Is4() && has4) || (r.Addr().Is6() && has6) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// maxLoggedPrefixes bounds the prefixes a log line lists: up to
-// tunnel.MaxRoutes routes would make a line of tens of KiB.
-const maxLoggedPrefixes = 16
-
-// logPrefixes returns ps for a log line: all of them up to
-// maxLoggedPrefixes, else the first ones and how many more there are.
-func logPrefixes(ps []netip.Prefix) string {
-	if len(ps) <= maxLoggedPrefixes {
-		return joinPrefixes(ps)
-	}
-	return fmt.Sprintf("%s and %d more", joinPrefixes(ps[:maxLoggedPrefixes]), len(ps)-maxLoggedPrefixes)
-}
-
-func joinPrefixes(ps []netip.Prefix) string {
-	s := make([]string, len(ps))
-	for i, p := range ps {
-		s[i] = p.String()
-	}
-	return strings.Join(s, ",")
 }
 
 // dialError turns a QUIC dial failure into one actionable line.
@@ -522,71 +415,4 @@ func dialError(addr string, timeout time.Duration, err error) error {
 		return fmt.Errorf("%v (the server certificate is not trusted: check --ca and --server-name)", err)
 	}
 	return err
-}
-
-// recoverLeftovers undoes what a crashed masque left behind, refusing if
-// the owner is still running, and returns the state for this run. After
-// a corrupt state file (startBlocked), or a crashed run that left the kill
-// switch up when this run wants one too, that state is blocked: the kill
-// switch is up and recorded.
-func recoverLeftovers(c *upConfig, statePath string, logger *slog.Logger) (st *tun.State, blocked bool, err error) {
-	fresh := &tun.State{Version: tun.StateVersion, PID: os.Getpid(), Slot: c.slot, Claim: c.claimPath}
-	old, err := tun.ReadState(statePath)
-	if errors.Is(err, tun.ErrUntrustedState) {
-		return nil, false, untrustedState(err)
-	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return fresh, false, nil
-	}
-	if isCorrupt(err) {
-		st, err := startBlocked(c, statePath, err, logger)
-		return st, err == nil, err
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("state file %s: %v (remove it, or run masque down)", statePath, err)
-	}
-	if old.PID > 0 && old.PID != os.Getpid() && processAlive(old.PID) {
-		return nil, false, fmt.Errorf("masque is already running as pid %d (state %s)", old.PID, statePath)
-	}
-	logger.Warn("undoing leftovers of a crashed run", "pid", old.PID)
-	// A crashed run that had the kill switch up left the host blocked. If
-	// this run wants a kill switch too, the host stays blocked until its
-	// tunnel is up: its kill switch replaces the old one in one atomic
-	// batch before the rest is undone, and the run starts blocked.
-	wantKS := c.killSwitch
-	if !c.killSwitchSet {
-		wantKS = len(c.routes) == 0
-	}
-	ks := c.slot.KillSwitchTable()
-	keep := wantKS && slices.Contains(old.NFTables, ks)
-	if keep {
-		if _, err := tun.NewKillSwitch(killSwitchConfig(c, c.slot.FwMark())); err != nil {
-			return nil, false, fmt.Errorf("keep the kill switch of the crashed run: %w", err)
-		}
-		old.NFTables = slices.DeleteFunc(slices.Clone(old.NFTables), func(t string) bool { return t == ks })
-		fresh.NFTables = []string{ks}
-	}
-	if err := tun.Undo(old); err != nil {
-		return nil, false, fmt.Errorf("undo leftovers: %w", err)
-	}
-	if keep {
-		if err := tun.WriteState(statePath, fresh); err != nil {
-			return nil, false, stillBlocked(c.stateDir, c.slot.KillSwitchTable(), err, reasonStartedBlocked)
-		}
-		logger.Warn("the crashed run left the kill switch up: all traffic stays blocked until the tunnel is up")
-		return fresh, true, nil
-	}
-	if err := tun.RemoveState(statePath); err != nil {
-		return nil, false, err
-	}
-	return fresh, false, nil
-}
-
-func processAlive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return false
-	}
-	// A recycled PID of another program does not count.
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	return err == nil && strings.TrimSpace(string(b)) == "masque"
 }
