@@ -60,6 +60,15 @@ for cmd in masqued masque; do
 	echo "          $("$DESTDIR$BINDIR/$cmd" --version)"
 done
 
+# Man pages, generated from the commands themselves.
+MANDIR=$PREFIX/share/man/man1
+for cmd in masqued masque; do
+	"$tmp/$cmd" man "$tmp/man" >/dev/null
+done
+for page in "$tmp"/man/*.1; do
+	put "$page" "$DESTDIR$MANDIR/${page##*/}" 0644
+done
+
 for unit in masqued.service masque@.service; do
 	sed "s|/usr/local/bin/|$BINDIR/|g" "scripts/systemd/$unit" >"$tmp/$unit"
 	put "$tmp/$unit" "$DESTDIR$UNITDIR/$unit" 0644

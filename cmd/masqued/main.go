@@ -42,7 +42,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newRunCmd(), newCertCmd(), newConfigCmd(), newInviteCmd())
+	root.AddCommand(newRunCmd(), newCertCmd(), newConfigCmd(), newInviteCmd(), newManCmd())
 	return root
 }
 

@@ -202,3 +202,16 @@ func TestBadConfigFiles(t *testing.T) {
 		})
 	}
 }
+
+// TestManPages: masqued man writes a page per command.
+func TestManPages(t *testing.T) {
+	dir := t.TempDir()
+	if got := execute([]string{"man", dir}); got != exitOK {
+		t.Fatalf("masqued man = %d", got)
+	}
+	for _, page := range []string{"masqued.1", "masqued-run.1", "masqued-invite.1", "masqued-cert.1"} {
+		if _, err := os.Stat(dir + "/" + page); err != nil {
+			t.Errorf("no %s: %v", page, err)
+		}
+	}
+}
