@@ -184,7 +184,7 @@ func listenStatus(path string, status func() Status, stop func()) (*statusListen
 		stop()
 	})
 	// Go profiles, for root only like the rest of the socket:
-	// curl --unix-socket /run/masque/masque.sock http://x/debug/pprof/profile
+	// curl --unix-socket /run/masque/default/masque.sock http://x/debug/pprof/profile
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	s := &statusListener{
