@@ -24,6 +24,9 @@
 //	h3attack conform   -case NAME
 //	    one HTTP/3, QPACK or HTTP datagram conformance case; prints how
 //	    the connection (or stream) ended.
+//	h3attack ipproxy   -listen ADDR -cert F -key F -template URI [-assign …] [-routes …]
+//	    connect-ip-go's proxy, which checks :authority against its template,
+//	    answering ICMP echo requests (ipproxy.go).
 //	h3attack serve     -listen ADDR -cert F -key F [-assign …] [-routes …] [-dns …]
 //	    a CONNECT-IP server that answers every request with the addresses,
 //	    routes and DNS servers it is told, and as told floods DNS, injects
@@ -85,6 +88,9 @@ func run(args []string) error {
 	mode, args := args[0], args[1:]
 	if mode == "serve" {
 		return serve(args)
+	}
+	if mode == "ipproxy" {
+		return ipproxy(args)
 	}
 	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
 	var c common
