@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/masque-vpn/masque/cmd/internal/flagfile"
 	"github.com/masque-vpn/masque/tun"
 	"github.com/spf13/cobra"
 )
@@ -75,7 +76,7 @@ func execute(args []string) int {
 // printError prints err on one line: a profile's problems, each of which
 // names its line and column, one to a line.
 func printError(w io.Writer, err error) {
-	if ce, ok := errors.AsType[configErrors](err); ok {
+	if ce, ok := errors.AsType[flagfile.Errors](err); ok {
 		for _, e := range ce {
 			fmt.Fprintf(w, "masque: %v\n", e)
 		}

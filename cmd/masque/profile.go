@@ -7,27 +7,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 
-	"github.com/pelletier/go-toml/v2"
-	"github.com/pelletier/go-toml/v2/unstable"
+	"github.com/masque-vpn/masque/cmd/internal/flagfile"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
 // A profile is a TOML file of top-level keys, each named after a flag of
-// the command (`server = "vpn.example.com:443"`, `route =
-// ["10.0.0.0/8"]`, `kill-switch = false`): the flags are the schema, so a
-// setting is written once, as its flag. Values merge in this order, each
-// over the one before: the flag's default, the file, the environment
-// (MASQUE_ and the flag's name in capitals with _ for -, e.g.
-// MASQUE_TOKEN_FILE), the command line.
-//
-// go-toml reads the file; the merge is ours, over pflag's Changed set.
-// koanf would merge as well, but it forgets where a key stood in the
-// file, and every problem is reported with its line and column.
+// masque up (package flagfile reads it).
 
 // defaultConfigDir holds the profiles `masque up NAME` reads as
 // NAME.conf.
@@ -57,44 +46,19 @@ func profilePath(dir, name string) string { return filepath.Join(dir, name+".con
 // notInProfiles are flags a profile may not set: they choose the profile.
 var notInProfiles = []string{"config", "config-dir", "help"}
 
-// configErrors are a profile's problems, each "FILE:LINE:COL: what", one
-// to a line.
-type configErrors []error
-
-func (e configErrors) Error() string {
-	s := make([]string, len(e))
-	for i, err := range e {
-		s[i] = err.Error()
-	}
-	return strings.Join(s, "\n")
-}
-
 // applyProfile sets the flags of fs that the command line did not set
 // from the profile at path (if path is not empty) and then from the
-// environment. It reports every problem at once.
+// environment (flagfile). It reports every problem at once.
 func applyProfile(fs *pflag.FlagSet, path string, environ []string) error {
 	if err := refuseProfileOnly(fs); err != nil {
 		return err
 	}
-	// What the command line set, before the file and the environment
-	// mark theirs changed too (a profile's kill-switch = false is as
-	// much a choice as --kill-switch=false).
-	cmdline := map[string]bool{}
-	fs.Visit(func(f *pflag.Flag) { cmdline[f.Name] = true })
-	var errs configErrors
-	if path != "" {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return usagef("profile %s: no such file", path)
-			}
-			return usagef("profile: %v", err)
-		}
-		errs = append(errs, applyTOML(fs, cmdline, path, b)...)
+	err := flagfile.Apply(fs, path, flagfile.Options{EnvPrefix: envPrefix, Environ: environ, Reserved: notInProfiles})
+	if _, ok := err.(flagfile.Errors); ok {
+		return usageError{err} // each line names the file
 	}
-	errs = append(errs, applyEnv(fs, cmdline, environ)...)
-	if len(errs) > 0 {
-		return usageError{errs}
+	if err != nil {
+		return usageError{fmt.Errorf("profile %w", err)}
 	}
 	return nil
 }
@@ -125,175 +89,6 @@ func checkProfileSecrets(fs *pflag.FlagSet, path string) error {
 		return usagef("profile %s holds a secret and is readable by group or others (mode %#o): chmod 600 %s", path, fi.Mode().Perm(), path)
 	}
 	return nil
-}
-
-// applyTOML sets fs's unchanged flags from the TOML document b, read from
-// file.
-func applyTOML(fs *pflag.FlagSet, cmdline map[string]bool, file string, b []byte) []error {
-	// go-toml's decoder finds syntax errors and duplicate keys (the
-	// document is not TOML then) and types the values.
-	var doc map[string]any
-	if err := toml.Unmarshal(b, &doc); err != nil {
-		var de *toml.DecodeError
-		if errors.As(err, &de) {
-			row, col := de.Position()
-			return []error{fmt.Errorf("%s:%d:%d: %s", file, row, col, de.Error())}
-		}
-		return []error{fmt.Errorf("%s: %v", file, err)}
-	}
-	// The parser says where each key stands.
-	var errs []error
-	p := unstable.Parser{}
-	p.Reset(b)
-	for p.NextExpression() {
-		e := p.Expression()
-		switch e.Kind {
-		case unstable.Table, unstable.ArrayTable:
-			at := p.Shape(e.Raw).Start
-			if k := e.Key(); k.Next() {
-				at = p.Shape(k.Node().Raw).Start
-			}
-			errs = append(errs, fmt.Errorf("%s:%d:%d: tables are not used: write each setting as key = value at the top", file, at.Line, at.Column))
-			return errs
-		case unstable.KeyValue:
-		default:
-			continue
-		}
-		var parts []string
-		var at unstable.Position
-		for k := e.Key(); k.Next(); {
-			if len(parts) == 0 {
-				at = p.Shape(k.Node().Raw).Start
-			}
-			parts = append(parts, string(k.Node().Data))
-		}
-		where := fmt.Sprintf("%s:%d:%d", file, at.Line, at.Column)
-		key := strings.Join(parts, ".")
-		if err := setFromTOML(fs, cmdline, key, doc[parts[0]], len(parts)); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %v", where, err))
-		}
-	}
-	if err := p.Error(); err != nil {
-		errs = append(errs, fmt.Errorf("%s: %v", file, err))
-	}
-	return errs
-}
-
-// setFromTOML sets the flag key from a TOML value v, unless the command
-// line set it.
-func setFromTOML(fs *pflag.FlagSet, cmdline map[string]bool, key string, v any, parts int) error {
-	f := fs.Lookup(key)
-	if parts > 1 || f == nil || slices.Contains(notInProfiles, key) {
-		if alt := strings.ReplaceAll(key, "_", "-"); alt != key && fs.Lookup(alt) != nil {
-			return fmt.Errorf("unknown key %q (did you mean %q?)", key, alt)
-		}
-		return fmt.Errorf("unknown key %q", key)
-	}
-	vals, err := tomlStrings(f, v)
-	if err != nil {
-		return fmt.Errorf("%s: %v", key, err)
-	}
-	if cmdline[key] {
-		return nil // the command line wins
-	}
-	return setFlag(f, vals)
-}
-
-// tomlStrings turns a TOML value into the strings pflag parses, checking
-// its type against the flag's.
-func tomlStrings(f *pflag.Flag, v any) ([]string, error) {
-	typ := f.Value.Type()
-	list := strings.HasSuffix(typ, "Array") || strings.HasSuffix(typ, "Slice")
-	var items []any
-	switch v := v.(type) {
-	case []any:
-		if !list {
-			return nil, fmt.Errorf("want %s, not a list", typeWord(typ))
-		}
-		items = v
-	default:
-		items = []any{v}
-	}
-	out := make([]string, 0, len(items))
-	for _, it := range items {
-		switch it := it.(type) {
-		case string:
-			if typ == "bool" || typ == "int" {
-				return nil, fmt.Errorf("want %s, not a string (write it without quotes)", typeWord(typ))
-			}
-			out = append(out, it)
-		case bool:
-			if typ != "bool" {
-				return nil, fmt.Errorf("want %s, not a boolean", typeWord(typ))
-			}
-			out = append(out, strconv.FormatBool(it))
-		case int64:
-			if typ != "int" {
-				return nil, fmt.Errorf("want %s, not a number", typeWord(typ))
-			}
-			out = append(out, strconv.FormatInt(it, 10))
-		default:
-			return nil, fmt.Errorf("want %s", typeWord(typ))
-		}
-	}
-	return out, nil
-}
-
-// typeWord names a pflag type for an error line.
-func typeWord(typ string) string {
-	switch typ {
-	case "bool":
-		return "true or false"
-	case "int":
-		return "a number"
-	case "duration":
-		return `a duration in quotes ("10s")`
-	case "stringArray", "stringSlice":
-		return "a string or a list of strings"
-	}
-	return "a string"
-}
-
-// setFlag sets f to vals, replacing a list flag's default, and marks it
-// changed.
-func setFlag(f *pflag.Flag, vals []string) error {
-	var err error
-	if sv, ok := f.Value.(pflag.SliceValue); ok {
-		err = sv.Replace(vals)
-	} else {
-		err = f.Value.Set(vals[0])
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %v", f.Name, err)
-	}
-	f.Changed = true
-	return nil
-}
-
-// applyEnv sets the flags the command line did not set from MASQUE_
-// variables in environ (lists comma-separated). Variables that name no
-// flag are left alone: the shell may hold others of ours.
-func applyEnv(fs *pflag.FlagSet, cmdline map[string]bool, environ []string) []error {
-	var errs []error
-	for _, kv := range environ {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || !strings.HasPrefix(k, envPrefix) {
-			continue
-		}
-		name := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(k, envPrefix), "_", "-"))
-		f := fs.Lookup(name)
-		if f == nil || cmdline[name] || slices.Contains(notInProfiles, name) {
-			continue
-		}
-		vals := []string{v}
-		if _, ok := f.Value.(pflag.SliceValue); ok {
-			vals = strings.Split(v, ",")
-		}
-		if err := setFlag(f, vals); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %v", k, err))
-		}
-	}
-	return errs
 }
 
 // profileFlags are the flags that choose a profile.

@@ -174,22 +174,6 @@ func TestProfileTrust(t *testing.T) {
 	}
 }
 
-// FuzzApplyTOML: whatever the file holds, applyTOML returns errors that
-// name the file, and never panics.
-func FuzzApplyTOML(f *testing.F) {
-	f.Add([]byte("server = \"a:1\"\nroute = [\"10.0.0.0/8\"]\n"))
-	f.Add([]byte("[t]\nx = 1"))
-	f.Add([]byte("a.b.c = {x = [1, [2]]}"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		fs := newUpCmd().Flags()
-		for _, err := range applyTOML(fs, map[string]bool{}, "p.conf", b) {
-			if !strings.HasPrefix(err.Error(), "p.conf") {
-				t.Fatalf("error without the file's name: %v", err)
-			}
-		}
-	})
-}
-
 // TestProfileInlineCredentials: a profile may hold the CA, the token and
 // a client key inline (masqued invite writes such a file); a command line
 // may not, and a profile with a secret must be root's alone.
