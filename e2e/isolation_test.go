@@ -206,12 +206,12 @@ func metricDelta(before, after, name string, labels ...string) float64 {
 	return metricOr0(after, name, labels...) - metricOr0(before, name, labels...)
 }
 
-// serverConfig writes a masqued configuration file holding json and returns
-// its path.
-func serverConfig(t *testing.T, json string) string {
+// serverConfig writes a masqued configuration file (TOML, keys the run
+// flags) holding text and returns its path.
+func serverConfig(t *testing.T, text string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "masqued.json")
-	if err := os.WriteFile(p, []byte(json), 0o600); err != nil {
+	p := filepath.Join(t.TempDir(), "masqued.conf")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -435,7 +435,7 @@ func clientToClient(t *testing.T, allow bool) {
 	tp := newTopo(t, true)
 	var extra []string
 	if allow {
-		extra = []string{"--config", serverConfig(t, `{"allow_client_to_client": true}`)}
+		extra = []string{"--config", serverConfig(t, "allow-client-to-client = true\n")}
 	}
 	srv := tp.startServer(t, extra...)
 	a := tp.startClient(t, tp.client, tokenAuth("alice"))
@@ -630,7 +630,7 @@ func TestRoutingLoop(t *testing.T) {
 	)
 	unassigned := []string{"100.64.0.200", "fd6d:6173:7175:6500::200"}
 	tp := newTopo(t, false)
-	srv := tp.startServer(t, "--config", serverConfig(t, `{"allow_client_to_client": true}`))
+	srv := tp.startServer(t, "--config", serverConfig(t, "allow-client-to-client = true\n"))
 	pid := srv.cmd.Process.Pid
 	// What the kernel sends into the TUN toward the unassigned addresses,
 	// i.e. what masqued reads back.

@@ -84,14 +84,14 @@ func TestSIGHUPReloadsTokens(t *testing.T) {
 // opens the target again.
 func TestSIGHUPReloadsPolicy(t *testing.T) {
 	tp := newTopo(t, true)
-	cfg := filepath.Join(t.TempDir(), "masqued.json")
+	cfg := filepath.Join(t.TempDir(), "masqued.conf")
 	write := func(text string) {
 		t.Helper()
 		if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write(`{"deny": []}`)
+	write("deny = []\n")
 	srv := tp.startServer(t, "--config", cfg)
 	reloads := 0
 	reload := func(want string) {
@@ -117,7 +117,7 @@ func TestSIGHUPReloadsPolicy(t *testing.T) {
 		return metricOr0(srv.metrics(t), "masque_tunnel_dropped_packets_total", `reason="destination_denied"`)
 	}
 	d0 := denied()
-	write(`{"deny": ["` + targetIP4 + `/32"]}`)
+	write(`deny = ["` + targetIP4 + `/32"]`)
 	reload(`udp_flows_closed=1`)
 	// One ping at a time: ping stops at its first ICMP error.
 	const n = 5
@@ -154,9 +154,9 @@ func TestSIGHUPReloadsPolicy(t *testing.T) {
 	}
 
 	// A file that does not parse changes nothing.
-	write(`{"deny": ["` + targetIP4 + `/32"], "no_such_key": 1`)
+	write(`deny = ["` + targetIP4 + `/32"]` + "\nno_such_key = 1\n")
 	reload("nothing changed")
-	write(`{"deny": []}`)
+	write("deny = []\n")
 	reload("configuration applied")
 	checkPing(t, tp.client, 2)
 	if st := client.status(t); st.Reconnects != 0 {

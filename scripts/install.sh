@@ -99,8 +99,8 @@ fi
 cat <<EOF
 
 Nothing is enabled. Next:
-  server: write /etc/masqued/masqued.json, check it with
-            $BINDIR/masqued config check --config /etc/masqued/masqued.json
+  server: write /etc/masqued/masqued.conf, check it with
+            $BINDIR/masqued config check --config /etc/masqued/masqued.conf
           then: systemctl enable --now masqued
   client: write /etc/masque/NAME.conf, then: systemctl enable --now masque@NAME
 EOF

@@ -1,15 +1,10 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"os"
-	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -33,135 +28,50 @@ const (
 	nftTable         = tun.DefaultNATTable
 )
 
-// Config is masqued's configuration file (JSON, unknown keys are errors).
-// Flags given on the command line override it.
+// Config is masqued's configuration: run's flags are bound to its fields,
+// and the configuration file (TOML, whose keys are the flags' names: see
+// cmd/internal/flagfile) sets the flags the command line did not.
 type Config struct {
-	Listen              string   `json:"listen,omitempty"`
-	Cert                string   `json:"cert,omitempty"`
-	Key                 string   `json:"key,omitempty"`
-	ServerNames         []string `json:"server_names,omitempty"` // besides the certificate's SANs and the local address
-	ClientCA            string   `json:"client_ca,omitempty"`
-	Tokens              string   `json:"tokens,omitempty"`
-	Pool4               string   `json:"pool4,omitempty"` // "off" disables IPv4
-	Pool6               string   `json:"pool6,omitempty"` // "off" disables IPv6
-	Egress              string   `json:"egress,omitempty"`
-	StateDir            string   `json:"state_dir,omitempty"`
-	Tun                 string   `json:"tun,omitempty"`
-	MTU                 int      `json:"mtu,omitempty"`
-	DNS                 []string `json:"dns,omitempty"`
-	Routes              []string `json:"routes,omitempty"`
-	Allow               []string `json:"allow,omitempty"`
-	Deny                []string `json:"deny,omitempty"`
-	AllowClientToClient bool     `json:"allow_client_to_client,omitempty"`
-	LeaseTime           string   `json:"lease_time,omitempty"`
-	MaxConns            int      `json:"max_conns,omitempty"`
-	MaxSessionsPerConn  int      `json:"max_sessions_per_conn,omitempty"`
+	Listen              string
+	Cert                string
+	Key                 string
+	ServerNames         []string // besides the certificate's SANs and the local address
+	ClientCA            string
+	Tokens              string
+	Pool4               string // "off" disables IPv4
+	Pool6               string // "off" disables IPv6
+	Egress              string
+	StateDir            string
+	Tun                 string
+	MTU                 int
+	DNS                 []string
+	Routes              []string
+	Allow               []string
+	Deny                []string
+	AllowClientToClient bool
+	LeaseTime           string
+	MaxConns            int
+	MaxSessionsPerConn  int
 
 	// Admission; zero values mean quicio's and tunnel's defaults.
-	MaxConnsPerSource      int    `json:"max_conns_per_source,omitempty"`
-	MaxHandshakeRate       int    `json:"max_handshake_rate,omitempty"` // -1: no limit
-	RetryThreshold         int    `json:"retry_threshold,omitempty"`    // -1: always ask for Retry
-	MaxSessionsPerIdentity int    `json:"max_sessions_per_identity,omitempty"`
-	RequestTimeout         string `json:"request_timeout,omitempty"`
+	MaxConnsPerSource      int
+	MaxHandshakeRate       int // -1: no limit
+	RetryThreshold         int // -1: always ask for Retry
+	MaxSessionsPerIdentity int
+	RequestTimeout         string
 
-	Metrics      string `json:"metrics,omitempty"`
-	Pprof        bool   `json:"pprof,omitempty"`
-	LogLevel     string `json:"log_level,omitempty"`
-	DrainTimeout string `json:"drain_timeout,omitempty"`
+	Metrics      string
+	Pprof        bool
+	LogLevel     string
+	DrainTimeout string
 
 	// CONNECT-UDP (RFC 9298); zero values mean tunnel's defaults.
-	UDPIdleTimeout         string              `json:"udp_idle_timeout,omitempty"`
-	UDPResolveTimeout      string              `json:"udp_resolve_timeout,omitempty"`
-	UDPMaxFlowsPerConn     int                 `json:"udp_max_flows_per_conn,omitempty"`
-	UDPMaxFlowsPerIdentity int                 `json:"udp_max_flows_per_identity,omitempty"`
-	UDPAllow               map[string][]string `json:"udp_allow,omitempty"`     // identity or "*" → HOST:PORT patterns
-	UDPAnonymous           []string            `json:"udp_anonymous,omitempty"` // patterns open to requests without credentials
-}
-
-// maxConfigSize bounds a configuration file.
-const maxConfigSize = 1 << 20
-
-// parseConfig decodes a configuration file strictly.
-func parseConfig(r io.Reader) (*Config, error) {
-	b, err := io.ReadAll(io.LimitReader(r, maxConfigSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxConfigSize {
-		return nil, fmt.Errorf("larger than %d bytes", maxConfigSize)
-	}
-	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
-		return nil, errors.New("decode: want a JSON object")
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	var c Config
-	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("decode: %v", err)
-	}
-	// More() is false before a stray ']' or '}': ask for one more token.
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("decode: data after the configuration object")
-	}
-	if err := checkKeys(b); err != nil {
-		return nil, fmt.Errorf("decode: %w", err)
-	}
-	return &c, nil
-}
-
-// configKeys are the keys of a configuration file: Config's JSON names.
-var configKeys = func() map[string]bool {
-	keys := map[string]bool{}
-	t := reflect.TypeFor[Config]()
-	for i := range t.NumField() {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		keys[name] = true
-	}
-	return keys
-}()
-
-// checkKeys reports what encoding/json lets through in the object b, which
-// decoded into a Config: a key that names a field only when case is
-// ignored ("Listen" for "listen"), and a key given twice (json keeps the
-// last, silently).
-func checkKeys(b []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if _, err := dec.Token(); err != nil { // {
-		return err
-	}
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		key, _ := tok.(string)
-		if !configKeys[key] {
-			return fmt.Errorf("unknown field %q (keys are lower case: %q)", key, strings.ToLower(key))
-		}
-		if seen[key] {
-			return fmt.Errorf("field %q given twice", key)
-		}
-		seen[key] = true
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func loadConfig(path string) (*Config, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	defer f.Close()
-	c, err := parseConfig(f)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
+	UDPIdleTimeout         string
+	UDPResolveTimeout      string
+	UDPMaxFlowsPerConn     int
+	UDPMaxFlowsPerIdentity int
+	UDPAllow               map[string][]string // identity or "*" → HOST:PORT patterns
+	UDPAnonymous           []string            // patterns open to requests without credentials
 }
 
 // settings is a validated Config with defaults filled in and values parsed.
@@ -234,7 +144,7 @@ func (c *Config) resolve() (*settings, error) {
 	}
 	for i, n := range c.ServerNames {
 		if !tunnel.ValidServerName(n) {
-			bad(fmt.Sprintf("server_names[%d]", i), "%q is not a DNS name, *.NAME or an IP address without a zone", n)
+			bad(fmt.Sprintf("server-name[%d]", i), "%q is not a DNS name, *.NAME or an IP address without a zone", n)
 		}
 	}
 	s.ServerNames = c.ServerNames
@@ -260,23 +170,23 @@ func (c *Config) resolve() (*settings, error) {
 		}
 		s.DNS = append(s.DNS, a)
 	}
-	s.Routes = parsePrefixes("routes", c.Routes, bad)
+	s.Routes = parsePrefixes("route", c.Routes, bad)
 	s.Allow = parsePrefixes("allow", c.Allow, bad)
 	s.Deny = parsePrefixes("deny", c.Deny, bad)
-	s.LeaseTime = parseDuration("lease_time", c.LeaseTime, defaultLeaseTime, bad)
-	s.DrainTimeout = parseDuration("drain_timeout", c.DrainTimeout, defaultDrain, bad)
+	s.LeaseTime = parseDuration("lease-time", c.LeaseTime, defaultLeaseTime, bad)
+	s.DrainTimeout = parseDuration("drain-timeout", c.DrainTimeout, defaultDrain, bad)
 	if s.MaxConns < 0 {
-		bad("max_conns", "%d is negative", s.MaxConns)
+		bad("max-conns", "%d is negative", s.MaxConns)
 	}
 	if s.MaxSessionsPerConn < 0 {
-		bad("max_sessions_per_conn", "%d is negative", s.MaxSessionsPerConn)
+		bad("max-sessions-per-conn", "%d is negative", s.MaxSessionsPerConn)
 	}
 	resolveAdmission(c, s, bad)
 	resolveUDP(c, s, bad)
 	switch s.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		bad("log_level", "%q is not debug, info, warn or error", s.LogLevel)
+		bad("log-level", "%q is not debug, info, warn or error", s.LogLevel)
 	}
 	if s.Metrics != "" {
 		if _, _, err := net.SplitHostPort(s.Metrics); err != nil {
@@ -303,30 +213,30 @@ func resolveAdmission(c *Config, s *settings, bad func(string, string, ...any)) 
 	s.MaxConnsPerSource, s.MaxHandshakeRate, s.RetryThreshold = c.MaxConnsPerSource, c.MaxHandshakeRate, c.RetryThreshold
 	s.MaxSessionsPerIdentity = c.MaxSessionsPerIdentity
 	if s.MaxConnsPerSource < 0 {
-		bad("max_conns_per_source", "%d is negative", s.MaxConnsPerSource)
+		bad("max-conns-per-source", "%d is negative", s.MaxConnsPerSource)
 	}
 	if s.MaxHandshakeRate < -1 {
-		bad("max_handshake_rate", "%d: want a rate per second, or -1 for no limit", s.MaxHandshakeRate)
+		bad("max-handshake-rate", "%d: want a rate per second, or -1 for no limit", s.MaxHandshakeRate)
 	}
 	if s.RetryThreshold < -1 {
-		bad("retry_threshold", "%d: want a number of handshakes, or -1 to always ask for Retry", s.RetryThreshold)
+		bad("retry-threshold", "%d: want a number of handshakes, or -1 to always ask for Retry", s.RetryThreshold)
 	}
 	if s.MaxSessionsPerIdentity < 0 {
-		bad("max_sessions_per_identity", "%d is negative", s.MaxSessionsPerIdentity)
+		bad("max-sessions-per-identity", "%d is negative", s.MaxSessionsPerIdentity)
 	}
-	s.RequestTimeout = parseDuration("request_timeout", c.RequestTimeout, 0, bad)
+	s.RequestTimeout = parseDuration("request-timeout", c.RequestTimeout, 0, bad)
 }
 
 // resolveUDP fills the CONNECT-UDP settings of s from c.
 func resolveUDP(c *Config, s *settings, bad func(string, string, ...any)) {
-	s.UDPIdleTimeout = parseDuration("udp_idle_timeout", c.UDPIdleTimeout, 0, bad)
-	s.UDPResolveTimeout = parseDuration("udp_resolve_timeout", c.UDPResolveTimeout, 0, bad)
+	s.UDPIdleTimeout = parseDuration("udp-idle-timeout", c.UDPIdleTimeout, 0, bad)
+	s.UDPResolveTimeout = parseDuration("udp-resolve-timeout", c.UDPResolveTimeout, 0, bad)
 	s.UDPMaxFlowsPerConn, s.UDPMaxFlowsPerIdentity = c.UDPMaxFlowsPerConn, c.UDPMaxFlowsPerIdentity
 	if s.UDPMaxFlowsPerConn < 0 {
-		bad("udp_max_flows_per_conn", "%d is negative", s.UDPMaxFlowsPerConn)
+		bad("udp-max-flows-per-conn", "%d is negative", s.UDPMaxFlowsPerConn)
 	}
 	if s.UDPMaxFlowsPerIdentity < 0 {
-		bad("udp_max_flows_per_identity", "%d is negative", s.UDPMaxFlowsPerIdentity)
+		bad("udp-max-flows-per-identity", "%d is negative", s.UDPMaxFlowsPerIdentity)
 	}
 	if len(c.UDPAllow) == 0 && len(c.UDPAnonymous) == 0 {
 		return
@@ -336,7 +246,7 @@ func resolveUDP(c *Config, s *settings, bad func(string, string, ...any)) {
 		// policy names the fields allow[...] and anonymous[...].
 		for _, line := range strings.Split(err.Error(), "\n") {
 			field, msg, _ := strings.Cut(line, ": ")
-			bad("udp_"+field, "%s", msg)
+			bad("udp-"+field, "%s", msg)
 		}
 		return
 	}
@@ -344,11 +254,12 @@ func resolveUDP(c *Config, s *settings, bad func(string, string, ...any)) {
 }
 
 // udpAllowFlag is --udp-allow IDENTITY=PATTERN, repeatable, collected into
-// a map like the file's udp_allow.
+// a map like the file's udp-allow gives.
 type udpAllowFlag struct{ m *map[string][]string }
 
 func (f udpAllowFlag) String() string { return "" }
 func (f udpAllowFlag) Type() string   { return "IDENTITY=PATTERN" }
+func (f udpAllowFlag) Repeatable()    {} // a file's list sets each
 func (f udpAllowFlag) Set(v string) error {
 	id, pattern, ok := strings.Cut(v, "=")
 	if !ok || id == "" || pattern == "" {

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"io/fs"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,103 +10,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/masque-vpn/masque/cmd/internal/flagfile"
+	"github.com/spf13/cobra"
 )
-
-func TestParseConfig(t *testing.T) {
-	tests := []struct {
-		name string
-		in   string
-		want Config
-	}{
-		{"empty object", `{}`, Config{}},
-		{"surrounding white space", " \n\t{}\n\n", Config{}},
-		{"fields", `{
-			"listen": "[::]:8443", "cert": "/etc/masqued/server.crt", "key": "/etc/masqued/server.key",
-			"tokens": "/etc/masqued/tokens", "pool4": "100.64.0.0/16", "pool6": "off",
-			"mtu": 1400, "dns": ["198.18.0.53", "2001:db8::53"], "routes": ["198.18.0.0/15"],
-			"allow": ["169.254.0.0/16"], "deny": ["198.18.9.0/24"], "allow_client_to_client": true,
-			"lease_time": "1h", "max_conns": 10, "max_sessions_per_conn": 2,
-			"max_conns_per_source": 8, "max_handshake_rate": -1, "retry_threshold": -1,
-			"max_sessions_per_identity": 3, "request_timeout": "2s",
-			"metrics": "127.0.0.1:9090", "log_level": "debug", "drain_timeout": "3s"
-		}`, Config{
-			Listen: "[::]:8443", Cert: "/etc/masqued/server.crt", Key: "/etc/masqued/server.key",
-			Tokens: "/etc/masqued/tokens", Pool4: "100.64.0.0/16", Pool6: "off",
-			MTU: 1400, DNS: []string{"198.18.0.53", "2001:db8::53"}, Routes: []string{"198.18.0.0/15"},
-			Allow: []string{"169.254.0.0/16"}, Deny: []string{"198.18.9.0/24"}, AllowClientToClient: true,
-			LeaseTime: "1h", MaxConns: 10, MaxSessionsPerConn: 2,
-			MaxConnsPerSource: 8, MaxHandshakeRate: -1, RetryThreshold: -1,
-			MaxSessionsPerIdentity: 3, RequestTimeout: "2s",
-			Metrics: "127.0.0.1:9090", LogLevel: "debug", DrainTimeout: "3s",
-		}},
-		{"exactly the size limit", `{"tun":"t0"}` + strings.Repeat(" ", maxConfigSize-len(`{"tun":"t0"}`)), Config{Tun: "t0"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseConfig(strings.NewReader(tt.in))
-			if err != nil {
-				t.Fatalf("parseConfig = %v", err)
-			}
-			if diff := cmp.Diff(tt.want, *got); diff != "" {
-				t.Errorf("parseConfig mismatch (-want +got):\n%s", diff)
-			}
-		})
-	}
-}
-
-func TestParseConfigErrors(t *testing.T) {
-	tests := []struct {
-		name, in, wantErr string
-	}{
-		{"empty", ``, "decode"},
-		{"unknown key", `{"listen":"[::]:443","lissen":"x"}`, "unknown field"},
-		{"unknown nested key", `{"dns":{"a":1}}`, "decode"},
-		{"wrong type", `{"mtu":"1400"}`, "decode"},
-		{"array", `[]`, "decode"},
-		{"second object", `{} {}`, "data after"},
-		{"trailing garbage", `{"mtu":1400} x`, "data after"},
-		{"trailing string", `{} "x"`, "data after"},
-		{"stray closing brace", `{"mtu":1400}}`, "data after"},
-		{"stray closing bracket", `{}]`, "data after"},
-		{"null", `null`, "want a JSON object"},
-		{"truncated", `{"mtu":14`, "decode"},
-		{"too large", `{}` + strings.Repeat(" ", maxConfigSize), "larger than"},
-		{"YAML", "listen: \"[::]:443\"\ncert: /etc/masqued/server.crt\n", "want a JSON object"},
-		{"byte order mark", "\xef\xbb\xbf{}", "want a JSON object"},
-		{"binary", "\x00\x01\x02", "want a JSON object"},
-		{"white space only", " \n\t ", "want a JSON object"},
-		{"upper-case key", `{"LISTEN":"[::]:443"}`, `unknown field "LISTEN"`},
-		{"mixed-case key", `{"cert":"c","Log_Level":"warn"}`, `unknown field "Log_Level"`},
-		{"duplicate key", `{"mtu":1280,"mtu":1500}`, `field "mtu" given twice`},
-		{"string for a number", `{"mtu":"1400"}`, "mtu"},
-		{"fraction for an integer", `{"mtu":1400.5}`, "mtu"},
-		{"integer overflow", `{"max_conns":1e30}`, "max_conns"},
-		{"string for a bool", `{"pprof":"yes"}`, "pprof"},
-		{"string for a list", `{"dns":"198.18.0.53"}`, "dns"},
-		{"number in a list", `{"routes":[10]}`, "routes"},
-		{"list for a map", `{"udp_allow":["alice=*:53"]}`, "udp_allow"},
-		{"object for a string", `{"listen":{"addr":"[::]"}}`, "listen"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseConfig(strings.NewReader(tt.in))
-			if err == nil {
-				t.Fatalf("parseConfig(%.40q) = %+v, want error containing %q", tt.in, got, tt.wantErr)
-			}
-			if !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("parseConfig(%.40q) = %v, want error containing %q", tt.in, err, tt.wantErr)
-			}
-		})
-	}
-}
-
-func TestLoadConfig(t *testing.T) {
-	missing := filepath.Join(t.TempDir(), "nope.json")
-	_, err := loadConfig(missing)
-	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
-		t.Errorf("loadConfig(missing) = %v, want a not-exist error naming the file", err)
-	}
-}
 
 // validConfig is the least a configuration needs.
 func validConfig() Config { return Config{Cert: "server.crt", Key: "server.key", Tokens: "tokens"} }
@@ -273,23 +176,23 @@ func TestResolveErrors(t *testing.T) {
 		{"dns name", func(c *Config) { c.DNS = []string{"198.18.0.53", "dns.example"} }, "dns[1]"},
 		{"dns zone", func(c *Config) { c.DNS = []string{"fe80::53%eth0"} }, "dns[0]"},
 		{"dns prefix", func(c *Config) { c.DNS = []string{"198.18.0.0/24"} }, "dns[0]"},
-		{"route host bits", func(c *Config) { c.Routes = []string{"198.18.0.0/15", "198.18.0.1/15"} }, "routes[1]"},
-		{"route garbage", func(c *Config) { c.Routes = []string{"default"} }, "routes[0]"},
+		{"route host bits", func(c *Config) { c.Routes = []string{"198.18.0.0/15", "198.18.0.1/15"} }, "route[1]"},
+		{"route garbage", func(c *Config) { c.Routes = []string{"default"} }, "route[0]"},
 		{"allow host bits", func(c *Config) { c.Allow = []string{"169.254.1.1/16"} }, "allow[0]"},
 		{"deny garbage", func(c *Config) { c.Deny = []string{"10.0.0.0/33"} }, "deny[0]"},
-		{"lease time zero", func(c *Config) { c.LeaseTime = "0s" }, "lease_time"},
-		{"lease time negative", func(c *Config) { c.LeaseTime = "-1m" }, "lease_time"},
-		{"lease time without unit", func(c *Config) { c.LeaseTime = "600" }, "lease_time"},
-		{"drain timeout", func(c *Config) { c.DrainTimeout = "soon" }, "drain_timeout"},
-		{"max conns", func(c *Config) { c.MaxConns = -1 }, "max_conns"},
-		{"max sessions per conn", func(c *Config) { c.MaxSessionsPerConn = -1 }, "max_sessions_per_conn"},
-		{"max sessions per identity", func(c *Config) { c.MaxSessionsPerIdentity = -3 }, "max_sessions_per_identity"},
-		{"max conns per source", func(c *Config) { c.MaxConnsPerSource = -1 }, "max_conns_per_source"},
-		{"max handshake rate", func(c *Config) { c.MaxHandshakeRate = -2 }, "max_handshake_rate"},
-		{"retry threshold", func(c *Config) { c.RetryThreshold = -2 }, "retry_threshold"},
-		{"request timeout", func(c *Config) { c.RequestTimeout = "0s" }, "request_timeout"},
-		{"log level", func(c *Config) { c.LogLevel = "verbose" }, "log_level"},
-		{"log level upper case", func(c *Config) { c.LogLevel = "INFO" }, "log_level"},
+		{"lease time zero", func(c *Config) { c.LeaseTime = "0s" }, "lease-time"},
+		{"lease time negative", func(c *Config) { c.LeaseTime = "-1m" }, "lease-time"},
+		{"lease time without unit", func(c *Config) { c.LeaseTime = "600" }, "lease-time"},
+		{"drain timeout", func(c *Config) { c.DrainTimeout = "soon" }, "drain-timeout"},
+		{"max conns", func(c *Config) { c.MaxConns = -1 }, "max-conns"},
+		{"max sessions per conn", func(c *Config) { c.MaxSessionsPerConn = -1 }, "max-sessions-per-conn"},
+		{"max sessions per identity", func(c *Config) { c.MaxSessionsPerIdentity = -3 }, "max-sessions-per-identity"},
+		{"max conns per source", func(c *Config) { c.MaxConnsPerSource = -1 }, "max-conns-per-source"},
+		{"max handshake rate", func(c *Config) { c.MaxHandshakeRate = -2 }, "max-handshake-rate"},
+		{"retry threshold", func(c *Config) { c.RetryThreshold = -2 }, "retry-threshold"},
+		{"request timeout", func(c *Config) { c.RequestTimeout = "0s" }, "request-timeout"},
+		{"log level", func(c *Config) { c.LogLevel = "verbose" }, "log-level"},
+		{"log level upper case", func(c *Config) { c.LogLevel = "INFO" }, "log-level"},
 		{"metrics without port", func(c *Config) { c.Metrics = "127.0.0.1" }, "metrics"},
 		{"pprof without metrics", func(c *Config) { c.Pprof = true }, "pprof"},
 		{"tun too long", func(c *Config) { c.Tun = "masqued-01234567" }, "tun"},
@@ -301,15 +204,15 @@ func TestResolveErrors(t *testing.T) {
 		{"listen garbage", func(c *Config) { c.Listen = "[::]:443:1" }, "listen"},
 		{"allow IPv6 host bits", func(c *Config) { c.Allow = []string{"2001:db8::1/32"} }, "allow[0]"},
 		{"deny zone", func(c *Config) { c.Deny = []string{"fe80::1%eth0"} }, "deny[0]"},
-		{"lease time overflow", func(c *Config) { c.LeaseTime = "9999999999h" }, "lease_time"},
-		{"drain timeout zero", func(c *Config) { c.DrainTimeout = "0" }, "drain_timeout"},
+		{"lease time overflow", func(c *Config) { c.LeaseTime = "9999999999h" }, "lease-time"},
+		{"drain timeout zero", func(c *Config) { c.DrainTimeout = "0" }, "drain-timeout"},
 		{"metrics garbage", func(c *Config) { c.Metrics = "::9090" }, "metrics"},
-		{"server name with space", func(c *Config) { c.ServerNames = []string{"vpn.example", "bad name"} }, "server_names[1]"},
-		{"server name with port", func(c *Config) { c.ServerNames = []string{"vpn.example:443"} }, "server_names[0]"},
-		{"server name with zone", func(c *Config) { c.ServerNames = []string{"fe80::1%eth0"} }, "server_names[0]"},
-		{"server name in brackets", func(c *Config) { c.ServerNames = []string{"[2001:db8::1]"} }, "server_names[0]"},
-		{"server name wildcard inside", func(c *Config) { c.ServerNames = []string{"a.*.example"} }, "server_names[0]"},
-		{"server name empty", func(c *Config) { c.ServerNames = []string{""} }, "server_names[0]"},
+		{"server name with space", func(c *Config) { c.ServerNames = []string{"vpn.example", "bad name"} }, "server-name[1]"},
+		{"server name with port", func(c *Config) { c.ServerNames = []string{"vpn.example:443"} }, "server-name[0]"},
+		{"server name with zone", func(c *Config) { c.ServerNames = []string{"fe80::1%eth0"} }, "server-name[0]"},
+		{"server name in brackets", func(c *Config) { c.ServerNames = []string{"[2001:db8::1]"} }, "server-name[0]"},
+		{"server name wildcard inside", func(c *Config) { c.ServerNames = []string{"a.*.example"} }, "server-name[0]"},
+		{"server name empty", func(c *Config) { c.ServerNames = []string{""} }, "server-name[0]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -354,55 +257,92 @@ func TestResolveReportsEverything(t *testing.T) {
 		t.Fatal("resolve = nil error")
 	}
 	want := []string{
-		"listen", "cert", "key", "tokens", "pool4", "pool6", "mtu", "dns[0]", "routes[0]",
-		"allow[0]", "deny[0]", "lease_time", "drain_timeout", "max_conns", "max_sessions_per_conn",
-		"log_level", "metrics", "tun", "server_names[0]",
+		"listen", "cert", "key", "tokens", "pool4", "pool6", "mtu", "dns[0]", "route[0]",
+		"allow[0]", "deny[0]", "lease-time", "drain-timeout", "max-conns", "max-sessions-per-conn",
+		"log-level", "metrics", "tun", "server-name[0]",
 	}
 	if diff := cmp.Diff(want, problemFields(err), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
 		t.Errorf("resolve problems mismatch (-want +got):\n%s\nerror:\n%v", diff, err)
 	}
 }
 
-func FuzzParseConfig(f *testing.F) {
-	f.Add([]byte(`{}`))
-	f.Add([]byte(`{"listen":"[::]:443","cert":"c","key":"k","tokens":"t","mtu":1400}`))
-	f.Add([]byte(`{"dns":["198.18.0.53"],"routes":[],"allow":null,"allow_client_to_client":true}`))
-	f.Add([]byte(`{"pool4":"off","pool6":"off","lease_time":"10m","drain_timeout":"5s"}`))
-	f.Add([]byte(`{"max_conns":-1,"log_level":"debug","metrics":":9090","tun":"\u00e9"}`))
-	f.Add([]byte(`{"lissen":1}`))
+// FuzzConfigFile: whatever the file holds, loading it onto run's flags
+// reports errors that name the file, and resolve does not panic on what
+// loads.
+func FuzzConfigFile(f *testing.F) {
+	f.Add([]byte(""))
+	f.Add([]byte("listen = \"[::]:443\"\ncert = \"c\"\nkey = \"k\"\ntokens = \"t\"\nmtu = 1400\n"))
+	f.Add([]byte("dns = [\"198.18.0.53\"]\nroute = []\nallow-client-to-client = true\n"))
+	f.Add([]byte("pool4 = \"off\"\npool6 = \"off\"\nlease-time = \"10m\"\ndrain-timeout = \"5s\"\n"))
+	f.Add([]byte("max-conns = -1\nlog-level = \"debug\"\nudp-allow = [\"alice=*:53\"]\n"))
+	f.Add([]byte("lissen = 1\n[t]\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		c, err := parseConfig(bytes.NewReader(in))
-		if err != nil {
-			return
-		}
-		// Every key it took is a field's exact name.
-		var keys map[string]json.RawMessage
-		if err := json.Unmarshal(in, &keys); err != nil {
-			t.Fatalf("parseConfig took %q, which is no JSON object: %v", in, err)
-		}
-		for k := range keys {
-			if !configKeys[k] {
-				t.Fatalf("parseConfig took key %q", k)
+		cmd := &cobra.Command{}
+		var c Config
+		var path string
+		serverFlags(cmd, &c, &path)
+		errs := flagfile.ApplyTOML(cmd.Flags(), map[string]bool{}, []string{"config", "help"}, "f.conf", in)
+		for _, err := range errs {
+			if !strings.HasPrefix(err.Error(), "f.conf") {
+				t.Fatalf("error without the file's name: %v", err)
 			}
 		}
-		// resolve must not panic on anything that parses.
-		_, _ = c.resolve()
-		out, err := json.Marshal(c)
-		if err != nil {
-			t.Fatalf("json.Marshal(%+v) = %v", c, err)
-		}
-		if len(out) > maxConfigSize {
-			return // escaping grew it past the limit
-		}
-		back, err := parseConfig(bytes.NewReader(out))
-		if err != nil {
-			t.Fatalf("parseConfig(json.Marshal(parseConfig(%q)) = %s) = %v", in, out, err)
-		}
-		// omitempty drops empty lists, so nil and empty are the same.
-		if diff := cmp.Diff(c, back, cmpopts.EquateEmpty()); diff != "" {
-			t.Errorf("re-parsed config differs (-first +second):\n%s", diff)
+		if len(errs) == 0 {
+			_, _ = c.resolve()
 		}
 	})
+}
+
+// TestConfigFile: a TOML file sets run's flags by name (the command line
+// wins), every problem is reported at once with its line and column, a
+// JSON file is refused with a line saying how it is written now, and a
+// reload forgets what the file no longer says.
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "masqued.conf")
+	write := func(body string) {
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("listen = \"[::]:8443\"\ncert = \"/c\"\nkey = \"/k\"\ntokens = \"/t\"\nmtu = 1300\ndns = [\"198.18.0.53\"]\nlease-time = \"1h\"\nudp-allow = [\"alice=*:53\", \"alice=*:853\"]\n")
+	cmd := &cobra.Command{}
+	var c Config
+	var p string
+	l := newConfigLoader(cmd, &c, &p)
+	if err := cmd.Flags().Parse([]string{"--config", path, "--mtu", "1280"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := l.load()
+	if err != nil {
+		t.Fatalf("load = %v", err)
+	}
+	if s.Listen.Port() != 8443 || s.MTU != 1280 || s.LeaseTime != time.Hour || len(s.DNS) != 1 || s.Tokens != "/t" {
+		t.Errorf("settings = %+v, want the file's listen, lease-time, dns and the command line's mtu", s)
+	}
+	if c.UDPAllow["alice"] == nil || len(c.UDPAllow["alice"]) != 2 {
+		t.Errorf("udp-allow = %v, want alice's two patterns", c.UDPAllow)
+	}
+	// A reload: lease-time gone from the file goes back to its default,
+	// and udp-allow does not pile up.
+	write("cert = \"/c\"\nkey = \"/k\"\ntokens = \"/t\"\nudp-allow = [\"alice=*:53\"]\n")
+	if s, err = l.load(); err != nil {
+		t.Fatalf("reload = %v", err)
+	}
+	if s.LeaseTime != defaultLeaseTime || s.Listen.Port() != 443 || s.MTU != 1280 || len(c.UDPAllow["alice"]) != 1 {
+		t.Errorf("after the reload: lease %v, listen %v, mtu %d, udp-allow %v", s.LeaseTime, s.Listen, s.MTU, c.UDPAllow)
+	}
+	write("lissen = \"x\"\nmtu = \"1400\"\nserver_name = [\"a\"]\n")
+	_, err = l.load()
+	for _, want := range []string{path + `:1:1: unknown key "lissen"`, path + ":2:1: mtu: want a number, not a string", path + `:3:1: unknown key "server_name" (did you mean "server-name"?)`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("load of a bad file = %v, want it to contain %q", err, want)
+		}
+	}
+	write("{\"listen\": \"[::]:443\"}\n")
+	if _, err = l.load(); err == nil || !strings.Contains(err.Error(), "this is JSON; the configuration is TOML now") {
+		t.Errorf("load of a JSON file = %v", err)
+	}
 }
 
 // TestNeedsRestart: a reload names the changed settings it cannot apply,
@@ -423,7 +363,7 @@ func TestNeedsRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"listen", "server_names", "mtu", "max_sessions_per_identity"}, needsRestart(old, nw)); diff != "" {
+	if diff := cmp.Diff([]string{"listen", "server-name", "mtu", "max-sessions-per-identity"}, needsRestart(old, nw)); diff != "" {
 		t.Errorf("needsRestart mismatch (-want +got):\n%s", diff)
 	}
 	if got := needsRestart(old, old); len(got) != 0 {

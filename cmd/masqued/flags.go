@@ -45,7 +45,7 @@ type flagGroup struct {
 var serverFlagGroups = []flagGroup{
 	{"Listening", []string{"listen", "cert", "key", "server-name"}},
 	{"Authentication", []string{"tokens", "client-ca"}},
-	{"Addresses", []string{"pool4", "pool6", "tun", "mtu", "egress", "route", "dns"}},
+	{"Addresses", []string{"pool4", "pool6", "lease-time", "tun", "mtu", "egress", "route", "dns"}},
 	{"Destinations", []string{"allow", "deny", "allow-client-to-client"}},
 	{"Limits", []string{"max-conns", "max-conns-per-source", "max-handshake-rate", "retry-threshold",
 		"max-sessions-per-conn", "max-sessions-per-identity", "request-timeout"}},

@@ -53,7 +53,7 @@ func TestInstallScript(t *testing.T) {
 		}
 	}
 	for unit, want := range map[string]string{
-		"masqued.service": "ExecStart=/opt/masque/bin/masqued run --config /etc/masqued/masqued.json\n",
+		"masqued.service": "ExecStart=/opt/masque/bin/masqued run --config /etc/masqued/masqued.conf\n",
 		"masque@.service": "ExecStart=/opt/masque/bin/masque up %i\n",
 	} {
 		b, err := os.ReadFile(filepath.Join(units, unit))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,9 +60,9 @@ func TestExecuteExitCodes(t *testing.T) {
 		}
 		return p
 	}
-	good := writeConfig("good.json", `{"cert":"`+filepath.Join(pki, "server.crt")+`","key":"`+filepath.Join(pki, "server.key")+`","tokens":"`+tokens+`","listen":"127.0.0.1:4433"}`)
-	unknownKey := writeConfig("unknown.json", `{"lissen":"127.0.0.1:4433"}`)
-	missingCert := writeConfig("missing.json", `{"cert":"/nonexistent/server.crt","key":"/nonexistent/server.key","tokens":"`+tokens+`"}`)
+	good := writeConfig("good.conf", fmt.Sprintf("cert = %q\nkey = %q\ntokens = %q\nlisten = \"127.0.0.1:4433\"\n", filepath.Join(pki, "server.crt"), filepath.Join(pki, "server.key"), tokens))
+	unknownKey := writeConfig("unknown.conf", `lissen = "127.0.0.1:4433"`)
+	missingCert := writeConfig("missing.conf", fmt.Sprintf("cert = \"/nonexistent/server.crt\"\nkey = \"/nonexistent/server.key\"\ntokens = %q\n", tokens))
 
 	tests := []struct {
 		name string
@@ -75,7 +76,7 @@ func TestExecuteExitCodes(t *testing.T) {
 		{"run with a bad CIDR", []string{"run", "--pool4", "10.0.0.1/8", "--cert", "x", "--key", "y", "--tokens", "z"}, exitUsage},
 		{"run without a certificate", []string{"run", "--tokens", "z"}, exitUsage},
 		{"run with a bad MTU", []string{"run", "--mtu", "9000", "--cert", "x", "--key", "y", "--tokens", "z"}, exitUsage},
-		{"run with a missing config file", []string{"run", "--config", filepath.Join(dir, "nope.json")}, exitUsage},
+		{"run with a missing config file", []string{"run", "--config", filepath.Join(dir, "nope.conf")}, exitUsage},
 		{"run with an unknown config key", []string{"run", "--config", unknownKey}, exitUsage},
 		{"run with arguments", []string{"run", "extra"}, exitUsage},
 		{"cert without --dir", []string{"cert", "--host", "vpn.example.com"}, exitUsage},
@@ -119,15 +120,14 @@ func TestBadConfigFiles(t *testing.T) {
 	}
 	tokens := write("tokens", "alice 0123456789abcdef0123456789abcdef\n")
 	// with returns a configuration with cert, key and tokens files (the
-	// good ones where given "") and extra keys.
+	// good ones where given "") and extra lines.
 	with := func(cert, tokensFile, extra string) string {
 		cert = cmp.Or(cert, filepath.Join(pki, "server.crt"))
 		tokensFile = cmp.Or(tokensFile, tokens)
-		return `{"cert":"` + cert + `","key":"` + filepath.Join(pki, "server.key") +
-			`","tokens":"` + tokensFile + `","listen":"127.0.0.1:4433"` + extra + `}`
+		return fmt.Sprintf("cert = %q\nkey = %q\ntokens = %q\nlisten = \"127.0.0.1:4433\"\n%s", cert, filepath.Join(pki, "server.key"), tokensFile, extra)
 	}
 	files := func(extra string) string { return with("", "", extra) }
-	if code, out, errOut := runMasqued(t, "config", "check", "--config", write("good.json", files(""))); code != exitOK || out != "configuration ok\n" || errOut != "" {
+	if code, out, errOut := runMasqued(t, "config", "check", "--config", write("good.conf", files(""))); code != exitOK || out != "configuration ok\n" || errOut != "" {
 		t.Fatalf("good config: exit %d, stdout %q, stderr %q; want 0 and \"configuration ok\"", code, out, errOut)
 	}
 	badTokens := write("bad-tokens", "alice\nbob short\nalice 0123456789abcdef0123456789abcdef\n")
@@ -139,40 +139,41 @@ func TestBadConfigFiles(t *testing.T) {
 		path string
 		want []string // substrings of the one stderr line
 	}{
-		{"not JSON", "listen: 127.0.0.1:4433\n", "", []string{"want a JSON object"}},
-		{"empty file", "", "", []string{"want a JSON object"}},
-		{"truncated JSON", `{"listen":"127.0.0.1:4433"`, "", []string{"decode", "EOF"}},
-		{"unknown key", files(`,"lissen":"x"`), "", []string{`unknown field "lissen"`}},
-		{"key in the wrong case", files(`,"MTU":1400`), "", []string{`unknown field "MTU"`}},
-		{"key twice", files(`,"mtu":1400,"mtu":1500`), "", []string{`"mtu" given twice`}},
-		{"string for a number", files(`,"mtu":"1400"`), "", []string{"mtu"}},
-		{"string for a list", files(`,"dns":"198.18.0.53"`), "", []string{"dns"}},
-		{"bad CIDR", files(`,"pool4":"100.64.0.0/33"`), "", []string{"pool4", "not a CIDR prefix"}},
-		{"CIDR with host bits", files(`,"allow":["169.254.1.1/16"]`), "", []string{"allow[0]", "host bits"}},
-		{"bad duration", files(`,"lease_time":"10 minutes"`), "", []string{"lease_time", "duration"}},
-		{"negative duration", files(`,"udp_idle_timeout":"-5s"`), "", []string{"udp_idle_timeout"}},
-		{"negative limit", files(`,"max_conns":-1`), "", []string{"max_conns", "negative"}},
-		{"negative UDP limit", files(`,"udp_max_flows_per_identity":-3`), "", []string{"udp_max_flows_per_identity", "negative"}},
-		{"bad UDP pattern", files(`,"udp_allow":{"alice":["*:0"]}`), "", []string{`udp_allow["alice"][0]`}},
-		{"several problems", files(`,"mtu":9000,"max_conns":-1,"dns":["x"]`), "", []string{"mtu", "max_conns", "dns[0]", "; "}},
-		{"file too large", `{}` + strings.Repeat(" ", maxConfigSize), "", []string{"larger than"}},
-		{"missing file", "", filepath.Join(dir, "nope.json"), []string{"nope.json", "no such file"}},
+		{"not TOML", "listen: 127.0.0.1:4433\n", "", []string{":1:7:"}},
+		{"JSON", `{"listen":"127.0.0.1:4433"}`, "", []string{"this is JSON; the configuration is TOML now"}},
+		{"empty file", "", "", []string{"cert: required", "key: required"}},
+		{"truncated", `listen = "127.0.0.1:4433`, "", []string{":1:"}},
+		{"unknown key", files(`lissen = "x"`), "", []string{`:5:1: unknown key "lissen"`}},
+		{"key in the wrong case", files(`MTU = 1400`), "", []string{`unknown key "MTU"`}},
+		{"key twice", files("mtu = 1400\nmtu = 1500"), "", []string{":6:1:", "mtu is already defined"}},
+		{"string for a number", files(`mtu = "1400"`), "", []string{"mtu: want a number"}},
+		{"number for a list", files(`dns = 5`), "", []string{"dns: want a string or a list of strings"}},
+		{"bad CIDR", files(`pool4 = "100.64.0.0/33"`), "", []string{"pool4", "not a CIDR prefix"}},
+		{"CIDR with host bits", files(`allow = ["169.254.1.1/16"]`), "", []string{"allow[0]", "host bits"}},
+		{"bad duration", files(`lease-time = "10 minutes"`), "", []string{"lease-time", "duration"}},
+		{"negative duration", files(`udp-idle-timeout = "-5s"`), "", []string{"udp-idle-timeout"}},
+		{"negative limit", files(`max-conns = -1`), "", []string{"max-conns", "negative"}},
+		{"negative UDP limit", files(`udp-max-flows-per-identity = -3`), "", []string{"udp-max-flows-per-identity", "negative"}},
+		{"bad UDP pattern", files(`udp-allow = ["alice=*:0"]`), "", []string{`udp-allow["alice"][0]`}},
+		{"several problems", files("mtu = 9000\nmax-conns = -1\ndns = [\"x\"]"), "", []string{"mtu", "max-conns", "dns[0]", "; "}},
+		{"several file problems", files("lissen = 1\nmtu = \"x\""), "", []string{`:5:1: unknown key "lissen"`, ":6:1: mtu: want a number", "; "}},
+		{"missing file", "", filepath.Join(dir, "nope.conf"), []string{"nope.conf", "no such file"}},
 		{"a directory", "", dir, []string{"is a directory"}},
 		{"tokens file malformed", with("", badTokens, ""), "", []string{"tokens file", "line 1: want IDENTITY TOKEN", "line 2: invalid token"}},
 		{"tokens file missing", with("", filepath.Join(dir, "no-tokens"), ""), "", []string{"tokens file", "no such file"}},
 		{"tokens file without tokens", with("", emptyTokens, ""), "", []string{"tokens file", "no tokens"}},
 		{"certificate not PEM", with(tokens, "", ""), "", []string{"certificate"}},
-		{"client CA not a certificate", files(`,"client_ca":"` + garbagePEM + `"`), "", []string{"client CA"}},
-		{"egress interface missing", files(`,"egress":"nosuch0"`), "", []string{"egress: this host has no interface nosuch0", "lo"}},
+		{"client CA not a certificate", files(`client-ca = "` + garbagePEM + `"`), "", []string{"client CA"}},
+		{"egress interface missing", files(`egress = "nosuch0"`), "", []string{"egress: this host has no interface nosuch0", "lo"}},
 	}
 	// run reads the file the same way; it is tried with files it cannot
 	// get past whatever else is wrong (it would set up the TUN, as root).
-	runToo := map[string]bool{"not JSON": true, "key in the wrong case": true, "file too large": true, "missing file": true, "a directory": true}
+	runToo := map[string]bool{"not TOML": true, "JSON": true, "key in the wrong case": true, "missing file": true, "a directory": true}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := tt.path
 			if path == "" {
-				path = write(strings.ReplaceAll(tt.name, " ", "-")+".json", tt.body)
+				path = write(strings.ReplaceAll(tt.name, " ", "-")+".conf", tt.body)
 			}
 			cmds := [][]string{{"config", "check", "--config", path}}
 			if runToo[tt.name] {

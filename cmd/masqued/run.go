@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -18,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/masque-vpn/masque/cmd/internal/flagfile"
 	"github.com/masque-vpn/masque/policy"
 	"github.com/masque-vpn/masque/quicio"
 	"github.com/masque-vpn/masque/tun"
@@ -30,7 +33,7 @@ import (
 // override the file.
 func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
 	f := cmd.Flags()
-	f.StringVar(configPath, "config", "", "configuration file (JSON); flags override it")
+	f.StringVar(configPath, "config", "", "configuration file: TOML whose keys are these flags (listen = \"[::]:443\"); flags override it, MASQUED_<FLAG> variables come between")
 	f.StringVar(&c.Listen, "listen", "", "UDP address to listen on (default "+defaultListen+")")
 	f.StringVar(&c.Cert, "cert", "", "server certificate (PEM)")
 	f.StringVar(&c.Key, "key", "", "server private key (PEM)")
@@ -39,6 +42,7 @@ func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
 	f.StringVar(&c.Tokens, "tokens", "", "bearer tokens file, lines of IDENTITY TOKEN")
 	f.StringVar(&c.Pool4, "pool4", "", "IPv4 client address pool, or off (default "+defaultPool4+")")
 	f.StringVar(&c.Pool6, "pool6", "", "IPv6 client address pool, or off (default "+defaultPool6+")")
+	durationVar(f, &c.LeaseTime, "lease-time", "how long a disconnected identity keeps its addresses (default "+defaultLeaseTime.String()+")")
 	f.StringVar(&c.Egress, "egress", "", "interface to masquerade client traffic out of (default: any but the TUN)")
 	f.StringVar(&c.StateDir, "state-dir", "", "directory for keys and crash-recovery state (default "+defaultStateDir+")")
 	f.StringVar(&c.Tun, "tun", "", "server TUN device name (default "+defaultTun+")")
@@ -67,66 +71,70 @@ func serverFlags(cmd *cobra.Command, c *Config, configPath *string) {
 	f.StringArrayVar(&c.UDPAnonymous, "udp-anonymous", nil, "let requests without credentials reach CONNECT-UDP target HOST:PORT (repeatable; default none)")
 }
 
-// mergeFlags copies every flag the user set from flagged onto file.
-func mergeFlags(cmd *cobra.Command, file, flagged *Config) {
-	set := func(name string, apply func()) {
-		if cmd.Flags().Changed(name) {
-			apply()
-		}
-	}
-	set("listen", func() { file.Listen = flagged.Listen })
-	set("cert", func() { file.Cert = flagged.Cert })
-	set("key", func() { file.Key = flagged.Key })
-	set("server-name", func() { file.ServerNames = flagged.ServerNames })
-	set("client-ca", func() { file.ClientCA = flagged.ClientCA })
-	set("tokens", func() { file.Tokens = flagged.Tokens })
-	set("pool4", func() { file.Pool4 = flagged.Pool4 })
-	set("pool6", func() { file.Pool6 = flagged.Pool6 })
-	set("egress", func() { file.Egress = flagged.Egress })
-	set("state-dir", func() { file.StateDir = flagged.StateDir })
-	set("tun", func() { file.Tun = flagged.Tun })
-	set("mtu", func() { file.MTU = flagged.MTU })
-	set("dns", func() { file.DNS = flagged.DNS })
-	set("route", func() { file.Routes = flagged.Routes })
-	set("allow", func() { file.Allow = flagged.Allow })
-	set("deny", func() { file.Deny = flagged.Deny })
-	set("allow-client-to-client", func() { file.AllowClientToClient = flagged.AllowClientToClient })
-	set("max-conns", func() { file.MaxConns = flagged.MaxConns })
-	set("max-conns-per-source", func() { file.MaxConnsPerSource = flagged.MaxConnsPerSource })
-	set("max-handshake-rate", func() { file.MaxHandshakeRate = flagged.MaxHandshakeRate })
-	set("retry-threshold", func() { file.RetryThreshold = flagged.RetryThreshold })
-	set("max-sessions-per-conn", func() { file.MaxSessionsPerConn = flagged.MaxSessionsPerConn })
-	set("max-sessions-per-identity", func() { file.MaxSessionsPerIdentity = flagged.MaxSessionsPerIdentity })
-	set("request-timeout", func() { file.RequestTimeout = flagged.RequestTimeout })
-	set("drain-timeout", func() { file.DrainTimeout = flagged.DrainTimeout })
-	set("metrics", func() { file.Metrics = flagged.Metrics })
-	set("pprof", func() { file.Pprof = flagged.Pprof })
-	set("log-level", func() { file.LogLevel = flagged.LogLevel })
-	set("udp-idle-timeout", func() { file.UDPIdleTimeout = flagged.UDPIdleTimeout })
-	set("udp-resolve-timeout", func() { file.UDPResolveTimeout = flagged.UDPResolveTimeout })
-	set("udp-max-flows-per-conn", func() { file.UDPMaxFlowsPerConn = flagged.UDPMaxFlowsPerConn })
-	set("udp-max-flows-per-identity", func() { file.UDPMaxFlowsPerIdentity = flagged.UDPMaxFlowsPerIdentity })
-	set("udp-allow", func() { file.UDPAllow = flagged.UDPAllow })
-	set("udp-anonymous", func() { file.UDPAnonymous = flagged.UDPAnonymous })
+// configLoader reads the configuration as a run (or config check) has
+// it: the command line's flags, bound to a Config, under which the file
+// sets the others (flagfile). It reads again on SIGHUP: the file's
+// settings of the last time are forgotten first, so that a key taken out
+// of the file goes back to its default.
+type configLoader struct {
+	cmd     *cobra.Command
+	c       *Config // the flags' Config
+	path    *string // --config
+	base    Config  // c as the command line left it
+	cmdline map[string]bool
 }
 
-// loadSettings reads the file (if any), applies flags and validates.
-func loadSettings(cmd *cobra.Command, flagged *Config, path string) (*settings, error) {
-	file := &Config{}
-	if path != "" {
-		c, err := loadConfig(path)
-		if err != nil {
-			return nil, usageError{err}
-		}
-		file = c
+// newConfigLoader binds run's flags to c for cmd.
+func newConfigLoader(cmd *cobra.Command, c *Config, path *string) *configLoader {
+	serverFlags(cmd, c, path)
+	return &configLoader{cmd: cmd, c: c, path: path}
+}
+
+// load reads the file (if any) under the command line's flags and
+// validates the result. The first call notes what the command line set.
+func (l *configLoader) load() (*settings, error) {
+	if l.cmdline == nil {
+		l.cmdline = flagfile.CommandLine(l.cmd.Flags())
+		l.base = l.c.clone()
 	}
-	mergeFlags(cmd, file, flagged)
-	s, err := file.resolve()
+	*l.c = l.base.clone()
+	if err := checkNotJSON(*l.path); err != nil {
+		return nil, usageError{err}
+	}
+	err := flagfile.Apply(l.cmd.Flags(), *l.path, flagfile.Options{
+		EnvPrefix: "MASQUED_", Environ: os.Environ(), Reserved: []string{"config", "help"}, CommandLine: l.cmdline,
+	})
+	if err != nil {
+		return nil, usageError{fmt.Errorf("config %w", err)}
+	}
+	s, err := l.c.resolve()
 	if err != nil {
 		// One line on stderr, however many problems.
 		return nil, usageError{fmt.Errorf("invalid configuration: %s", strings.ReplaceAll(err.Error(), "\n", "; "))}
 	}
 	return s, nil
+}
+
+// clone copies c, its udp-allow map too (the flag adds to it).
+func (c Config) clone() Config {
+	c.UDPAllow = maps.Clone(c.UDPAllow)
+	return c
+}
+
+// checkNotJSON refuses a configuration in JSON, which masqued read before
+// it read TOML, with a line that says how it is written now.
+func checkNotJSON(path string) error {
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil // flagfile says what is wrong with it
+	}
+	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] == '{' {
+		return fmt.Errorf("config %s: this is JSON; the configuration is TOML now, its keys run's flags: listen = \"[::]:443\", cert = \"/etc/masqued/server.crt\", route = [\"0.0.0.0/0\"] (masqued run --help lists them)", path)
+	}
+	return nil
 }
 
 func newRunCmd() *cobra.Command {
@@ -135,30 +143,30 @@ func newRunCmd() *cobra.Command {
 		path    string
 		format  logFormat
 		qlogDir string
+		loader  *configLoader
 	)
 	cmd := &cobra.Command{
 		Use:   "run --listen ADDR:PORT --cert F --key F [flags]",
 		Short: "Run the server in the foreground",
 		Example: `  # From a configuration file (flags given too override it):
-  masqued run --config /etc/masqued/masqued.json
+  masqued run --config /etc/masqued/masqued.conf
   # From flags alone, tokens for authentication:
   masqued run --listen [::]:443 --cert /etc/masqued/server.crt --key /etc/masqued/server.key --tokens /etc/masqued/tokens
   # Out of eth0 only, with metrics and JSON logs:
-  masqued run --config /etc/masqued/masqued.json --egress eth0 --metrics 127.0.0.1:9090 --log-format json`,
+  masqued run --config /etc/masqued/masqued.conf --egress eth0 --metrics 127.0.0.1:9090 --log-format json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := loadSettings(cmd, &c, path)
+			s, err := loader.load()
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			// SIGHUP reads the file again, with the same flags on top.
-			reload := func() (*settings, error) { return loadSettings(cmd, &c, path) }
-			return runServer(ctx, s, reload, format, qlogDir)
+			return runServer(ctx, s, loader.load, format, qlogDir)
 		},
 	}
-	serverFlags(cmd, &c, &path)
+	loader = newConfigLoader(cmd, &c, &path)
 	addLogFormatFlag(cmd.Flags(), &format)
 	cmd.Flags().StringVar(&qlogDir, "qlog", "", "write a qlog file of each QUIC connection into DIR (created 0700): for debugging, it grows with every connection")
 	groupFlags(cmd, serverFlagGroups)
@@ -167,9 +175,9 @@ func newRunCmd() *cobra.Command {
 
 // configCheckExample is the Example of config and config check.
 const configCheckExample = `  # The file, the certificate, key and tokens it names, the egress interface:
-  masqued config check --config /etc/masqued/masqued.json
+  masqued config check --config /etc/masqued/masqued.conf
   # The same with the flags a run would add:
-  masqued config check --config /etc/masqued/masqued.json --pool6 off --egress eth0`
+  masqued config check --config /etc/masqued/masqued.conf --pool6 off --egress eth0`
 
 func newConfigCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Configuration tools", Example: configCheckExample}
@@ -177,6 +185,7 @@ func newConfigCmd() *cobra.Command {
 		c      Config
 		path   string
 		format logFormat // taken, as run takes it, and unused: check logs nothing
+		loader *configLoader
 	)
 	check := &cobra.Command{
 		Use:     "check [--config FILE] [flags]",
@@ -184,7 +193,7 @@ func newConfigCmd() *cobra.Command {
 		Example: configCheckExample,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := loadSettings(cmd, &c, path)
+			s, err := loader.load()
 			if err != nil {
 				return err
 			}
@@ -202,7 +211,7 @@ func newConfigCmd() *cobra.Command {
 			return nil
 		},
 	}
-	serverFlags(check, &c, &path)
+	loader = newConfigLoader(check, &c, &path)
 	addLogFormatFlag(check.Flags(), &format)
 	groupFlags(check, serverFlagGroups)
 	cmd.AddCommand(check)

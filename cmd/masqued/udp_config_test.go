@@ -2,6 +2,8 @@ package main
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -56,34 +58,42 @@ func TestResolveUDPErrors(t *testing.T) {
 	if err == nil {
 		t.Fatal("resolve accepted bad CONNECT-UDP settings")
 	}
-	for _, want := range []string{"udp_idle_timeout", "udp_resolve_timeout", "udp_max_flows_per_conn", "udp_max_flows_per_identity",
-		`udp_allow["alice"][0]`, `udp_allow["no spaces"]`, `udp_allow["cert:"]`, `udp_allow["tls:alice"]`, "udp_anonymous[0]"} {
+	for _, want := range []string{"udp-idle-timeout", "udp-resolve-timeout", "udp-max-flows-per-conn", "udp-max-flows-per-identity",
+		`udp-allow["alice"][0]`, `udp-allow["no spaces"]`, `udp-allow["cert:"]`, `udp-allow["tls:alice"]`, "udp-anonymous[0]"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
 	}
 }
 
+// TestUDPFlags: --udp-allow given on the command line and in the file
+// adds to one map; the command line's other UDP flags win.
 func TestUDPFlags(t *testing.T) {
 	var (
 		c    Config
 		path string
 	)
 	cmd := &cobra.Command{Use: "x", RunE: func(*cobra.Command, []string) error { return nil }}
-	serverFlags(cmd, &c, &path)
-	err := cmd.ParseFlags([]string{"--udp-allow", "alice=198.18.2.2:7", "--udp-allow", "alice=*.example:53", "--udp-allow", "*=*:53",
+	l := newConfigLoader(cmd, &c, &path)
+	file := filepath.Join(t.TempDir(), "m.conf")
+	if err := os.WriteFile(file, []byte("cert = \"c\"\nkey = \"k\"\ntokens = \"t\"\nudp-allow = [\"carol=*:*\"]\nudp-idle-timeout = \"5m\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.ParseFlags([]string{"--config", file, "--udp-allow", "alice=198.18.2.2:7", "--udp-allow", "alice=*.example:53", "--udp-allow", "*=*:53",
 		"--udp-allow", "cert:laptop=198.18.2.2:9",
 		"--udp-anonymous", "198.18.2.2:8443", "--udp-idle-timeout", "2s", "--udp-max-flows-per-conn", "9"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := &Config{UDPAllow: map[string][]string{"carol": {"*:*"}}, UDPIdleTimeout: "5m"}
-	mergeFlags(cmd, file, &c)
-	if got := file.UDPAllow; len(got) != 3 || len(got["alice"]) != 2 || got["*"][0] != "*:53" || got["cert:laptop"][0] != "198.18.2.2:9" {
-		t.Errorf("udp_allow after flags = %v, want alice's two patterns, * and cert:laptop", got)
+	s, err := l.load()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if file.UDPIdleTimeout != "2s" || file.UDPMaxFlowsPerConn != 9 || len(file.UDPAnonymous) != 1 {
-		t.Errorf("merged = %+v", file)
+	if got := c.UDPAllow; len(got) != 3 || len(got["alice"]) != 2 || got["*"][0] != "*:53" || got["cert:laptop"][0] != "198.18.2.2:9" {
+		t.Errorf("udp-allow after flags = %v, want alice's two patterns, * and cert:laptop (the command line's)", got)
+	}
+	if s.UDPIdleTimeout != 2*time.Second || s.UDPMaxFlowsPerConn != 9 {
+		t.Errorf("settings = %+v", s)
 	}
 	if err := cmd.ParseFlags([]string{"--udp-allow", "nopattern"}); err == nil {
 		t.Error("--udp-allow without = accepted")

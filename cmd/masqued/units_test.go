@@ -107,7 +107,7 @@ func TestSystemdUnitSettings(t *testing.T) {
 		want map[string]string
 	}{
 		{"masqued.service", map[string]string{
-			"ExecStart":             "/usr/local/bin/masqued run --config /etc/masqued/masqued.json",
+			"ExecStart":             "/usr/local/bin/masqued run --config /etc/masqued/masqued.conf",
 			"ExecReload":            "/bin/kill -HUP $MAINPID",
 			"CapabilityBoundingSet": "CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
 			"AmbientCapabilities":   "CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
