@@ -76,10 +76,16 @@ fi
 for tgt in "${targets[@]}"; do
 	read -r dir fn <<<"$tgt"
 	echo "--- $fn in $dir (${fuzztime}s)"
-	if ! go test -run='^$' -fuzz="^${fn}\$" -fuzztime="${fuzztime}s" "$dir/"; then
-		echo "test.sh: FAIL: fuzz target $fn in $dir" >&2
-		failed+=("fuzz $fn")
+	out=$(go test -run='^$' -fuzz="^${fn}\$" -fuzztime="${fuzztime}s" "$dir/" 2>&1) && { echo "$out" | tail -n 1; continue; }
+	echo "$out"
+	# The fuzzing engine's own timeout on a loaded machine ("context
+	# deadline exceeded", no failing input) is not a finding: once more.
+	if grep -q 'context deadline exceeded' <<<"$out" && ! grep -q 'Failing input' <<<"$out"; then
+		echo "--- $fn in $dir again: the fuzzing engine timed out, found nothing"
+		go test -run='^$' -fuzz="^${fn}\$" -fuzztime="${fuzztime}s" "$dir/" && continue
 	fi
+	echo "test.sh: FAIL: fuzz target $fn in $dir" >&2
+	failed+=("fuzz $fn")
 done
 echo "fuzz targets run: ${#targets[@]}"
 
