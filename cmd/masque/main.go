@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/masque-vpn/masque/cmd/internal/cli"
 	"github.com/masque-vpn/masque/cmd/internal/flagfile"
 	"github.com/masque-vpn/masque/tun"
 	"github.com/spf13/cobra"
@@ -44,11 +45,11 @@ func newRootCmd() *cobra.Command {
   masque down`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       readBuildInfo().String(),
+		Version:       cli.ReadBuildInfo().String(),
 	}
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(withLogFormat(newUpCmd()), newDownCmd(), newStatusCmd(), newListCmd(), withLogFormat(newUDPCmd()), newManCmd())
+	root.AddCommand(withLogFormat(newUpCmd()), newDownCmd(), newStatusCmd(), newListCmd(), withLogFormat(newUDPCmd()), cli.ManCmd("masque"))
 	return root
 }
 

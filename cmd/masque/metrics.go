@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/masque-vpn/masque/cmd/internal/cli"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -64,13 +65,8 @@ func (c clientCollector) Collect(ch chan<- prometheus.Metric) {
 // come along, as on masqued.
 func serveMetrics(addr string, status func() Status, logger *slog.Logger) (string, func(), error) {
 	reg := prometheus.NewRegistry()
-	b := readBuildInfo()
 	reg.MustRegister(clientCollector{status}, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "masque_build_info",
-			Help:        "A metric with a constant 1 value labeled by the version, VCS revision and Go version masque was built from.",
-			ConstLabels: prometheus.Labels{"version": b.Version, "revision": b.Revision, "goversion": b.GoVersion},
-		}, func() float64 { return 1 }))
+		cli.BuildInfoCollector(cli.ReadBuildInfo(), "masque"))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, usagef("--metrics %s: %v", addr, err)

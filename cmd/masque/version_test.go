@@ -2,38 +2,10 @@ package main
 
 import (
 	"bytes"
-	"runtime"
-	"runtime/debug"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
+	"github.com/masque-vpn/masque/cmd/internal/cli"
 )
-
-func TestParseBuildInfo(t *testing.T) {
-	const rev = "0123456789abcdef0123456789abcdef01234567"
-	vcs := func(rev, modified string) []debug.BuildSetting {
-		return []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.modified", Value: modified}}
-	}
-	tests := []struct {
-		name string
-		in   *debug.BuildInfo
-		want buildInfo
-	}{
-		{"no build info", nil, buildInfo{"(devel)", "unknown", runtime.Version()}},
-		{"go test", &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/masque-vpn/masque"}}, buildInfo{"(devel)", "unknown", "go1.26.8"}},
-		{"release", &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.2.3"}, Settings: vcs(rev, "false")}, buildInfo{"v1.2.3", "0123456789ab", "go1.26.8"}},
-		{"modified tree", &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v0.0.0-20260101000000-0123456789ab+dirty"}, Settings: vcs(rev, "true")},
-			buildInfo{"v0.0.0-20260101000000-0123456789ab+dirty", "0123456789ab-dirty", "go1.26.8"}},
-		{"short revision", &debug.BuildInfo{GoVersion: "go1.26.8", Settings: vcs("abc", "false")}, buildInfo{"(devel)", "abc", "go1.26.8"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if diff := cmp.Diff(tt.want, parseBuildInfo(tt.in)); diff != "" {
-				t.Errorf("parseBuildInfo mismatch (-want +got):\n%s", diff)
-			}
-		})
-	}
-}
 
 // TestVersionFlag: masque --version prints its name and the build, on one
 // line of stdout.
@@ -46,7 +18,7 @@ func TestVersionFlag(t *testing.T) {
 	if err := root.Execute(); err != nil {
 		t.Fatalf("masque --version: %v", err)
 	}
-	want := "masque " + readBuildInfo().String() + "\n"
+	want := "masque " + cli.ReadBuildInfo().String() + "\n"
 	if out.String() != want || errOut.Len() != 0 {
 		t.Errorf("masque --version: stdout %q, stderr %q; want %q and nothing", out.String(), errOut.String(), want)
 	}

@@ -1,49 +1,16 @@
 package main
 
-import (
-	"errors"
-	"io"
-	"log/slog"
+import "github.com/masque-vpn/masque/cmd/internal/cli"
 
-	"github.com/spf13/pflag"
-)
-
-// logFormat is --log-format: how log lines are written.
-type logFormat string
+// logFormat is --log-format (package cli).
+type logFormat = cli.LogFormat
 
 const (
-	logText logFormat = "text" // key=value pairs (slog.TextHandler)
-	logJSON logFormat = "json" // one JSON object a line (slog.JSONHandler)
+	logText = cli.LogText
+	logJSON = cli.LogJSON
 )
 
-var _ pflag.Value = (*logFormat)(nil)
-
-func (f *logFormat) String() string { return string(*f) }
-func (f *logFormat) Type() string   { return "text|json" }
-
-func (f *logFormat) Set(v string) error {
-	switch logFormat(v) {
-	case logText, logJSON:
-		*f = logFormat(v)
-		return nil
-	}
-	return errors.New("want text or json")
-}
-
-// addLogFormatFlag adds --log-format to f, bound to v (text unless set).
-func addLogFormatFlag(f *pflag.FlagSet, v *logFormat) {
-	*v = logText
-	f.Var(v, "log-format", "log lines as text (key=value) or json (one object a line)")
-}
-
-// newLogger returns the logger that writes to w at level (a valid
-// log_level; it was checked with the configuration) in format.
-func newLogger(w io.Writer, level string, format logFormat) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	opts := &slog.HandlerOptions{Level: l}
-	if format == logJSON {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
+var (
+	addLogFormatFlag = cli.AddLogFormatFlag
+	newLogger        = cli.NewLogger
+)

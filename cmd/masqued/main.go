@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/masque-vpn/masque/cmd/internal/cli"
 	"github.com/masque-vpn/masque/tun"
 	"github.com/spf13/cobra"
 )
@@ -38,11 +39,11 @@ func newRootCmd() *cobra.Command {
   masqued run --config /etc/masqued/masqued.json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       readBuildInfo().String(),
+		Version:       cli.ReadBuildInfo().String(),
 	}
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newRunCmd(), newCertCmd(), newConfigCmd(), newInviteCmd(), newManCmd())
+	root.AddCommand(newRunCmd(), newCertCmd(), newConfigCmd(), newInviteCmd(), cli.ManCmd("masqued"))
 	return root
 }
 

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/masque-vpn/masque/cmd/internal/cli"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -35,7 +36,7 @@ func buildInfoMetric(t *testing.T, g prometheus.Gatherer) (map[string]string, fl
 // TestBuildInfoMetric: the registry --metrics serves has masque_build_info
 // at 1, labeled with this binary's build.
 func TestBuildInfoMetric(t *testing.T) {
-	b := readBuildInfo()
+	b := cli.ReadBuildInfo()
 	labels, v := buildInfoMetric(t, newRegistry())
 	want := map[string]string{"version": b.Version, "revision": b.Revision, "goversion": b.GoVersion}
 	if diff := cmp.Diff(want, labels); diff != "" || v != 1 {
@@ -43,9 +44,9 @@ func TestBuildInfoMetric(t *testing.T) {
 	}
 
 	// The labels are the build's, whatever it is.
-	other := buildInfo{Version: "v1.2.3", Revision: "0123456789ab-dirty", GoVersion: "go1.26.8"}
+	other := cli.BuildInfo{Version: "v1.2.3", Revision: "0123456789ab-dirty", GoVersion: "go1.26.8"}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(buildInfoCollector(other))
+	reg.MustRegister(cli.BuildInfoCollector(other, "masqued"))
 	labels, v = buildInfoMetric(t, reg)
 	want = map[string]string{"version": "v1.2.3", "revision": "0123456789ab-dirty", "goversion": "go1.26.8"}
 	if diff := cmp.Diff(want, labels); diff != "" || v != 1 {
