@@ -69,15 +69,8 @@ func (d *Device) setUp(cfg *Config) error {
 		}
 	}
 	for _, p := range cfg.Addrs {
-		a := &netlink.Addr{IPNet: prefixIPNet(p)}
-		if p.Addr().Is6() {
-			a.Flags = unix.IFA_F_NODAD
-		}
-		if p.IsSingleIP() {
-			a.Flags |= unix.IFA_F_NOPREFIXROUTE
-		}
-		if err := netlink.AddrAdd(link, a); err != nil {
-			return fmt.Errorf("add address %v: %w", p, err)
+		if err := addAddr(link, p); err != nil {
+			return err
 		}
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
@@ -286,15 +279,8 @@ func (d *Device) SetAddrs(addrs []netip.Prefix) error {
 		if has(p) {
 			continue
 		}
-		a := &netlink.Addr{IPNet: prefixIPNet(p)}
-		if p.Addr().Is6() {
-			a.Flags = unix.IFA_F_NODAD
-		}
-		if p.IsSingleIP() {
-			a.Flags |= unix.IFA_F_NOPREFIXROUTE
-		}
-		if err := netlink.AddrAdd(link, a); err != nil {
-			return fmt.Errorf("add address %v: %w", p, err)
+		if err := addAddr(link, p); err != nil {
+			return err
 		}
 	}
 	for _, a := range have {
@@ -305,4 +291,21 @@ func (d *Device) SetAddrs(addrs []netip.Prefix) error {
 		}
 	}
 	return waitLocal(link, addrs)
+}
+
+// addAddr adds p to link as a TUN address: no duplicate address detection
+// for IPv6 (nothing else is on the link), and no prefix route for a host
+// address, so that an assignment puts no route in the main table.
+func addAddr(link netlink.Link, p netip.Prefix) error {
+	a := &netlink.Addr{IPNet: prefixIPNet(p)}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	if p.IsSingleIP() {
+		a.Flags |= unix.IFA_F_NOPREFIXROUTE
+	}
+	if err := netlink.AddrAdd(link, a); err != nil {
+		return fmt.Errorf("add address %v: %w", p, err)
+	}
+	return nil
 }
