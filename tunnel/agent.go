@@ -115,6 +115,9 @@ type agentSession struct {
 	client *Client
 	server int // index into cfg.Servers
 	up     time.Time
+	// mtuReady: the connection was given its MTU wait (waitMTU) while the
+	// session it replaces still carried the tunnel.
+	mtuReady bool
 }
 
 func (s *agentSession) close() {
@@ -187,15 +190,25 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("tunnel moved to new addresses", "from", joinPrefixes(old.client.Lease()), "to", joinPrefixes(cur.client.Lease()))
 			a.event(AgentEvent{Kind: AgentMoved, Server: a.cfg.Servers[cur.server], Client: cur.client})
 		}
-		// A connection that starts small (its path shrank) grows with
-		// path MTU discovery; until it carries what the TUN lets in,
-		// large packets would get Packet Too Big, which hosts remember
-		// for minutes.
-		cur.client.WaitMTU(ctx, a.cfg.Host.InnerMTU(), 2*time.Second)
+		if !cur.mtuReady {
+			a.waitMTU(ctx, cur)
+		}
 		a.event(AgentEvent{Kind: AgentBack, Server: a.cfg.Servers[cur.server], Client: cur.client, Failover: cur.server != old.server})
 		a.log.Info("tunnel back", "server", a.cfg.Servers[cur.server].Addr, "after", time.Since(lost).Round(time.Millisecond).String(),
 			"failover", cur.server != old.server, "dropped_while_down", t.Dropped())
 	}
+}
+
+// mtuWait bounds how long a new session waits for its MTU (waitMTU).
+const mtuWait = 2 * time.Second
+
+// waitMTU waits, at most mtuWait, until s carries packets of the host's
+// inner MTU. A connection that starts small (its path shrank), or at
+// quicio's initial packet size, grows with path MTU discovery; until it
+// carries what the TUN lets in, large packets would get Packet Too Big,
+// which hosts remember for minutes.
+func (a *Agent) waitMTU(ctx context.Context, s *agentSession) {
+	s.client.WaitMTU(ctx, a.cfg.Host.InnerMTU(), mtuWait)
 }
 
 // errMoved ends a session that a new one has replaced.
@@ -280,7 +293,8 @@ type moveResult struct {
 // moveOnGoAway waits for the server's GOAWAY on cur while serveCtx
 // lasts; then it opens a new session (reconnect, until ctx is done), on
 // the next server if there are several, and ends the old one by calling
-// stop once the new one is up. Without a GOAWAY it reports skipped.
+// stop once the new one is up and has waited for its MTU (make before
+// break). Without a GOAWAY it reports skipped.
 func (a *Agent) moveOnGoAway(ctx, serveCtx context.Context, cur *agentSession, stop func()) moveResult {
 	select {
 	case <-cur.client.GoingAway():
@@ -298,7 +312,11 @@ func (a *Agent) moveOnGoAway(ctx, serveCtx context.Context, cur *agentSession, s
 	if err != nil {
 		return moveResult{err: err}
 	}
+	// The old session carries the tunnel while the new one waits for its
+	// MTU: what the TUN reads between the two is dropped.
+	a.waitMTU(serveCtx, next)
 	before := serveCtx.Err() == nil
+	next.mtuReady = before
 	stop()
 	return moveResult{next: next, beforeLoss: before}
 }
