@@ -646,10 +646,13 @@ func TestAgentCarriesThroughGoAway(t *testing.T) {
 	if back.Server != r.servers[1] {
 		t.Fatalf("AgentBack on %+v, want the second server %+v", back.Server, r.servers[1])
 	}
-	v, ok := r.back.attr("dropped_while_down")
-	if !ok {
-		t.Fatal(`the Agent's "tunnel back" record has no dropped_while_down`)
-	}
+	// The Agent logs "tunnel back" just after the event.
+	var v slog.Value
+	waitFor(t, `the Agent's "tunnel back" record`, agentWait, func() bool {
+		var ok bool
+		v, ok = r.back.attr("dropped_while_down")
+		return ok
+	})
 	after, _ := r.back.attr("after")
 	t.Logf("moved in %v, %d packets dropped", after, v.Uint64())
 	// What may be read between the old Serve's end and the new one's.
