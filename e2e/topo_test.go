@@ -3,8 +3,10 @@ package e2e
 import (
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -287,7 +289,26 @@ func (tp *topo) checkClean(ns string) bool {
 		tp.t.Errorf("namespace %s is not back to its initial state (+ left behind, - missing):\n%s", ns, d)
 		return false
 	}
+	// Nor may an instance's claim of a slot outlive what it claimed.
+	if claims := nsClaims(ns); len(claims) > 0 {
+		tp.t.Errorf("namespace %s: instance claims left in %s: %v", ns, registryDir, claims)
+		return false
+	}
 	return true
+}
+
+// registryDir is masque up's instance registry (tun.DefaultRegistryDir).
+const registryDir = "/run/masque/instances"
+
+// nsClaims returns the claim files of namespace ns in the registry:
+// <netns inode>.<slot>.json.
+func nsClaims(ns string) []string {
+	var st syscall.Stat_t
+	if err := syscall.Stat("/run/netns/"+ns, &st); err != nil {
+		return nil
+	}
+	files, _ := filepath.Glob(filepath.Join(registryDir, fmt.Sprintf("%d.*.json", st.Ino)))
+	return files
 }
 
 // tunLinks returns the names of the TUN links in ns.

@@ -122,7 +122,7 @@ func startBlocked(c *upConfig, statePath string, readErr error, logger *slog.Log
 	// The leftovers are gone (or, like a TUN that a process holds, were
 	// never ours): from here st names what this run changes, and an undo
 	// after a failure touches nothing else.
-	st = &tun.State{Version: tun.StateVersion, PID: os.Getpid(), NFTables: []string{ks.Table}}
+	st = &tun.State{Version: tun.StateVersion, PID: os.Getpid(), Slot: c.slot, Claim: c.claimPath, NFTables: []string{ks.Table}}
 	if err := tun.WriteState(statePath, st); err != nil {
 		return nil, stillBlocked(c.stateDir, c.slot.KillSwitchTable(), err, reasonStartedBlocked)
 	}
